@@ -1,0 +1,1 @@
+"""Image-captioning course kit."""

@@ -1,0 +1,42 @@
+"""Scores: top-k accuracy for training logs and BLEU-1..4 (nltk ``corpus_bleu``, all references per image)."""
+from __future__ import annotations
+
+from nltk.translate.bleu_score import corpus_bleu
+
+SPECIAL = ("<start>", "<end>", "<pad>")
+
+BLEU_WEIGHTS = {
+    "bleu1": (1.0, 0, 0, 0),
+    "bleu2": (0.5, 0.5, 0, 0),
+    "bleu3": (1 / 3, 1 / 3, 1 / 3, 0),
+    "bleu4": (0.25, 0.25, 0.25, 0.25),
+}
+
+
+def accuracy(scores, targets, k=5):
+    """Percentage of rows whose target is among the k highest scores. scores (N, V), targets (N,)."""
+    _, ind = scores.topk(k, dim=1)
+    correct = ind.eq(targets.view(-1, 1)).any(dim=1)
+    return correct.float().mean().item() * 100.0
+
+
+def strip_special(tokens, word_map):
+    """Drop ``<start>``, ``<end>`` and ``<pad>`` indices from a list of word indices."""
+    special = {word_map[w] for w in SPECIAL if w in word_map}
+    return [t for t in tokens if t not in special]
+
+
+def bleu(references, hypotheses):
+    """Corpus BLEU-1..4.
+
+    Args:
+        references: per image, a list of reference captions, each a list of tokens (words or indices) without
+            special tokens.
+        hypotheses: per image, one generated caption (list of tokens).
+    Returns: dict ``bleu1`` … ``bleu4`` in [0, 1].
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} reference sets for {len(hypotheses)} hypotheses")
+    if not hypotheses:
+        return {k: 0.0 for k in BLEU_WEIGHTS}
+    return {k: float(corpus_bleu(references, hypotheses, weights=w)) for k, w in BLEU_WEIGHTS.items()}
