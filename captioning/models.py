@@ -87,9 +87,25 @@ class Encoder(nn.Module):
         else:
             self.resnet = net.features  # ConvNeXt / EfficientNet: the feature stages
             self._tunable_from = len(self.resnet) // 2
+        if weights is None:
+            self._damp_residual_branches()
         self.adaptive_pool = nn.AdaptiveAvgPool2d((encoded_image_size, encoded_image_size))
         self.fine_tuning = False
         self.fine_tune(False)
+
+    def _damp_residual_branches(self, gain=0.1):
+        """Random weights only: scale each residual branch's last BatchNorm γ to ``gain``.
+
+        In a freshly initialised ResNet-101 the 33 residual branches, each as strong as the skip path, wash the
+        input out: a linear probe on the recalibrated output tells the colours of the shapes data barely above
+        the majority guess. With branches at 0.1 the signal survives the depth (``benchmarks/random_encoder.py``
+        measures both).
+        """
+        for m in self.resnet.modules():
+            last_bn = getattr(m, "bn3", None) if hasattr(m, "conv3") else getattr(m, "bn2", None) \
+                if type(m).__name__ == "BasicBlock" else None
+            if last_bn is not None:
+                nn.init.constant_(last_bn.weight, gain)
 
     def backbone(self, images):
         """images (B, 3, H, W) → feature map (B, C, h, w) before pooling (what the feature cache stores)."""

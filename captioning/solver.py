@@ -165,6 +165,21 @@ def decoder_scores(decoder, encoder_out, captions, caplens, fast=False):
     return scores, targets, alphas
 
 
+def encode_batch(encoder, x, cached, device):
+    """A loader batch → encoder output (B, S, S, C) on ``device``.
+
+    x: cached feature maps (B, C, h, w) when ``cached``, else uint8 images (B, 3, H, W).
+    """
+    x = x.to(device, non_blocking=True)
+    if cached:
+        return encoder.pool(x.float())
+    x = normalize(x)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return encoder(x).float()
+
+
 def _loss(cfg, scores, targets, alphas):
     loss = F.cross_entropy(scores.float(), targets)
     if alphas is not None and cfg["decoder"] == "attention" and cfg["alpha_c"]:
@@ -210,6 +225,7 @@ class Runner:
             self.best_bleu4 = ckpt["best_bleu4"]
             self.since_improvement = ckpt["epochs_since_improvement"]
         self.use_cache = cfg["feature_cache"] == "auto" and not cfg["fine_tune_encoder"]
+        self.image_size = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN").image_shape[-1]
         self.fast = None  # decided on the first batch
         self.kind = DECODER_NAMES[cfg["decoder"]]
         os.makedirs(cfg["output_dir"], exist_ok=True)
@@ -230,15 +246,7 @@ class Runner:
                           persistent_workers=False)
 
     def encode(self, x):
-        """A batch from the loader → encoder output (B, S, S, C) on the device."""
-        x = x.to(self.device, non_blocking=True)
-        if self.use_cache:
-            return self.encoder.pool(x.float())
-        x = normalize(x)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return self.encoder(x).float()
+        return encode_batch(self.encoder, x, self.use_cache, self.device)
 
     def _decide_fast(self, enc, caps, caplens):
         if self.cfg["fast_decoder"] != "auto" or not fastpath.supports(self.decoder):
@@ -338,6 +346,7 @@ class Runner:
             "format": 1, "kind": self.kind, "decoder_type": self.cfg["decoder"], "epoch": epoch,
             "cfg": cfg, "word_map": self.word_map, "word_map_id": word_map_id(self.word_map),
             "vocab_size": len(self.word_map), "encoder_dim": self.encoder.encoder_dim,
+            "image_size": self.image_size,
             "decoder_state": {k: v.cpu() for k, v in self.decoder.state_dict().items()},
             "encoder_state": enc_state,
             "decoder_optimizer": self.dec_opt.state_dict(),

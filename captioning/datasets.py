@@ -1,0 +1,157 @@
+"""``CaptionDataset``: the files written by ``captioning.prepare`` as a PyTorch dataset.
+
+One item per caption (N images x cpi captions); item i belongs to image i // cpi::
+
+    TRAIN:     (img, caption, caplen)
+    VAL/TEST:  (img, caption, caplen, allcaps)
+
+    img      float32 (3, S, S)        pixels / 255, then ImageNet-normalised (or ``transform`` applied instead)
+    caption  int64 (max_len + 2,)     [<start>, w1..wn, <end>, <pad>...]
+    caplen   int64 (1,)               n + 2
+    allcaps  int64 (cpi, max_len + 2) every caption of the image, the references for BLEU
+
+Images are read one at a time from the HDF5 file, which each DataLoader worker opens for itself on first use,
+so ``num_workers > 1`` works and memory does not grow with the dataset.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import torch
+from torch.utils.data import Dataset
+
+from captioning.errors import KitError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("TRAIN", "VAL", "TEST")
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def _require(path: Path, data_name: str) -> Path:
+    if not path.is_file():
+        raise KitError(f"{path} does not exist. Create the input files first, e.g. `python -m captioning prepare "
+                       f"--dataset ... --output-folder {path.parent}` (data_name {data_name!r} must match the "
+                       "prepare options: {dataset}_{cpi}_cap_per_img_{min_word_freq}_min_word_freq).")
+    return path
+
+
+def _read_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise KitError(f"{path} is not valid JSON ({e}); run `python -m captioning prepare` again.") from e
+
+
+def load_word_map(data_folder, data_name) -> dict[str, int]:
+    """The ``WORDMAP_{data_name}.json`` of ``data_folder`` as {word: index}."""
+    path = _require(Path(data_folder) / f"WORDMAP_{data_name}.json", data_name)
+    return _read_json(path)
+
+
+class CaptionDataset(Dataset):
+    """Captions and images of one split (``'TRAIN'``, ``'VAL'`` or ``'TEST'``) of prepared data.
+
+    Attributes: ``split``, ``cpi`` (captions per image), ``n_images``, ``word_map`` (dict), ``captions``
+    (int64 (n_images * cpi, max_len + 2)), ``caplens`` (int64 (n_images * cpi,)).
+    ``transform``, if given, receives the (3, S, S) float tensor in [0, 1] and replaces the default ImageNet
+    normalisation.
+    """
+
+    def __init__(self, data_folder, data_name, split, transform=None):
+        split = str(split).upper()
+        if split not in SPLITS:
+            raise KitError(f"split must be one of {SPLITS}, got {split!r}")
+        folder = Path(data_folder)
+        self.split = split
+        self.transform = transform
+        self.h5_path = _require(folder / f"{split}_IMAGES_{data_name}.hdf5", data_name)
+        captions = _read_json(_require(folder / f"{split}_CAPTIONS_{data_name}.json", data_name))
+        caplens = _read_json(_require(folder / f"{split}_CAPLENS_{data_name}.json", data_name))
+        self.word_map = load_word_map(folder, data_name)
+
+        try:
+            with h5py.File(self.h5_path, "r") as h:
+                self.cpi = int(h.attrs["captions_per_image"])
+                self.n_images = int(h["images"].shape[0])
+                self.image_size = int(h["images"].shape[-1])
+        except (OSError, KeyError) as e:
+            raise KitError(f"{self.h5_path} is not a complete images file ({e}); run `python -m captioning "
+                           "prepare` again.") from e
+        if len(captions) != self.n_images * self.cpi or len(caplens) != len(captions):
+            raise KitError(f"{folder}: {self.h5_path.name} holds {self.n_images} images x {self.cpi} captions, but "
+                           f"the CAPTIONS/CAPLENS files hold {len(captions)} / {len(caplens)}: the files come from "
+                           "different runs. Run `python -m captioning prepare` again.")
+        self.captions = torch.tensor(captions, dtype=torch.long).view(len(captions), -1)
+        self.caplens = torch.tensor(caplens, dtype=torch.long)
+        self._h5 = None
+        self._pid = None
+        self._image_ids = None
+
+    # h5py handles cannot be pickled (DataLoader workers under spawn) nor shared across fork: each process
+    # opens its own on first use.
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.h5_path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_h5"] = None
+        state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        """Close this process's HDF5 handle (it is reopened if the dataset is used again)."""
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+
+    def __len__(self) -> int:
+        return self.n_images * self.cpi
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image ``i`` as float32 (3, S, S): [0, 1], then normalised (or ``transform``)."""
+        if not 0 <= i < self.n_images:
+            raise IndexError(f"image index {i} out of range for {self.n_images} images")
+        img = torch.from_numpy(self._file()["images"][i]).float().div_(255.0)
+        if self.transform is not None:
+            return self.transform(img)
+        return (img - _MEAN) / _STD
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(f"caption index {i} out of range for {len(self)} captions")
+        img_index = i // self.cpi
+        img = self.image(img_index)
+        # clone(): a view would drag the whole captions storage through a DataLoader worker's queue.
+        caption = self.captions[i].clone()
+        caplen = self.caplens[i:i + 1].clone()
+        if self.split == "TRAIN":
+            return img, caption, caplen
+        first = img_index * self.cpi
+        return img, caption, caplen, self.captions[first:first + self.cpi].clone()
+
+    @property
+    def image_ids(self) -> list[str]:
+        """Per image, its path relative to the prepare image folder (``str(i)`` for files without that record)."""
+        if self._image_ids is None:
+            h = self._file()
+            if "image_ids" in h:
+                self._image_ids = list(h["image_ids"].asstr()[:])
+            else:
+                self._image_ids = [str(i) for i in range(self.n_images)]
+        return self._image_ids
+
+    def objects(self, i: int) -> list[dict]:
+        """Objects of image ``i`` (shape, color, size, bbox in S x S pixels) or [] if the data has none."""
+        h = self._file()
+        if "objects" not in h:
+            return []
+        return json.loads(h["objects"].asstr()[i])

@@ -1,0 +1,163 @@
+"""Using a trained checkpoint: BLEU on a split with beam search (``evaluate``), captions for any image files
+(``caption_images``), and the attention "pointing game" on data whose images carry object boxes (``grounding``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from captioning.decoding import beam_search, decode_words
+from captioning.errors import KitError
+from captioning.features import ImageCaptions, build_feature_cache, normalize, split_paths
+from captioning.metrics import bleu, strip_special
+from captioning.solver import (encode_batch, load_checkpoint, load_word_map, models_from_checkpoint,
+                               word_map_id)
+
+
+def write_json_atomic(obj, path):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=None, device="cpu",
+             batch_images=50, max_images=None, max_len=50, out=None, progress=True):
+    """Caption every image of ``split`` with beam search and score BLEU-1..4 against all its references.
+
+    Returns a dict: ``bleu1`` … ``bleu4``, ``split``, ``beam_size``, ``n_images``, ``decoder``, ``checkpoint``,
+    ``grounding`` (pointing-game scores when the data has object boxes and the decoder attends, else None) and
+    ``captions`` (per image: ``image_id``, ``caption``, ``references``). Written to ``out`` as JSON if given.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device)
+    data_folder = data_folder or cfg["data_folder"]
+    data_name = data_name or cfg["data_name"]
+    data_wm = load_word_map(data_folder, data_name)
+    if word_map_id(data_wm) != ckpt["word_map_id"]:
+        raise KitError(f"checkpoint '{checkpoint}' was trained with another word map than the data in "
+                       f"'{data_folder}' ({data_name}): evaluate it on the data it was trained on")
+    rev = {v: k for k, v in word_map.items()}
+    cached = not cfg["fine_tune_encoder"]
+    features = build_feature_cache(encoder, data_folder, data_name, split, device=device,
+                                   progress=progress) if cached else None
+    data = ImageCaptions(data_folder, data_name, split, features=features, limit=max_images)
+    loader = DataLoader(data, batch_size=batch_images, shuffle=False, num_workers=0)
+    refs, hyps, rows, all_alphas = [], [], [], []
+    for x, caps, _ in tqdm(loader, desc=f"{split.lower()} beam {beam_size}", disable=not progress):
+        enc = encode_batch(encoder, x, cached, torch.device(device))
+        for img_caps, cap in zip(caps.tolist(), beam_search(decoder, enc, word_map, beam_size, max_len)):
+            refs.append([strip_special(c, word_map) for c in img_caps])
+            hyps.append(strip_special(cap.tokens, word_map))
+            all_alphas.append(cap.alphas)
+            rows.append({"caption": " ".join(decode_words(cap.tokens, rev)), "finished": cap.finished,
+                         "references": [" ".join(decode_words(c, rev)) for c in img_caps]})
+    result = {"checkpoint": os.fspath(checkpoint), "decoder": ckpt["decoder_type"], "split": split,
+              "beam_size": beam_size, "n_images": len(hyps)}
+    result.update(bleu(refs, hyps))
+    ids, objects = _image_records(split_paths(data_folder, data_name, split)[0], len(rows))
+    for row, image_id in zip(rows, ids):
+        row["image_id"] = image_id
+    result["grounding"] = None
+    if decoder.has_attention and any(objects):
+        image_size = data.image_shape[-1]
+        result["grounding"] = grounding(hyps, all_alphas, objects, rev, image_size)
+    result["captions"] = rows
+    if out:
+        write_json_atomic(result, out)
+    return result
+
+
+def _image_records(images_path, n):
+    """(image ids, objects lists) stored by ``prepare`` in the images HDF5 (empty when absent)."""
+    with h5py.File(images_path, "r") as f:
+        ids = [v.decode() if isinstance(v, bytes) else str(v) for v in f["image_ids"][:n]] if "image_ids" in f \
+            else [str(i) for i in range(n)]
+        objs = [json.loads(v) for v in f["objects"][:n]] if "objects" in f else [[] for _ in range(n)]
+    return ids, objs
+
+
+def _names(word, obj):
+    from captioning.shapes import PLURAL
+
+    return word in (obj.get("shape"), PLURAL.get(obj.get("shape")), obj.get("color"))
+
+
+def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
+    """Pointing game: for each generated word that names a shape or colour present in the image, does the peak
+    of its attention map (upsampled to the image) fall inside the box of an object it names?
+
+    Args:
+        hypotheses: per image, generated word indices (no special tokens), aligned with ``alphas`` rows.
+        alphas: per image, (len(words), P) or (len, P + 1) attention (sentinel column ignored).
+        objects: per image, list of {"shape", "color", "bbox": [x0, y0, x1, y1]} in pixels of the image.
+    Returns: {"shape": hit rate, "color": hit rate, "all": …, "chance": …, "n_words": …} where chance is the
+        mean fraction of the image covered by the named boxes (a uniformly random point's hit rate).
+    """
+    from captioning.shapes import COLORS, PLURAL, SHAPES
+
+    shape_words = set(SHAPES) | set(PLURAL.values())
+    hits = {"shape": [], "color": []}
+    chance = []
+    for words, al, objs in zip(hypotheses, alphas, objects):
+        if al is None or not objs:
+            continue
+        side = math.isqrt(al.shape[1])  # P = side², or side² + 1 with the adaptive decoder's sentinel
+        for w_idx, al_row in zip(words, al):
+            word = rev_word_map[w_idx]
+            kind = "shape" if word in shape_words else "color" if word in COLORS else None
+            if kind is None:
+                continue
+            named = [o for o in objs if _names(word, o)]
+            if not named:
+                continue  # the caption is wrong about the object: nothing to point at
+            grid = al_row[: side * side].reshape(side, side).float()
+            r, c = divmod(int(grid.argmax()), side)
+            cell = image_size / side
+            y, x = (r + 0.5) * cell, (c + 0.5) * cell  # centre of the peak cell
+            hit = any(o["bbox"][0] <= x < o["bbox"][2] and o["bbox"][1] <= y < o["bbox"][3] for o in named)
+            hits[kind].append(hit)
+            mask = np.zeros((side, side), bool)  # chance on the same grid: cells whose centre is in a box
+            centres = (np.arange(side) + 0.5) * cell
+            for o in named:
+                mask |= ((centres[:, None] >= o["bbox"][1]) & (centres[:, None] < o["bbox"][3])
+                         & (centres[None, :] >= o["bbox"][0]) & (centres[None, :] < o["bbox"][2]))
+            chance.append(mask.mean())
+    both = hits["shape"] + hits["color"]
+    rate = lambda v: float(np.mean(v)) if v else None  # noqa: E731
+    return {"shape": rate(hits["shape"]), "color": rate(hits["color"]), "all": rate(both),
+            "chance": rate(chance), "n_words": len(both)}
+
+
+@torch.no_grad()
+def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50):
+    """Caption image files of any size/mode (JPEG, PNG, greyscale, RGBA…).
+
+    Returns per image a dict: ``path``, ``words`` (list of str), ``alphas`` ((len(words), P) tensor or None),
+    ``pixels`` (uint8 (S, S, 3) as the model saw it), ``decoder``, ``finished``.
+    """
+    from captioning.prepare import load_image
+
+    ckpt = load_checkpoint(checkpoint)
+    encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device)
+    rev = {v: k for k, v in word_map.items()}
+    size = ckpt.get("image_size") or 256
+    out = []
+    for path in images:
+        if not os.path.isfile(path):
+            raise KitError(f"image '{path}' does not exist")
+        pixels, _ = load_image(path, size)  # (3, S, S) uint8, KitError names the file if unreadable
+        enc = encoder(normalize(torch.from_numpy(pixels)[None]).to(device))
+        cap = beam_search(decoder, enc, word_map, beam_size, max_len)[0]
+        out.append({"path": os.fspath(path), "words": decode_words(cap.tokens, rev), "alphas": cap.alphas,
+                    "pixels": pixels.transpose(1, 2, 0), "decoder": ckpt["decoder_type"],
+                    "finished": cap.finished})
+    return out

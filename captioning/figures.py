@@ -1,0 +1,85 @@
+"""Figures, returned as matplotlib Figures: shown inline by the notebooks, saved as PNG by the command line."""
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib.pyplot as plt
+from skimage.transform import resize
+
+
+def caption_figure(result, max_cols=5, panel=2.6):
+    """One panel per word: the image with that word's attention upsampled smoothly over it.
+
+    ``result`` is one item of ``evaluate.caption_images`` (``pixels`` (S, S, 3) uint8, ``words``, ``alphas``
+    (len(words), P) or (len(words), P + 1) for the adaptive decoder, or None). Without attention the figure is the
+    image with its caption as the title. For the adaptive decoder each panel's title gives β, the share of the
+    word that came from the visual sentinel (the language model) rather than the image.
+    """
+    pixels, words, alphas = result["pixels"], result["words"], result["alphas"]
+    caption = " ".join(words) if words else "(empty caption)"
+    if alphas is None:
+        fig, ax = plt.subplots(figsize=(4.5, 4.8))
+        ax.imshow(pixels)
+        ax.set_title(caption, fontsize=10, wrap=True)
+        ax.axis("off")
+        fig.tight_layout()
+        return fig
+    n = len(words) + 1  # first panel: the image alone with the full caption
+    cols = min(max_cols, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols, panel * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].imshow(pixels)
+    axes[0, 0].set_title("input", fontsize=9)
+    size = pixels.shape[:2]
+    p = alphas.shape[1]
+    side = math.isqrt(p)
+    has_sentinel = side * side != p
+    for i, word in enumerate(words):
+        ax = axes.flat[i + 1]
+        row = alphas[i].float().numpy()
+        grid = row[: side * side].reshape(side, side)
+        ax.imshow(pixels)
+        # cubic upsampling: a smooth map rather than blocks of the S×S grid
+        ax.imshow(resize(grid, size, order=3, mode="edge", anti_aliasing=False), alpha=0.6, cmap="Greys_r")
+        title = word if not has_sentinel else f"{word}  β={row[-1]:.2f}"
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(caption, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(histories, labels=None):
+    """Loss, top-5 accuracy and validation BLEU-4 per epoch for one or more runs, on shared axes.
+
+    histories: list of per-epoch dict lists (the ``history`` stored in checkpoints).
+    """
+    if histories and isinstance(histories[0], dict):
+        histories = [histories]
+    labels = labels or [f"run {i + 1}" for i in range(len(histories))]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for hist, label in zip(histories, labels):
+        ep = [r["epoch"] for r in hist]
+        axes[0].plot(ep, [r["train_loss"] for r in hist], "-o", label=f"{label} train")
+        axes[0].plot(ep, [r["val_loss"] for r in hist], "--o", label=f"{label} val (teacher-forced)")
+        axes[1].plot(ep, [r["train_top5"] for r in hist], "-o", label=f"{label} train")
+        axes[1].plot(ep, [r["val_top5"] for r in hist], "--o", label=f"{label} val (teacher-forced)")
+        axes[2].plot(ep, [r["bleu4"] for r in hist], "-o", label=f"{label} val (free-running)")
+    for ax, title in zip(axes, ("loss", "top-5 accuracy (%)", "BLEU-4")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path):
+    """Save a figure as PNG (atomically) and free it."""
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    plt.close(fig)
+    return path

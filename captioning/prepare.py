@@ -1,0 +1,429 @@
+"""Karpathy-format JSON + image folder -> the ten input files that training and evaluation read.
+
+For a base name ``{dataset}_{cpi}_cap_per_img_{mwf}_min_word_freq`` (e.g. ``coco_5_cap_per_img_5_min_word_freq``)
+``create_input_files`` writes into ``output_folder``::
+
+    {TRAIN,VAL,TEST}_IMAGES_{base}.hdf5    images      uint8 (N, 3, S, S), attribute captions_per_image
+                                           image_ids   (N,) utf-8 str, the image path relative to image_folder
+                                           objects     (N,) utf-8 str, JSON list of the record's objects with
+                                                       bboxes rescaled to S x S (only if the JSON has "objects")
+    {TRAIN,VAL,TEST}_CAPTIONS_{base}.json  N * cpi encoded captions, image i owns entries i*cpi ... i*cpi+cpi-1;
+                                           each is [<start>, w1, ..., wn, <end>, <pad>, ...] of length max_len + 2
+    {TRAIN,VAL,TEST}_CAPLENS_{base}.json   N * cpi ints, n + 2 (the words plus <start> and <end>)
+    WORDMAP_{base}.json                    {word: index}, <pad> = 0
+
+The run is all-or-nothing: every problem we can detect up front (bad JSON, missing fields, missing images, empty
+splits, unwritable folder) is reported before any image is decoded; all files are written under ``.tmp-`` names
+and renamed into place only after the last one succeeded.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import random
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from captioning.errors import KitError
+
+SPLITS = ("TRAIN", "VAL", "TEST")
+# Karpathy's "restval" is the part of COCO val2014 that is not in his 5k val / 5k test: it is training data.
+SPLIT_OF = {"train": "TRAIN", "restval": "TRAIN", "val": "VAL", "test": "TEST"}
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<start>", "<end>")
+TMP_PREFIX = ".tmp-"
+CHUNK = 16          # images per task sent to a worker: big enough to amortise pickling, small enough to stream
+MAX_EXAMPLES = 5    # how many offending file names an error message lists
+
+
+def base_name(dataset: str, captions_per_image: int, min_word_freq: int) -> str:
+    """The name shared by the ten files, e.g. ``coco_5_cap_per_img_5_min_word_freq``."""
+    return f"{dataset}_{captions_per_image}_cap_per_img_{min_word_freq}_min_word_freq"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading and checking the Karpathy JSON
+# ----------------------------------------------------------------------------------------------------------------
+
+def _load_karpathy_json(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise KitError(f"Karpathy JSON file {path} does not exist. Download caption_datasets.zip (dataset_coco.json, "
+                       "dataset_flickr8k.json, ...) or generate one with `python -m captioning shapes --out DIR`.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise KitError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (character {e.pos}). "
+                       "The file is probably truncated or edited by hand; download or generate it again.") from e
+    except UnicodeDecodeError as e:
+        raise KitError(f"{path} is not UTF-8 text (byte {e.start}); is it really the Karpathy JSON?") from e
+    except OSError as e:
+        raise KitError(f"cannot read {path}: {e.strerror or e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise KitError(f"{path} has no top-level \"images\" list; expected the Karpathy format "
+                       '{"images": [{"filename": ..., "split": ..., "sentences": [{"tokens": [...]}]}, ...]}')
+    return data["images"]
+
+
+def _check_record(rec, index: int, path: Path) -> None:
+    """Raise KitError naming the record and field if ``rec`` is not a usable Karpathy image record."""
+    if not isinstance(rec, dict):
+        raise KitError(f"record {index} of \"images\" in {path} is a {type(rec).__name__}, not an object")
+    name = rec.get("filename")
+    where = f"record {index} (filename {name!r}) of \"images\" in {path}"
+    if not isinstance(name, str) or not name:
+        raise KitError(f"record {index} of \"images\" in {path} has no \"filename\" string (got {name!r})")
+    if "filepath" in rec and not isinstance(rec["filepath"], str):
+        raise KitError(f"{where}: \"filepath\" must be a string, got {rec['filepath']!r}")
+    if "split" not in rec:
+        raise KitError(f"{where} has no \"split\" field (one of {sorted(SPLIT_OF)})")
+    if rec["split"] not in SPLIT_OF:
+        raise KitError(f"{where} has split {rec['split']!r}; expected one of {sorted(SPLIT_OF)}")
+    sentences = rec.get("sentences")
+    if not isinstance(sentences, list):
+        raise KitError(f"{where} has no \"sentences\" list (got {sentences!r:.60})")
+    for k, s in enumerate(sentences):
+        tokens = s.get("tokens") if isinstance(s, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise KitError(f"{where}: sentence {k} has no \"tokens\" list of strings (got {s!r:.80})")
+    objects = rec.get("objects", [])
+    if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
+        raise KitError(f"{where}: \"objects\" must be a list of objects, got {objects!r:.80}")
+    for o in objects:
+        box = o.get("bbox")
+        if box is not None and (not isinstance(box, list) or len(box) != 4
+                                or not all(isinstance(v, (int, float)) for v in box)):
+            raise KitError(f"{where}: object bbox must be [x0, y0, x1, y1] numbers, got {box!r:.80}")
+
+
+def _relative_path(rec: dict) -> str:
+    # COCO records say which folder (train2014 / val2014) the file is in; Flickr records have no filepath.
+    return f"{rec['filepath']}/{rec['filename']}" if rec.get("filepath") else rec["filename"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Word map and caption encoding
+# ----------------------------------------------------------------------------------------------------------------
+
+def build_word_map(captions, min_word_freq: int) -> dict[str, int]:
+    """Word map from tokenised captions (an iterable of token lists).
+
+    Words seen more than ``min_word_freq`` times are kept, most frequent first (ties alphabetical, so the map
+    is deterministic); ``<pad>`` is 0, then the kept words, then ``<unk>``, ``<start>``, ``<end>``.
+    """
+    freq = collections.Counter(w for c in captions for w in c if w not in SPECIAL_TOKENS)
+    words = sorted((w for w, n in freq.items() if n > min_word_freq), key=lambda w: (-freq[w], w))
+    word_map = {"<pad>": 0}
+    for w in words + ["<unk>", "<start>", "<end>"]:
+        word_map[w] = len(word_map)
+    return word_map
+
+
+def encode_caption(tokens: list[str], word_map: dict[str, int], max_len: int) -> list[int]:
+    """[<start>, w1..wn, <end>, <pad>...] of length max_len + 2; unknown words become <unk>."""
+    unk = word_map["<unk>"]
+    return ([word_map["<start>"]] + [word_map.get(w, unk) for w in tokens] + [word_map["<end>"]]
+            + [word_map["<pad>"]] * (max_len - len(tokens)))
+
+
+def choose_captions(captions: list[list[str]], cpi: int, rng: random.Random) -> list[list[str]]:
+    """Exactly ``cpi`` captions: all of them topped up with draws with replacement if there are fewer, a sample
+    without replacement if there are more (the course tutorial's rule)."""
+    if len(captions) < cpi:
+        return captions + [rng.choice(captions) for _ in range(cpi - len(captions))]
+    return rng.sample(captions, cpi)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image decoding (runs in worker processes)
+# ----------------------------------------------------------------------------------------------------------------
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB: transparency is composited on white, 16/32-bit greyscale is scaled to 8 bits
+    (65535 -> 255) instead of being clipped, which is what ``convert("RGB")`` would do."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        # Pillow opens 16-bit PNG / TIFF greyscale as "I;16" or "I": the range is 0..65535 either way.
+        a = np.asarray(img, dtype=np.float64)
+        a = np.clip(a / 257.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if img.mode == "F":
+        a = np.clip(np.asarray(img, dtype=np.float64), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")   # L, 1, P, CMYK, YCbCr, ...
+
+
+def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``path`` and return (uint8 array (3, size, size), original (width, height)).
+
+    Raises KitError naming the file if it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as img:
+            original = img.size
+            rgb = to_rgb(img)
+            if rgb.size != (size, size):
+                # Pillow's bilinear filter widens its support when shrinking, so this is antialiased.
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            pixels = np.asarray(rgb, dtype=np.uint8)
+    except KitError:
+        raise
+    except Exception as e:  # PIL reports a bad file with many exception types (OSError, SyntaxError, ...)
+        raise KitError(f"cannot read image {path}: {type(e).__name__}: {e}. The file is corrupt or not an image; "
+                       "replace it, or remove its record from the JSON.") from e
+    return pixels.transpose(2, 0, 1), original
+
+
+def _load_chunk(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    arrays, originals = zip(*(load_image(p, size) for p in paths))
+    return np.stack(arrays), list(originals)
+
+
+def _decoded_chunks(paths: list[str], size: int, pool: ProcessPoolExecutor | None, workers: int):
+    """Yield (uint8 (k, 3, size, size), original sizes) for consecutive chunks of ``paths``, in order.
+
+    With a pool at most ``2 * workers`` chunks are in flight, so memory stays flat however many images there are
+    (``Pool.imap`` would queue every result if the HDF5 writer fell behind).  Without one, decode in-process.
+    """
+    chunks = (paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK))
+    if pool is None:
+        for chunk in chunks:
+            yield _load_chunk(chunk, size)
+        return
+    pending = collections.deque()
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(_load_chunk, chunk, size))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                pending.append(pool.submit(_load_chunk, nxt, size))
+            yield result
+    finally:
+        for future in pending:   # after an error: don't decode the rest of the window for nothing
+            future.cancel()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------------------------
+
+def _rescale_objects(objects: list[dict], original: tuple[int, int], size: int) -> list[dict]:
+    sx, sy = size / original[0], size / original[1]
+    out = []
+    for o in objects:
+        o = dict(o)
+        if o.get("bbox") is not None:
+            x0, y0, x1, y1 = o["bbox"]
+            o["bbox"] = [round(x0 * sx, 2), round(y0 * sy, 2), round(x1 * sx, 2), round(y1 * sy, 2)]
+        out.append(o)
+    return out
+
+
+def _write_images(tmp_path: Path, items: list[dict], size: int, cpi: int, pool, workers: int,
+                  with_objects: bool, desc: str) -> None:
+    """Decode ``items`` (dicts with path, image_id, objects) into a new HDF5 file, streaming chunk by chunk."""
+    n = len(items)
+    with h5py.File(tmp_path, "w") as h:
+        h.attrs["captions_per_image"] = cpi
+        # One chunk per image: the DataLoader reads single images at random.
+        images = h.create_dataset("images", (n, 3, size, size), dtype="uint8", chunks=(1, 3, size, size))
+        h.create_dataset("image_ids", data=[it["image_id"] for it in items], dtype=h5py.string_dtype("utf-8"))
+        objects = h.create_dataset("objects", (n,), dtype=h5py.string_dtype("utf-8")) if with_objects else None
+        start = 0
+        chunks = _decoded_chunks([it["path"] for it in items], size, pool, workers)
+        # closing(): on an error, cancel queued work now rather than whenever the generator is collected.
+        with tqdm(total=n, desc=desc, unit="img") as progress, contextlib.closing(chunks):
+            for batch, originals in chunks:
+                k = len(batch)
+                images[start:start + k] = batch
+                if objects is not None:
+                    objects[start:start + k] = [
+                        json.dumps(_rescale_objects(items[start + j]["objects"], originals[j], size))
+                        for j in range(k)]
+                start += k
+                progress.update(k)
+
+
+def _write_json(tmp_path: Path, obj) -> None:
+    text = json.dumps(obj)   # json.dump() would run the slow pure-Python encoder chunk by chunk
+    with open(tmp_path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _prepare_output_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise KitError(f"cannot create output folder {folder}: {e.filename or folder} is a file, not a folder. "
+                       "Choose another --output-folder.") from e
+    except OSError as e:
+        raise KitError(f"cannot create output folder {folder}: {e.strerror or e}. "
+                       "Choose another --output-folder.") from e
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=TMP_PREFIX):
+            pass
+    except OSError as e:
+        raise KitError(f"output folder {folder} is not writable: {e.strerror or e}. "
+                       "Fix its permissions or choose another --output-folder.") from e
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------------------------------------------
+
+def create_input_files(dataset, karpathy_json_path, image_folder, captions_per_image=5, min_word_freq=5,
+                       output_folder=".", max_len=50, image_size=256, seed=0, skip_missing=False,
+                       workers=None) -> dict:
+    """Turn a Karpathy-format JSON and its images into the ten input files (see the module docstring).
+
+    - ``restval`` images join TRAIN; captions with more than ``max_len`` tokens are dropped, and an image left
+      without captions is dropped (both counted in the summary).
+    - Each image gets exactly ``captions_per_image`` captions (``choose_captions``), drawn with a
+      ``random.Random(seed)``: the same inputs and seed give byte-identical files.
+    - The word map is built from the TRAIN (incl. restval) captions only, so that val/test words unseen in
+      training become ``<unk>`` exactly as they would for a model deployed on new data; a word is kept if it
+      occurs more than ``min_word_freq`` times.
+    - Images are converted to RGB (``to_rgb``) and resized to ``image_size`` x ``image_size`` (bilinear,
+      antialiased) by ``workers`` processes (None: all cores; 1: in this process) and streamed into HDF5.
+    - Missing image files are all listed before anything is written; with ``skip_missing=True`` their
+      records are left out and reported instead.
+
+    Returns a summary dict: data_name, output_folder, n_train / n_val / n_test (images), vocab_size,
+    captions_dropped_too_long, images_dropped_no_captions, skipped_missing (count) and, when non-zero,
+    the first few names of what was skipped / dropped, and seconds.
+    Raises KitError for every problem in the input, the arguments or the output folder.
+    """
+    t0 = time.time()
+    if not isinstance(dataset, str) or not dataset or any(c in dataset for c in "/\\"):
+        raise KitError(f"dataset must be a plain name such as 'coco' (it becomes part of file names), got {dataset!r}")
+    for name, value, low in (("captions_per_image", captions_per_image, 1), ("min_word_freq", min_word_freq, 0),
+                             ("max_len", max_len, 1), ("image_size", image_size, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise KitError(f"{name} must be an integer >= {low}, got {value!r}")
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if not isinstance(workers, int) or workers < 1:
+        raise KitError(f"workers must be an integer >= 1 (or None for all cores), got {workers!r}")
+
+    json_path, image_folder, output_folder = Path(karpathy_json_path), Path(image_folder), Path(output_folder)
+    records = _load_karpathy_json(json_path)
+    for i, rec in enumerate(records):
+        _check_record(rec, i, json_path)
+    if not image_folder.is_dir():
+        raise KitError(f"image folder {image_folder} does not exist or is not a folder. Pass the folder that the "
+                       f"\"filepath\"/\"filename\" entries of {json_path.name} are relative to.")
+    with_objects = any("objects" in rec for rec in records)
+
+    # Group records by split, keeping only captions that fit.
+    items = {s: [] for s in SPLITS}
+    listed = collections.Counter(SPLIT_OF[rec["split"]] for rec in records)
+    too_long, no_captions, missing = 0, [], []
+    for rec in records:
+        rel = _relative_path(rec)
+        tokens = [s["tokens"] for s in rec["sentences"]]
+        kept = [t for t in tokens if 0 < len(t) <= max_len]   # empty token lists are no captions either
+        too_long += sum(len(t) > max_len for t in tokens)
+        if not kept:
+            no_captions.append(rel)
+            continue
+        path = image_folder / rel
+        if not path.is_file():
+            missing.append(rel)
+            continue
+        items[SPLIT_OF[rec["split"]]].append(
+            {"path": str(path), "image_id": rel, "captions": kept, "objects": rec.get("objects", [])})
+
+    if missing and not skip_missing:
+        total = sum(map(len, items.values())) + len(missing)
+        shown = "\n  ".join(missing[:MAX_EXAMPLES]) + ("\n  ..." if len(missing) > MAX_EXAMPLES else "")
+        raise KitError(f"{len(missing)} of {total} image files named in {json_path} are missing under {image_folder}:"
+                       f"\n  {shown}\nCheck --image-folder (for COCO it must contain train2014/ and val2014/), or "
+                       "pass --skip-missing (skip_missing=True) to leave those images out.")
+    for split in SPLITS:
+        if items[split]:
+            continue
+        name = "train' or 'restval" if split == "TRAIN" else split.lower()
+        if not listed[split]:
+            raise KitError(f"no images in split '{name}' of {json_path}. Every split (train, val, test) needs at "
+                           "least one image; edit the \"split\" fields or regenerate the JSON.")
+        raise KitError(f"all {listed[split]} images in split '{name}' of {json_path} were dropped: none has a "
+                       f"caption of 1 to max_len={max_len} tokens, or their files are missing (skip_missing). "
+                       "Raise --max-len or fix the image folder.")
+
+    word_map = build_word_map((c for it in items["TRAIN"] for c in it["captions"]), min_word_freq)
+    _prepare_output_folder(output_folder)
+
+    base = base_name(dataset, captions_per_image, min_word_freq)
+    rng = random.Random(seed)
+    done: list[tuple[Path, Path]] = []   # (temporary, final) pairs written so far
+
+    def tmp_for(name: str) -> Path:
+        final = output_folder / name
+        tmp = output_folder / (TMP_PREFIX + name)
+        done.append((tmp, final))
+        return tmp
+
+    n_chunks = sum(-(-len(items[s]) // CHUNK) for s in SPLITS)
+    workers = min(workers, n_chunks)
+    # One pool for all three splits; workers=1 decodes in this process (no pickling of pixels at all).
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        _write_json(tmp_for(f"WORDMAP_{base}.json"), word_map)
+        for split in SPLITS:
+            enc_captions, caplens = [], []
+            for it in items[split]:
+                for c in choose_captions(it["captions"], captions_per_image, rng):
+                    enc_captions.append(encode_caption(c, word_map, max_len))
+                    caplens.append(len(c) + 2)
+            _write_images(tmp_for(f"{split}_IMAGES_{base}.hdf5"), items[split], image_size, captions_per_image,
+                          pool, workers, with_objects, desc=f"{split} images")
+            _write_json(tmp_for(f"{split}_CAPTIONS_{base}.json"), enc_captions)
+            _write_json(tmp_for(f"{split}_CAPLENS_{base}.json"), caplens)
+        for tmp, final in done:
+            os.replace(tmp, final)
+    except BaseException as e:
+        for tmp, _final in done:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise KitError(f"writing into {output_folder} failed: {e}. Check free disk space and try again.") from e
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    summary = {
+        "data_name": base,
+        "output_folder": str(output_folder.resolve()),
+        "n_train": len(items["TRAIN"]),
+        "n_val": len(items["VAL"]),
+        "n_test": len(items["TEST"]),
+        "vocab_size": len(word_map),
+        "captions_dropped_too_long": too_long,
+        "images_dropped_no_captions": len(no_captions),
+        "skipped_missing": len(missing),
+    }
+    if no_captions:
+        summary["dropped_examples"] = no_captions[:MAX_EXAMPLES]
+    if missing:
+        summary["skipped_examples"] = missing[:MAX_EXAMPLES]
+    summary["seconds"] = round(time.time() - t0, 1)
+    return summary
