@@ -61,7 +61,7 @@ def _cmd_test(a):
     print(f"{r['split']} split, {r['n_images']} images, beam {r['beam_size']}, decoder {r['decoder']}")
     for k in ("bleu1", "bleu2", "bleu3", "bleu4"):
         print(f"{k.upper().replace('BLEU', 'BLEU-')}: {r[k]:.4f}")
-    if r.get("grounding"):
+    if r.get("grounding") and r["grounding"]["all"] is not None:
         g = r["grounding"]
         print(f"pointing game: {g['all']:.3f} of {g['n_words']} shape/colour words (chance {g['chance']:.3f})")
     print(f"wrote {out}")

@@ -155,7 +155,7 @@ def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50):
         if not os.path.isfile(path):
             raise KitError(f"image '{path}' does not exist")
         pixels, _ = load_image(path, size)  # (3, S, S) uint8, KitError names the file if unreadable
-        enc = encoder(normalize(torch.from_numpy(pixels)[None]).to(device))
+        enc = encoder(normalize(torch.from_numpy(pixels.copy())[None]).to(device))
         cap = beam_search(decoder, enc, word_map, beam_size, max_len)[0]
         out.append({"path": os.fspath(path), "words": decode_words(cap.tokens, rev), "alphas": cap.alphas,
                     "pixels": pixels.transpose(1, 2, 0), "decoder": ckpt["decoder_type"],

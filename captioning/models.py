@@ -132,6 +132,7 @@ class Encoder(nn.Module):
         # A frozen encoder stays in eval mode: its BatchNorm statistics must not drift with our batches.
         super().train(mode)
         if mode:
+            self.resnet.training = self.fine_tuning
             for i, child in enumerate(self.resnet.children()):
                 child.train(self.fine_tuning and i >= self._tunable_from)
         return self

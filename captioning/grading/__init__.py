@@ -1,0 +1,56 @@
+"""Grading of student submissions — INSTRUCTOR-ONLY (the release leaves this package out).
+
+``python -m captioning grade SUBMISSIONS_DIR --out DIR [--jobs N] [--notebooks] [--timeout S] [--memory-mb M]``
+
+* ``runner.py`` — finds submissions (folders / .zip), builds a sandbox per submission, runs ``child.py`` there in
+  its own process group with limits, collects the results, writes ``grades.csv``, ``feedback/ID.md``,
+  ``summary.md``, ``results.json`` and ``logs/ID.log``;
+* ``child.py`` — runs inside the sandbox: imports the student's models and the reference, runs the hidden tests;
+* ``hidden_tests.py`` — the hidden tests, one region each; ``rubric.toml`` — their points.
+"""
+from __future__ import annotations
+
+
+def _cmd_grade(a):
+    from captioning.grading.runner import grade
+
+    results = grade(a.submissions, a.out, jobs=a.jobs, timeout=a.timeout, memory_mb=a.memory_mb,
+                    notebooks=a.notebooks, notebook_timeout=a.notebook_timeout, notebook_params=a.notebook_param,
+                    rubric_path=a.rubric, progress=not a.quiet, keep_sandboxes=a.keep_sandboxes,
+                    test_timeout=a.test_timeout)
+    counts = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    mean = sum(r["percent"] for r in results) / len(results)
+    print(f"graded {len(results)} submissions (mean {mean:.1f} %; "
+          + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f"); wrote {a.out}/grades.csv, "
+          f"{a.out}/feedback/, {a.out}/summary.md")
+
+
+def register(subparsers):
+    import os
+
+    from captioning.grading.runner import RUBRIC
+
+    s = subparsers.add_parser("grade", help="grade student submissions (folders or .zip files with models.py) "
+                                            "with the hidden tests, each in its own sandboxed process")
+    s.add_argument("submissions", help="folder with one sub-folder or .zip per student")
+    s.add_argument("--out", required=True, help="folder for grades.csv, feedback/, summary.md, results.json, logs/")
+    s.add_argument("--jobs", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 2)),
+                   help="submissions graded in parallel (each with its own memory limit)")
+    s.add_argument("--timeout", type=float, default=300.0, help="wall-clock seconds per submission (default 300)")
+    s.add_argument("--test-timeout", type=float, default=None,
+                   help="seconds per hidden test and for importing models.py (default: rubric.toml's)")
+    s.add_argument("--memory-mb", type=int, default=2048,
+                   help="address space a submission may allocate beyond what Python + torch map at import "
+                        "(default 2048)")
+    s.add_argument("--notebooks", action="store_true",
+                   help="also run the student's train*/test* notebooks (python -m captioning notebooks) in the "
+                        "sandbox and record their BLEU-4")
+    s.add_argument("--notebook-timeout", type=float, default=1800.0)
+    s.add_argument("-p", "--notebook-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed on as `-p KEY VALUE` to `python -m captioning notebooks` (repeatable)")
+    s.add_argument("--rubric", default=str(RUBRIC), help="points per hidden test (TOML)")
+    s.add_argument("--keep-sandboxes", action="store_true", help="keep the temporary folders (debugging)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_grade)

@@ -1,0 +1,462 @@
+"""Hidden tests — INSTRUCTOR-ONLY (left out of the student edition; copied into a grading sandbox only for the run).
+
+Each test belongs to one TODO region (``rubric.toml`` gives its points) and is a function ``fn(ctx)`` that raises
+``Failed`` with a message meant for the student (it is copied into their feedback; the source of this file never
+is). ``ctx`` holds the reference module (``reference_models.py``, a copy of the solution) and the student's
+``captioning.models``.
+
+Isolation: a test of method M of class K runs the STUDENT's M on a module whose layers and weights are the
+reference's (built by the reference ``__init__``, weights seeded and shared by name), whose other TODO methods are
+the REFERENCE's, and whose given methods (``init_hidden_state`` …) are the student's; the student's extra
+attributes (e.g. ``self.softmax = nn.Softmax(dim=1)``) are added when their ``__init__`` runs. So a bug costs the
+points of the region it is in, not of every region that calls it. ``__init__`` tests build the student's module.
+
+Numbers: rel_error(got, expected) = max|got - expected| / (max|expected| + 1e-8) <= 1e-4, as in the public checks.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+REL_TOL = 1e-4
+CFG = dict(vocab_size=23, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.5)
+C, S = 7, 3  # encoder channels, grid side (P = 9 regions)
+P = S * S
+GRADED = {"DecoderWithRNN": ("forward", "one_step"), "Attention": ("forward",),
+          "DecoderWithAttention": ("forward", "one_step")}
+LENGTHS = (6, 9, 3, 7, 4)  # caption lengths incl. <start>/<end>, deliberately unsorted; T = 9
+SEEDS = {"DecoderWithRNN": 11, "Attention": 13, "DecoderWithAttention": 17}
+N_STEP = 5  # rows of the one_step inputs (differs from P, C, D so a wrong dimension shows)
+
+TESTS = {}  # name -> (region, function)
+
+
+class Failed(AssertionError):
+    """A hidden test found a problem; the message goes to the student."""
+
+
+def test(region):
+    def deco(fn):
+        name = fn.__name__.removeprefix("test_")
+        if name in TESTS:
+            raise ValueError(f"duplicate hidden test {name}")
+        TESTS[name] = (region, fn)
+        return fn
+
+    return deco
+
+
+def rel_error(got, expected):
+    got, expected = got.detach().double(), expected.detach().double()
+    return ((got - expected).abs().max() / (expected.abs().max() + 1e-8)).item()
+
+
+def close(name, got, want, hint=""):
+    if not torch.is_tensor(got):
+        raise Failed(f"{name} should be a tensor of shape {tuple(want.shape)}, got {type(got).__name__}")
+    if tuple(got.shape) != tuple(want.shape):
+        raise Failed(f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}" +
+                     (f". {hint}" if hint else ""))
+    err = rel_error(got, want)
+    if not err <= REL_TOL:
+        raise Failed(f"{name} differs from the reference: relative error {err:.2e} > {REL_TOL:g}" +
+                     (f". {hint}" if hint else ""))
+
+
+def unpack(out, names):
+    if not isinstance(out, tuple) or len(out) != len(names):
+        got = f"{len(out)} values" if isinstance(out, tuple) else type(out).__name__
+        raise Failed(f"should return {len(names)} values ({', '.join(names)}), returned {got}")
+    return dict(zip(names, out))
+
+
+# ---------------------------------------------------------------------------------------------------- context
+class Context:
+    def __init__(self, ref, stu):
+        self.ref, self.stu = ref, stu
+        self._states, self._theirs = {}, {}
+        g = torch.Generator().manual_seed(2024)
+        caps = torch.randint(1, CFG["vocab_size"], (len(LENGTHS), max(LENGTHS)), generator=g)
+        for i, n in enumerate(LENGTHS):
+            caps[i, n:] = 0
+        self.fwd = {"encoder_out": torch.randn(len(LENGTHS), S, S, C, generator=g), "captions": caps,
+                    "lengths": torch.tensor(LENGTHS)}
+        self.step = {"embeddings": torch.randn(N_STEP, CFG["embed_dim"], generator=g),
+                     "h": torch.randn(N_STEP, CFG["decoder_dim"], generator=g),
+                     "c": torch.randn(N_STEP, CFG["decoder_dim"], generator=g),
+                     "encoder_out": torch.randn(N_STEP, P, C, generator=g)}
+        self.att_in = {"encoder_out": torch.randn(6, P, C, generator=g),
+                       "h": torch.randn(6, CFG["decoder_dim"], generator=g)}
+
+    @staticmethod
+    def _build(module, cls):
+        klass = getattr(module, cls, None)
+        if klass is None:
+            raise Failed(f"models.py has no class {cls}")
+        torch.manual_seed(0)
+        if cls == "Attention":
+            return klass(C, CFG["decoder_dim"], CFG["attention_dim"])
+        return klass(dict(CFG), encoder_dim=C)
+
+    def state(self, cls):
+        """Seeded weights of the reference ``cls`` (every parameter and BatchNorm statistic random)."""
+        if cls not in self._states:
+            mod = self._build(self.ref, cls)
+            g = torch.Generator().manual_seed(SEEDS[cls])
+            with torch.no_grad():
+                for name, t in sorted(mod.state_dict().items()):
+                    if t.is_floating_point():
+                        t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
+                                else torch.randn(t.shape, generator=g) * 0.4)
+            self._states[cls] = {k: v.clone() for k, v in mod.state_dict().items()}
+        return self._states[cls]
+
+    def reference(self, cls, train=False):
+        mod = self._build(self.ref, cls)
+        mod.load_state_dict(self.state(cls))
+        return mod.train(train)
+
+    def student(self, cls):
+        """The student's own module, built by their __init__ (raises what it raises)."""
+        return self._build(self.stu, cls)
+
+    def hybrid(self, cls, method, train=False, state=None):
+        """Reference layers and weights; the student's ``method``; the reference's other TODO methods."""
+        ref_cls, stu_cls = getattr(self.ref, cls), getattr(self.stu, cls, None)
+        if not isinstance(stu_cls, type):
+            raise Failed(f"models.py has no class {cls}")
+        obj = self._build(self.ref, cls)
+        obj.load_state_dict(state or self.state(cls))
+        if cls not in self._theirs:  # built once; if their __init__ hangs, only the first test pays for it
+            self._theirs[cls] = None
+            try:
+                self._theirs[cls] = self.student(cls)
+            except Exception:  # noqa: BLE001 - their __init__ is graded elsewhere
+                pass
+        theirs = self._theirs[cls]
+        if theirs is not None:
+            for name, m in getattr(theirs, "_modules", {}).items():
+                if name not in obj._modules:
+                    obj._modules[name] = m
+            for k, v in vars(theirs).items():
+                if not k.startswith("_") and k not in vars(obj) and k != "training":
+                    obj.__dict__[k] = v
+        overrides = {m: ref_cls.__dict__[m] for m in GRADED[cls] if m != method}
+        try:
+            obj.__class__ = type(cls, (stu_cls,), overrides)
+        except TypeError as e:
+            raise Failed(f"{cls} must stay an nn.Module subclass ({e})") from None
+        return obj.train(train)
+
+
+def _forward(kind, mod, inp):
+    names = ["predictions", "encoded_captions", "decode_lengths", "sort_ind"]
+    if kind == "DecoderWithAttention":
+        names.insert(3, "alphas")
+    return unpack(mod(inp["encoder_out"], inp["captions"], inp["lengths"]), names)
+
+
+def _one_step(kind, mod, inp):
+    if kind == "DecoderWithRNN":
+        return unpack(mod.one_step(inp["embeddings"], inp["h"], inp["c"]), ["preds", "h", "c"])
+    return unpack(mod.one_step(inp["embeddings"], inp["encoder_out"], inp["h"], inp["c"]),
+                  ["preds", "alpha", "h", "c"])
+
+
+# ---------------------------------------------------------------------------------------------- __init__ tests
+EXPECTED_TYPES = {
+    "DecoderWithRNN": {"embedding": nn.Embedding, "decode_step": nn.LSTMCell, "init": nn.Linear,
+                       "bn": nn.BatchNorm1d, "fc": nn.Linear, "dropout": nn.Dropout},
+    "Attention": {"encoder_att": nn.Linear, "decoder_att": nn.Linear, "att": nn.Linear},
+    "DecoderWithAttention": {"embedding": nn.Embedding, "decode_step": nn.LSTMCell, "init_h": nn.Linear,
+                             "init_c": nn.Linear, "f_beta": nn.Linear, "sigmoid": nn.Sigmoid, "fc": nn.Linear,
+                             "dropout": nn.Dropout},
+}
+
+
+def _built(ctx, cls):
+    try:
+        return ctx.student(cls)
+    except Failed:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise Failed(f"{cls}(...) could not be built: {type(e).__name__}: {str(e)[:300]}") from None
+
+
+def _names_shapes(ctx, cls, skip_prefix=None):
+    try:
+        _names_shapes_(ctx, cls, skip_prefix)
+    except Failed as e:
+        raise Failed(str(e) if str(e).startswith("TODO") else f"TODO {cls}.__init__: {e}") from None
+
+
+def _names_shapes_(ctx, cls, skip_prefix=None):
+    mod = _built(ctx, cls)
+    want = {k: tuple(v.shape) for k, v in ctx.state(cls).items()}
+    have = {k: tuple(v.shape) for k, v in mod.state_dict().items()}
+    if skip_prefix:
+        want = {k: v for k, v in want.items() if not k.startswith(skip_prefix)}
+        have = {k: v for k, v in have.items() if not k.startswith(skip_prefix)}
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing:
+        raise Failed(f"weights missing: {', '.join(missing)} (layer names are graded; use the banner's names)")
+    if extra:
+        raise Failed(f"unexpected weights: {', '.join(extra)} (define exactly the layers of the banner)")
+    bad = [f"{k} {have[k]} (expected {want[k]})" for k in want if have[k] != want[k]]
+    if bad:
+        raise Failed("wrong layer sizes: " + "; ".join(bad))
+
+
+def _types(ctx, cls):
+    mod = _built(ctx, cls)
+    for name, typ in EXPECTED_TYPES[cls].items():
+        got = mod._modules.get(name)
+        if not isinstance(got, typ):
+            raise Failed(f"TODO {cls}.__init__: self.{name} should be an nn.{typ.__name__}, got "
+                         f"{'nothing' if got is None else type(got).__name__}")
+    if "dropout" in EXPECTED_TYPES[cls] and mod.dropout.p != CFG["dropout"]:
+        raise Failed(f"self.dropout should use p=self.dropout_p ({CFG['dropout']}), got p={mod.dropout.p}")
+    return mod
+
+
+@test("DecoderWithRNN.__init__")
+def test_rnn_init_constructs(ctx):
+    _built(ctx, "DecoderWithRNN")
+
+
+@test("DecoderWithRNN.__init__")
+def test_rnn_init_layer_names_shapes(ctx):
+    _names_shapes(ctx, "DecoderWithRNN")
+
+
+@test("DecoderWithRNN.__init__")
+def test_rnn_init_layer_types(ctx):
+    mod = _types(ctx, "DecoderWithRNN")
+    if mod.decode_step.input_size != CFG["embed_dim"] or mod.decode_step.hidden_size != CFG["decoder_dim"]:
+        raise Failed("decode_step should be nn.LSTMCell(embed_dim, decoder_dim)")
+
+
+@test("Attention.__init__")
+def test_attention_init_layer_names_shapes(ctx):
+    _names_shapes(ctx, "Attention")
+
+
+@test("Attention.__init__")
+def test_attention_init_layer_types(ctx):
+    _types(ctx, "Attention")
+
+
+@test("DecoderWithAttention.__init__")
+def test_att_init_constructs(ctx):
+    _built(ctx, "DecoderWithAttention")
+
+
+@test("DecoderWithAttention.__init__")
+def test_att_init_layer_names_shapes(ctx):
+    # the attention's own weights are Attention.__init__'s business
+    _names_shapes(ctx, "DecoderWithAttention", skip_prefix="attention.")
+
+
+@test("DecoderWithAttention.__init__")
+def test_att_init_layer_types(ctx):
+    mod = _types(ctx, "DecoderWithAttention")
+    att = mod._modules.get("attention")
+    if att is None or type(att).__name__ != "Attention":
+        raise Failed("self.attention should be Attention(encoder_dim, decoder_dim, attention_dim)")
+    if mod.decode_step.input_size != CFG["embed_dim"] + C:
+        raise Failed(f"decode_step's input is [embedding ; gated context]: embed_dim + encoder_dim = "
+                     f"{CFG['embed_dim'] + C}, got {mod.decode_step.input_size}")
+
+
+# ---------------------------------------------------------------------------------------------- one_step tests
+def _one_step_eval(ctx, cls):
+    with torch.no_grad():
+        want = _one_step(cls, ctx.reference(cls), ctx.step)
+        got = _one_step(cls, ctx.hybrid(cls, "one_step"), ctx.step)
+    for k in want:
+        close(k, got[k], want[k], "With the reference's layers and weights (eval mode) your one_step should give "
+                                  "the same numbers")
+
+
+def _one_step_h_c(ctx, cls):
+    with torch.no_grad():
+        want = _one_step(cls, ctx.reference(cls), ctx.step)
+        got = _one_step(cls, ctx.hybrid(cls, "one_step"), ctx.step)
+    for k in ("h", "c"):
+        if not torch.is_tensor(got[k]) or got[k].shape != want[k].shape:
+            raise Failed(f"{k} should be a tensor of shape {tuple(want[k].shape)}")
+    if rel_error(got["h"], want["c"]) <= REL_TOL and rel_error(got["c"], want["h"]) <= REL_TOL:
+        raise Failed("h and c are swapped: nn.LSTMCell returns (h, c), in that order")
+    if rel_error(got["h"], want["h"]) > REL_TOL or rel_error(got["c"], want["c"]) > REL_TOL:
+        raise Failed("the new (h, c) differ from the reference: call self.decode_step(input, (h, c)) with the "
+                     "state in the order (h, c) and keep both outputs")
+
+
+def _one_step_dropout(ctx, cls):
+    ref, mine = ctx.reference(cls, train=True), ctx.hybrid(cls, "one_step", train=True)
+    with torch.no_grad():
+        torch.manual_seed(77)
+        want = _one_step(cls, ref, ctx.step)
+        torch.manual_seed(77)
+        got = _one_step(cls, mine, ctx.step)
+    for k in want:
+        close(k, got[k], want[k], "In train mode (dropout active, same random seed) your one_step differs from "
+                                  "the reference: apply self.dropout once, to h, right before self.fc "
+                                  "(preds = fc(dropout(h)))")
+
+
+@test("DecoderWithRNN.one_step")
+def test_rnn_one_step_eval(ctx):
+    _one_step_eval(ctx, "DecoderWithRNN")
+
+
+@test("DecoderWithRNN.one_step")
+def test_rnn_one_step_h_c_order(ctx):
+    _one_step_h_c(ctx, "DecoderWithRNN")
+
+
+@test("DecoderWithRNN.one_step")
+def test_rnn_one_step_dropout_train(ctx):
+    _one_step_dropout(ctx, "DecoderWithRNN")
+
+
+@test("DecoderWithAttention.one_step")
+def test_att_one_step_eval(ctx):
+    _one_step_eval(ctx, "DecoderWithAttention")
+
+
+@test("DecoderWithAttention.one_step")
+def test_att_one_step_gate(ctx):
+    cls = "DecoderWithAttention"
+    state = dict(ctx.state(cls))
+    state["f_beta.weight"] = torch.zeros_like(state["f_beta.weight"])
+    state["f_beta.bias"] = torch.full_like(state["f_beta.bias"], -30.0)  # gate closed: sigmoid(-30) ~ 1e-13
+    ref = ctx.reference(cls)
+    ref.load_state_dict(state)
+    with torch.no_grad():
+        want = _one_step(cls, ref, ctx.step)
+        got = _one_step(cls, ctx.hybrid(cls, "one_step", state=state), ctx.step)
+    for k in ("preds", "h", "c"):
+        close(k, got[k], want[k], "With the gate closed (sigmoid(f_beta(h)) ~ 0) the context must not reach the "
+                                  "LSTM: z = self.sigmoid(self.f_beta(h)) * z before concatenating it")
+
+
+@test("DecoderWithAttention.one_step")
+def test_att_one_step_h_c_order(ctx):
+    _one_step_h_c(ctx, "DecoderWithAttention")
+
+
+@test("DecoderWithAttention.one_step")
+def test_att_one_step_dropout_train(ctx):
+    _one_step_dropout(ctx, "DecoderWithAttention")
+
+
+# ----------------------------------------------------------------------------------------------- forward tests
+def _fwd(ctx, cls, inp=None):
+    with torch.no_grad():
+        return _forward(cls, ctx.hybrid(cls, "forward"), inp or ctx.fwd)
+
+
+def _forward_eval(ctx, cls):
+    with torch.no_grad():
+        want = _forward(cls, ctx.reference(cls), ctx.fwd)
+    got = _fwd(ctx, cls)
+    if list(got["decode_lengths"]) != list(want["decode_lengths"]):
+        raise Failed(f"decode_lengths {list(got['decode_lengths'])} should be {list(want['decode_lengths'])}")
+    if not torch.equal(torch.as_tensor(got["sort_ind"]), want["sort_ind"]):
+        raise Failed("sort_ind differs: keep the given sort by decreasing length")
+    if not torch.equal(got["encoded_captions"], want["encoded_captions"]):
+        raise Failed("encoded_captions should be returned sorted by decreasing length")
+    for k in ("predictions", "alphas"):
+        if k in want:
+            close(k, got[k], want[k], "forward should loop t over range(max(decode_lengths)) on the shrinking "
+                                      "batch, calling self.one_step and storing its outputs at [:num, t]")
+
+
+def _rows_past_end(ctx, cls):
+    got = _fwd(ctx, cls)
+    for k in ("predictions", "alphas"):
+        if k not in got:
+            continue
+        for i, d in enumerate(got["decode_lengths"]):
+            tail = got[k][i, d:]
+            if tail.numel() and tail.abs().max().item() != 0:
+                raise Failed(f"{k}[{i}, {d}:] should stay 0: caption {i} has decode length {d}, so steps t >= {d} "
+                             f"must not run for it (num = captions with decode length > t)")
+
+
+def _alone(ctx, cls):
+    full = _fwd(ctx, cls)
+    order = torch.as_tensor(full["sort_ind"]).tolist()
+    for row, i in enumerate(order):
+        one = _fwd(ctx, cls, {k: v[i:i + 1] for k, v in ctx.fwd.items()})
+        d = full["decode_lengths"][row]
+        for k in ("predictions", "alphas"):
+            if k in full and rel_error(full[k][row, :d], one[k][0, :d]) > REL_TOL:
+                raise Failed(f"the {k} of caption {i} (length {LENGTHS[i]}) differ when it is decoded alone: other "
+                             f"captions of the batch must not influence it")
+
+
+def _padding(ctx, cls):
+    caps = ctx.fwd["captions"].clone()
+    g = torch.Generator().manual_seed(5)
+    for i, n in enumerate(LENGTHS):
+        caps[i, n:] = torch.randint(1, CFG["vocab_size"], (caps.size(1) - n,), generator=g)
+    a = _fwd(ctx, cls)
+    b = _fwd(ctx, cls, dict(ctx.fwd, captions=caps))
+    for k in ("predictions", "alphas"):
+        if k in a and (a[k].shape != b[k].shape or rel_error(b[k], a[k]) > REL_TOL):
+            raise Failed(f"{k} depend on the padding: replacing the <pad> words after each caption's end changed "
+                         f"them; only captions longer than t may run at step t")
+
+
+def _first_step(ctx, cls):
+    with torch.no_grad():
+        want = _forward(cls, ctx.reference(cls), ctx.fwd)
+    got = _fwd(ctx, cls)
+    for k in ("predictions", "alphas"):
+        if k in want:
+            if not torch.is_tensor(got[k]) or got[k].dim() != 3 or got[k].shape[:1] != want[k].shape[:1]:
+                raise Failed(f"{k} should have shape {tuple(want[k].shape)}")
+            close(f"{k}[:, 0]", got[k][:, 0], want[k][:, 0],
+                  "the first step already differs: start from (h, c) = self.init_hidden_state(encoder_out) (the "
+                  "given line above the TODO) and do not reset or swap them")
+
+
+for _cls, _p in (("DecoderWithRNN", "rnn"), ("DecoderWithAttention", "att")):
+    for _suffix, _fn in (("eval", _forward_eval), ("rows_past_end_zero", _rows_past_end),
+                         ("short_caption_alone", _alone), ("padding_independent", _padding),
+                         ("starts_from_initial_state", _first_step)):
+        def _t(ctx, _fn=_fn, _cls=_cls):
+            _fn(ctx, _cls)
+
+        _t.__name__ = f"test_{_p}_forward_{_suffix}"
+        test(f"{_cls}.forward")(_t)
+
+
+# --------------------------------------------------------------------------------------------- attention tests
+@test("Attention.forward")
+def test_attention_forward_eval(ctx):
+    with torch.no_grad():
+        want = unpack(ctx.reference("Attention")(ctx.att_in["encoder_out"], ctx.att_in["h"]), ["z", "alpha"])
+        got = unpack(ctx.hybrid("Attention", "forward")(ctx.att_in["encoder_out"], ctx.att_in["h"]),
+                     ["z", "alpha"])
+    close("alpha", got["alpha"], want["alpha"],
+          "alpha = softmax over regions of att(relu(encoder_att(encoder_out) + decoder_att(h).unsqueeze(1)))")
+    close("z", got["z"], want["z"], "z = sum over regions of encoder_out * alpha")
+
+
+@test("Attention.forward")
+def test_attention_softmax_over_regions(ctx):
+    with torch.no_grad():
+        got = unpack(ctx.hybrid("Attention", "forward")(ctx.att_in["encoder_out"], ctx.att_in["h"]),
+                     ["z", "alpha"])
+    alpha = got["alpha"]
+    n = ctx.att_in["h"].size(0)
+    if not torch.is_tensor(alpha) or tuple(alpha.shape) != (n, P):
+        raise Failed(f"alpha should have shape (N, P) = {(n, P)}, got "
+                     f"{tuple(alpha.shape) if torch.is_tensor(alpha) else type(alpha).__name__}")
+    s = alpha.sum(dim=1)
+    if (alpha < 0).any() or (s - 1).abs().max().item() > 1e-4:
+        raise Failed("alpha does not sum to 1 over the regions for each row: take the softmax over dim=1 (the P "
+                     "regions), not over the batch")

@@ -1,0 +1,190 @@
+"""The reference models: shapes, gradients, the forward/one_step contract, padding, attention invariants,
+and that each decoder can fit a handful of captions."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from captioning.errors import KitError
+from captioning.models import Attention, DecoderWithAttention, DecoderWithRNN, Encoder, TodoError
+
+V, E, D, A, C, S = 23, 8, 12, 10, 6, 3
+CFG = dict(vocab_size=V, embed_dim=E, decoder_dim=D, attention_dim=A, dropout=0.5)
+
+
+def batch(b=4, t=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    enc = torch.randn(b, S, S, C, generator=g)
+    caps = torch.randint(4, V, (b, t), generator=g)
+    lens = torch.tensor([t, t - 2, 5, 3][:b])
+    for i, n in enumerate(lens.tolist()):
+        caps[i, n:] = 0  # <pad>
+    return enc, caps, lens
+
+
+@pytest.fixture(params=[DecoderWithRNN, DecoderWithAttention], ids=["rnn", "attention"])
+def decoder(request):
+    torch.manual_seed(0)
+    return request.param(CFG, encoder_dim=C)
+
+
+def run(dec, enc, caps, lens):
+    out = dec(enc, caps, lens)
+    return out[0], out[1], out[2], (out[3] if dec.has_attention else None), out[-1]
+
+
+def test_forward_shapes_and_gradients(decoder):
+    enc, caps, lens = batch()
+    enc.requires_grad_(True)
+    preds, caps_sorted, dec_lens, alphas, sort_ind = run(decoder, enc, caps, lens)
+    assert preds.shape == (4, 8, V)
+    assert dec_lens == [8, 6, 4, 2]
+    assert torch.equal(caps_sorted, caps[sort_ind])
+    if alphas is not None:
+        assert alphas.shape == (4, 8, S * S)
+    loss = F.cross_entropy(pack_padded_sequence(preds, dec_lens, batch_first=True).data,
+                           pack_padded_sequence(caps_sorted[:, 1:], dec_lens, batch_first=True).data)
+    loss.backward()
+    assert enc.grad is not None and enc.grad.abs().sum() > 0
+    for name, p in decoder.named_parameters():
+        assert p.grad is not None, f"no gradient reaches {name}"
+
+
+def test_forward_equals_one_step_by_hand(decoder):
+    decoder.eval()
+    enc, caps, lens = batch()
+    preds, caps_sorted, dec_lens, alphas, sort_ind = run(decoder, enc, caps, lens)
+    e = enc[sort_ind].reshape(4, -1, C)
+    h, c = decoder.init_hidden_state(e)
+    for t in range(max(dec_lens)):
+        emb = decoder.embedding(caps_sorted[:, t])
+        if decoder.has_attention:
+            p, a, h, c = decoder.one_step(emb, e, h, c)
+            torch.testing.assert_close(alphas[:, t][torch.tensor(dec_lens) > t],
+                                       a[torch.tensor(dec_lens) > t])
+        else:
+            p, h, c = decoder.one_step(emb, h, c)
+        live = torch.tensor(dec_lens) > t
+        torch.testing.assert_close(preds[live, t], p[live], rtol=1e-5, atol=1e-6)
+        assert preds[~live, t].abs().sum() == 0  # rows past the end stay untouched
+
+
+def test_padding_never_influences_shorter_captions(decoder):
+    decoder.eval()
+    enc, caps, lens = batch()
+    garbage = caps.clone()
+    for i, n in enumerate(lens.tolist()):
+        garbage[i, n:] = torch.randint(4, V, (caps.size(1) - n,))
+    p1 = run(decoder, enc, caps, lens)[0]
+    p2 = run(decoder, enc, garbage, lens)[0]
+    torch.testing.assert_close(p1, p2)
+    # and a caption decoded alone gives the same predictions as inside the shrinking batch
+    preds, _, dec_lens, _, sort_ind = run(decoder, enc, caps, lens)
+    j = sort_ind.tolist().index(3)  # the shortest caption
+    alone = run(decoder, enc[3:4], caps[3:4], lens[3:4])[0]
+    torch.testing.assert_close(preds[j, : dec_lens[j]], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_alpha_sums_to_one_and_gate_in_unit_interval():
+    torch.manual_seed(0)
+    att = Attention(C, D, A)
+    enc, h = torch.randn(5, S * S, C), torch.randn(5, D)
+    z, alpha = att(enc, h)
+    assert z.shape == (5, C) and alpha.shape == (5, S * S)
+    torch.testing.assert_close(alpha.sum(dim=1), torch.ones(5))
+    torch.testing.assert_close(z, (enc * alpha.unsqueeze(2)).sum(1))
+    dec = DecoderWithAttention(CFG, encoder_dim=C)
+    gate = dec.sigmoid(dec.f_beta(torch.randn(5, D) * 10))
+    assert ((gate > 0) & (gate < 1)).all()
+
+
+@pytest.mark.parametrize("cls", [DecoderWithRNN, DecoderWithAttention], ids=["rnn", "attention"])
+def test_decoder_overfits_a_handful_of_captions(cls):
+    torch.manual_seed(0)
+    dec = cls(dict(CFG, dropout=0.0, embed_dim=32, decoder_dim=64, attention_dim=32), encoder_dim=C)
+    enc, caps, lens = batch(b=4, t=9)
+    opt = torch.optim.Adam(dec.parameters(), lr=5e-3)
+    for step in range(300):
+        preds, caps_sorted, dec_lens, alphas, _ = run(dec, enc, caps, lens)
+        loss = F.cross_entropy(pack_padded_sequence(preds, dec_lens, batch_first=True).data,
+                               pack_padded_sequence(caps_sorted[:, 1:], dec_lens, batch_first=True).data)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.1:
+            break
+    assert loss.item() < 0.1, f"loss {loss.item():.3f} after {step + 1} steps"
+
+
+def test_missing_layer_names_the_todo():
+    class Half(DecoderWithRNN):
+        def __init__(self):
+            torch.nn.Module.__init__(self)
+
+    d = Half()
+    with pytest.raises(NotImplementedError, match=r"TODO Half.__init__.*'fc'"):
+        d.fc  # noqa: B018
+    assert not hasattr(d, "fc")  # still an AttributeError for hasattr()
+    with pytest.raises(TodoError):
+        d.embedding  # noqa: B018
+
+
+def test_encoder_grid_fine_tune_and_frozen_eval():
+    torch.manual_seed(0)
+    enc = Encoder(encoded_image_size=4, weights=None, arch="resnet101")
+    assert enc.encoder_dim == 2048
+    x = torch.randn(2, 3, 64, 64)
+    enc.recalibrate([x])
+    out = enc.eval()(x)
+    assert out.shape == (2, 4, 4, 2048) and torch.isfinite(out).all()
+    enc.train()
+    assert all(not m.training for m in enc.resnet.modules()), "a frozen encoder must stay in eval mode"
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.fine_tune(True)
+    children = list(enc.resnet.children())
+    assert not any(p.requires_grad for c in children[:5] for p in c.parameters())
+    assert all(p.requires_grad for c in children[5:] for p in c.parameters())
+    enc.train()
+    assert children[6].training and not children[1].training
+
+
+def test_random_encoder_recalibration_keeps_activations_normal():
+    torch.manual_seed(0)
+    enc = Encoder(encoded_image_size=2, weights=None)
+    x = torch.randn(4, 3, 64, 64)
+    enc.recalibrate([x])
+    with torch.no_grad():
+        out = enc.eval()(x)
+    assert out.abs().max() < 100, "recalibrated BatchNorm should keep activations O(1)"
+
+
+def test_encoder_weights_errors(tmp_path, monkeypatch):
+    with pytest.raises(KitError, match="does not exist"):
+        Encoder(weights=str(tmp_path / "nope.pth"))
+    bad = tmp_path / "bad.pth"
+    torch.save({"foo": torch.zeros(1)}, bad)
+    with pytest.raises(KitError, match="not a resnet101 state dict"):
+        Encoder(weights=str(bad))
+    with pytest.raises(KitError, match="unknown encoder"):
+        Encoder(weights=None, arch="vgg")
+
+    import torchvision.models._api as tv_api
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no cached weights either
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
+    with pytest.raises(KitError, match=r"(?s)no internet.*random weights"):
+        Encoder(weights="imagenet")
+
+
+@pytest.mark.parametrize("arch,channels", [("resnet152", 2048), ("convnext_tiny", 768), ("efficientnet_b0", 1280)])
+def test_other_backbones_give_a_grid(arch, channels):
+    torch.manual_seed(0)
+    enc = Encoder(encoded_image_size=3, weights=None, arch=arch).eval()
+    x = torch.randn(2, 3, 64, 64)
+    enc.recalibrate([x])
+    assert enc(x).shape == (2, 3, 3, channels)
+    enc.fine_tune(True)
+    assert any(p.requires_grad for p in enc.parameters())

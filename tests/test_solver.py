@@ -1,0 +1,189 @@
+"""Training, checkpoints, resume, the fast path, bad input, evaluation and captioning on the tiny shapes data."""
+import json
+import os
+
+import pytest
+import torch
+
+from captioning import fastpath
+from captioning.errors import KitError
+from captioning.evaluate import caption_images, evaluate
+from captioning.models import DecoderWithAttention, DecoderWithRNN
+from captioning.solver import Runner, decoder_scores, fit, load_checkpoint, make_cfg
+
+
+def tiny_cfg(shapes_data, out, **kw):
+    cfg = dict(data_folder=str(shapes_data.data_folder), data_name=shapes_data.data_name, encoder_weights=None,
+               encoded_image_size=2, embed_dim=16, decoder_dim=24, attention_dim=16, dropout=0.2,
+               batch_size=40, epochs=2, workers=0, decoder_lr=3e-3, print_freq=0, output_dir=str(out),
+               recalibrate_images=40, progress=False, device="cpu")
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_data, tmp_path_factory):
+    """Both decoders trained for 2 epochs (module-scoped: several tests read the checkpoints)."""
+    out = tmp_path_factory.mktemp("runs")
+    return {d: fit(tiny_cfg(shapes_data, out, decoder=d)) for d in ("rnn", "attention")}
+
+
+def test_fit_writes_checkpoints_with_history(trained):
+    for decoder, res in trained.items():
+        assert os.path.basename(res["best_checkpoint"]).startswith(
+            "BEST_checkpoint_" + ("NoAttention" if decoder == "rnn" else "Attention") + "_")
+        ck = load_checkpoint(res["checkpoint"])
+        assert ck["epoch"] == 1 and len(ck["history"]) == 2
+        row = ck["history"][-1]
+        for key in ("train_loss", "train_top5", "val_loss", "val_top5", "bleu4", "bleu1"):
+            assert key in row and row[key] == row[key]  # present and not NaN
+        assert ck["decoder_optimizer"]["state"], "optimizer state must be saved for resuming"
+        assert ck["encoder_state"] is not None  # random encoder weights travel with the checkpoint
+    assert trained["rnn"]["best_checkpoint"] != trained["attention"]["best_checkpoint"]
+
+
+def test_resume_equals_uninterrupted(shapes_data, tmp_path):
+    full = fit(tiny_cfg(shapes_data, tmp_path / "full", decoder="attention", epochs=2))
+    first = fit(tiny_cfg(shapes_data, tmp_path / "part", decoder="attention", epochs=1))
+    resumed = fit(tiny_cfg(shapes_data, tmp_path / "part", decoder="attention", epochs=2,
+                           checkpoint=first["checkpoint"]))
+    a, b = full["history"], resumed["history"]
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "val_loss", "bleu4"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), key
+    sa = load_checkpoint(full["checkpoint"])["decoder_state"]
+    sb = load_checkpoint(resumed["checkpoint"])["decoder_state"]
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k])
+
+
+def test_checkpoint_for_other_decoder_or_word_map_is_refused(shapes_data, trained, tmp_path):
+    with pytest.raises(KitError, match="holds a 'rnn' decoder"):
+        Runner(make_cfg(tiny_cfg(shapes_data, tmp_path, decoder="attention",
+                                 checkpoint=trained["rnn"]["checkpoint"])))
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in os.listdir(shapes_data.data_folder):
+        if f.endswith((".json", ".hdf5")):
+            os.symlink(os.path.join(shapes_data.data_folder, f), other / f)
+    wm_name = f"WORDMAP_{shapes_data.data_name}.json"
+    wm = json.loads((shapes_data.data_folder / wm_name).read_text())
+    wm["zebra"] = len(wm)
+    os.remove(other / wm_name)
+    (other / wm_name).write_text(json.dumps(wm))
+    with pytest.raises(KitError, match="another word map"):
+        Runner(make_cfg(tiny_cfg(shapes_data, tmp_path, data_folder=str(other), decoder="rnn",
+                                 checkpoint=trained["rnn"]["checkpoint"])))
+
+
+def test_checkpoint_loading_is_weights_only(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    bad = tmp_path / "evil.pth.tar"
+    torch.save({"format": 1, "decoder_state": {}, "x": Evil()}, bad)
+    with pytest.raises(KitError, match="cannot load safely|can load safely"):
+        load_checkpoint(str(bad))
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "junk.pth.tar").write_text("not a checkpoint")
+    with pytest.raises(KitError):
+        load_checkpoint(str(tmp_path / "junk.pth.tar"))
+    with pytest.raises(KitError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "missing.pth.tar"))
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(shapes_data, tmp_path, monkeypatch):
+    cfg = tiny_cfg(shapes_data, tmp_path, decoder="rnn", epochs=1)
+    good = fit(cfg)
+    before = load_checkpoint(good["checkpoint"])["epoch"]
+    import captioning.solver as solver
+
+    real = solver._loss
+    monkeypatch.setattr(solver, "_loss", lambda *a: real(*a) * float("nan"))
+    with pytest.raises(KitError, match=r"loss became nan.*last good checkpoint"):
+        fit(dict(cfg, epochs=2, checkpoint=good["checkpoint"]))
+    assert load_checkpoint(good["checkpoint"])["epoch"] == before
+
+
+def test_bad_cfg_and_missing_data(shapes_data, tmp_path):
+    with pytest.raises(KitError, match="unknown cfg key 'epoch'"):
+        make_cfg({"epoch": 3})
+    with pytest.raises(KitError, match="choose 'rnn', 'attention' or 'adaptive'"):
+        make_cfg(decoder="transformer")
+    with pytest.raises(KitError, match="prepare"):
+        fit(tiny_cfg(shapes_data, tmp_path, data_folder=str(tmp_path / "nothing")))
+
+
+@pytest.mark.parametrize("cls", [DecoderWithRNN, DecoderWithAttention], ids=["rnn", "attention"])
+def test_fast_path_gives_the_same_loss_and_gradients(cls):
+    torch.manual_seed(0)
+    dec = cls(dict(vocab_size=30, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.0), encoder_dim=6)
+    enc = torch.randn(4, 3, 3, 6)
+    caps = torch.randint(1, 30, (4, 5, 11))
+    lens = torch.randint(3, 12, (4, 5))
+    ok, why = fastpath.matches(dec, enc, caps, lens)
+    assert ok, why
+    grads = []
+    for fast in (False, True):
+        dec.zero_grad()
+        scores, targets, alphas = decoder_scores(dec, enc, caps, lens, fast=fast)
+        loss = torch.nn.functional.cross_entropy(scores, targets)
+        if alphas is not None:
+            loss = loss + ((1 - alphas.sum(1)) ** 2).mean()
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in dec.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_fast_path_is_refused_for_a_decoder_that_computes_something_else():
+    torch.manual_seed(0)
+    dec = DecoderWithAttention(dict(vocab_size=30, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.0),
+                               encoder_dim=6)
+    dec.one_step = lambda emb, enc, h, c: DecoderWithAttention.one_step(dec, emb * 2, enc, h, c)
+    ok, why = fastpath.matches(dec, torch.randn(2, 3, 3, 6), torch.randint(1, 30, (2, 5, 9)),
+                               torch.randint(3, 10, (2, 5)))
+    assert not ok and "differ" in why
+
+
+def test_evaluate_and_caption(trained, shapes_data, tmp_path):
+    res = evaluate(trained["attention"]["best_checkpoint"], "TEST", beam_size=3, out=tmp_path / "t.json",
+                   progress=False)
+    assert res["n_images"] == 10 and 0 <= res["bleu4"] <= 1
+    assert json.loads((tmp_path / "t.json").read_text())["bleu4"] == res["bleu4"]
+    assert res["grounding"] is None or 0 <= (res["grounding"]["chance"] or 0) <= 1
+    from PIL import Image
+
+    gray = tmp_path / "gray.png"
+    Image.new("L", (97, 61), 128).save(gray)
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (40, 300), (255, 0, 0, 100)).save(rgba)
+    for decoder in ("rnn", "attention"):
+        out = caption_images(trained[decoder]["best_checkpoint"], [str(gray), str(rgba)], beam_size=2)
+        assert len(out) == 2 and all(isinstance(w, str) for r in out for w in r["words"])
+        assert (out[0]["alphas"] is None) == (decoder == "rnn")
+        if decoder == "attention":
+            assert out[0]["alphas"].shape[0] == len(out[0]["words"])
+    with pytest.raises(KitError, match="does not exist"):
+        caption_images(trained["rnn"]["best_checkpoint"], [str(tmp_path / "nope.jpg")])
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(KitError, match="bad.jpg"):
+        caption_images(trained["rnn"]["best_checkpoint"], [str(tmp_path / "bad.jpg")])
+
+
+def test_cli_test_and_caption(trained, tmp_path, capsys):
+    from captioning.cli import main
+
+    ck = trained["attention"]["best_checkpoint"]
+    assert main(["test", "--checkpoint", ck, "--beam-size", "2", "--out", str(tmp_path / "r.json")]) == 0
+    assert "BLEU-4" in capsys.readouterr().out
+    from PIL import Image
+
+    img = tmp_path / "x.jpg"
+    Image.new("RGB", (50, 80), (0, 0, 255)).save(img)
+    assert main(["caption", str(img), "--checkpoint", ck, "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "x.caption.png").stat().st_size > 1000
+    assert main(["caption", str(tmp_path / "missing.jpg"), "--checkpoint", ck]) == 2
+    assert "does not exist" in capsys.readouterr().err
