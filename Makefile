@@ -4,6 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# nbval re-executes the committed notebooks (in this order: test/caption need train1/train2's checkpoints) and
+# compares the cells marked "# NBVAL_CHECK_OUTPUT" with their saved outputs; what they write goes to outputs/nbval.
+NOTEBOOKS := notebooks/train1.ipynb notebooks/train2.ipynb notebooks/test.ipynb notebooks/caption.ipynb
+NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout 900 $(NOTEBOOKS)
+NBVAL_ENV := CAPTIONING_NBVAL_OUTPUT=$(CURDIR)/outputs/nbval
+
 .PHONY: demo test notebooks clean
 
 $(STAMP): pyproject.toml
@@ -15,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/python -m captioning demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(NBVAL_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider tests $(NBVAL)
 
 notebooks: $(STAMP)
 	$(BIN)/python -m captioning notebooks

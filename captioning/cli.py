@@ -61,6 +61,11 @@ def _cmd_test(a):
     print(f"{r['split']} split, {r['n_images']} images, beam {r['beam_size']}, decoder {r['decoder']}")
     for k in ("bleu1", "bleu2", "bleu3", "bleu4"):
         print(f"{k.upper().replace('BLEU', 'BLEU-')}: {r[k]:.4f}")
+    if r.get("coco"):
+        c = r["coco"]
+        meteor = "skipped (no Java)" if c["meteor"] is None else f"{c['meteor']:.4f}"
+        print(f"COCO toolkit ({c['tokenizer']} tokenizer): BLEU-4 {c['bleu4']:.4f}  METEOR {meteor}  "
+              f"ROUGE-L {c['rouge_l']:.4f}  CIDEr-D {c['cider_d']:.4f}")
     if r.get("grounding") and r["grounding"]["all"] is not None:
         g = r["grounding"]
         print(f"pointing game: {g['all']:.3f} of {g['n_words']} shape/colour words (chance {g['chance']:.3f})")

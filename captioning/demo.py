@@ -17,7 +17,7 @@ from captioning.errors import KitError
 DEMO = {
     "n_train": 1000, "n_val": 100, "n_test": 100, "image_size": 160, "seed": 0,
     "epochs": 6, "batch_size": 64, "embed_dim": 256, "decoder_dim": 384, "attention_dim": 256, "dropout": 0.3,
-    "decoder_lr": 2e-3, "beam_size": 5,
+    "decoder_lr": 2e-3, "beam_size": 5, "coco": True, "decoders": "rnn,attention",
 }
 
 
@@ -58,9 +58,8 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
            "dropout": p["dropout"], "decoder_lr": p["decoder_lr"], "seed": p["seed"], "print_freq": 0,
            "output_dir": os.path.join(out, "checkpoints"), "device": "cpu", "workers": 0}
     runs = {}
-    for step, decoder in ((3, "rnn"), (4, "attention")):
-        _log(f"{step}/6 training the {'attention ' if decoder == 'attention' else ''}decoder"
-             f"{' without attention' if decoder == 'rnn' else ''} ({p['epochs']} epochs)")
+    for decoder in p["decoders"].split(","):
+        _log(f"{3 if decoder == 'rnn' else 4}/6 training the {decoder} decoder ({p['epochs']} epochs)")
         t0 = time.time()
         res = fit(cfg, decoder=decoder, progress=progress)
         runs[decoder] = {"fit": res, "minutes": (time.time() - t0) / 60}
@@ -69,7 +68,8 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
     tests = {}
     for decoder, run in runs.items():
         tests[decoder] = evaluate(run["fit"]["best_checkpoint"], "TEST", beam_size=p["beam_size"],
-                                  out=os.path.join(out, f"test_{decoder}.json"), progress=progress)
+                                  out=os.path.join(out, f"test_{decoder}.json"), progress=progress,
+                                  coco=p["coco"])
 
     _log("6/6 captioning test images and a photo that is not in the dataset")
     fig_dir = os.path.join(out, "figures")
@@ -89,8 +89,8 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
             save(caption_figure(res), os.path.join(fig_dir, name))
             examples.append({"decoder": decoder, "image": res["path"], "caption": " ".join(res["words"]),
                              "figure": os.path.join("figures", name)})
-    save(training_curves([history_of(r["fit"]["checkpoint"]) for r in runs.values()],
-                         labels=["no attention", "attention"]), os.path.join(fig_dir, "training_curves.png"))
+    save(training_curves([history_of(r["fit"]["checkpoint"]) for r in runs.values()], labels=list(runs)),
+         os.path.join(fig_dir, "training_curves.png"))
 
     summary = {"settings": p, "data_name": data_name, "vocab_size": info.get("vocab_size"),
                "total_minutes": (time.time() - t_start) / 60, "decoders": {}, "examples": examples}
@@ -101,6 +101,9 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
             "best_val_bleu4": run["fit"]["best_bleu4"],
             **{k: t[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4")}, "grounding": t["grounding"],
             "checkpoint": run["fit"]["best_checkpoint"]}
+    from captioning.report import make_report
+
+    summary["report"] = make_report([out], os.path.join(out, "report"))
     write_json_atomic(summary, os.path.join(out, "summary.json"))
     table = summary_table(summary)
     with open(os.path.join(out, "summary.md"), "w") as fh:

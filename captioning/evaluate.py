@@ -30,12 +30,12 @@ def write_json_atomic(obj, path):
 
 @torch.no_grad()
 def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=None, device="cpu",
-             batch_images=50, max_images=None, max_len=50, out=None, progress=True):
+             batch_images=50, max_images=None, max_len=50, out=None, progress=True, coco=True):
     """Caption every image of ``split`` with beam search and score BLEU-1..4 against all its references.
 
     Returns a dict: ``bleu1`` … ``bleu4``, ``split``, ``beam_size``, ``n_images``, ``decoder``, ``checkpoint``,
-    ``grounding`` (pointing-game scores when the data has object boxes and the decoder attends, else None) and
-    ``captions`` (per image: ``image_id``, ``caption``, ``references``). Written to ``out`` as JSON if given.
+    ``grounding`` (pointing-game scores when the data has object boxes and the decoder attends, else None),
+    ``coco`` (pycocoevalcap BLEU/METEOR/ROUGE-L/CIDEr-D when ``coco``, see ``cocoeval``) and ``captions`` (per image: ``image_id``, ``caption``, ``references``). Written to ``out`` as JSON if given.
     """
     ckpt = load_checkpoint(checkpoint)
     encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device)
@@ -70,6 +70,13 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     if decoder.has_attention and any(objects):
         image_size = data.image_shape[-1]
         result["grounding"] = grounding(hyps, all_alphas, objects, rev, image_size)
+    result["coco"] = None
+    if coco:
+        from captioning.cocoeval import coco_metrics
+
+        plain = lambda text: text.replace("<unk>", "unk")  # noqa: E731  (keep the tokenizer off '<', '>')
+        result["coco"] = coco_metrics({i: [plain(r) for r in row["references"]] for i, row in enumerate(rows)},
+                                      {i: plain(row["caption"]) for i, row in enumerate(rows)})
     result["captions"] = rows
     if out:
         write_json_atomic(result, out)

@@ -56,6 +56,16 @@ _BANNER = re.compile(r"^\s*#\s*=+\s*TODO\s+([A-Za-z_][\w.]*)")
 # folder and everything under it).
 INSTRUCTOR_ONLY = (
     "captioning/grading/",
+    # the fast training path re-derives the decoders' step: it would hand students the solution (the solver
+    # trains with the student's own forward when it is absent)
+    "captioning/fastpath.py",
+    # tests of the reference solution itself (students get tests/public and the data tests)
+    "tests/test_models.py",
+    "tests/test_decoding.py",
+    "tests/test_solver.py",
+    "tests/test_extensions.py",
+    "tests/test_notebooks.py",
+    "tests/test_demo.py",
     "tests/test_grading.py",
     "tests/test_release.py",
     "tests/grading_fixtures/",
