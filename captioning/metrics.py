@@ -1,6 +1,8 @@
 """Scores: top-k accuracy for training logs and BLEU-1..4 (nltk ``corpus_bleu``, all references per image)."""
 from __future__ import annotations
 
+import warnings
+
 from nltk.translate.bleu_score import corpus_bleu
 
 SPECIAL = ("<start>", "<end>", "<pad>")
@@ -39,4 +41,6 @@ def bleu(references, hypotheses):
         raise ValueError(f"{len(references)} reference sets for {len(hypotheses)} hypotheses")
     if not hypotheses:
         return {k: 0.0 for k in BLEU_WEIGHTS}
-    return {k: float(corpus_bleu(references, hypotheses, weights=w)) for k, w in BLEU_WEIGHTS.items()}
+    with warnings.catch_warnings():  # nltk warns when a short corpus has no 4-gram match; 0 is the right score
+        warnings.simplefilter("ignore", UserWarning)
+        return {k: float(corpus_bleu(references, hypotheses, weights=w)) for k, w in BLEU_WEIGHTS.items()}

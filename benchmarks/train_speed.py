@@ -1,0 +1,361 @@
+"""Training throughput of the kit's path against the straightforward course procedure, side by side.
+
+    python benchmarks/train_speed.py [--threads N] [--course-batches 3] [--kit-batches 9] [--parts abc]
+
+(a) The attention decoder at the sizes of the original tutorial (encoder output 14×14×2048, vocabulary 9,490,
+    embed/attention/decoder dims 512, batches of 32 captions of COCO-like lengths), one training step =
+    forward + loss (cross-entropy + doubly stochastic attention term) + backward + gradient clipping + Adam:
+
+    * kit    — ``solver.decoder_scores(..., fast=True)`` on a batch grouped by image, as the kit's loader makes
+               it: 32 // 5 = 6 images × 5 captions, ``encoder_out`` has one row per image;
+    * course — per-caption samples (``encoder_out`` repeated for each caption), the decoder's own ``forward``
+               (Attention projects the encoder output again at every step, ``fc`` runs per step), then
+               ``pack_padded_sequence`` + cross-entropy, as in the tutorial's ``train``.
+
+    Both sides start from the same weights (two copies, one Adam each) and see the same batches; before timing,
+    the two losses of one batch are computed in eval mode and must agree to 1e-4 relative.
+(b) The same for ``DecoderWithRNN``.
+(c) A full training step with a frozen encoder, data loading included:
+
+    * kit      — cached fp16 feature maps (2048, 8, 8) read from an HDF5 file through ``ImageCaptions``,
+                 ``Encoder.pool`` to 14×14, then the kit's decoder step (6 images × 5 captions);
+    * re-encode — the tutorial's per-caption samples: each caption's 256×256 image read from HDF5 and encoded
+                 again by a random-weights ResNet-101 (``Encoder(14, weights=None)``), batches of 8 captions,
+                 then the *same* kit decoder step (one encoder row per caption);
+    * course   — the same re-encoded batch followed by the course decoder step (the tutorial as a whole).
+
+    ResNet-101 runs at a few images per second on a CPU, so this part times only ``--encode-batches`` batches;
+    it also projects one COCO epoch (113,287 images × 5 = 566,435 captions) for each row.
+
+Timed steps of the two sides are interleaved (round by round), so that load from other processes on the machine
+falls on both alike. Captions/s = captions trained / seconds spent in timed steps.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+from torch.utils.data import DataLoader, Dataset
+
+from _common import Timer, load_note, setup, table
+from captioning.features import ImageCaptions, normalize
+from captioning.models import DecoderWithAttention, DecoderWithRNN, Encoder
+from captioning.solver import _loss, decoder_scores
+
+COCO_CAPTIONS = 113_287 * 5
+MAX_LEN = 50  # prepare's default: captions are padded to max_len + 2 = 52 tokens
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def make_batches(n, n_img, cpi, vocab, seed):
+    """``n`` batches of (encoder_out (n_img, 14, 14, 2048), captions (n_img, cpi, 52), caplens (n_img, cpi)).
+
+    Lengths incl. <start>/<end>: 10 + Poisson(3), at most 20 (mean ≈ 13, like COCO's ~10.5 words + 2).
+    Word map as ``prepare`` makes it: <pad> = 0, words, <unk>, <start> = V - 2, <end> = V - 1.
+    """
+    g = torch.Generator().manual_seed(seed)
+    start, end = vocab - 2, vocab - 1
+    out = []
+    for _ in range(n):
+        lens = (10 + torch.poisson(torch.full((n_img, cpi), 3.0), generator=g)).clamp(max=20).long()
+        caps = torch.zeros(n_img, cpi, MAX_LEN + 2, dtype=torch.long)
+        words = torch.randint(1, vocab - 3, caps.shape, generator=g)
+        pos = torch.arange(MAX_LEN + 2)
+        inside = (pos > 0) & (pos < lens.unsqueeze(2) - 1)
+        caps = torch.where(inside, words, caps)
+        caps[:, :, 0] = start
+        caps.scatter_(2, (lens - 1).unsqueeze(2), end)
+        enc = torch.rand(n_img, 14, 14, 2048, generator=g)
+        out.append((enc, caps, lens))
+    return out
+
+
+def per_caption(enc, caps, lens):
+    """The course's per-caption samples: encoder_out repeated for each caption, captions/lengths flattened."""
+    b, cpi, t = caps.shape
+    return enc.repeat_interleave(cpi, dim=0), caps.reshape(b * cpi, t), lens.reshape(b * cpi, 1)
+
+
+# ------------------------------------------------------------------------------------------------------ steps
+def make_cfg(kind):
+    return {"decoder": kind, "alpha_c": 1.0, "grad_clip": 5.0}
+
+
+def course_loss(decoder, cfg, enc_c, caps_c, lens_c):
+    """The tutorial's train(): decoder forward, pack_padded_sequence, cross-entropy (+ attention term)."""
+    out = decoder(enc_c, caps_c, lens_c)
+    if decoder.has_attention:
+        predictions, caps_sorted, decode_lengths, alphas, _ = out
+    else:
+        (predictions, caps_sorted, decode_lengths, _), alphas = out, None
+    targets = caps_sorted[:, 1:]
+    scores = pack_padded_sequence(predictions, decode_lengths, batch_first=True).data
+    targets = pack_padded_sequence(targets, decode_lengths, batch_first=True).data
+    loss = F.cross_entropy(scores, targets)
+    if alphas is not None:
+        loss = loss + cfg["alpha_c"] * ((1.0 - alphas.sum(dim=1)) ** 2).mean()
+    return loss
+
+
+def kit_loss(decoder, cfg, enc, caps, lens):
+    scores, targets, alphas = decoder_scores(decoder, enc, caps, lens, fast=True)
+    return _loss(cfg, scores, targets, alphas)
+
+
+def update(decoder, opt, loss, cfg):
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_value_(decoder.parameters(), cfg["grad_clip"])
+    opt.step()
+
+
+def check_same_loss(kit_dec, course_dec, cfg, batch, what):
+    enc, caps, lens = batch
+    kit_dec.eval()
+    course_dec.eval()
+    with torch.no_grad():
+        a = kit_loss(kit_dec, cfg, enc, caps, lens).item()
+        b = course_loss(course_dec, cfg, *per_caption(enc, caps, lens)).item()
+    kit_dec.train()
+    course_dec.train()
+    rel = abs(a - b) / abs(b)
+    print(f"{what}: loss in eval mode, same weights, same batch: kit {a:.6f}, course {b:.6f}, "
+          f"relative difference {rel:.2e}")
+    assert rel < 1e-4, f"{what}: the two paths disagree ({a} vs {b})"
+
+
+def decoder_throughput(kind, args):
+    vocab = args.vocab
+    n_img, cpi = args.batch_size // 5, 5
+    cfg = make_cfg(kind)
+    dcfg = {"vocab_size": vocab, "embed_dim": args.dim, "attention_dim": args.dim, "decoder_dim": args.dim,
+            "dropout": 0.5}
+    torch.manual_seed(0)
+    kit_dec = (DecoderWithAttention if kind == "attention" else DecoderWithRNN)(dcfg, encoder_dim=2048)
+    course_dec = copy.deepcopy(kit_dec)
+    kit_opt = torch.optim.Adam(kit_dec.parameters(), lr=4e-4)
+    course_opt = torch.optim.Adam(course_dec.parameters(), lr=4e-4)
+    n_kit = args.kit_batches if kind == "attention" else args.kit_batches * args.rnn_factor
+    n_course = args.course_batches if kind == "attention" else args.course_batches * args.rnn_factor
+    batches = make_batches(max(n_kit, n_course) + 1, n_img, cpi, vocab, seed=1)
+    title = "(a) DecoderWithAttention" if kind == "attention" else "(b) DecoderWithRNN"
+    print(f"{title}: batches of {n_img} images x {cpi} captions = {n_img * cpi} captions (the kit's loader "
+          f"turns batch_size {args.batch_size} into {args.batch_size} // {cpi} = {n_img} images), vocabulary "
+          f"{vocab}, dims {args.dim}, encoder output 14x14x2048, caption lengths 10-20 incl. <start>/<end> "
+          f"(mean {np.mean([b[2].float().mean().item() for b in batches]):.1f}), dropout 0.5, Adam, "
+          f"grad clip {cfg['grad_clip']}")
+    check_same_loss(kit_dec, course_dec, cfg, batches[0], title)
+
+    # warm-up (not timed): one step each on batch 0
+    update(kit_dec, kit_opt, kit_loss(kit_dec, cfg, *batches[0]), cfg)
+    update(course_dec, course_opt, course_loss(course_dec, cfg, *per_caption(*batches[0])), cfg)
+
+    t_kit, t_course = Timer(), Timer()
+    caps_kit = caps_course = 0
+    rounds = n_course
+    per_round = -(-n_kit // rounds)
+    k = 1
+    for r in range(rounds):
+        enc, caps, lens = batches[1 + r]
+        c = per_caption(enc, caps, lens)
+        with t_course:
+            update(course_dec, course_opt, course_loss(course_dec, cfg, *c), cfg)
+        caps_course += caps.numel() // caps.size(-1)
+        for _ in range(per_round):
+            if t_kit.count >= n_kit:
+                break
+            enc, caps, lens = batches[k % len(batches)]
+            k += 1
+            with t_kit:
+                update(kit_dec, kit_opt, kit_loss(kit_dec, cfg, enc, caps, lens), cfg)
+            caps_kit += caps.numel() // caps.size(-1)
+    kit_cps = caps_kit / t_kit.seconds
+    course_cps = caps_course / t_course.seconds
+    rows = [["kit: decoder_scores(fast=True), grouped by image", t_kit.count, f"{t_kit.seconds / t_kit.count:.3f}",
+             f"{kit_cps:.1f}", f"{kit_cps / course_cps:.2f}x"],
+            ["course: per-caption forward + pack + CE", t_course.count, f"{t_course.seconds / t_course.count:.3f}",
+             f"{course_cps:.1f}", "1.00x"]]
+    print(table(["path", "timed batches", "s/batch", "captions/s", "speed-up"], rows))
+    target = 5.0
+    if kind == "attention":
+        print(f"ratio kit/course = {kit_cps / course_cps:.2f}x (target >= {target:.0f}x: "
+              f"{'met' if kit_cps / course_cps >= target else 'NOT met'})")
+    else:
+        print(f"ratio kit/course = {kit_cps / course_cps:.2f}x")
+    print(flush=True)
+    return kit_cps, course_cps
+
+
+# ------------------------------------------------------------------------------------------------ part (c)
+class PerCaption(Dataset):
+    """The tutorial's CaptionDataset: one item per caption, the image of caption i is image i // cpi."""
+
+    def __init__(self, images_path, captions, caplens):
+        self.images_path, self.captions, self.caplens = images_path, captions, caplens
+        self.cpi = captions.size(1)
+        self._h5 = None
+
+    def __len__(self):
+        return self.captions.size(0) * self.cpi
+
+    def __getitem__(self, i):
+        if self._h5 is None:
+            self._h5 = h5py.File(self.images_path, "r")
+        img = torch.from_numpy(self._h5["images"][i // self.cpi])
+        return img, self.captions[i // self.cpi, i % self.cpi], self.caplens[i // self.cpi, i % self.cpi: i % self.cpi + 1]
+
+
+def write_prepared(folder, name, n_img, cpi, vocab, seed):
+    """Synthetic prepared TRAIN files (uint8 256×256 images, captions, lengths) and an fp16 feature cache.
+
+    Pixel and feature values are random: the cost of reading, encoding and decoding does not depend on them.
+    """
+    rng = np.random.default_rng(seed)
+    images_path = os.path.join(folder, f"TRAIN_IMAGES_{name}.hdf5")
+    with h5py.File(images_path, "w") as h:
+        h.attrs["captions_per_image"] = cpi
+        h.create_dataset("images", data=rng.integers(0, 256, (n_img, 3, 256, 256), dtype=np.uint8),
+                         chunks=(1, 3, 256, 256))
+    (_, caps, lens), = make_batches(1, n_img, cpi, vocab, seed)
+    with open(os.path.join(folder, f"TRAIN_CAPTIONS_{name}.json"), "w") as fh:
+        json.dump(caps.reshape(n_img * cpi, -1).tolist(), fh)
+    with open(os.path.join(folder, f"TRAIN_CAPLENS_{name}.json"), "w") as fh:
+        json.dump(lens.reshape(-1).tolist(), fh)
+    feat_path = os.path.join(folder, f"TRAIN_FEATURES_{name}.hdf5")
+    with h5py.File(feat_path, "w") as h:
+        d = h.create_dataset("features", shape=(n_img, 2048, 8, 8), dtype="float16", chunks=(1, 2048, 8, 8))
+        for i in range(n_img):
+            d[i] = rng.random((2048, 8, 8), dtype=np.float32).astype(np.float16)
+    return images_path, feat_path, caps, lens
+
+
+def full_step(args):
+    vocab, cpi = args.vocab, 5
+    n_img = max(64, (args.kit_batches + 1) * (args.batch_size // cpi))
+    cfg = make_cfg("attention")
+    dcfg = {"vocab_size": vocab, "embed_dim": args.dim, "attention_dim": args.dim, "decoder_dim": args.dim,
+            "dropout": 0.5}
+    print(f"(c) full training step, frozen encoder, attention decoder as in (a); {n_img} synthetic 256x256 "
+          f"images x {cpi} captions on disk")
+    torch.manual_seed(0)
+    decoders = {k: DecoderWithAttention(dcfg, encoder_dim=2048) for k in ("kit", "reenc_kit")}
+    decoders["course"] = copy.deepcopy(decoders["kit"])
+    decoders["reenc_kit"].load_state_dict(decoders["kit"].state_dict())
+    opts = {k: torch.optim.Adam(d.parameters(), lr=4e-4) for k, d in decoders.items()}
+    torch.manual_seed(0)
+    encoder = Encoder(14, weights=None)  # random ResNet-101, frozen (fine_tune(False) in the constructor)
+    with tempfile.TemporaryDirectory() as tmp:
+        name = "bench_5_cap_per_img_5_min_word_freq"
+        images_path, feat_path, caps_all, lens_all = write_prepared(tmp, name, n_img, cpi, vocab, seed=2)
+        with h5py.File(images_path, "r") as h:  # random weights: recalibrate BatchNorm once (not timed)
+            encoder.recalibrate([normalize(torch.from_numpy(h["images"][:8]))])
+        encoder.eval()
+        gen = torch.Generator().manual_seed(0)
+        cached = DataLoader(ImageCaptions(tmp, name, "TRAIN", features=feat_path), batch_size=args.batch_size // cpi,
+                            shuffle=True, generator=gen, num_workers=0)
+        per_cap = DataLoader(PerCaption(images_path, caps_all, lens_all), batch_size=args.encode_batch_size,
+                             shuffle=True, generator=gen, num_workers=0)
+
+        t_cached, t_kitdec = Timer(), Timer()
+        n_cached = 0
+        t_enc, t_rk, t_course = Timer(), Timer(), Timer()
+        n_enc = 0
+        it_cached, it_cap = iter(cached), iter(per_cap)
+
+        def cached_step(timed):
+            nonlocal n_cached
+            with (t_cached if timed else Timer()):
+                x, caps, lens = next(it_cached)
+                enc = encoder.pool(x.float())  # (B, 14, 14, 2048) from the (B, 2048, 8, 8) fp16 maps
+                with (t_kitdec if timed else Timer()):
+                    update(decoders["kit"], opts["kit"], kit_loss(decoders["kit"], cfg, enc, caps, lens), cfg)
+            if timed:
+                n_cached += caps.numel() // caps.size(-1)
+
+        def reencode_step(timed):
+            nonlocal n_enc
+            with (t_enc if timed else Timer()):
+                img, caps, lens = next(it_cap)
+                with torch.no_grad():
+                    enc = encoder(normalize(img))  # (b, 14, 14, 2048), one row per caption
+            # the same kit decoder step, one encoder row per caption (group 1)
+            with (t_rk if timed else Timer()):
+                d = decoders["reenc_kit"]
+                update(d, opts["reenc_kit"], kit_loss(d, cfg, enc, caps.unsqueeze(1), lens), cfg)
+            # the course decoder step on the same batch
+            with (t_course if timed else Timer()):
+                d = decoders["course"]
+                update(d, opts["course"], course_loss(d, cfg, enc, caps, lens), cfg)
+            if timed:
+                n_enc += caps.size(0)
+
+        cached_step(False)
+        reencode_step(False)
+        per_round = -(-args.kit_batches // args.encode_batches)
+        for _ in range(args.encode_batches):
+            reencode_step(True)
+            for _ in range(per_round):
+                if t_cached.count < args.kit_batches:
+                    cached_step(True)
+
+    cps = {"kit": n_cached / t_cached.seconds,
+           "reenc_kit": n_enc / (t_enc.seconds + t_rk.seconds),
+           "course": n_enc / (t_enc.seconds + t_course.seconds)}
+    hours = {k: COCO_CAPTIONS / v / 3600 for k, v in cps.items()}
+    rows = [
+        ["kit: cached fp16 (2048,8,8) + pool + kit decoder step", f"{args.batch_size // cpi}x{cpi}", t_cached.count,
+         f"{t_cached.seconds / t_cached.count:.3f}", f"{cps['kit']:.1f}", "1.00x", f"{hours['kit']:.1f}"],
+        ["re-encode each caption (ResNet-101, 256 px) + same kit decoder step", f"{args.encode_batch_size}",
+         t_enc.count, f"{(t_enc.seconds + t_rk.seconds) / t_enc.count:.3f}", f"{cps['reenc_kit']:.1f}",
+         f"{cps['kit'] / cps['reenc_kit']:.1f}x", f"{hours['reenc_kit']:.1f}"],
+        ["course: re-encode each caption + course decoder step", f"{args.encode_batch_size}", t_enc.count,
+         f"{(t_enc.seconds + t_course.seconds) / t_enc.count:.3f}", f"{cps['course']:.1f}",
+         f"{cps['kit'] / cps['course']:.1f}x", f"{hours['course']:.1f}"],
+    ]
+    print(table(["full training step", "batch", "timed batches", "s/batch", "captions/s", "kit is faster by",
+                 "COCO epoch (h)"], rows))
+    print(f"where the time goes, per caption: cached read + pool + kit decoder "
+          f"{1000 * t_cached.seconds / n_cached:.0f} ms (decoder step alone {1000 * t_kitdec.seconds / n_cached:.0f} ms);"
+          f" re-encoding: read + ResNet-101 {1000 * t_enc.seconds / n_enc:.0f} ms "
+          f"({n_enc / t_enc.seconds:.1f} img/s), kit decoder at 1 row per caption {1000 * t_rk.seconds / n_enc:.0f} ms, "
+          f"course decoder {1000 * t_course.seconds / n_enc:.0f} ms")
+    print(f"COCO epoch = {COCO_CAPTIONS:,} captions (113,287 training images x 5) at the measured captions/s "
+          f"on this CPU with {torch.get_num_threads()} threads")
+    print(flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: all CPUs)")
+    p.add_argument("--parts", default="abc", help="which parts to run: any of a, b, c")
+    p.add_argument("--batch-size", type=int, default=32, help="captions per batch (kit: // 5 images)")
+    p.add_argument("--vocab", type=int, default=9490)
+    p.add_argument("--dim", type=int, default=512, help="embed, attention and decoder dims")
+    p.add_argument("--course-batches", type=int, default=3, help="timed batches of the course path in (a)")
+    p.add_argument("--kit-batches", type=int, default=9, help="timed batches of the kit path in (a) and (c)")
+    p.add_argument("--rnn-factor", type=int, default=4, help="(b) times as many batches as (a), both sides")
+    p.add_argument("--encode-batches", type=int, default=2, help="timed re-encoding batches in (c)")
+    p.add_argument("--encode-batch-size", type=int, default=8, help="captions per re-encoding batch in (c)")
+    args = p.parse_args(argv)
+    setup(args.threads, "training throughput: kit vs straightforward course procedure")
+    if "a" in args.parts:
+        decoder_throughput("attention", args)
+    if "b" in args.parts:
+        decoder_throughput("rnn", args)
+    if "c" in args.parts:
+        full_step(args)
+    print(load_note())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
