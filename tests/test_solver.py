@@ -188,3 +188,25 @@ def test_cli_test_and_caption(trained, tmp_path, capsys):
     assert (tmp_path / "figs" / "x.caption.png").stat().st_size > 1000
     assert main(["caption", str(tmp_path / "missing.jpg"), "--checkpoint", ck]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_frozen_checkpoint_into_fine_tuning(shapes_data, trained, tmp_path, monkeypatch):
+    """Course's best result: fine-tune blocks 2-4. A frozen-encoder checkpoint resumes into fine-tuning with its
+    own encoder learning rate, and the feature cache is switched off (the features change as the encoder learns)."""
+    import captioning.solver as solver
+
+    def no_cache(*a, **k):
+        raise AssertionError("the feature cache must be off while fine-tuning")
+
+    monkeypatch.setattr(solver, "build_feature_cache", no_cache)
+    frozen = load_checkpoint(trained["rnn"]["checkpoint"])
+    cfg = tiny_cfg(shapes_data, tmp_path, decoder="rnn", epochs=3, fine_tune_encoder=True, encoder_lr=1e-3,
+                   checkpoint=trained["rnn"]["checkpoint"])
+    runner = Runner(make_cfg(cfg), progress=False)
+    assert runner.enc_opt is not None and runner.enc_opt.param_groups[0]["lr"] == 1e-3
+    runner.fit()
+    tuned = load_checkpoint(runner.ckpt_path)
+    assert tuned["epoch"] == 2 and len(tuned["history"]) == 3 and tuned["encoder_optimizer"] is not None
+    changed = {k.split(".")[1] for k, v in tuned["encoder_state"].items()
+               if v.is_floating_point() and not torch.equal(v, frozen["encoder_state"][k])}
+    assert changed and all(int(block) >= 5 for block in changed), changed  # only children [5:] learn
