@@ -12,8 +12,6 @@ import shlex
 import sys
 import time
 
-import torch
-
 
 def cpu_model():
     try:
@@ -26,8 +24,17 @@ def cpu_model():
     return platform.processor() or "unknown CPU"
 
 
+DEFAULT_THREADS = 1
+THREADS_HELP = ("torch intra-op threads, the same for both sides (default 1; 0 = all CPUs). One thread by default: "
+                "on a machine shared with other busy processes, several threads wait for each other at every op "
+                "(4x slower steps were measured with 2 threads on a loaded 2-core machine)")
+
+
 def setup(threads, title):
     """Set torch's intra-op threads (the same for both sides of every comparison) and print the header."""
+    import torch  # here, not at the top: memory.py's children must not pay for it
+
+    threads = DEFAULT_THREADS if threads is None else threads
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -1,7 +1,7 @@
 """Beam-5 test decoding: ``beam_search`` on a batch of images at once vs one image at a time, side by side.
 
-    python benchmarks/decode_speed.py [--threads N] [--images 10] [--loop-images 3]
-                                      [--natural-images 10] [--natural-loop-images 10]
+    python benchmarks/decode_speed.py [--threads N] [--images 16] [--loop-images 4]
+                                      [--natural-images 16] [--natural-loop-images 16]
     python benchmarks/decode_speed.py --images 50 --loop-images 50 --natural-images 50 --natural-loop-images 50
 
 Sizes of the original tutorial with random weights: encoder output 14×14×2048, vocabulary 9,490, embed/attention/
@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from _common import load_note, setup, table
+from _common import THREADS_HELP, load_note, setup, table
 from captioning.decoding import beam_search
 from captioning.models import DecoderWithAttention
 
@@ -144,12 +144,12 @@ def run_variant(name, dec, enc, n_loop, args, wm):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: all CPUs)")
-    p.add_argument("--images", type=int, default=10, help="50-step variant: images decoded in one batch")
-    p.add_argument("--loop-images", type=int, default=3, help="50-step variant: images decoded one at a time")
-    p.add_argument("--natural-images", type=int, default=10, help="natural variant: images in one batch")
-    p.add_argument("--natural-loop-images", type=int, default=10, help="natural variant: one at a time")
-    p.add_argument("--natural-length", type=float, default=12.0, help="natural variant: mean caption length")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--images", type=int, default=16, help="50-step variant: images decoded in one batch")
+    p.add_argument("--loop-images", type=int, default=4, help="50-step variant: images decoded one at a time")
+    p.add_argument("--natural-images", type=int, default=16, help="natural variant: images in one batch")
+    p.add_argument("--natural-loop-images", type=int, default=16, help="natural variant: one at a time")
+    p.add_argument("--natural-length", type=float, default=10.0, help="natural variant: mean caption length")
     p.add_argument("--clock-step", type=float, default=0.1)
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--max-len", type=int, default=50)

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import load_note, setup, table
+from _common import THREADS_HELP, load_note, setup, table
 
 
 def vm_hwm_mb():
@@ -84,7 +84,8 @@ def child(a):
         info = create_input_files("shapes", a.json, a.raw, min_word_freq=1, image_size=a.image_size,
                                   output_folder=a.data)
         out.update(main=vm_hwm_mb(), workers=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-                   seconds=time.perf_counter() - t, images=info["n_train"] + info["n_val"] + info["n_test"])
+                   seconds=time.perf_counter() - t, images=info["n_train"] + info["n_val"] + info["n_test"],
+                   data=sum(f.stat().st_size for f in Path(a.data).glob("*.hdf5")) / 2**20)
     elif a.child == "train":
         import torch
 
@@ -104,7 +105,8 @@ def child(a):
         t = time.perf_counter()
         row = runner.train_epoch(0)
         out.update(epoch=vm_hwm_mb(), epoch_seconds=time.perf_counter() - t, images=info["n_train"],
-                   loss=row["train_loss"])
+                   loss=row["train_loss"], data=sum(f.stat().st_size for f in Path(a.data).glob("**/TRAIN_*.hdf5"))
+                   / 2**20)
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -137,7 +139,7 @@ def prepare_quietly(json_path, raw, data, size):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=None, help="torch threads in the training children")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--prep-n", type=int, default=200, help="images prepared in the small case (large: 4x)")
     p.add_argument("--train-n", type=int, default=100, help="training images in the small case (large: 4x)")
     p.add_argument("--image-size", type=int, default=128)
@@ -167,11 +169,14 @@ def main(argv=None):
                 res[k] = run_child("prepare", threads, json=js, raw=raw, data=tmp / f"prep{k}_data",
                                    image_size=a.image_size)
             r1, r4 = res[1], res[4]
-            rows.append(["python + import captioning.prepare (baseline)", "", f"{base_p['main']:.0f}", "", ""])
-            rows.append([f"prepare, main process", f"{r1['images']} / {r4['images']}", f"{r1['main']:.0f}",
-                         f"{r4['main']:.0f}", f"{r4['main'] / r1['main']:.2f}"])
-            rows.append([f"prepare, largest decoding worker", f"{r1['images']} / {r4['images']}",
-                         f"{r1['workers']:.0f}", f"{r4['workers']:.0f}", f"{r4['workers'] / r1['workers']:.2f}"])
+            rows.append(["python + import captioning.prepare (baseline)", "", "", f"{base_p['main']:.0f}", "", "",
+                         ""])
+            data = f"{r1['data']:.0f} / {r4['data']:.0f}"
+            rows.append(["prepare, main process", f"{r1['images']} / {r4['images']}", data, f"{r1['main']:.0f}",
+                         f"{r4['main']:.0f}", f"{r4['main'] - r1['main']:+.0f}", f"{r4['main'] / r1['main']:.2f}"])
+            rows.append(["prepare, largest decoding worker", f"{r1['images']} / {r4['images']}", data,
+                         f"{r1['workers']:.0f}", f"{r4['workers']:.0f}", f"{r4['workers'] - r1['workers']:+.0f}",
+                         f"{r4['workers'] / r1['workers']:.2f}"])
             print(f"prepare took {r1['seconds']:.1f} s / {r4['seconds']:.1f} s", flush=True)
         if "train" not in a.skip:
             res = {}
@@ -183,17 +188,23 @@ def main(argv=None):
                 res[k] = run_child("train", threads, data=data, out=tmp / f"ckpt{k}", image_size=a.image_size,
                                    recal_images=a.recal_images)
             r1, r4 = res[1], res[4]
-            rows.append([f"python + import torch, captioning.solver (baseline)", "", f"{base_t['main']:.0f}", "", ""])
-            rows.append([f"Runner + feature cache (encode TRAIN once)", f"{r1['images']} / {r4['images']}",
-                         f"{r1['cache']:.0f}", f"{r4['cache']:.0f}", f"{r4['cache'] / r1['cache']:.2f}"])
+            rows.append(["python + import torch, captioning.solver (baseline)", "", "", f"{base_t['main']:.0f}", "",
+                         "", ""])
+            data = f"{r1['data']:.0f} / {r4['data']:.0f}"
+            rows.append(["Runner + feature cache (encode TRAIN once)", f"{r1['images']} / {r4['images']}", data,
+                         f"{r1['cache']:.0f}", f"{r4['cache']:.0f}", f"{r4['cache'] - r1['cache']:+.0f}",
+                         f"{r4['cache'] / r1['cache']:.2f}"])
             label = "training epoch (cached features)" + ("" if r1["reset"] and r4["reset"]
                                                           else " [peak NOT reset: includes the cache step]")
-            rows.append([label, f"{r1['images']} / {r4['images']}", f"{r1['epoch']:.0f}", f"{r4['epoch']:.0f}",
-                         f"{r4['epoch'] / r1['epoch']:.2f}"])
+            rows.append([label, f"{r1['images']} / {r4['images']}", data, f"{r1['epoch']:.0f}", f"{r4['epoch']:.0f}",
+                         f"{r4['epoch'] - r1['epoch']:+.0f}", f"{r4['epoch'] / r1['epoch']:.2f}"])
             print(f"training children: cache step {r1['cache_seconds']:.0f} s / {r4['cache_seconds']:.0f} s, "
                   f"epoch {r1['epoch_seconds']:.1f} s / {r4['epoch_seconds']:.1f} s", flush=True)
     print()
-    print(table(["step", "images N / 4N", "peak RSS N (MB)", "peak RSS 4N (MB)", "4N / N"], rows))
+    print(table(["step", "images N / 4N", "data on disk N / 4N (MB)", "peak RSS N (MB)", "peak RSS 4N (MB)",
+                 "4N - N (MB)", "4N / N"], rows))
+    print("data on disk: prepare = the three IMAGES .hdf5 it wrote; training = TRAIN images .hdf5 + feature cache. "
+          "A step that held its data in memory would grow by about the difference of that column.")
     print("peak RSS = VmHWM of the child process (/proc/self/status), reset between the cache and epoch steps via "
           "/proc/self/clear_refs; workers = getrusage(RUSAGE_CHILDREN).ru_maxrss in the prepare child; "
           f"each row's N and 4N ran in separate fresh subprocesses; MB = 2^20 bytes")

@@ -6,8 +6,9 @@
 
 A linear probe (ridge regression on standardised, spatially mean-pooled ResNet-101 output features, 2048 of them)
 predicts, for each generated shapes image, which of the 5 colours are present and which of the 5 shapes are present
-(10 yes/no attributes, multi-label). Train on the first 80 % of the images, test on the rest; λ is picked by 5-fold
-cross-validation on the training part from --lambdas (one λ for all 10 attributes, per variant). Variants:
+(10 yes/no attributes, multi-label). Train on the first 80 % of the images, test on the rest; λ is picked per
+attribute and variant by 5-fold cross-validation on the training part from --lambdas (a large λ makes the probe
+predict the training mean, i.e. fall back to the majority answer when the features carry nothing). Variants:
 
 * majority  — the training set's majority answer for each attribute (the floor);
 * γ = 1     — ``Encoder(5, weights=None)`` with every Bottleneck's ``bn3.weight`` set back to 1 (torchvision's
@@ -34,7 +35,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bar from generate_shap
 import numpy as np  # noqa: E402
 import torch
 
-from _common import load_note, setup, table
+from _common import THREADS_HELP, load_note, setup, table
 from captioning.features import normalize
 from captioning.models import Encoder
 from captioning.prepare import load_image
@@ -81,26 +82,27 @@ def accuracy(pred, y):
     return ((pred > 0.5) == (y > 0.5)).mean(axis=0)  # per attribute
 
 
-def choose_lambda(x, y, lambdas, folds=5):
+def choose_lambdas(x, y, lambdas, folds=5):
+    """Per attribute, the λ with the best 5-fold cross-validated accuracy on the training part (ties: larger λ)."""
     idx = np.arange(len(x))
-    scores = {}
-    for lam in lambdas:
-        acc = []
-        for f in range(folds):
-            te = idx % folds == f
-            xtr, xte = standardise(x[~te], x[te])
-            acc.append(accuracy(ridge_fit(xtr, y[~te], lam)(xte), y[te]).mean())
-        scores[lam] = float(np.mean(acc))
-    return max(lambdas, key=lambda lam: (scores[lam], lam)), scores
+    acc = np.zeros((len(lambdas), y.shape[1]))
+    for f in range(folds):
+        te = idx % folds == f
+        xtr, xte = standardise(x[~te], x[te])
+        for i, lam in enumerate(lambdas):
+            acc[i] += accuracy(ridge_fit(xtr, y[~te], lam)(xte), y[te]) / folds
+    best = [max(range(len(lambdas)), key=lambda i: (acc[i, j], i)) for j in range(y.shape[1])]
+    return np.array([lambdas[i] for i in best]), acc
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--n", type=int, default=250, help="images: 80%% train, 20%% test")
     p.add_argument("--image-size", type=int, default=160)
     p.add_argument("--recal-images", type=int, default=64, help="training images for BatchNorm recalibration")
-    p.add_argument("--lambdas", default="30,100,300,1000,3000", help="ridge λ candidates (5-fold CV on train)")
+    p.add_argument("--lambdas", default="30,100,300,1000,3000,10000",
+                   help="ridge λ candidates, picked per attribute by 5-fold CV on the training part")
     a = p.parse_args(argv)
     setup(a.threads, "random ResNet-101 encoder: linear probe on shapes attributes, with and without damping")
     lambdas = [float(x) for x in a.lambdas.split(",")]
@@ -124,26 +126,29 @@ def main(argv=None):
     y_tr, y_te = labels[train], labels[~train]
     majority = (y_tr.mean(axis=0) > 0.5).astype(float)
     results = {"majority": ((majority[None, :] > 0.5) == (y_te > 0.5)).mean(axis=0)}
-    chosen, cv = {}, {}
+    chosen = {}
     for name, enc in (("γ = 1 (recalibration only)", plain), ("damped γ = 0.1 (default)", damped)):
         t = time.perf_counter()
         f = features(enc, images, min(a.recal_images, n_train))
         x_tr, x_te = f[train], f[~train]
-        lam, cv[name] = choose_lambda(x_tr, y_tr, lambdas)
+        lams, cv = choose_lambdas(x_tr, y_tr, lambdas)
         xs_tr, xs_te = standardise(x_tr, x_te)
-        results[name] = accuracy(ridge_fit(xs_tr, y_tr, lam)(xs_te), y_te)
-        chosen[name] = lam
+        preds = {lam: ridge_fit(xs_tr, y_tr, lam)(xs_te) for lam in set(lams)}
+        pred = np.stack([preds[lam][:, j] for j, lam in enumerate(lams)], axis=1)
+        results[name] = accuracy(pred, y_te)
+        chosen[name] = lams
         spread = np.median(f.std(axis=0) / (np.abs(f.mean(axis=0)) + 1e-12))
         print(f"{name}: features in {time.perf_counter() - t:.0f} s; median over features of sd/|mean| across "
-              f"images = {spread:.3g}; λ = {lam:g} (5-fold CV accuracy on train: "
-              + ", ".join(f"{k:g}: {v:.3f}" for k, v in cv[name].items()) + ")", flush=True)
+              f"images = {spread:.3g}; mean 5-fold CV accuracy on train by λ: "
+              + ", ".join(f"{lam:g}: {v:.3f}" for lam, v in zip(lambdas, cv.mean(axis=1))), flush=True)
         del enc
 
     names = list(results)
     rows = []
     for i, (kind, value) in enumerate(ATTRIBUTES):
         rows.append([f"{kind} {value} (present in {100 * y_te[:, i].mean():.0f}% of test)"]
-                    + [f"{results[k][i]:.3f}" for k in names])
+                    + [f"{results[k][i]:.3f}" + (f" (λ {chosen[k][i]:g})" if k in chosen else "")
+                       for k in names])
     for label, sl in (("mean over colours", slice(0, 5)), ("mean over shapes", slice(5, 10)),
                       ("mean over all 10", slice(0, 10))):
         rows.append([label] + [f"{results[k][sl].mean():.3f}" for k in names])

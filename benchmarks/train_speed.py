@@ -1,7 +1,7 @@
 """Training throughput of the kit's path against the straightforward course procedure, side by side.
 
-    python benchmarks/train_speed.py [--threads N] [--parts abc] [--course-batches 2] [--kit-batches 4]
-        [--rnn-course-batches 3] [--rnn-kit-batches 6] [--cached-batches 3] [--encode-batches 2]
+    python benchmarks/train_speed.py [--threads N] [--parts abc] [--course-batches 4] [--kit-batches 12]
+        [--rnn-course-batches 6] [--rnn-kit-batches 12] [--cached-batches 6] [--encode-batches 3]
 
 (a) The attention decoder at the sizes of the original tutorial (encoder output 14×14×2048, vocabulary 9,490,
     embed/attention/decoder dims 512, batches of 32 captions of COCO-like lengths), one training step =
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader, Dataset
 
-from _common import Timer, load_note, setup, table
+from _common import THREADS_HELP, Timer, load_note, setup, table
 from captioning.features import ImageCaptions, normalize
 from captioning.models import DecoderWithAttention, DecoderWithRNN, Encoder
 from captioning.solver import _loss, decoder_scores
@@ -91,8 +91,8 @@ def make_cfg(kind):
     return {"decoder": kind, "alpha_c": 1.0, "grad_clip": 5.0}
 
 
-def course_loss(decoder, cfg, enc_c, caps_c, lens_c):
-    """The tutorial's train(): decoder forward, pack_padded_sequence, cross-entropy (+ attention term)."""
+def course_scores(decoder, enc_c, caps_c, lens_c):
+    """The tutorial's train(): decoder forward, then pack_padded_sequence of scores and targets."""
     out = decoder(enc_c, caps_c, lens_c)
     if decoder.has_attention:
         predictions, caps_sorted, decode_lengths, alphas, _ = out
@@ -101,10 +101,19 @@ def course_loss(decoder, cfg, enc_c, caps_c, lens_c):
     targets = caps_sorted[:, 1:]
     scores = pack_padded_sequence(predictions, decode_lengths, batch_first=True).data
     targets = pack_padded_sequence(targets, decode_lengths, batch_first=True).data
+    return scores, targets, alphas
+
+
+def course_criterion(cfg, scores, targets, alphas):
+    """Cross-entropy, plus the doubly stochastic attention term when there are alphas (the tutorial's loss)."""
     loss = F.cross_entropy(scores, targets)
     if alphas is not None:
         loss = loss + cfg["alpha_c"] * ((1.0 - alphas.sum(dim=1)) ** 2).mean()
     return loss
+
+
+def course_loss(decoder, cfg, enc_c, caps_c, lens_c):
+    return course_criterion(cfg, *course_scores(decoder, enc_c, caps_c, lens_c))
 
 
 def kit_loss(decoder, cfg, enc, caps, lens):
@@ -124,13 +133,17 @@ def check_same_loss(kit_dec, course_dec, cfg, batch, what):
     kit_dec.eval()
     course_dec.eval()
     with torch.no_grad():
-        a = kit_loss(kit_dec, cfg, enc, caps, lens).item()
-        b = course_loss(course_dec, cfg, *per_caption(enc, caps, lens)).item()
+        k_scores, k_targets, k_alphas = decoder_scores(kit_dec, enc, caps, lens, fast=True)
+        c_scores, c_targets, c_alphas = course_scores(course_dec, *per_caption(enc, caps, lens))
+        a = _loss(cfg, k_scores, k_targets, k_alphas).item()
+        b = course_criterion(cfg, c_scores, c_targets, c_alphas).item()
     kit_dec.train()
     course_dec.train()
     rel = abs(a - b) / abs(b)
-    print(f"{what}: loss in eval mode, same weights, same batch: kit {a:.6f}, course {b:.6f}, "
-          f"relative difference {rel:.2e}")
+    print(f"{what}: check in eval mode, same weights, same batch: loss kit {a:.9g}, course {b:.9g}, relative "
+          f"difference {rel:.1e}; targets equal: {torch.equal(k_targets, c_targets)}; largest score difference "
+          f"{(k_scores - c_scores).abs().max().item():.1e} (scores up to {c_scores.abs().max().item():.2f})")
+    assert torch.equal(k_targets, c_targets), f"{what}: the two paths pack different targets"
     assert rel < 1e-4, f"{what}: the two paths disagree ({a} vs {b})"
 
 
@@ -340,17 +353,17 @@ def full_step(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: all CPUs)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--parts", default="abc", help="which parts to run: any of a, b, c")
     p.add_argument("--batch-size", type=int, default=32, help="captions per batch (kit: // 5 images)")
     p.add_argument("--vocab", type=int, default=9490)
     p.add_argument("--dim", type=int, default=512, help="embed, attention and decoder dims")
-    p.add_argument("--course-batches", type=int, default=2, help="timed batches of the course path in (a)")
-    p.add_argument("--kit-batches", type=int, default=4, help="timed batches of the kit path in (a)")
-    p.add_argument("--rnn-course-batches", type=int, default=3, help="timed batches of the course path in (b)")
-    p.add_argument("--rnn-kit-batches", type=int, default=6, help="timed batches of the kit path in (b)")
-    p.add_argument("--cached-batches", type=int, default=3, help="timed batches of the kit (cached) row in (c)")
-    p.add_argument("--encode-batches", type=int, default=2, help="timed re-encoding batches in (c)")
+    p.add_argument("--course-batches", type=int, default=4, help="timed batches of the course path in (a)")
+    p.add_argument("--kit-batches", type=int, default=12, help="timed batches of the kit path in (a)")
+    p.add_argument("--rnn-course-batches", type=int, default=6, help="timed batches of the course path in (b)")
+    p.add_argument("--rnn-kit-batches", type=int, default=12, help="timed batches of the kit path in (b)")
+    p.add_argument("--cached-batches", type=int, default=6, help="timed batches of the kit (cached) row in (c)")
+    p.add_argument("--encode-batches", type=int, default=3, help="timed re-encoding batches in (c)")
     p.add_argument("--encode-batch-size", type=int, default=8, help="captions per re-encoding batch in (c)")
     args = p.parse_args(argv)
     setup(args.threads, "training throughput: kit vs straightforward course procedure")

@@ -183,6 +183,13 @@ def _built(ctx, cls):
         raise Failed(f"{cls}(...) could not be built: {type(e).__name__}: {str(e)[:300]}") from None
 
 
+def _has_layers(mod, cls):
+    # the student edition's __init__ stub builds an object without layers: building alone earns nothing
+    if not list(mod.children()):
+        raise Failed(f"TODO {cls}.__init__: the object builds but defines no layers yet")
+    return mod
+
+
 def _names_shapes(ctx, cls, skip_prefix=None):
     try:
         _names_shapes_(ctx, cls, skip_prefix)
@@ -221,7 +228,7 @@ def _types(ctx, cls):
 
 @test("DecoderWithRNN.__init__")
 def test_rnn_init_constructs(ctx):
-    _built(ctx, "DecoderWithRNN")
+    _has_layers(_built(ctx, "DecoderWithRNN"), "DecoderWithRNN")
 
 
 @test("DecoderWithRNN.__init__")
@@ -248,7 +255,7 @@ def test_attention_init_layer_types(ctx):
 
 @test("DecoderWithAttention.__init__")
 def test_att_init_constructs(ctx):
-    _built(ctx, "DecoderWithAttention")
+    _has_layers(_built(ctx, "DecoderWithAttention"), "DecoderWithAttention")
 
 
 @test("DecoderWithAttention.__init__")
