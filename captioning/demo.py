@@ -2,7 +2,7 @@
 attention → train the attention decoder → beam-search test of both → caption test images and one photo that is
 not a shape at all → figures, a report and a summary table under ``outputs/demo``.
 
-Defaults fit a 2-core CPU in well under 15 minutes: a random-initialised ResNet-101 (no download; BatchNorm
+Defaults aim at a 2-core CPU in about 15 minutes (not verified on an idle machine; see the README): a random-initialised ResNet-101 (no download; BatchNorm
 recalibrated), images of ``image_size`` pixels, features cached once and shared by both decoders.
 """
 from __future__ import annotations
