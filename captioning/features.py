@@ -19,8 +19,10 @@ from tqdm.auto import tqdm
 
 from captioning.errors import KitError
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+from captioning.datasets import IMAGENET_MEAN as _MEAN, IMAGENET_STD as _STD  # noqa: E402
+
+IMAGENET_MEAN = torch.tensor(_MEAN).view(3, 1, 1)
+IMAGENET_STD = torch.tensor(_STD).view(3, 1, 1)
 CACHE_VERSION = 1
 
 

@@ -27,6 +27,7 @@ try:  # instructor edition only: the student edition trains with the student's o
 except ImportError:
     fastpath = None
 from captioning.decoding import beam_search
+from captioning.datasets import load_word_map  # noqa: F401  (re-exported: evaluate imports it from here)
 from captioning.errors import KitError
 from captioning.features import ImageCaptions, build_feature_cache, normalize, word_map_path
 from captioning.metrics import accuracy, bleu, strip_special
@@ -95,15 +96,6 @@ def make_cfg(cfg=None, **overrides):
     if out["device"].startswith("cuda") and not torch.cuda.is_available():
         raise KitError(f"cfg['device'] = {out['device']!r} but PyTorch sees no CUDA GPU here; use 'cpu'")
     return out
-
-
-def load_word_map(data_folder, data_name):
-    path = word_map_path(data_folder, data_name)
-    if not os.path.isfile(path):
-        raise KitError(f"word map '{path}' does not exist: run `python -m captioning prepare` first, or check "
-                       f"data_folder / data_name")
-    with open(path) as fh:
-        return json.load(fh)
 
 
 def word_map_id(word_map):
