@@ -14,6 +14,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+try:  # instructor edition only: the student edition decodes with the student's own one_step
+    from captioning import fastpath
+except ImportError:
+    fastpath = None
+
 
 @dataclass
 class Caption:
@@ -30,10 +35,12 @@ class Caption:
     alphas: torch.Tensor | None = None
 
 
-def _step(decoder, words, encoder_out, h, c):
+def _step(decoder, words, encoder_out, h, c, fast_step=None):
     """(N,) previous words → log-probabilities (N, V), alpha (N, P') or None, h, c."""
     emb = decoder.embedding(words)
-    if decoder.has_attention:
+    if fast_step is not None:
+        preds, alpha, h, c = fast_step(emb, h, c)
+    elif decoder.has_attention:
         preds, alpha, h, c = decoder.one_step(emb, encoder_out, h, c)
     else:
         (preds, h, c), alpha = decoder.one_step(emb, h, c), None
@@ -41,7 +48,7 @@ def _step(decoder, words, encoder_out, h, c):
 
 
 @torch.no_grad()
-def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50):
+def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50, fast=True):
     """Decode N images at once.
 
     Args:
@@ -50,6 +57,9 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50):
         word_map: dict word → index with ``<start>`` and ``<end>``.
         beam_size: k; 1 is greedy decoding.
         max_len: most decoding steps per caption (a finished caption has at most max_len - 1 words).
+        fast: in the instructor edition, decode the kit's own attention decoders with a step that projects each
+            image once instead of at every word (``fastpath.BeamStep``), after checking that it gives
+            ``one_step``'s numbers; False: always ``one_step``. Any other decoder always runs its ``one_step``.
 
     Returns: list of N :class:`Caption`.
     """
@@ -61,7 +71,9 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50):
 
     h, c = decoder.init_hidden_state(enc)  # (N, D): same for every beam of an image
     h, c = h.repeat_interleave(k, 0), c.repeat_interleave(k, 0)  # (N·k, D)
-    enc_k = enc.repeat_interleave(k, 0) if decoder.has_attention else None  # (N·k, P, C)
+    fast_step = fastpath.beam_step(decoder, enc, k) if fast and fastpath is not None else None
+    # one_step reads the encoder output of every beam: (N·k, P, C); the fast step keeps one per image
+    enc_k = enc.repeat_interleave(k, 0) if decoder.has_attention and fast_step is None else None
     # only beam 0 is live at the start: the k beams of an image are identical, so they must not all be expanded
     scores = torch.full((n_img, k), float("-inf"), device=dev)
     scores[:, 0] = 0
@@ -79,7 +91,7 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50):
     results = [None] * n_img
 
     for t in range(max_len):
-        logp, alpha, h, c = _step(decoder, seqs[:, :, -1].reshape(-1), enc_k, h, c)
+        logp, alpha, h, c = _step(decoder, seqs[:, :, -1].reshape(-1), enc_k, h, c, fast_step)
         vocab = logp.size(1)
         n = rows.numel()
         cand = (scores.unsqueeze(2) + logp.view(n, k, vocab)).view(n, k * vocab)
@@ -142,6 +154,8 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50):
             h, c = h[keep_k], c[keep_k]
             if enc_k is not None:
                 enc_k = enc_k[keep_k]
+            if fast_step is not None:
+                fast_step.keep(keep)
             if rows.numel() == 0:
                 break
 

@@ -124,3 +124,97 @@ def test_bleu_matches_known_values_and_strips_special_tokens():
     assert strip_special([WORD_MAP["<start>"], 3, 4, WORD_MAP["<end>"], 0, 0], WORD_MAP) == [3, 4]
     with pytest.raises(ValueError):
         bleu(refs, [])
+
+
+# ------------------------------------------------------------------------------------ the fast step (instructor)
+from captioning import decoding, fastpath  # noqa: E402
+from captioning.models import DecoderWithAdaptiveAttention  # noqa: E402
+
+
+def _same_captions(got, ref, rtol=1e-5):
+    assert [c.tokens for c in got] == [c.tokens for c in ref]
+    for g, r in zip(got, ref):
+        assert g.finished == r.finished
+        assert g.score == pytest.approx(r.score, rel=rtol, abs=1e-5)
+        assert (g.alphas is None) == (r.alphas is None)
+        if g.alphas is not None:
+            torch.testing.assert_close(g.alphas, r.alphas, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def count_fast_steps(monkeypatch):
+    """Decoding steps of beam_search that went through the fast step."""
+    calls = []
+    step = decoding._step
+
+    def spy(decoder, words, encoder_out, h, c, fast_step=None):
+        if fast_step is not None:
+            calls.append(1)
+        return step(decoder, words, encoder_out, h, c, fast_step)
+
+    monkeypatch.setattr(decoding, "_step", spy)
+    return calls
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+@pytest.mark.parametrize("att_cls", [DecoderWithAttention, DecoderWithAdaptiveAttention], ids=["attention", "adaptive"])
+@torch.no_grad()
+def test_fast_beam_search_equals_the_one_step_path(att_cls, beam, count_fast_steps):
+    dec = make(att_cls, end_bias=0.0)
+    torch.manual_seed(2)
+    enc = torch.randn(10, 3, 3, C)
+    assert fastpath.beam_step(dec, enc.reshape(10, 9, C), beam) is not None
+    plain = beam_search(dec, enc, WORD_MAP, beam_size=beam, max_len=15, fast=False)
+    assert not count_fast_steps
+    fast = beam_search(dec, enc, WORD_MAP, beam_size=beam, max_len=15)
+    assert count_fast_steps, "the fast step was not used"
+    _same_captions(fast, plain)
+    assert len({len(c.tokens) for c in fast}) > 1, "test needs images that finish at different steps"
+    assert any(not c.finished for c in fast) or all(c.finished for c in plain)
+    # one image at a time, fast, gives the same as the batch
+    single = [beam_search(dec, enc[i: i + 1], WORD_MAP, beam_size=beam, max_len=15)[0] for i in range(10)]
+    _same_captions(single, plain)
+    # never-ending captions: all images run to max_len together
+    dec_never = make(att_cls, end_bias=-1e4)
+    _same_captions(beam_search(dec_never, enc[:4], WORD_MAP, beam_size=beam, max_len=7),
+                   beam_search(dec_never, enc[:4], WORD_MAP, beam_size=beam, max_len=7, fast=False))
+
+
+class _Subclass(DecoderWithAttention):
+    """A student's decoder: same layers, its own one_step (here: a different word distribution)."""
+
+    def one_step(self, embeddings, encoder_out, h, c):
+        preds, alpha, h, c = super().one_step(embeddings, encoder_out, h, c)
+        return preds + torch.linspace(0, 3, preds.size(1)), alpha, h, c
+
+
+@torch.no_grad()
+def test_other_decoders_take_the_one_step_path(count_fast_steps, monkeypatch):
+    enc = torch.randn(4, 3, 3, C)
+    ref = make(DecoderWithAttention)
+    sub = _Subclass(CFG, encoder_dim=C).eval()
+    sub.load_state_dict(ref.state_dict())
+    assert fastpath.beam_step(sub, enc.reshape(4, 9, C), 3) is None  # exact type only
+    got = beam_search(sub, enc, WORD_MAP, beam_size=3, max_len=10)
+    assert not count_fast_steps
+    # what the subclass's own one_step decodes (greedy, checked by hand)
+    assert [c.tokens for c in beam_search(sub, enc, WORD_MAP, beam_size=1, max_len=10)] == greedy(sub, enc, 10)
+    assert [c.tokens for c in got] != [c.tokens for c in beam_search(ref, enc, WORD_MAP, beam_size=3, max_len=10)]
+    assert count_fast_steps  # the kit's own class did use it
+    count_fast_steps.clear()
+
+    # the kit's class, but with a one_step the fast step does not reproduce: the probe sends it to one_step
+    patched = make(DecoderWithAttention)
+    own = patched.one_step
+    patched.one_step = lambda e, x, h, c: (lambda p, a, h, c: (p * 2, a, h, c))(*own(e, x, h, c))
+    assert fastpath.beam_step(patched, enc.reshape(4, 9, C), 3) is None
+    beam_search(patched, enc, WORD_MAP, beam_size=3, max_len=10)
+    # in training mode (dropout) and for the RNN decoder: one_step
+    assert fastpath.beam_step(make(DecoderWithAttention).train(), enc.reshape(4, 9, C), 3) is None
+    beam_search(make(DecoderWithRNN), enc, WORD_MAP, beam_size=3, max_len=10)
+    assert not count_fast_steps
+    # the student edition has no fastpath: one_step
+    monkeypatch.setattr(decoding, "fastpath", None)
+    _same_captions(beam_search(ref, enc, WORD_MAP, beam_size=3, max_len=10),
+                   beam_search(ref, enc, WORD_MAP, beam_size=3, max_len=10, fast=False))
+    assert not count_fast_steps
