@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     # subcommands that live with their feature: each module has register(subparsers)
     import importlib
 
-    for module in ("captioning.notebooks", "captioning.release", "captioning.grading", "captioning.report"):
+    for module in ("captioning.pretrain", "captioning.notebooks", "captioning.release", "captioning.grading",
+                   "captioning.report"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

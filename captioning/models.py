@@ -36,6 +36,9 @@ BACKBONES = {
     "resnet50": ("resnet50", "ResNet50_Weights", 2048),
     "convnext_tiny": ("convnext_tiny", "ConvNeXt_Tiny_Weights", 768),
     "efficientnet_b0": ("efficientnet_b0", "EfficientNet_B0_Weights", 1280),
+    # Not from torchvision: a small CNN for CPU demos, pretrained in a minute on the shapes data's object boxes
+    # (captioning/pretrain.py), because ImageNet weights cannot be downloaded offline.
+    "shapes_cnn": ("ShapesCNN", None, 256),
 }
 
 
@@ -168,10 +171,33 @@ class Encoder(nn.Module):
         return h.hexdigest()[:16]
 
 
+class ShapesCNN(nn.Module):
+    """Six 3×3 conv–BatchNorm–ReLU layers, stride 16, 256 channels: images (B, 3, H, W) → (B, 256, H/16, W/16).
+
+    Each output cell sees 79 pixels, so on the shapes data (objects of 15–36 % of a 160 px side) a cell knows the
+    shape it lies on, while the map stays local enough for attention to point at it. Trained by
+    ``captioning.pretrain``; ``features`` is what :class:`Encoder` keeps.
+    """
+
+    def __init__(self, weights=None):
+        super().__init__()
+        widths = [(3, 32, 2), (32, 64, 2), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1)]
+        self.features = nn.Sequential(*[
+            nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+            for cin, cout, stride in widths])
+
+    def forward(self, images):
+        return self.features(images)
+
+
 def _build_backbone(ctor_name, weights_enum, weights):
-    ctor = getattr(torchvision.models, ctor_name)
+    ctor = ShapesCNN if ctor_name == "ShapesCNN" else getattr(torchvision.models, ctor_name)
     if weights is None:
         return ctor(weights=None)
+    if weights == "imagenet" and weights_enum is None:
+        raise KitError(f"there are no ImageNet weights for the encoder '{ctor_name}': pretrain it on your shapes data "
+                       f"(python -m captioning pretrain-encoder ...) and pass the .pth it writes as the encoder "
+                       f"weights, or use random weights (encoder_weights=None)")
     if weights == "imagenet":
         enum = getattr(torchvision.models, weights_enum).DEFAULT
         try:

@@ -7,13 +7,21 @@ from captioning.cli import main
 def test_demo_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "n_train=30", "n_val=8", "n_test=8", "image_size=64", "epochs=1",
-               "embed_dim=16", "decoder_dim=24", "attention_dim=16", "beam_size=2", "coco=False"])
+               "embed_dim=16", "decoder_dim=24", "attention_dim=16", "beam_size=2", "coco=False", "pretrain_epochs=1"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["decoders"]) == {"rnn", "attention"}
+    pre = summary["encoder_pretraining"]  # the default encoder: shapes_cnn pretrained on the boxes first
+    assert pre["epochs"] == 1 and (out / "shapes_cnn.pth").exists() and 0 <= pre["val_accuracy"]["shape"] <= 1
     for d in summary["decoders"].values():
         assert 0 <= d["bleu4"] <= 1 and d["epochs"] == 1
     figs = {p.name for p in (out / "figures").iterdir()}
     assert "training_curves.png" in figs and "attention_astronaut.png" in figs and "rnn_astronaut.png" in figs
     assert (out / "report" / "report.md").exists() and (out / "report" / "report.html").stat().st_size > 1000
     assert "| rnn |" in capsys.readouterr().out
+
+
+def test_demo_rejects_an_unknown_encoder(tmp_path, capsys):
+    rc = main(["demo", "--out", str(tmp_path / "d"), "n_train=10", "n_val=4", "n_test=4", "image_size=64",
+               "encoder=vgg"])
+    assert rc == 2 and "demo encoder='vgg'" in capsys.readouterr().err

@@ -1,0 +1,190 @@
+"""Pretrain the small ``shapes_cnn`` encoder on the shapes data's object boxes: the offline stand-in for
+ImageNet weights, so that a CPU demo gets an encoder that knows shapes.
+
+Why: ImageNet weights cannot be downloaded here, and a random-weights ResNet-101 tells the shapes apart no better
+than the majority guess (``benchmarks/random_encoder.py``), which caps the demo's BLEU-4 near 0.25. Like ImageNet
+pretraining, this uses labels other than the captions: every cell of the encoder's S×S grid is classified as the
+shape, colour and size of the object covering the cell's centre (or "none"), and the whole image as dark or light
+(from its mean brightness). Only the TRAIN split is used; the VAL split gives the accuracies reported.
+
+Input: a prepared images HDF5 (``images`` (N, 3, H, W) uint8 and ``objects``, written by ``prepare`` when the
+Karpathy JSON has boxes). Output: a ``ShapesCNN`` state dict (.pth) for ``Encoder(arch="shapes_cnn",
+weights=path)``, written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from captioning.errors import KitError
+from captioning.features import normalize, split_paths
+from captioning.models import ShapesCNN
+from captioning.shapes import COLORS, SHAPES
+
+SIZES = ("small", "large")
+STRIDE = 16  # ShapesCNN's output stride
+# per-cell heads, trained on the cells an object covers; "object" (is there one?) is trained on every cell
+HEADS = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES}
+NONE = -1
+
+
+def cell_targets(objects, image_size, grid):
+    """Objects with pixel boxes → LongTensor (3, grid, grid): shape, colour and size index per cell, -1 = none.
+
+    A cell belongs to an object when the cell's centre lies inside the object's box (the rule the pointing game
+    uses too).
+    """
+    target = torch.full((len(HEADS), grid, grid), NONE, dtype=torch.long)
+    centres = (torch.arange(grid) + 0.5) * (image_size / grid)
+    for o in objects:
+        x0, y0, x1, y1 = o["bbox"]
+        inside = (((centres >= y0) & (centres < y1))[:, None]) & (((centres >= x0) & (centres < x1))[None, :])
+        for h, (key, names) in enumerate(HEADS.items()):
+            value = o.get(key)
+            if value not in names:
+                raise KitError(f"object {o!r:.80}: '{key}' must be one of {', '.join(names)}")
+            target[h][inside] = names.index(value)
+    return target
+
+
+def _load(data_folder, data_name, split, limit=None):
+    path = split_paths(data_folder, data_name, split)[0]
+    if not os.path.isfile(path):
+        raise KitError(f"prepared images file '{path}' does not exist: run `python -m captioning prepare …` first "
+                       f"(check data_folder / data_name)")
+    with h5py.File(path, "r") as f:
+        if "objects" not in f:
+            raise KitError(f"'{path}' has no object boxes: the encoder can only be pretrained on data whose "
+                           f"Karpathy JSON lists \"objects\" (the built-in shapes data does)")
+        n = f["images"].shape[0] if limit is None else min(int(limit), f["images"].shape[0])
+        images = torch.from_numpy(f["images"][:n])
+        objects = [json.loads(v) for v in f["objects"][:n]]
+    size = images.shape[-1]
+    if size % STRIDE:
+        raise KitError(f"'{path}' holds {size} px images: the shapes_cnn encoder needs a multiple of {STRIDE} px; "
+                       f"prepare with another image_size")
+    grid = size // STRIDE
+    targets = torch.stack([cell_targets(o, size, grid) for o in objects])  # (N, 3, g, g)
+    dark = (images.float().mean(dim=(1, 2, 3)) < 127.5).long()  # (N,) 1 = dark background
+    return images, targets, dark
+
+
+class _Probe(nn.Module):
+    """ShapesCNN + 1×1 conv heads per cell + a brightness head on the mean feature (discarded after training)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = ShapesCNN()
+        self.cells = nn.Conv2d(256, 1 + sum(len(v) for v in HEADS.values()), 1)
+        self.tone = nn.Linear(256, 2)
+
+    def forward(self, x):
+        fmap = self.net(x)  # (B, 256, g, g)
+        return self.cells(fmap), self.tone(fmap.mean(dim=(2, 3)))
+
+
+def _losses_and_hits(logits, tone_logits, targets, dark):
+    """Summed loss and, per head, (correct, counted): object cells for shape/colour/size, all cells for
+    "object", images for "background"."""
+    on_object = targets[:, 0] != NONE  # (B, g, g)
+    loss = F.binary_cross_entropy_with_logits(logits[:, 0], on_object.float())
+    hits = {"object": (int(((logits[:, 0] > 0) == on_object).sum()), int(on_object.numel()))}
+    start = 1
+    for h, (key, names) in enumerate(HEADS.items()):
+        part = logits[:, start: start + len(names)]
+        start += len(names)
+        if on_object.any():
+            loss = loss + F.cross_entropy(part, targets[:, h], ignore_index=NONE)
+        pred = part.argmax(dim=1)
+        hits[key] = (int((pred == targets[:, h])[on_object].sum()), int(on_object.sum()))
+    loss = loss + F.cross_entropy(tone_logits, dark)
+    hits["background"] = (int((tone_logits.argmax(1) == dark).sum()), int(dark.numel()))
+    return loss, hits
+
+
+def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e-3, seed=0, progress=True,
+                     max_images=None):
+    """Train ``ShapesCNN`` on the TRAIN split's boxes, save its state dict to ``out``; returns a summary dict.
+
+    The summary holds ``path``, ``seconds`` and ``val_accuracy`` (per head: the share of object cells of the
+    VAL split whose shape / colour / size is predicted right, and of images whose background tone is).
+    """
+    torch.manual_seed(seed)
+    images, targets, dark = _load(data_folder, data_name, "TRAIN", max_images)
+    model = _Probe()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n = images.size(0)
+    steps = epochs * -(-n // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.2)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    bar = tqdm(total=steps, desc="pretraining shapes_cnn", disable=not progress)
+    model.train()
+    for _epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            idx = order[i: i + batch_size]
+            x, t, d = normalize(images[idx]), targets[idx], dark[idx]
+            if torch.rand((), generator=gen) < 0.5:  # mirror image and labels together
+                x, t = x.flip(-1), t.flip(-1)
+            logits, tone = model(x)
+            loss, _ = _losses_and_hits(logits, tone, t, d)
+            if not torch.isfinite(loss):
+                raise KitError(f"pretraining shapes_cnn: the loss became {loss.item()}; lower lr (now {lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    seconds = time.time() - t0
+
+    model.eval()
+    v_images, v_targets, v_dark = _load(data_folder, data_name, "VAL")
+    totals = {}
+    with torch.no_grad():
+        for i in range(0, v_images.size(0), 64):
+            logits, tone = model(normalize(v_images[i: i + 64]))
+            _, hits = _losses_and_hits(logits, tone, v_targets[i: i + 64], v_dark[i: i + 64])
+            for k, (c, m) in hits.items():
+                tc, tm = totals.get(k, (0, 0))
+                totals[k] = (tc + c, tm + m)
+    val_accuracy = {k: (c / m if m else None) for k, (c, m) in totals.items()}
+
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp"
+    torch.save(model.net.state_dict(), tmp)
+    os.replace(tmp, out)
+    return {"path": out, "seconds": seconds, "epochs": epochs, "train_images": n, "val_accuracy": val_accuracy}
+
+
+def register(sub):
+    p = sub.add_parser("pretrain-encoder", help="pretrain the small shapes_cnn encoder on the shapes boxes",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-folder", required=True, help="folder of the prepared files")
+    p.add_argument("--data-name", required=True, help="e.g. shapes_5_cap_per_img_5_min_word_freq")
+    p.add_argument("--out", required=True, help="where to write the .pth state dict")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cli)
+
+
+def _cli(args):
+    res = pretrain_encoder(args.data_folder, args.data_name, args.out, epochs=args.epochs,
+                           batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    acc = ", ".join(f"{k} {v:.3f}" for k, v in res["val_accuracy"].items() if v is not None)
+    print(f"wrote {res['path']} ({res['seconds']:.0f} s). VAL accuracy on object cells: {acc}")
+    print(f"train with: encoder=shapes_cnn encoder_weights={res['path']} "
+          f"encoded_image_size=<image_size // {STRIDE}>")
+    return 0
