@@ -4,9 +4,14 @@ The four notebooks in ``notebooks/`` are the students' interface and stay thin: 
 literals (papermill can override them), a cell that derives everything else, then calls into ``captioning``:
 
 * ``train1.ipynb`` — train the decoder without attention (Show and Tell);
-* ``train2.ipynb`` — train the attention decoder (Show, Attend and Tell);
+* ``train2.ipynb`` — train the attention decoder (Show, Attend and Tell), or with ``decoder = "adaptive"`` the
+  reference adaptive-attention decoder (Knowing When to Look);
 * ``test.ipynb`` — beam search on the test split with a checkpoint, BLEU-1..4 table;
-* ``caption.ipynb`` — caption one image; one attention map per word for the attention decoder.
+* ``caption.ipynb`` — caption one image; one attention map per word for the attention decoders (with β, the
+  sentinel's share, for the adaptive one).
+
+``test`` and ``caption`` choose their checkpoint with ``attention`` (True/False) or, when it is not None,
+``decoder`` ("rnn" | "attention" | "adaptive"), which wins; ``decoder_choice`` resolves the two.
 
 The helpers here are what those cells call: ``setup``, ``output_folder``, ``require_todos`` (stops with a message
 naming an unfinished TODO of ``models.py``), ``ensure_data`` (generates and prepares the built-in shapes data when
@@ -14,7 +19,8 @@ it is missing), ``find_checkpoint``, ``default_image``, the printed tables, and 
 writes its key numbers to ``<output_dir>/<name>.metrics.json`` so that graders read numbers, not cell text).
 
 ``run_notebooks`` executes train1, train2, test (both checkpoints) and caption (both checkpoints) in that order with
-papermill; ``register`` adds the ``notebooks`` subcommand. This module imports neither torch nor papermill at import
+papermill, and with ``adaptive`` also train2, test and caption for the adaptive decoder (``ADAPTIVE_RUNS``);
+``register`` adds the ``notebooks`` subcommand. This module imports neither torch nor papermill at import
 time: the command line imports it for every subcommand.
 """
 from __future__ import annotations
@@ -44,6 +50,9 @@ NBVAL_ENV = "CAPTIONING_NBVAL_OUTPUT"
 SHAPES_SETTINGS = "shapes_settings.json"
 SHAPES_NAME = re.compile(r"^shapes_(\d+)_cap_per_img_(\d+)_min_word_freq$")
 KIND = {False: "NoAttention", True: "Attention"}
+# the decoders a notebook's `decoder` parameter may name, and the checkpoint name of each (solver.DECODER_NAMES)
+DECODERS = {"rnn": "NoAttention", "attention": "Attention", "adaptive": "AdaptiveAttention"}
+TRAINED_BY = {"rnn": "train1.ipynb", "attention": "train2.ipynb", "adaptive": "train2.ipynb with decoder 'adaptive'"}
 # (run name, notebook, parameters the runner sets) in the order `python -m captioning notebooks` runs them; the
 # run name is also the stem of the executed copy and of its metrics file.
 RUNS = (
@@ -54,10 +63,19 @@ RUNS = (
     ("caption_rnn", "caption", {"attention": False}),
     ("caption_attention", "caption", {"attention": True}),
 )
+# Not run by default (`--adaptive` or `--only` adds them): the reference adaptive-attention decoder, trained by
+# train2.ipynb with decoder "adaptive". Their run names are the stems of the metrics files the notebooks write.
+ADAPTIVE_RUNS = (
+    ("train_adaptive", "train2", {"decoder": "adaptive"}),
+    ("test_adaptive", "test", {"decoder": "adaptive"}),
+    ("caption_adaptive", "caption", {"decoder": "adaptive"}),
+)
+ALL_RUNS = RUNS + ADAPTIVE_RUNS
 # chosen by the runner per notebook: a user value would mean different things in different notebooks
 RUNNER_PARAMETERS = {
     "output_dir": "use --out DIR",
-    "attention": "the runner tests and captions with both decoders",
+    "attention": "the runner tests and captions with both decoders (and the adaptive one with --adaptive)",
+    "decoder": "the runner chooses the decoder of each run; add the adaptive decoder's runs with --adaptive",
     "checkpoint": "the runner uses the checkpoints train1/train2 wrote into --out; to resume training or test "
                   "another checkpoint run that notebook alone: papermill notebooks/test.ipynb out.ipynb "
                   "-p checkpoint PATH",
@@ -100,6 +118,18 @@ def output_folder(output_dir):
     return str(output_dir)
 
 
+def decoder_choice(decoder=None, attention=True, choices=tuple(DECODERS)):
+    """The decoder a notebook works with: ``decoder`` when given (it wins), else "attention" or "rnn" from
+    ``attention``. A value outside ``choices`` is a KitError naming it and the choices."""
+    if decoder is None:
+        decoder = "attention" if attention else "rnn"
+    if decoder not in choices:
+        listing = ", ".join(repr(c) for c in choices)
+        extra = " (the decoder without attention is trained by train1.ipynb)" if decoder == "rnn" else ""
+        raise KitError(f"decoder {decoder!r} is not one of {listing} (or None for the notebook's default){extra}")
+    return decoder
+
+
 # ------------------------------------------------------------------------------------------------ student TODOs
 _KIT_MODULES = ("captioning.models", "captioning.fastpath", "captioning.solver", "captioning.evaluate")
 
@@ -140,6 +170,8 @@ def require_todos(decoder_type="rnn"):
     tensors; a stub's ``NotImplementedError("TODO Class.method")`` or a missing layer's ``TodoError`` becomes
     "models.py: TODO Class.method is not done yet — complete it, then re-run this cell". Wrong output shapes are
     reported too. models.py is re-imported first, so re-running the cell after an edit checks the edited file.
+    "adaptive" needs no TODO (``DecoderWithAdaptiveAttention`` is reference code that uses none of the student's
+    classes): it only runs that decoder on tiny tensors.
     """
     if decoder_type not in ("rnn", "attention", "adaptive"):
         raise KitError(f"decoder_type {decoder_type!r}: choose 'rnn', 'attention' or 'adaptive'")
@@ -186,10 +218,14 @@ def require_todos(decoder_type="rnn"):
                 dec = build_decoder({"decoder": "adaptive", **cfg}, V, C).eval()
                 out = dec(enc, caps, lens)
                 _expect("the adaptive decoder's predictions", out[0], (B, T - 1, V))
-                names = "DecoderWithAdaptiveAttention"
+                _expect("the adaptive decoder's alphas", out[3], (B, T - 1, P + 1))
     except NotImplementedError as e:  # includes models.TodoError (a layer not defined yet)
         raise KitError(_todo_message(e)) from None
-    print(f"models.py: the {names} TODOs are done (checked on tiny tensors)")
+    if decoder_type == "adaptive":
+        print("models.py: DecoderWithAdaptiveAttention is reference code, no TODO of yours is needed (it ran on tiny "
+              "tensors)")
+    else:
+        print(f"models.py: the {names} TODOs are done (checked on tiny tensors)")
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -279,9 +315,10 @@ def data_summary(data):
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 def find_checkpoint(output_dir, attention, data_name=None):
-    """The BEST checkpoint train1 (``attention`` False) or train2 (True) wrote into ``output_dir``."""
-    kind = KIND[bool(attention)]
-    notebook = "train2.ipynb" if attention else "train1.ipynb"
+    """The BEST checkpoint train1 (``attention`` False or "rnn"), train2 (True or "attention") or train2 with the
+    adaptive decoder ("adaptive") wrote into ``output_dir``."""
+    decoder = decoder_choice(attention if isinstance(attention, str) else None, attention)
+    kind, notebook = DECODERS[decoder], TRAINED_BY[decoder]
     if data_name:
         path = os.path.join(output_dir, f"BEST_checkpoint_{kind}_{data_name}.pth.tar")
         if not os.path.isfile(path):
@@ -390,7 +427,7 @@ def train_metrics(result, cfg, data, env, seconds):
     """What train1/train2 write to their metrics file."""
     hist = result["history"]
     best = max(hist, key=lambda r: r["bleu4"]) if hist else {}
-    return {"decoder": "attention" if cfg["attention"] else "rnn",
+    return {"decoder": cfg.get("decoder") or ("attention" if cfg["attention"] else "rnn"),
             "epochs_run": len(hist), "best_bleu4": result["best_bleu4"], "best_epoch": best.get("epoch"),
             "final": hist[-1] if hist else None, "history": hist, "vocab_size": data["vocab_size"],
             "data": {k: v for k, v in data.items() if k != "status"}, "checkpoint": result["checkpoint"],
@@ -482,21 +519,32 @@ def _execute(src, dst, parameters, timeout, cwd, progress=True):
                        f"copy with the full error: {dst})") from None
 
 
-def run_notebooks(out="outputs/notebooks", params=None, timeout=1800, only=None, progress=True):
+def select_runs(only=None, adaptive=False):
+    """The (run, notebook, parameters) to run, in order: ``only`` (names from RUNS and ADAPTIVE_RUNS) when given,
+    else RUNS, followed by ADAPTIVE_RUNS with ``adaptive``."""
+    if not only:
+        return list(RUNS + ADAPTIVE_RUNS if adaptive else RUNS)
+    runs = [r for r in ALL_RUNS if r[0] in only]
+    if len(runs) != len(set(only)):
+        raise KitError(f"--only: unknown run(s) {sorted(set(only) - {r[0] for r in ALL_RUNS})}; choose from "
+                       f"{', '.join(r[0] for r in ALL_RUNS)}")
+    return runs
+
+
+def run_notebooks(out="outputs/notebooks", params=None, timeout=1800, only=None, progress=True, adaptive=False):
     """Run the notebooks with papermill: train1, train2, test and caption for each of the two checkpoints.
 
     out: folder for the executed copies (``<run>.ipynb``), their metrics (``<run>.metrics.json``), checkpoints and
         the generated shapes data (it becomes every notebook's ``output_dir``).
     params: {name: value} given to every notebook that has that parameter; a name no notebook has is a KitError.
     timeout: seconds one cell may run (papermill's ``execution_timeout``); None or 0: no limit.
-    only: run names to run (``train1 train2 test_rnn test_attention caption_rnn caption_attention``), in order.
+    only: run names to run (``train1 train2 test_rnn test_attention caption_rnn caption_attention`` and the
+        adaptive decoder's ``train_adaptive test_adaptive caption_adaptive``), in that order.
+    adaptive: also run ``ADAPTIVE_RUNS`` after the others (train2, test and caption with decoder "adaptive").
     Returns {run name: its metrics dict}.
     """
     params = dict(params or {})
-    runs = [r for r in RUNS if not only or r[0] in only]
-    if only and len(runs) != len(set(only)):
-        raise KitError(f"--only: unknown run(s) {sorted(set(only) - {r[0] for r in RUNS})}; choose from "
-                       f"{', '.join(r[0] for r in RUNS)}")
+    runs = select_runs(only, adaptive)
     known = check_parameters(params, runs)
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
@@ -572,24 +620,26 @@ def refresh_committed(timeout=1800, names=NOTEBOOKS, progress=True):
 # --------------------------------------------------------------------------------------------- command line
 def _cmd_notebooks(a):
     if a.refresh_committed:
-        if a.parameter or a.only:
-            raise KitError("--refresh-committed runs the notebooks at their committed defaults: drop -p / --only")
+        if a.parameter or a.only or a.adaptive:
+            raise KitError("--refresh-committed runs the notebooks at their committed defaults: drop -p / --only / "
+                           "--adaptive")
         refresh_committed(timeout=a.timeout)
         return
     params = {}
     for name, value in a.parameter:
         params[name] = _literal(value)
-    results = run_notebooks(a.out, params, timeout=a.timeout, only=a.only)
+    results = run_notebooks(a.out, params, timeout=a.timeout, only=a.only, adaptive=a.adaptive)
     print(f"[notebooks] wrote {len(results)} executed notebooks and their .metrics.json files into "
           f"{os.path.abspath(a.out)}")
 
 
 def register(subparsers):
-    runs = ", ".join(r[0] for r in RUNS)
+    runs = ", ".join(r[0] for r in ALL_RUNS)
     s = subparsers.add_parser(
         "notebooks", help="run the notebooks with papermill (train1, train2, test and caption for both decoders)",
         description="Runs notebooks/train1, train2, test (both checkpoints) and caption (both checkpoints) with "
-                    "papermill, in that order, writing the executed copies, their .metrics.json files, the "
+                    "papermill, in that order (with --adaptive then train2, test and caption for the adaptive "
+                    "decoder), writing the executed copies, their .metrics.json files, the "
                     "checkpoints and the generated shapes data into --out. Example for COCO on a GPU: "
                     "-p data_folder data/coco -p data_name coco_5_cap_per_img_5_min_word_freq "
                     "-p encoder_weights imagenet -p device cuda -p workers 4 -p epochs 20 --timeout 0")
@@ -602,6 +652,10 @@ def register(subparsers):
                    help="seconds one cell may run (papermill execution_timeout; 0: no limit — use it for long "
                         "GPU training). Default 1800")
     s.add_argument("--only", nargs="+", metavar="RUN", help=f"run only these, in the usual order: {runs}")
+    s.add_argument("--adaptive", action="store_true",
+                   help="also train, test and caption with the reference adaptive-attention decoder (runs "
+                        "train_adaptive, test_adaptive, caption_adaptive: train2, test and caption with "
+                        "-p decoder adaptive)")
     s.add_argument("--refresh-committed", action="store_true",
                    help="maintainers: re-execute notebooks/*.ipynb in place at their defaults, keeping the outputs "
                         "that `make test` (nbval) compares against")

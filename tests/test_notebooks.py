@@ -20,7 +20,8 @@ import pytest
 from papermill.exceptions import PapermillExecutionError
 
 from captioning.errors import KitError
-from captioning.notebooks import NOTEBOOKS, NOTEBOOKS_DIR, RUNS, check_parameters, venv_kernel
+from captioning.notebooks import (ADAPTIVE_RUNS, NOTEBOOKS, NOTEBOOKS_DIR, RUNS, check_parameters, decoder_choice,
+                                  find_checkpoint, select_runs, venv_kernel)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Split so that this file holds no solution marker line itself (the release tool scans for them).
@@ -89,7 +90,20 @@ def test_unknown_parameter_is_reported_before_anything_runs(tmp_path):
         check_parameters({"output_dir": "x"}, RUNS)
     with pytest.raises(KitError, match="both decoders"):
         check_parameters({"attention": True}, RUNS)
+    with pytest.raises(KitError, match="--adaptive"):
+        check_parameters({"decoder": "adaptive"}, RUNS + ADAPTIVE_RUNS)
     check_parameters({"beam_size": 3, "epochs": 2}, RUNS)  # each known to some notebook
+
+
+def test_adaptive_runs_are_optional():
+    names = lambda runs: [r[0] for r in runs]  # noqa: E731
+    assert names(select_runs()) == ["train1", "train2", "test_rnn", "test_attention", "caption_rnn",
+                                    "caption_attention"]
+    assert names(select_runs(adaptive=True)) == names(RUNS) + ["train_adaptive", "test_adaptive", "caption_adaptive"]
+    assert names(select_runs(["caption_adaptive", "train1"])) == ["train1", "caption_adaptive"]
+    assert all(nb in NOTEBOOKS and fixed == {"decoder": "adaptive"} for _, nb, fixed in ADAPTIVE_RUNS)
+    with pytest.raises(KitError, match="unknown run.*train_adaptive"):
+        select_runs(["train3"])
 
 
 def test_runner_executes_every_notebook_on_tiny_data(tmp_path):
@@ -134,6 +148,94 @@ def test_runner_executes_every_notebook_on_tiny_data(tmp_path):
     assert "image/png" in kinds  # the training curves
     caption = nbformat.read(str(out / "caption_attention.ipynb"), as_version=4)
     assert any("image/jpeg" in o.get("data", {}) for c in _code_cells(caption) for o in c.outputs)
+
+
+def test_decoder_parameter_and_checkpoint_lookup(tmp_path):
+    # `decoder` None follows `attention` (as before the parameter existed); when given it wins
+    assert decoder_choice(None, True) == "attention" and decoder_choice(None, False) == "rnn"
+    assert decoder_choice("adaptive", False) == "adaptive" and decoder_choice("rnn", True) == "rnn"
+    with pytest.raises(KitError, match=r"decoder 'adaptve' is not one of 'rnn', 'attention', 'adaptive'"):
+        decoder_choice("adaptve")
+    with pytest.raises(KitError, match=r"decoder 'rnn' is not one of 'attention', 'adaptive'.*train1\.ipynb"):
+        decoder_choice("rnn", choices=("attention", "adaptive"))  # train2.ipynb's choices
+    data = "shapes_5_cap_per_img_5_min_word_freq"
+    with pytest.raises(KitError, match=r"no BEST_checkpoint_AdaptiveAttention_\*\.pth\.tar .*run train2\.ipynb with "
+                                       r"decoder 'adaptive' first"):
+        find_checkpoint(str(tmp_path), "adaptive")
+    paths = {}
+    for kind in ("NoAttention", "Attention", "AdaptiveAttention"):
+        paths[kind] = tmp_path / f"BEST_checkpoint_{kind}_{data}.pth.tar"
+        paths[kind].touch()
+    for key, kind in ((False, "NoAttention"), (True, "Attention"), ("rnn", "NoAttention"),
+                      ("attention", "Attention"), ("adaptive", "AdaptiveAttention")):
+        assert find_checkpoint(str(tmp_path), key) == str(paths[kind])
+        assert find_checkpoint(str(tmp_path), key, data) == str(paths[kind])
+    with pytest.raises(KitError, match="decoder 'bogus'"):
+        find_checkpoint(str(tmp_path), "bogus")
+
+
+def test_invalid_decoder_stops_the_notebook_naming_it_and_the_choices(tmp_path):
+    with venv_kernel(), pytest.raises(PapermillExecutionError) as info:
+        papermill.execute_notebook(str(NOTEBOOKS_DIR / "test.ipynb"), str(tmp_path / "executed.ipynb"),
+                                   kernel_name="python3", parameters={"output_dir": str(tmp_path / "out"),
+                                                                      "decoder": "adaptve"},
+                                   cwd=str(tmp_path), progress_bar=False, execution_timeout=300)
+    assert info.value.ename == "KitError"
+    assert "decoder 'adaptve' is not one of 'rnn', 'attention', 'adaptive'" in info.value.evalue
+
+
+def test_runner_adaptive_decoder_through_the_notebooks_without_student_todos(tmp_path):
+    """train2 / test / caption with `-p decoder adaptive` (the runner's --only train_adaptive test_adaptive
+    caption_adaptive) in a copy of the kit whose models.py is the student edition: every TODO a stub, no fastpath.
+    The adaptive decoder is reference code and must need none of them."""
+    from captioning.release import strip_solutions
+
+    kit = tmp_path / "kit"
+    shutil.copytree(ROOT / "captioning", kit / "captioning",
+                    ignore=shutil.ignore_patterns("__pycache__", "fastpath.py", "grading"))
+    shutil.copytree(NOTEBOOKS_DIR, kit / "notebooks")
+    models = kit / "captioning" / "models.py"
+    student, regions = strip_solutions(models.read_text(encoding="utf-8"), str(models))
+    models.write_text(student, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(kit)}  # the runner and its kernels import the copy
+    if regions:  # (the student edition of this file has none: its models.py is already stubbed)
+        check = subprocess.run([sys.executable, "-c", "from captioning.notebooks import require_todos\n"
+                                "require_todos('attention')"], capture_output=True, text=True, timeout=300,
+                               env=env, cwd=tmp_path)
+        assert check.returncode != 0 and "is not done yet" in check.stderr, check.stderr[-2000:]
+    out = tmp_path / "out"
+    runs = [r[0] for r in ADAPTIVE_RUNS]
+    assert runs == ["train_adaptive", "test_adaptive", "caption_adaptive"]
+    cmd = [sys.executable, "-m", "captioning", "notebooks", "--out", str(out), "--timeout", "600", "--only", *runs]
+    # 4 epochs at a higher rate, no dropout: after 1 epoch the tiny decoder's caption is empty, leaving no β to check
+    for k, v in {**TINY, "epochs": 4, "decoder_lr": 1e-2, "dropout": 0.0}.items():
+        cmd += ["-p", k, str(v)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    metrics = {run: json.loads((out / f"{run}.metrics.json").read_text()) for run in runs}
+    assert not (out / "train2.metrics.json").exists() and not (out / "test_attention.metrics.json").exists()
+    m = metrics["train_adaptive"]
+    assert m["decoder"] == "adaptive" and m["cfg"]["decoder"] == "adaptive" and m["epochs_run"] == 4
+    assert 0.0 <= m["best_bleu4"] <= 1.0 and m["cfg"]["embed_dim"] == 16
+    assert Path(m["best_checkpoint"]).name == \
+        "BEST_checkpoint_AdaptiveAttention_shapes_5_cap_per_img_5_min_word_freq.pth.tar"
+    train = nbformat.read(str(out / "train_adaptive.ipynb"), as_version=4)
+    text = "".join(o.get("text", "") for c in _code_cells(train) for o in c.outputs)
+    assert "DecoderWithAdaptiveAttention is reference code, no TODO of yours is needed" in text
+    assert "Epoch 0: train LOSS - " in text
+    m = metrics["test_adaptive"]
+    assert m["decoder"] == "adaptive" and m["split"] == "TEST" and m["n_images"] == 10
+    assert m["checkpoint"] == metrics["train_adaptive"]["best_checkpoint"]
+    assert all(0.0 <= m[f"bleu{n}"] <= 1.0 for n in range(1, 5)) and m["grounding"] is not None
+    m = metrics["caption_adaptive"]
+    assert m["decoder"] == "adaptive" and m["checkpoint"] == metrics["train_adaptive"]["best_checkpoint"]
+    assert m["image"].endswith(".jpg") and m["caption"] == " ".join(m["words"])
+    # β per word (the sentinel's share), also in the figure's panel titles
+    assert m["words"], "the tiny adaptive decoder gave an empty caption: no β to check"
+    assert len(m["beta"]) == len(m["words"]) and all(0.0 <= b <= 1.0 for b in m["beta"])
+    caption = nbformat.read(str(out / "caption_adaptive.ipynb"), as_version=4)
+    assert any("image/jpeg" in o.get("data", {}) for c in _code_cells(caption) for o in c.outputs)
+    assert "(adaptive decoder, beam 2)" in "".join(o.get("text", "") for c in _code_cells(caption) for o in c.outputs)
 
 
 def _student_copy(tmp_path):
