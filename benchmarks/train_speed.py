@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from _common import THREADS_HELP, Timer, load_note, setup, table
 from captioning.features import ImageCaptions, normalize
 from captioning.models import DecoderWithAttention, DecoderWithRNN, Encoder
-from captioning.solver import _loss, decoder_scores
+from captioning.solver import _loss, adam, decoder_scores
 
 COCO_CAPTIONS = 113_287 * 5
 MAX_LEN = 50  # prepare's default: captions are padded to max_len + 2 = 52 tokens
@@ -129,22 +129,37 @@ def update(decoder, opt, loss, cfg):
 
 
 def check_same_loss(kit_dec, course_dec, cfg, batch, what):
+    """Same loss and same gradients on one batch (eval mode: no dropout), before any timing."""
     enc, caps, lens = batch
     kit_dec.eval()
     course_dec.eval()
-    with torch.no_grad():
-        k_scores, k_targets, k_alphas = decoder_scores(kit_dec, enc, caps, lens, fast=True)
-        c_scores, c_targets, c_alphas = course_scores(course_dec, *per_caption(enc, caps, lens))
-        a = _loss(cfg, k_scores, k_targets, k_alphas).item()
-        b = course_criterion(cfg, c_scores, c_targets, c_alphas).item()
+    k_scores, k_targets, k_alphas = decoder_scores(kit_dec, enc, caps, lens, fast=True)
+    c_scores, c_targets, c_alphas = course_scores(course_dec, *per_caption(enc, caps, lens))
+    k_loss = _loss(cfg, k_scores, k_targets, k_alphas)
+    c_loss = course_criterion(cfg, c_scores, c_targets, c_alphas)
+    kit_dec.zero_grad(set_to_none=True)
+    course_dec.zero_grad(set_to_none=True)
+    k_loss.backward()
+    c_loss.backward()
+    a, b = k_loss.item(), c_loss.item()
     kit_dec.train()
     course_dec.train()
     rel = abs(a - b) / abs(b)
+    # gradients: each parameter's largest difference, relative to its largest entry (+ 1e-4 of the largest entry
+    # of all gradients, for a gradient that is mathematically zero: att.bias, as softmax ignores a shift)
+    scale = max(q.grad.abs().max().item() for q in course_dec.parameters())
+    grad_rel = {name: ((p.grad - q.grad).abs().max() / (q.grad.abs().max() + 1e-4 * scale)).item()
+                for (name, p), q in zip(kit_dec.named_parameters(), course_dec.parameters())}
+    worst = max(grad_rel, key=grad_rel.get)
+    kit_dec.zero_grad(set_to_none=True)
+    course_dec.zero_grad(set_to_none=True)
     print(f"{what}: check in eval mode, same weights, same batch: loss kit {a:.9g}, course {b:.9g}, relative "
           f"difference {rel:.1e}; targets equal: {torch.equal(k_targets, c_targets)}; largest score difference "
-          f"{(k_scores - c_scores).abs().max().item():.1e} (scores up to {c_scores.abs().max().item():.2f})")
+          f"{(k_scores - c_scores).abs().max().item():.1e} (scores up to {c_scores.abs().max().item():.2f}); "
+          f"gradients: largest relative difference {grad_rel[worst]:.1e} ({worst})")
     assert torch.equal(k_targets, c_targets), f"{what}: the two paths pack different targets"
     assert rel < 1e-4, f"{what}: the two paths disagree ({a} vs {b})"
+    assert grad_rel[worst] < 1e-2, f"{what}: the gradients of {worst} differ ({grad_rel[worst]:.2g})"
 
 
 def decoder_throughput(kind, args):
@@ -156,8 +171,8 @@ def decoder_throughput(kind, args):
     torch.manual_seed(0)
     kit_dec = (DecoderWithAttention if kind == "attention" else DecoderWithRNN)(dcfg, encoder_dim=2048)
     course_dec = copy.deepcopy(kit_dec)
-    kit_opt = torch.optim.Adam(kit_dec.parameters(), lr=4e-4)
-    course_opt = torch.optim.Adam(course_dec.parameters(), lr=4e-4)
+    kit_opt = adam(kit_dec.parameters(), lr=4e-4)  # the kit's Runner: fused Adam
+    course_opt = torch.optim.Adam(course_dec.parameters(), lr=4e-4)  # the tutorial's
     n_kit = args.kit_batches if kind == "attention" else args.rnn_kit_batches
     n_course = args.course_batches if kind == "attention" else args.rnn_course_batches
     batches = make_batches(max(n_kit, n_course) + 1, n_img, cpi, vocab, seed=1)
@@ -264,7 +279,8 @@ def full_step(args):
     decoders = {k: DecoderWithAttention(dcfg, encoder_dim=2048) for k in ("kit", "reenc_kit")}
     decoders["course"] = copy.deepcopy(decoders["kit"])
     decoders["reenc_kit"].load_state_dict(decoders["kit"].state_dict())
-    opts = {k: torch.optim.Adam(d.parameters(), lr=4e-4) for k, d in decoders.items()}
+    opts = {k: (torch.optim.Adam(d.parameters(), lr=4e-4) if k == "course" else adam(d.parameters(), lr=4e-4))
+            for k, d in decoders.items()}
     torch.manual_seed(0)
     encoder = Encoder(14, weights=None)  # random ResNet-101, frozen (fine_tune(False) in the constructor)
     with tempfile.TemporaryDirectory() as tmp:

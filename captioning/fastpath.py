@@ -5,7 +5,9 @@ compute, with the same layers (hence the same weights and gradients), reorganise
 * the attention's projection of the encoder output, ``encoder_att(encoder_out)``, is the same at every time step:
   it is computed once, not once per word;
 * the LSTM's input projection of the word embeddings is one matrix product for all steps;
-* the vocabulary projection ``fc`` runs once over all (caption, step) pairs that are not padding.
+* the vocabulary projection ``fc`` runs once over all (caption, step) pairs that are not padding;
+* on a CPU, the attention decoder's recurrence is one autograd function with a hand-written backward
+  (``_AttentionLSTM``): autograd's per-step bookkeeping cost more than the arithmetic.
 
 The solver uses it only after ``matches`` checked, on the first batch, that it reproduces the decoder's own
 ``forward`` — a student's decoder that computes something else trains with its own code.
@@ -20,6 +22,7 @@ from captioning.models import DecoderWithAdaptiveAttention, DecoderWithAttention
 
 
 def supports(decoder):
+    """Only the kit's own decoders, exactly (a subclass may change ``forward``)."""
     return type(decoder) in (DecoderWithRNN, DecoderWithAttention)
 
 
@@ -27,6 +30,168 @@ def _lstm_step(gates, c):
     i, f, g, o = gates.chunk(4, dim=1)  # nn.LSTMCell's gate order
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class _AttentionLSTM(torch.autograd.Function):
+    """The recurrent part of ``DecoderWithAttention`` over a length-sorted batch, with a hand-written backward.
+
+    Per step t, for the n captions still running (rows :n): a2 = decoder_att(h), α = softmax(att(relu(att1 + a2))),
+    z = sigmoid(f_beta(h)) ⊙ Σ_p α_p enc_p, LSTM gates = gi_t + W_iz z + W_hh h. The image side (att1, enc) is
+    one row per *image*; the captions of one image are handled together, so each image's (P, A) and (P, C) blocks
+    are read once per step for all its captions and no (n, P, A) tensor of the whole batch is formed.
+
+    What autograd would do here costs more than the arithmetic: every ``x[:n]`` slice makes its backward zero-fill
+    and copy a full-size gradient at every step, every per-step linear layer adds a rank-n weight-gradient update,
+    and the (n, P, A) attention activations of all steps are kept. This backward accumulates into one gradient
+    buffer per input, recomputes the attention activations image by image, and forms each weight gradient with one
+    matrix product over all (caption, step) rows at the end.
+
+    Inputs: att1 (B, P, A) = encoder_att(enc); enc (B, P, C); gi (L, 4D) word part of the gates incl. both
+    biases, in packed order; h0, c0 (N, D); the weights; img (N,) image of each caption; running (list): how many
+    captions run at each step.
+    Outputs: hs (L, D), the hidden states of all steps in packed order (step by step, rows :n), and alphas (N, T, P).
+    """
+
+    @staticmethod
+    def forward(ctx, att1, enc, gi, h0, c0, w_da, b_da, w_att, b_att, w_fb, b_fb, w_iz, w_hh, img, running):
+        n_cap, p_dim = h0.size(0), enc.size(1)
+        d_dim, c_dim, a_dim = h0.size(1), enc.size(2), att1.size(2)
+        total = sum(running)
+        groups = _groups(img, running)
+        new = h0.new_empty
+        hs, hp_all, cp_all, a2_all = new(total, d_dim), new(total, d_dim), new(total, d_dim), new(total, a_dim)
+        al_all, ctx_all, g_all, z_all = new(total, p_dim), new(total, c_dim), new(total, c_dim), new(total, c_dim)
+        gates_all, tc_all = new(total, 4 * d_dim), new(total, d_dim)
+        alphas = h0.new_zeros(n_cap, len(running), p_dim)
+        buf = new(max(idx.numel() for g in groups for _, idx in g), p_dim, a_dim)
+        w = w_att.reshape(-1)
+        h, c, off = h0, c0, 0
+        for t, n in enumerate(running):
+            sl = slice(off, off + n)
+            hp, cp = hp_all[sl], cp_all[sl]
+            hp.copy_(h[:n])
+            cp.copy_(c[:n])
+            a2 = torch.addmm(b_da, hp, w_da.t(), out=a2_all[sl])
+            e = new(n, p_dim)
+            for i, idx in groups[t]:
+                m = idx.numel()
+                x = torch.add(att1[i], a2[idx].unsqueeze(1), out=buf[:m]).relu_()
+                e[idx] = torch.mv(x.view(m * p_dim, a_dim), w).view(m, p_dim)
+            alpha = al_all[sl]
+            alpha.copy_(torch.softmax(e.add_(b_att), dim=1))
+            cv = ctx_all[sl]
+            for i, idx in groups[t]:
+                cv[idx] = alpha[idx] @ enc[i]
+            g = torch.addmm(b_fb, hp, w_fb.t(), out=g_all[sl]).sigmoid_()
+            z = torch.mul(g, cv, out=z_all[sl])
+            gates = gates_all[sl]
+            torch.addmm(gi[sl], z, w_iz.t(), out=gates)
+            gates.addmm_(hp, w_hh.t())
+            gates[:, : 2 * d_dim].sigmoid_()
+            gates[:, 2 * d_dim: 3 * d_dim].tanh_()
+            gates[:, 3 * d_dim:].sigmoid_()
+            ig, fg, gg, og = gates.chunk(4, dim=1)
+            c = fg * cp + ig * gg
+            tc = torch.tanh(c, out=tc_all[sl])
+            h = torch.mul(og, tc, out=hs[sl])
+            alphas[:n, t] = alpha
+            off += n
+        ctx.groups, ctx.running, ctx.n_cap = groups, running, n_cap
+        ctx.save_for_backward(att1, enc, w_da, w_att, b_att, w_fb, w_iz, w_hh,
+                              hp_all, cp_all, a2_all, al_all, ctx_all, g_all, z_all, gates_all, tc_all)
+        return hs, alphas
+
+    @staticmethod
+    def backward(ctx, d_hs, d_alphas):
+        (att1, enc, w_da, w_att, b_att, w_fb, w_iz, w_hh,
+         hp_all, cp_all, a2_all, al_all, ctx_all, g_all, z_all, gates_all, tc_all) = ctx.saved_tensors
+        groups, running = ctx.groups, ctx.running
+        need = ctx.needs_input_grad
+        total, d_dim = hp_all.shape
+        p_dim, a_dim = enc.size(1), att1.size(2)
+        n_cap, steps = running[0], len(running)  # captions that run at all (rows :n_cap of ctx.n_cap)
+        new = hp_all.new_empty
+        dg_all, dgp_all, da2_all = new(total, 4 * d_dim), new(total, enc.size(2)), new(total, a_dim)
+        d_att1 = torch.zeros_like(att1) if need[0] else None
+        d_enc = torch.zeros_like(enc) if need[1] else None
+        d_w_att = torch.zeros_like(w_att).reshape(-1)
+        d_b_att = b_att.new_zeros(())
+        buf = new(max(idx.numel() for g in groups for _, idx in g), p_dim, a_dim)
+        w = w_att.reshape(-1)
+        dh_next = dc_next = None
+        off = total
+        for t in range(steps - 1, -1, -1):
+            n = running[t]
+            off -= n
+            sl = slice(off, off + n)
+            dh = d_hs[sl].clone() if d_hs is not None else hp_all.new_zeros(n, d_dim)
+            dc = hp_all.new_zeros(n, d_dim)
+            if dh_next is not None:
+                m = dh_next.size(0)
+                dh[:m] += dh_next
+                dc[:m] += dc_next
+            ig, fg, gg, og = gates_all[sl].chunk(4, dim=1)
+            tc, cp = tc_all[sl], cp_all[sl]
+            dgates = dg_all[sl]
+            d_i, d_f, d_g, d_o = dgates.chunk(4, dim=1)
+            torch.mul(dh, tc, out=d_o).mul_(og * (1 - og))
+            dc.addcmul_(dh, og * (1 - tc * tc))
+            torch.mul(dc, gg, out=d_i).mul_(ig * (1 - ig))
+            torch.mul(dc, cp, out=d_f).mul_(fg * (1 - fg))
+            torch.mul(dc, ig, out=d_g).mul_(1 - gg * gg)
+            dcp = dc.mul_(fg)
+            dz = dgates @ w_iz  # (n, C)
+            dhp = dgates @ w_hh  # (n, D)
+            g, cv, alpha = g_all[sl], ctx_all[sl], al_all[sl]
+            torch.mul(dz, cv, out=dgp_all[sl]).mul_(g * (1 - g))
+            dhp.addmm_(dgp_all[sl], w_fb)
+            dctx = dz.mul_(g)
+            d_alpha = new(n, p_dim)
+            for i, idx in groups[t]:
+                d_alpha[idx] = dctx[idx] @ enc[i].t()
+                if d_enc is not None:
+                    d_enc[i].addmm_(alpha[idx].t(), dctx[idx])
+            if d_alphas is not None:
+                d_alpha += d_alphas[:n, t]
+            de = (d_alpha - (d_alpha * alpha).sum(dim=1, keepdim=True)).mul_(alpha)  # softmax backward
+            d_b_att += de.sum()
+            a2, da2 = a2_all[sl], da2_all[sl]
+            for i, idx in groups[t]:
+                m = idx.numel()
+                x = torch.add(att1[i], a2[idx].unsqueeze(1), out=buf[:m]).relu_()  # recomputed
+                de_i = de[idx]
+                d_w_att.addmv_(x.view(m * p_dim, a_dim).t(), de_i.reshape(-1))
+                x = x.sign_().mul_(w).mul_(de_i.unsqueeze(2))  # d pre-activation (m, P, A)
+                if d_att1 is not None:
+                    d_att1[i] += x.sum(dim=0)
+                da2[idx] = x.sum(dim=1)
+            dhp.addmm_(da2, w_da)
+            dh_next, dc_next = dhp, dcp
+        grads = {
+            5: lambda: da2_all.t() @ hp_all, 6: lambda: da2_all.sum(0),
+            7: lambda: d_w_att.view_as(w_att), 8: lambda: d_b_att.reshape(b_att.shape),
+            9: lambda: dgp_all.t() @ hp_all, 10: lambda: dgp_all.sum(0),
+            11: lambda: dg_all.t() @ z_all, 12: lambda: dg_all.t() @ hp_all,
+        }
+        dh0 = dc0 = None
+        if need[3] or need[4]:
+            dh0, dc0 = hp_all.new_zeros(ctx.n_cap, d_dim), hp_all.new_zeros(ctx.n_cap, d_dim)
+            dh0[:n_cap], dc0[:n_cap] = dh_next, dc_next
+        out = [d_att1, d_enc, dg_all if need[2] else None, dh0, dc0]
+        out += [grads[k]() if need[k] else None for k in range(5, 13)]
+        return (*out, None, None)
+
+
+def _groups(img, running):
+    """Per step, (image, rows of its captions among the first n) for each image with a running caption."""
+    rows = {}
+    for j, i in enumerate(img.tolist()):
+        rows.setdefault(i, []).append(j)
+    out = []
+    for n in running:
+        out.append([(i, torch.tensor([j for j in r if j < n], device=img.device))
+                    for i, r in rows.items() if r[0] < n])
+    return out
 
 
 def scores(decoder, encoder_out, captions, caplens, group=1):
@@ -51,12 +216,25 @@ def scores(decoder, encoder_out, captions, caplens, group=1):
     cell = decoder.decode_step
     w_ih, w_hh = cell.weight_ih, cell.weight_hh
     bias = cell.bias_ih + cell.bias_hh
-    emb = decoder.embedding(captions)  # (N, T, E)
-    e_dim = emb.size(2)
-    gi_words = F.linear(emb[:, :steps], w_ih[:, :e_dim], bias)  # (N, steps, 4D): all steps at once
+    e_dim = decoder.embedding.embedding_dim
 
     alphas = None
-    if decoder.has_attention:
+    if decoder.has_attention and _manual_backward(enc):
+        mean = enc.mean(dim=1)
+        h, c = decoder.init_h(mean)[img], decoder.init_c(mean)[img]  # (N, D)
+        att = decoder.attention
+        # the word part of the gates, only where a word is read: (L, 4D) in packed order, one matrix product
+        words = pack_padded_sequence(captions[:, :steps], decode_lengths, batch_first=True).data
+        gi = F.linear(decoder.embedding(words), w_ih[:, :e_dim], bias)
+        hs, alphas = _AttentionLSTM.apply(
+            att.encoder_att(enc), enc, gi, h, c, att.decoder_att.weight, att.decoder_att.bias,
+            att.att.weight, att.att.bias, decoder.f_beta.weight, decoder.f_beta.bias, w_ih[:, e_dim:], w_hh, img,
+            running)
+        return decoder.fc(decoder.dropout(hs)), targets_of(captions, decode_lengths), alphas
+
+    emb = decoder.embedding(captions)  # (N, T, E)
+    gi_words = F.linear(emb[:, :steps], w_ih[:, :e_dim], bias)  # (N, steps, 4D): all steps at once
+    if decoder.has_attention:  # on a GPU or under autocast: autograd through the step-by-step loop
         mean = enc.mean(dim=1)
         h, c = decoder.init_h(mean)[img], decoder.init_c(mean)[img]  # (N, D)
         att1 = decoder.attention.encoder_att(enc)[img]  # (N, P, A), once per image
@@ -84,8 +262,17 @@ def scores(decoder, encoder_out, captions, caplens, group=1):
             h, c = _lstm_step(gi_words[:n, t] + F.linear(h[:n], w_hh), c[:n])
             hs.append(h)
     scores_ = decoder.fc(decoder.dropout(torch.cat(hs, dim=0)))  # (L, V): packed order, step by step
-    targets = pack_padded_sequence(captions[:, 1:], decode_lengths, batch_first=True).data
-    return scores_, targets, alphas
+    return scores_, targets_of(captions, decode_lengths), alphas
+
+
+def _manual_backward(enc):
+    """The hand-written backward (``_AttentionLSTM``) on a CPU in fp32; elsewhere autograd through the loop."""
+    return enc.device.type == "cpu" and enc.dtype in (torch.float32, torch.float64) \
+        and not torch.is_autocast_enabled("cpu")
+
+
+def targets_of(captions, decode_lengths):
+    return pack_padded_sequence(captions[:, 1:], decode_lengths, batch_first=True).data
 
 
 @torch.no_grad()

@@ -116,26 +116,55 @@ def test_bad_cfg_and_missing_data(shapes_data, tmp_path):
         fit(tiny_cfg(shapes_data, tmp_path, data_folder=str(tmp_path / "nothing")))
 
 
-@pytest.mark.parametrize("cls", [DecoderWithRNN, DecoderWithAttention], ids=["rnn", "attention"])
-def test_fast_path_gives_the_same_loss_and_gradients(cls):
+@pytest.mark.parametrize("cls,manual", [(DecoderWithRNN, False), (DecoderWithAttention, True),
+                                        (DecoderWithAttention, False)], ids=["rnn", "attention", "attention-loop"])
+def test_fast_path_gives_the_same_loss_and_gradients(cls, manual, monkeypatch):
+    """Parameters' and encoder output's gradients; "attention" is the hand-written backward (on a CPU),
+    "attention-loop" autograd through the step loop (what a GPU runs)."""
+    if not manual:
+        monkeypatch.setattr(fastpath, "_manual_backward", lambda enc: False)
     torch.manual_seed(0)
     dec = cls(dict(vocab_size=30, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.0), encoder_dim=6)
     enc = torch.randn(4, 3, 3, 6)
     caps = torch.randint(1, 30, (4, 5, 11))
     lens = torch.randint(3, 12, (4, 5))
+    lens[0, 0], lens[1, 2] = 11, 2  # the longest caption, and one with a single word to predict
     ok, why = fastpath.matches(dec, enc, caps, lens)
     assert ok, why
     grads = []
     for fast in (False, True):
         dec.zero_grad()
-        scores, targets, alphas = decoder_scores(dec, enc, caps, lens, fast=fast)
+        e = enc.clone().requires_grad_()  # as when fine-tuning the encoder
+        scores, targets, alphas = decoder_scores(dec, e, caps, lens, fast=fast)
         loss = torch.nn.functional.cross_entropy(scores, targets)
         if alphas is not None:
             loss = loss + ((1 - alphas.sum(1)) ** 2).mean()
         loss.backward()
-        grads.append({n: p.grad.clone() for n, p in dec.named_parameters()})
+        grads.append({"encoder_out": e.grad, **{n: p.grad.clone() for n, p in dec.named_parameters()}})
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_fast_path_backward_in_float64_equals_autograd():
+    """The hand-written backward against autograd through the decoder's forward, in float64 (no rounding noise to
+    hide a small error), with several captions per image and with one."""
+    torch.manual_seed(0)
+    dec = DecoderWithAttention(dict(vocab_size=30, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.0),
+                               encoder_dim=6).double()
+    for b, cpi in ((3, 5), (7, 1)):
+        enc = torch.randn(b, 4, 6, dtype=torch.float64)
+        caps = torch.randint(1, 30, (b, cpi, 9))
+        lens = torch.randint(2, 10, (b, cpi))
+        grads = []
+        for fast in (False, True):
+            dec.zero_grad()
+            e = enc.clone().requires_grad_()
+            scores, targets, alphas = decoder_scores(dec, e, caps, lens, fast=fast)
+            loss = torch.nn.functional.cross_entropy(scores, targets) + ((1 - alphas.sum(1)) ** 2).mean()
+            loss.backward()
+            grads.append({"encoder_out": e.grad, **{n: p.grad.clone() for n, p in dec.named_parameters()}})
+        for n in grads[0]:
+            torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-9, atol=1e-12, msg=n)
 
 
 def test_fast_path_is_refused_for_a_decoder_that_computes_something_else():
