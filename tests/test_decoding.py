@@ -218,3 +218,24 @@ def test_other_decoders_take_the_one_step_path(count_fast_steps, monkeypatch):
     _same_captions(beam_search(ref, enc, WORD_MAP, beam_size=3, max_len=10),
                    beam_search(ref, enc, WORD_MAP, beam_size=3, max_len=10, fast=False))
     assert not count_fast_steps
+
+
+@pytest.mark.parametrize("att_cls", [DecoderWithAttention, DecoderWithAdaptiveAttention], ids=["attention", "adaptive"])
+@torch.no_grad()
+def test_fast_step_without_the_cpu_loop(att_cls, monkeypatch, count_fast_steps):
+    """The fast step's batch-wide form (what a GPU or autocast runs: (n, k, P, A) at once, retired images copied
+    out) gives the same captions as one_step."""
+    init = fastpath.BeamStep.__init__
+
+    def batch_wide(self, *a):
+        init(self, *a)
+        self.loop = False
+
+    monkeypatch.setattr(fastpath.BeamStep, "__init__", batch_wide)
+    dec = make(att_cls, end_bias=0.0)
+    torch.manual_seed(3)
+    enc = torch.randn(8, 3, 3, C)
+    fast = beam_search(dec, enc, WORD_MAP, beam_size=3, max_len=15)
+    assert count_fast_steps
+    _same_captions(fast, beam_search(dec, enc, WORD_MAP, beam_size=3, max_len=15, fast=False))
+    assert len({len(c.tokens) for c in fast}) > 1  # images retire at different steps
