@@ -13,8 +13,10 @@
                (Attention projects the encoder output again at every step, ``fc`` runs per step), then
                ``pack_padded_sequence`` + cross-entropy, as in the tutorial's ``train``.
 
-    Both sides start from the same weights (two copies, one Adam each) and see the same batches; before timing,
-    the two losses of one batch are computed in eval mode and must agree to 1e-4 relative.
+    Both sides start from the same weights (two copies) and see the same batches; the kit steps with its own
+    optimiser (``solver.adam``, fused Adam), the course with the tutorial's ``torch.optim.Adam``. Before timing,
+    one batch goes through both in eval mode: the losses must agree to 1e-4 relative and every parameter's
+    gradient to 1e-2 of its scale.
 (b) The same for ``DecoderWithRNN``.
 (c) A full training step with a frozen encoder, data loading included:
 
