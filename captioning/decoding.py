@@ -3,10 +3,11 @@
 Built only on a decoder's ``init_hidden_state`` / ``embedding`` / ``one_step``, so it runs any decoder of
 ``models.py`` — a student's too. The instructor edition decodes the kit's own attention decoders with
 ``fastpath.BeamStep`` instead of ``one_step`` (the same numbers, checked on a probe at every call; the encoder
-projection once per image instead of once per beam and word). Semantics follow the course's reference beam search: at each step the k best
-continuations of an image are kept among all (beam × word) candidates; a candidate that is ``<end>`` becomes a
-finished caption and the image's beam narrows by one; the answer is the finished caption with the highest summed
-log-probability. Two fixes: if nothing reaches ``<end>`` within ``max_len`` steps the best unfinished beam is
+projection once per image instead of once per beam and word). Semantics follow the course's reference beam
+search: at each step the k best continuations of an image are kept among all (beam × word) candidates; a candidate
+that is ``<end>`` becomes a finished caption and the image's beam narrows by one; the answer is the finished
+caption with the highest summed log-probability (optionally divided by length**``length_penalty``, which the
+course does not do). Two fixes: if nothing reaches ``<end>`` within ``max_len`` steps the best unfinished beam is
 returned (the reference crashed), and all images are decoded together, retiring finished ones from the batch.
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from captioning.errors import KitError
 
 try:  # instructor edition only: the student edition decodes with the student's own one_step
     from captioning import fastpath
@@ -50,7 +53,7 @@ def _step(decoder, words, encoder_out, h, c, fast_step=None):
 
 
 @torch.no_grad()
-def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50, fast=True):
+def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50, fast=True, length_penalty=0.0):
     """Decode N images at once.
 
     Args:
@@ -62,9 +65,15 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50, fast=Tr
         fast: in the instructor edition, decode the kit's own attention decoders with a step that projects each
             image once instead of at every word (``fastpath.BeamStep``), after checking that it gives
             ``one_step``'s numbers; False: always ``one_step``. Any other decoder always runs its ``one_step``.
+        length_penalty: α ≥ 0. Finished captions are ranked by summed log-probability / (words + 1)**α. 0 (the
+            course) favours short captions, since every word lowers the sum; 1 ranks by mean log-probability. The
+            search itself (which beams survive) does not depend on α, only the choice among finished captions.
 
     Returns: list of N :class:`Caption`.
     """
+    if not length_penalty >= 0:
+        raise KitError(f"length_penalty must be a number >= 0 (0: the course's summed log-probability), "
+                       f"got {length_penalty!r}")
     n_img = encoder_out.size(0)
     enc = encoder_out.reshape(n_img, -1, encoder_out.size(-1))  # (N, P, C)
     k, start, end = beam_size, word_map["<start>"], word_map["<end>"]
@@ -85,6 +94,7 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50, fast=Tr
 
     # the best finished caption so far of each image (only the best matters for the answer)
     best_score = torch.full((n_img,), float("-inf"), device=dev)
+    best_rank = torch.full((n_img,), float("-inf"), device=dev)  # best_score / length**length_penalty
     best_seq = torch.full((n_img, max_len + 2), end, dtype=torch.long, device=dev)
     best_len = torch.zeros(n_img, dtype=torch.long, device=dev)
     best_alpha = None
@@ -115,12 +125,14 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50, fast=Tr
 
         # retire finished candidates: keep the best finished one per image
         end_scores = torch.where(is_end, top_scores, torch.full_like(top_scores, float("-inf")))
-        fin_score, fin_j = end_scores.max(dim=1)  # (n,)
-        better = fin_score > best_score[rows]
+        fin_score, fin_j = end_scores.max(dim=1)  # (n,): all candidates of this step have t + 1 tokens
+        fin_rank = fin_score / float(t + 1) ** length_penalty if length_penalty else fin_score
+        better = fin_rank > best_rank[rows]
         if better.any():
             idx = rows[better]
             seq = new_seqs[better].gather(1, fin_j[better, None, None].expand(-1, 1, new_seqs.size(2))).squeeze(1)
             best_score[idx] = fin_score[better]
+            best_rank[idx] = fin_rank[better]
             best_seq[idx, : seq.size(1)] = seq
             best_len[idx] = seq.size(1)
             if new_alphas is not None:

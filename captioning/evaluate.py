@@ -30,10 +30,14 @@ def write_json_atomic(obj, path):
 
 @torch.no_grad()
 def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=None, device="cpu",
-             batch_images=50, max_images=None, max_len=50, out=None, progress=True, coco=True):
+             batch_images=50, max_images=None, max_len=50, out=None, progress=True, coco=True,
+             length_penalty=0.0):
     """Caption every image of ``split`` with beam search and score BLEU-1..4 against all its references.
 
-    Returns a dict: ``bleu1`` … ``bleu4``, ``split``, ``beam_size``, ``n_images``, ``decoder``, ``checkpoint``,
+    ``length_penalty``: see :func:`decoding.beam_search` (0, the course's choice, favours short captions).
+
+    Returns a dict: ``bleu1`` … ``bleu4``, ``split``, ``beam_size``, ``length_penalty``, ``n_images``,
+    ``decoder``, ``checkpoint``,
     ``grounding`` (pointing-game scores when the data has object boxes and the decoder attends, else None),
     ``coco`` (pycocoevalcap BLEU/METEOR/ROUGE-L/CIDEr-D when ``coco``, see ``cocoeval``) and ``captions`` (per image: ``image_id``, ``caption``, ``references``). Written to ``out`` as JSON if given.
     """
@@ -54,14 +58,15 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     refs, hyps, rows, all_alphas = [], [], [], []
     for x, caps, _ in tqdm(loader, desc=f"{split.lower()} beam {beam_size}", disable=not progress):
         enc = encode_batch(encoder, x, cached, torch.device(device))
-        for img_caps, cap in zip(caps.tolist(), beam_search(decoder, enc, word_map, beam_size, max_len)):
+        for img_caps, cap in zip(caps.tolist(), beam_search(decoder, enc, word_map, beam_size, max_len,
+                                                                 length_penalty=length_penalty)):
             refs.append([strip_special(c, word_map) for c in img_caps])
             hyps.append(strip_special(cap.tokens, word_map))
             all_alphas.append(cap.alphas)
             rows.append({"caption": " ".join(decode_words(cap.tokens, rev)), "finished": cap.finished,
                          "references": [" ".join(decode_words(c, rev)) for c in img_caps]})
     result = {"checkpoint": os.fspath(checkpoint), "decoder": ckpt["decoder_type"], "split": split,
-              "beam_size": beam_size, "n_images": len(hyps)}
+              "beam_size": beam_size, "length_penalty": length_penalty, "n_images": len(hyps)}
     result.update(bleu(refs, hyps))
     ids, objects = _image_records(split_paths(data_folder, data_name, split)[0], len(rows))
     for row, image_id in zip(rows, ids):
@@ -145,7 +150,7 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
 
 
 @torch.no_grad()
-def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50):
+def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50, length_penalty=0.0):
     """Caption image files of any size/mode (JPEG, PNG, greyscale, RGBA…).
 
     Returns per image a dict: ``path``, ``words`` (list of str), ``alphas`` ((len(words), P) tensor or None),
@@ -163,7 +168,7 @@ def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50):
             raise KitError(f"image '{path}' does not exist")
         pixels, _ = load_image(path, size)  # (3, S, S) uint8, KitError names the file if unreadable
         enc = encoder(normalize(torch.from_numpy(pixels.copy())[None]).to(device))
-        cap = beam_search(decoder, enc, word_map, beam_size, max_len)[0]
+        cap = beam_search(decoder, enc, word_map, beam_size, max_len, length_penalty=length_penalty)[0]
         out.append({"path": os.fspath(path), "words": decode_words(cap.tokens, rev), "alphas": cap.alphas,
                     "pixels": pixels.transpose(1, 2, 0), "decoder": ckpt["decoder_type"],
                     "finished": cap.finished})

@@ -106,6 +106,34 @@ def test_beam_search_finds_at_least_greedy_score(cls):
 
 
 @torch.no_grad()
+def test_length_penalty_only_changes_the_choice_among_finished_captions(cls):
+    """α = 0 keeps the highest summed log-probability; α = 1 the highest mean (per token incl. <end>); the two
+    choose from the same finished captions, so each wins on its own criterion and they differ somewhere."""
+    dec = make(cls, end_bias=0.0)
+    torch.manual_seed(2)
+    enc = torch.randn(24, 3, 3, C)
+    plain = beam_search(dec, enc, WORD_MAP, beam_size=5, max_len=15)
+    normed = beam_search(dec, enc, WORD_MAP, beam_size=5, max_len=15, length_penalty=1.0)
+    differ = 0
+    for p, n in zip(plain, normed):
+        assert p.finished and n.finished
+        assert p.score >= n.score - 1e-5
+        assert n.score / (len(n.tokens) + 1) >= p.score / (len(p.tokens) + 1) - 1e-5
+        differ += p.tokens != n.tokens
+    assert differ > 0, "test needs images where the two criteria disagree"
+    assert sum(len(n.tokens) for n in normed) > sum(len(p.tokens) for p in plain)
+    assert [c.tokens for c in beam_search(dec, enc, WORD_MAP, beam_size=5, max_len=15, length_penalty=0.0)] == \
+        [c.tokens for c in plain]
+
+
+def test_negative_length_penalty_is_refused():
+    from captioning.errors import KitError
+
+    with pytest.raises(KitError, match="length_penalty must be a number >= 0"):
+        beam_search(make(DecoderWithRNN), torch.randn(1, 3, 3, C), WORD_MAP, length_penalty=-1)
+
+
+@torch.no_grad()
 def test_no_end_within_max_len_returns_best_unfinished(cls):
     dec = make(cls, end_bias=-1e4)  # <end> is never chosen
     enc = torch.randn(3, 3, 3, C)
