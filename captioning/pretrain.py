@@ -4,8 +4,8 @@ ImageNet weights, so that a CPU demo gets an encoder that knows shapes.
 Why: ImageNet weights cannot be downloaded here, and a random-weights ResNet-101 tells the shapes apart no better
 than the majority guess (``benchmarks/random_encoder.py``), which caps the demo's BLEU-4 near 0.25. Like ImageNet
 pretraining, this uses labels other than the captions: every cell of the encoder's S×S grid is classified as the
-shape, colour and size of the object covering the cell's centre (or "none"), and the whole image as dark or light
-(from its mean brightness). Only the TRAIN split is used; the VAL split gives the accuracies reported.
+shape, colour, shape-colour pair and size of the object covering the cell's centre (or "none"), and the whole
+image as dark or light (from its mean brightness). Only the TRAIN split is used; the VAL split gives the accuracies reported.
 
 Input: a prepared images HDF5 (``images`` (N, 3, H, W) uint8 and ``objects``, written by ``prepare`` when the
 Karpathy JSON has boxes). Output: a ``ShapesCNN`` state dict (.pth) for ``Encoder(arch="shapes_cnn",
@@ -34,6 +34,7 @@ STRIDE = 16  # ShapesCNN's output stride
 # per-cell heads, trained on the cells an object covers; "object" (is there one?) is trained on every cell
 HEADS = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES}
 NONE = -1
+N_PAIRS = len(SHAPES) * len(COLORS)
 
 
 def cell_targets(objects, image_size, grid):
@@ -83,7 +84,7 @@ class _Probe(nn.Module):
     def __init__(self):
         super().__init__()
         self.net = ShapesCNN()
-        self.cells = nn.Conv2d(256, 1 + sum(len(v) for v in HEADS.values()), 1)
+        self.cells = nn.Conv2d(256, 1 + sum(len(v) for v in HEADS.values()) + N_PAIRS, 1)
         self.tone = nn.Linear(256, 2)
 
     def forward(self, x):
@@ -92,8 +93,8 @@ class _Probe(nn.Module):
 
 
 def _losses_and_hits(logits, tone_logits, targets, dark):
-    """Summed loss and, per head, (correct, counted): object cells for shape/colour/size, all cells for
-    "object", images for "background"."""
+    """Summed loss and, per head, (correct, counted): object cells for shape/colour/size/shape_color, all cells
+    for "object", images for "background"."""
     on_object = targets[:, 0] != NONE  # (B, g, g)
     loss = F.binary_cross_entropy_with_logits(logits[:, 0], on_object.float())
     hits = {"object": (int(((logits[:, 0] > 0) == on_object).sum()), int(on_object.numel()))}
@@ -105,6 +106,13 @@ def _losses_and_hits(logits, tone_logits, targets, dark):
             loss = loss + F.cross_entropy(part, targets[:, h], ignore_index=NONE)
         pred = part.argmax(dim=1)
         hits[key] = (int((pred == targets[:, h])[on_object].sum()), int(on_object.sum()))
+    # shape and colour jointly as well: the cells then code which colour goes with which shape, so that their mean
+    # (all the decoder without attention sees) still tells "a red circle and a blue square" from the reverse
+    pair = torch.where(on_object, targets[:, 0] * len(COLORS) + targets[:, 1], torch.full_like(targets[:, 0], NONE))
+    part = logits[:, start: start + N_PAIRS]
+    if on_object.any():
+        loss = loss + F.cross_entropy(part, pair, ignore_index=NONE)
+    hits["shape_color"] = (int((part.argmax(dim=1) == pair)[on_object].sum()), int(on_object.sum()))
     loss = loss + F.cross_entropy(tone_logits, dark)
     hits["background"] = (int((tone_logits.argmax(1) == dark).sum()), int(dark.numel()))
     return loss, hits

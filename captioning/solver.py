@@ -447,7 +447,8 @@ class Runner:
             row.update(self.train_epoch(epoch))
             row.update(self.validate(epoch))
             row["decoder_lr"] = self.dec_opt.param_groups[0]["lr"]
-            improved = row["bleu4"] > self.best_bleu4
+            # the first epoch is always the best so far: a BEST checkpoint exists even if BLEU stays 0
+            improved = row["bleu4"] > self.best_bleu4 or not any(h.get("best") for h in self.history)
             self.best_bleu4 = max(row["bleu4"], self.best_bleu4)
             self.since_improvement = 0 if improved else self.since_improvement + 1
             row["best"] = improved

@@ -43,7 +43,7 @@ def test_pretrain_writes_a_loadable_encoder_that_learned(shapes_data, tmp_path):
     res = pretrain_encoder(folder, name, str(out), epochs=12, batch_size=8, lr=3e-3, progress=False)
     assert out.exists() and not (tmp_path / "enc" / "shapes_cnn.pth.tmp").exists()
     acc = res["val_accuracy"]
-    assert set(acc) == {"object", "shape", "color", "size", "background"}
+    assert set(acc) == {"object", "shape", "color", "size", "shape_color", "background"}
     # 40 images of 64 px are very little; still, colour and background must be learned, not guessed
     # (5 colours: chance 0.2; background dark/light from brightness)
     assert acc["color"] > 0.5 and acc["background"] >= 0.9, acc

@@ -209,6 +209,10 @@ def test_cli_test_and_caption(trained, tmp_path, capsys):
     assert main(["test", "--checkpoint", ck, "--beam-size", "2", "--out", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "BLEU-4" in out and "COCO toolkit" in out and "CIDEr-D" in out
+    assert main(["test", "--checkpoint", ck, "--beam-size", "2", "--length-penalty", "1", "--out",
+                 str(tmp_path / "r1.json")]) == 0
+    assert json.loads((tmp_path / "r1.json").read_text())["length_penalty"] == 1.0
+    assert json.loads((tmp_path / "r.json").read_text())["length_penalty"] == 0.0
     from PIL import Image
 
     img = tmp_path / "x.jpg"
