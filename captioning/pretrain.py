@@ -18,7 +18,6 @@ import os
 import time
 
 import h5py
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
