@@ -114,7 +114,7 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
     Returns: {"shape": hit rate, "color": hit rate, "all": …, "chance": …, "n_words": …} where chance is the
         mean fraction of the image covered by the named boxes (a uniformly random point's hit rate).
     """
-    from captioning.shapes import COLORS, PLURAL, SHAPES
+    from captioning.shapes import COLORS, PLURAL, SHAPES, cells_in_box
 
     shape_words = set(SHAPES) | set(PLURAL.values())
     hits = {"shape": [], "color": []}
@@ -133,16 +133,11 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
                 continue  # the caption is wrong about the object: nothing to point at
             grid = al_row[: side * side].reshape(side, side).float()
             r, c = divmod(int(grid.argmax()), side)
-            cell = image_size / side
-            y, x = (r + 0.5) * cell, (c + 0.5) * cell  # centre of the peak cell
-            hit = any(o["bbox"][0] <= x < o["bbox"][2] and o["bbox"][1] <= y < o["bbox"][3] for o in named)
-            hits[kind].append(hit)
-            mask = np.zeros((side, side), bool)  # chance on the same grid: cells whose centre is in a box
-            centres = (np.arange(side) + 0.5) * cell
+            mask = np.zeros((side, side), bool)  # cells whose centre is in a named box
             for o in named:
-                mask |= ((centres[:, None] >= o["bbox"][1]) & (centres[:, None] < o["bbox"][3])
-                         & (centres[None, :] >= o["bbox"][0]) & (centres[None, :] < o["bbox"][2]))
-            chance.append(mask.mean())
+                mask |= cells_in_box(o["bbox"], image_size, side)
+            hits[kind].append(bool(mask[r, c]))  # the peak cell's centre lies in a named box
+            chance.append(mask.mean())  # a uniformly random cell's hit rate
     both = hits["shape"] + hits["color"]
     rate = lambda v: float(np.mean(v)) if v else None  # noqa: E731
     return {"shape": rate(hits["shape"]), "color": rate(hits["color"]), "all": rate(both),

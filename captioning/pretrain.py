@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from captioning.errors import KitError
 from captioning.features import normalize, split_paths
 from captioning.models import ShapesCNN
-from captioning.shapes import COLORS, SHAPES
+from captioning.shapes import COLORS, SHAPES, cells_in_box
 
 SIZES = ("small", "large")
 STRIDE = 16  # ShapesCNN's output stride
@@ -43,10 +43,8 @@ def cell_targets(objects, image_size, grid):
     uses too).
     """
     target = torch.full((len(HEADS), grid, grid), NONE, dtype=torch.long)
-    centres = (torch.arange(grid) + 0.5) * (image_size / grid)
     for o in objects:
-        x0, y0, x1, y1 = o["bbox"]
-        inside = (((centres >= y0) & (centres < y1))[:, None]) & (((centres >= x0) & (centres < x1))[None, :])
+        inside = torch.from_numpy(cells_in_box(o["bbox"], image_size, grid))
         for h, (key, names) in enumerate(HEADS.items()):
             value = o.get(key)
             if value not in names:

@@ -58,6 +58,15 @@ MAX_TOKENS = 16
 CAPTIONS_PER_IMAGE = 5
 
 
+def cells_in_box(bbox, image_size: float, side: int) -> np.ndarray:
+    """(side, side) bool: the cells of a side×side grid over an image of ``image_size`` pixels whose centre lies in
+    ``bbox`` = [x0, y0, x1, y1] (x1, y1 exclusive). The one rule for "this cell shows that object", used by the
+    pointing game and by the encoder pretraining."""
+    x0, y0, x1, y1 = bbox
+    centres = (np.arange(side) + 0.5) * (image_size / side)
+    return ((centres >= y0) & (centres < y1))[:, None] & ((centres >= x0) & (centres < x1))[None, :]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Scene layout (main process, one seeded random.Random for the whole dataset)
 # ----------------------------------------------------------------------------------------------------------------
