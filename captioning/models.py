@@ -179,6 +179,8 @@ class ShapesCNN(nn.Module):
     ``captioning.pretrain``; ``features`` is what :class:`Encoder` keeps.
     """
 
+    STRIDE = 16  # pixels per output cell: four stride-2 layers
+
     def __init__(self, weights=None):
         super().__init__()
         widths = [(3, 32, 2), (32, 64, 2), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1)]

@@ -29,7 +29,7 @@ from captioning.models import ShapesCNN
 from captioning.shapes import COLORS, SHAPES, cells_in_box
 
 SIZES = ("small", "large")
-STRIDE = 16  # ShapesCNN's output stride
+STRIDE = ShapesCNN.STRIDE
 # per-cell heads, trained on the cells an object covers; "object" (is there one?) is trained on every cell
 HEADS = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES}
 NONE = -1
