@@ -111,14 +111,17 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
         hypotheses: per image, generated word indices (no special tokens), aligned with ``alphas`` rows.
         alphas: per image, (len(words), P) or (len, P + 1) attention (sentinel column ignored).
         objects: per image, list of {"shape", "color", "bbox": [x0, y0, x1, y1]} in pixels of the image.
-    Returns: {"shape": hit rate, "color": hit rate, "all": …, "chance": …, "n_words": …} where chance is the
-        mean fraction of the image covered by the named boxes (a uniformly random point's hit rate).
+    Returns: {"shape": hit rate, "color": hit rate, "all": …, "chance": …, "n_words": …, "misses": …} where
+        chance is the mean fraction of the image covered by the named boxes (a uniformly random point's hit
+        rate) and misses counts where the missed peaks fell: {"other_object": on an object the word does not
+        name, "background": on no object}.
     """
     from captioning.shapes import COLORS, PLURAL, SHAPES, cells_in_box
 
     shape_words = set(SHAPES) | set(PLURAL.values())
     hits = {"shape": [], "color": []}
     chance = []
+    misses = {"other_object": 0, "background": 0}
     for words, al, objs in zip(hypotheses, alphas, objects):
         if al is None or not objs:
             continue
@@ -137,11 +140,14 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
             for o in named:
                 mask |= cells_in_box(o["bbox"], image_size, side)
             hits[kind].append(bool(mask[r, c]))  # the peak cell's centre lies in a named box
+            if not mask[r, c]:
+                on_other = any(cells_in_box(o["bbox"], image_size, side)[r, c] for o in objs if o not in named)
+                misses["other_object" if on_other else "background"] += 1
             chance.append(mask.mean())  # a uniformly random cell's hit rate
     both = hits["shape"] + hits["color"]
     rate = lambda v: float(np.mean(v)) if v else None  # noqa: E731
     return {"shape": rate(hits["shape"]), "color": rate(hits["color"]), "all": rate(both),
-            "chance": rate(chance), "n_words": len(both)}
+            "chance": rate(chance), "n_words": len(both), "misses": misses}
 
 
 @torch.no_grad()

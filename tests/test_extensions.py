@@ -50,15 +50,21 @@ def test_adaptive_decoder_contract_and_sentinel_share():
 
 def test_pointing_game_hits_misses_and_chance():
     rev = {1: "red", 2: "circle", 3: "a", 4: "square"}
-    objs = [[{"shape": "circle", "color": "red", "bbox": [0, 0, 32, 32]}]]  # top-left quarter of a 64 px image
+    objs = [[{"shape": "circle", "color": "red", "bbox": [0, 0, 32, 32]},  # top-left quarter of a 64 px image
+             {"shape": "square", "color": "blue", "bbox": [32, 32, 64, 64]}]]  # bottom-right quarter
     on = torch.zeros(4)
     on[0] = 1.0  # peak in the top-left cell of a 2x2 grid
     off = torch.zeros(4)
     off[3] = 1.0
     hit = grounding([[3, 1, 2]], [torch.stack([off, on, on])], objs, rev, 64)
     assert hit["shape"] == 1.0 and hit["color"] == 1.0 and hit["n_words"] == 2 and hit["chance"] == 0.25
-    miss = grounding([[1, 2, 4]], [torch.stack([off, off, on])], objs, rev, 64)
-    assert miss["all"] == 0.0 and miss["n_words"] == 2  # "square" names no object: not scored
+    assert hit["misses"] == {"other_object": 0, "background": 0}
+    top_right = torch.zeros(4)
+    top_right[1] = 1.0
+    miss = grounding([[1, 2, 4]], [torch.stack([off, top_right, on])], objs, rev, 64)
+    assert miss["all"] == 0.0 and miss["n_words"] == 3  # "square" now names the blue square: scored too
+    # red -> the blue square, circle -> an empty cell, square -> the red circle
+    assert miss["misses"] == {"other_object": 2, "background": 1}
 
 
 def test_coco_metrics_with_the_python_tokenizer(monkeypatch):
