@@ -68,7 +68,10 @@ def _cmd_test(a):
               f"ROUGE-L {c['rouge_l']:.4f}  CIDEr-D {c['cider_d']:.4f}")
     if r.get("grounding") and r["grounding"]["all"] is not None:
         g = r["grounding"]
-        print(f"pointing game: {g['all']:.3f} of {g['n_words']} shape/colour words (chance {g['chance']:.3f})")
+        m = g.get("misses") or {}
+        print(f"pointing game: {g['all']:.3f} of {g['n_words']} shape/colour words (chance {g['chance']:.3f}); "
+              f"missed peaks: {m.get('other_object', 0)} on an object the word does not name, "
+              f"{m.get('background', 0)} on no object")
     print(f"wrote {out}")
 
 
@@ -85,6 +88,8 @@ def _cmd_caption(a):
         name = os.path.splitext(os.path.basename(r["path"]))[0]
         png = save(caption_figure(r), os.path.join(a.out, f"{name}.caption.png"))
         print(f"{r['path']}: {' '.join(r['words'])}   [{png}]")
+        if r["decoder"] == "adaptive":  # last attention column = β, the sentinel's share (1: the image unused)
+            print("  β per word: " + " ".join(f"{w} {float(a[-1]):.2f}" for w, a in zip(r["words"], r["alphas"])))
 
 
 def _cmd_demo(a):

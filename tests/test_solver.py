@@ -223,6 +223,36 @@ def test_cli_test_and_caption(trained, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_cli_test_prints_the_pointing_game_with_its_misses(monkeypatch, capsys):
+    import captioning.evaluate
+    from captioning.cli import main
+
+    result = {"split": "TEST", "n_images": 3, "beam_size": 5, "decoder": "attention", "bleu1": 0.5, "bleu2": 0.4,
+              "bleu3": 0.3, "bleu4": 0.2, "coco": None,
+              "grounding": {"all": 0.75, "n_words": 8, "chance": 0.1, "shape": 0.75, "color": 0.75,
+                            "misses": {"other_object": 1, "background": 1}}}
+    monkeypatch.setattr(captioning.evaluate, "evaluate", lambda *a, **k: result)
+    assert main(["test", "--checkpoint", "c.pth.tar", "--out", "unused.json"]) == 0
+    assert ("pointing game: 0.750 of 8 shape/colour words (chance 0.100); missed peaks: 1 on an object the word "
+            "does not name, 1 on no object") in capsys.readouterr().out
+
+
+def test_cli_caption_prints_the_adaptive_decoders_beta_per_word(shapes_data, tmp_path, capsys):
+    from PIL import Image
+
+    from captioning.cli import main
+
+    ck = fit(tiny_cfg(shapes_data, tmp_path, decoder="adaptive"))["best_checkpoint"]
+    img = tmp_path / "x.jpg"
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(img)
+    assert main(["caption", str(img), "--checkpoint", ck, "--out", str(tmp_path / "figs")]) == 0
+    caption_line, beta_line = capsys.readouterr().out.splitlines()[-2:]
+    words = caption_line.split(": ", 1)[1].rsplit("   [", 1)[0].split()
+    pairs = beta_line.split("β per word:")[1].split()
+    assert pairs[0::2] == words  # one β per generated word
+    assert all(0.0 <= float(b) <= 1.0 for b in pairs[1::2])
+
+
 def test_resume_frozen_checkpoint_into_fine_tuning(shapes_data, trained, tmp_path, monkeypatch):
     """Course's best result: fine-tune blocks 2-4. A frozen-encoder checkpoint resumes into fine-tuning with its
     own encoder learning rate, and the feature cache is switched off (the features change as the encoder learns)."""
