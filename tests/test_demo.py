@@ -2,12 +2,14 @@
 import json
 
 from captioning.cli import main
+from captioning.solver import load_checkpoint
 
 
 def test_demo_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "n_train=30", "n_val=8", "n_test=8", "image_size=64", "epochs=1",
-               "embed_dim=16", "decoder_dim=24", "attention_dim=16", "beam_size=2", "coco=False", "pretrain_epochs=1"])
+               "embed_dim=16", "decoder_dim=24", "attention_dim=16", "beam_size=2", "coco=False", "pretrain_epochs=1",
+               "dropout=0.2", "rnn_dropout=0.0", "alpha_c=0.5"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["decoders"]) == {"rnn", "attention"}
@@ -15,6 +17,9 @@ def test_demo_tiny(tmp_path, capsys):
     assert pre["epochs"] == 1 and (out / "shapes_cnn.pth").exists() and 0 <= pre["val_accuracy"]["shape"] <= 1
     for d in summary["decoders"].values():
         assert 0 <= d["bleu4"] <= 1 and d["epochs"] == 1  # epochs=1 alone: every decoder, rnn_epochs included
+    cfgs = {k: load_checkpoint(d["checkpoint"])["cfg"] for k, d in summary["decoders"].items()}
+    assert cfgs["rnn"]["dropout"] == 0.0 and cfgs["attention"]["dropout"] == 0.2  # rnn_dropout wins for rnn
+    assert cfgs["attention"]["alpha_c"] == 0.5
     figs = {p.name for p in (out / "figures").iterdir()}
     assert "training_curves.png" in figs and "attention_astronaut.png" in figs and "rnn_astronaut.png" in figs
     assert (out / "report" / "report.md").exists() and (out / "report" / "report.html").stat().st_size > 1000
