@@ -5,8 +5,8 @@ not a shape at all → figures, a report and a summary table under ``outputs/dem
 On a 2-core CPU the defaults took 22 minutes one day and 11 the day before (README, "Demo results"). ImageNet
 weights cannot be downloaded offline and a random ResNet-101 cannot tell the shapes apart, so by default the
 encoder is the small ``shapes_cnn``, pretrained first on the TRAIN split's object boxes (``captioning.pretrain``)
-and then frozen, as an ImageNet encoder would be; ``encoder=resnet101`` runs the demo with a random-initialised ResNet-101 instead (BatchNorm recalibrated).
-Features are cached once and shared by the decoders.
+and then frozen, as an ImageNet encoder would be; ``encoder=resnet101`` runs the demo with a random-initialised
+ResNet-101 instead (BatchNorm recalibrated). Features are cached once and shared by the decoders.
 """
 from __future__ import annotations
 
