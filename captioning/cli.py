@@ -89,7 +89,7 @@ def _cmd_caption(a):
         png = save(caption_figure(r), os.path.join(a.out, f"{name}.caption.png"))
         print(f"{r['path']}: {' '.join(r['words'])}   [{png}]")
         if r["decoder"] == "adaptive":  # last attention column = β, the sentinel's share (1: the image unused)
-            print("  β per word: " + " ".join(f"{w} {float(a[-1]):.2f}" for w, a in zip(r["words"], r["alphas"])))
+            print("  β per word: " + " ".join(f"{w} {float(row[-1]):.2f}" for w, row in zip(r["words"], r["alphas"])))
 
 
 def _cmd_demo(a):

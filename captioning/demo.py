@@ -82,12 +82,11 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
         pre = None
         encoder_cfg = {"encoder": "resnet101", "encoder_weights": None, "encoded_image_size": p["image_size"] // 32}
 
-    cfg = {"data_folder": data_folder, "data_name": data_name, **encoder_cfg,
-           "epochs": p["epochs"], "batch_size": p["batch_size"],
+    # shared by the decoders; epochs and dropout are set per decoder below
+    cfg = {"data_folder": data_folder, "data_name": data_name, **encoder_cfg, "batch_size": p["batch_size"],
            "embed_dim": p["embed_dim"], "decoder_dim": p["decoder_dim"], "attention_dim": p["attention_dim"],
-           "dropout": p["dropout"], "alpha_c": p["alpha_c"], "decoder_lr": p["decoder_lr"],
-           "lr_decay_every": p["lr_decay_every"], "lr_decay_factor": p["lr_decay_factor"], "seed": p["seed"],
-           "print_freq": 0,
+           "alpha_c": p["alpha_c"], "decoder_lr": p["decoder_lr"], "lr_decay_every": p["lr_decay_every"],
+           "lr_decay_factor": p["lr_decay_factor"], "seed": p["seed"], "print_freq": 0,
            "output_dir": os.path.join(out, "checkpoints"), "device": "cpu", "workers": 0}
     runs = {}
     for decoder in p["decoders"].split(","):
@@ -154,8 +153,8 @@ def summary_table(summary):
     enc = (f"encoder shapes_cnn pretrained on the TRAIN boxes in {pre['seconds'] / 60:.1f} min "
            f"(VAL cells: shape {pre['val_accuracy']['shape']:.2f}, colour {pre['val_accuracy']['color']:.2f})"
            if pre else f"encoder {s['encoder']} with random weights")
-    lines = [f"Test split, beam {s['beam_size']} (length penalty {s.get('length_penalty', 0)}), {s['n_train']} training images of {s['image_size']} px, {enc}, "
-             f"total {summary['total_minutes']:.1f} min", "",
+    lines = [f"Test split, beam {s['beam_size']} (length penalty {s.get('length_penalty', 0)}), {s['n_train']} "
+             f"training images of {s['image_size']} px, {enc}, total {summary['total_minutes']:.1f} min", "",
              "| decoder | epochs | train min | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | pointing game (chance) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, d in summary["decoders"].items():

@@ -5,7 +5,8 @@ Why: ImageNet weights cannot be downloaded here, and a random-weights ResNet-101
 than the majority guess (``benchmarks/random_encoder.py``), which caps the demo's BLEU-4 near 0.25. Like ImageNet
 pretraining, this uses labels other than the captions: every cell of the encoder's S×S grid is classified as the
 shape, colour, shape-colour pair and size of the object covering the cell's centre (or "none"), and the whole
-image as dark or light (from its mean brightness). Only the TRAIN split is used; the VAL split gives the accuracies reported.
+image as dark or light (from its mean brightness). Only the TRAIN split is used; the VAL split gives the
+accuracies reported.
 
 Input: a prepared images HDF5 (``images`` (N, 3, H, W) uint8 and ``objects``, written by ``prepare`` when the
 Karpathy JSON has boxes). Output: a ``ShapesCNN`` state dict (.pth) for ``Encoder(arch="shapes_cnn",
