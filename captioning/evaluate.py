@@ -113,8 +113,14 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
         objects: per image, list of {"shape", "color", "bbox": [x0, y0, x1, y1]} in pixels of the image.
     Returns: {"shape": hit rate, "color": hit rate, "all": …, "chance": …, "n_words": …, "misses": …} where
         chance is the mean fraction of the image covered by the named boxes (a uniformly random point's hit
-        rate) and misses counts where the missed peaks fell: {"other_object": on an object the word does not
-        name, "background": on no object}.
+        rate), misses counts where the missed peaks fell: {"other_object": on an object the word does not
+        name, "background": on no object}, and by_position splits the words by where they stand, each as
+        {"rate", "n"}: "only_object" (the image shows one kind of object), "first_named" (the caption's first
+        object phrase, in an image with several kinds) and "named_later" (a later phrase). The split shows
+        the decoder's blind spot: its map for word t comes from h_{t-1}, computed before word t-1 was chosen, so
+        for the first object it names it cannot know which of several it is about to describe. by_size splits
+        the words by the size of the objects they name ("large", "small", "mixed" when both): a map that spreads
+        the same mass over a large object's many cells peaks less high than on a small object's few.
     """
     from captioning.shapes import COLORS, PLURAL, SHAPES, cells_in_box
 
@@ -122,15 +128,21 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
     hits = {"shape": [], "color": []}
     chance = []
     misses = {"other_object": 0, "background": 0}
+    by_position = {"only_object": [], "first_named": [], "named_later": []}
+    by_size = {"large": [], "small": [], "mixed": []}
     for words, al, objs in zip(hypotheses, alphas, objects):
         if al is None or not objs:
             continue
         side = math.isqrt(al.shape[1])  # P = side², or side² + 1 with the adaptive decoder's sentinel
+        several = len({(o.get("color"), o.get("shape")) for o in objs}) > 1
+        phrase = 0  # index of the object phrase a word belongs to: a phrase ends with its shape word
         for w_idx, al_row in zip(words, al):
             word = rev_word_map[w_idx]
             kind = "shape" if word in shape_words else "color" if word in COLORS else None
             if kind is None:
                 continue
+            position = "named_later" if phrase else "first_named" if several else "only_object"
+            phrase += kind == "shape"
             named = [o for o in objs if _names(word, o)]
             if not named:
                 continue  # the caption is wrong about the object: nothing to point at
@@ -139,15 +151,23 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
             mask = np.zeros((side, side), bool)  # cells whose centre is in a named box
             for o in named:
                 mask |= cells_in_box(o["bbox"], image_size, side)
-            hits[kind].append(bool(mask[r, c]))  # the peak cell's centre lies in a named box
-            if not mask[r, c]:
+            hit = bool(mask[r, c])  # the peak cell's centre lies in a named box
+            hits[kind].append(hit)
+            by_position[position].append(hit)
+            sizes = {o.get("size") for o in named}
+            size = "mixed" if len(sizes) > 1 else sizes.pop()
+            if size in by_size:  # boxes without a size (made by hand) stay out of this split
+                by_size[size].append(hit)
+            if not hit:
                 on_other = any(cells_in_box(o["bbox"], image_size, side)[r, c] for o in objs if o not in named)
                 misses["other_object" if on_other else "background"] += 1
             chance.append(mask.mean())  # a uniformly random cell's hit rate
     both = hits["shape"] + hits["color"]
     rate = lambda v: float(np.mean(v)) if v else None  # noqa: E731
     return {"shape": rate(hits["shape"]), "color": rate(hits["color"]), "all": rate(both),
-            "chance": rate(chance), "n_words": len(both), "misses": misses}
+            "chance": rate(chance), "n_words": len(both), "misses": misses,
+            "by_position": {k: {"rate": rate(v), "n": len(v)} for k, v in by_position.items()},
+            "by_size": {k: {"rate": rate(v), "n": len(v)} for k, v in by_size.items()}}
 
 
 @torch.no_grad()

@@ -50,8 +50,8 @@ def test_adaptive_decoder_contract_and_sentinel_share():
 
 def test_pointing_game_hits_misses_and_chance():
     rev = {1: "red", 2: "circle", 3: "a", 4: "square"}
-    objs = [[{"shape": "circle", "color": "red", "bbox": [0, 0, 32, 32]},  # top-left quarter of a 64 px image
-             {"shape": "square", "color": "blue", "bbox": [32, 32, 64, 64]}]]  # bottom-right quarter
+    objs = [[{"shape": "circle", "color": "red", "size": "large", "bbox": [0, 0, 32, 32]},  # top-left quarter
+             {"shape": "square", "color": "blue", "size": "small", "bbox": [32, 32, 64, 64]}]]  # bottom-right
     on = torch.zeros(4)
     on[0] = 1.0  # peak in the top-left cell of a 2x2 grid
     off = torch.zeros(4)
@@ -65,6 +65,16 @@ def test_pointing_game_hits_misses_and_chance():
     assert miss["all"] == 0.0 and miss["n_words"] == 3  # "square" now names the blue square: scored too
     # red -> the blue square, circle -> an empty cell, square -> the red circle
     assert miss["misses"] == {"other_object": 2, "background": 1}
+    # "red circle" is the first object phrase of an image with two kinds of object, "square" a later one
+    assert hit["by_position"] == {"only_object": {"rate": None, "n": 0}, "first_named": {"rate": 1.0, "n": 2},
+                                  "named_later": {"rate": None, "n": 0}}
+    assert miss["by_position"]["first_named"] == {"rate": 0.0, "n": 2}
+    assert miss["by_position"]["named_later"] == {"rate": 0.0, "n": 1}
+    assert hit["by_size"] == {"large": {"rate": 1.0, "n": 2}, "small": {"rate": None, "n": 0},
+                              "mixed": {"rate": None, "n": 0}}
+    assert miss["by_size"]["large"] == {"rate": 0.0, "n": 2} and miss["by_size"]["small"] == {"rate": 0.0, "n": 1}
+    alone = grounding([[3, 1, 2]], [torch.stack([off, on, off])], [objs[0][:1]], rev, 64)
+    assert alone["by_position"]["only_object"] == {"rate": 0.5, "n": 2}  # red hit, circle missed
 
 
 def test_coco_metrics_with_the_python_tokenizer(monkeypatch):

@@ -223,18 +223,27 @@ def test_cli_test_and_caption(trained, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_cli_test_prints_the_pointing_game_with_its_misses(monkeypatch, capsys):
+def test_cli_test_prints_the_pointing_game_with_its_misses_and_positions(monkeypatch, capsys):
     import captioning.evaluate
     from captioning.cli import main
 
     result = {"split": "TEST", "n_images": 3, "beam_size": 5, "decoder": "attention", "bleu1": 0.5, "bleu2": 0.4,
               "bleu3": 0.3, "bleu4": 0.2, "coco": None,
               "grounding": {"all": 0.75, "n_words": 8, "chance": 0.1, "shape": 0.75, "color": 0.75,
-                            "misses": {"other_object": 1, "background": 1}}}
+                            "misses": {"other_object": 1, "background": 1},
+                            "by_position": {"only_object": {"rate": 1.0, "n": 4},
+                                            "first_named": {"rate": 0.5, "n": 4},
+                                            "named_later": {"rate": None, "n": 0}},
+                            "by_size": {"large": {"rate": 0.5, "n": 4}, "small": {"rate": 1.0, "n": 4},
+                                        "mixed": {"rate": None, "n": 0}}}}
     monkeypatch.setattr(captioning.evaluate, "evaluate", lambda *a, **k: result)
     assert main(["test", "--checkpoint", "c.pth.tar", "--out", "unused.json"]) == 0
+    out = capsys.readouterr().out
     assert ("pointing game: 0.750 of 8 shape/colour words (chance 0.100); missed peaks: 1 on an object the word "
-            "does not name, 1 on no object") in capsys.readouterr().out
+            "does not name, 1 on no object") in out
+    assert ("by position: only kind of object 1.00 (4 words), first named of several 0.50 (4 words), named later — "
+            "(0 words)") in out
+    assert "by size of the named object: large 0.50 (4 words), small 1.00 (4 words), mixed — (0 words)" in out
 
 
 def test_cli_caption_prints_the_adaptive_decoders_beta_per_word(shapes_data, tmp_path, capsys):
