@@ -30,7 +30,8 @@ def _cmd_prepare(a):
 
 
 def _parse_overrides(pairs):
-    """``key=value`` words → dict; values are Python literals when they parse as one (``1e-3``, ``None``, ``True``)."""
+    """``key=value`` words → dict; values are Python literals when they parse as one (``1e-3``, ``None``,
+    ``True``)."""
     import ast
 
     out = {}
@@ -72,16 +73,13 @@ def _cmd_test(a):
         print(f"pointing game: {g['all']:.3f} of {g['n_words']} shape/colour words (chance {g['chance']:.3f}); "
               f"missed peaks: {m.get('other_object', 0)} on an object the word does not name, "
               f"{m.get('background', 0)} on no object")
-        if g.get("by_position"):
-            names = {"only_object": "only kind of object", "first_named": "first named of several",
-                     "named_later": "named later"}
-            print("  by position: " + ", ".join(
-                f"{names[k]} {'—' if v['rate'] is None else format(v['rate'], '.2f')} ({v['n']} words)"
-                for k, v in g["by_position"].items()))
-        if g.get("by_size"):
-            print("  by size of the named object: " + ", ".join(
-                f"{k} {'—' if v['rate'] is None else format(v['rate'], '.2f')} ({v['n']} words)"
-                for k, v in g["by_size"].items()))
+        names = {"only_object": "only kind of object", "first_named": "first named of several",
+                 "named_later": "named later"}
+        for title, split in (("by position", g.get("by_position")), ("by size of the named object", g.get("by_size"))):
+            if split:
+                print(f"  {title}: " + ", ".join(
+                    f"{names.get(k, k)} {'—' if v['rate'] is None else format(v['rate'], '.2f')} ({v['n']} words)"
+                    for k, v in split.items()))
     print(f"wrote {out}")
 
 

@@ -39,7 +39,8 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     Returns a dict: ``bleu1`` … ``bleu4``, ``split``, ``beam_size``, ``length_penalty``, ``n_images``,
     ``decoder``, ``checkpoint``,
     ``grounding`` (pointing-game scores when the data has object boxes and the decoder attends, else None),
-    ``coco`` (pycocoevalcap BLEU/METEOR/ROUGE-L/CIDEr-D when ``coco``, see ``cocoeval``) and ``captions`` (per image: ``image_id``, ``caption``, ``references``). Written to ``out`` as JSON if given.
+    ``coco`` (pycocoevalcap BLEU/METEOR/ROUGE-L/CIDEr-D when ``coco``, see ``cocoeval``) and ``captions`` (per
+    image: ``image_id``, ``caption``, ``references``). Written to ``out`` as JSON if given.
     """
     ckpt = load_checkpoint(checkpoint)
     encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device)
