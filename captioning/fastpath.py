@@ -220,8 +220,7 @@ def scores(decoder, encoder_out, captions, caplens, group=1):
 
     alphas = None
     if decoder.has_attention and _manual_backward(enc):
-        mean = enc.mean(dim=1)
-        h, c = decoder.init_h(mean)[img], decoder.init_c(mean)[img]  # (N, D)
+        h, c = (x[img] for x in decoder.init_hidden_state(enc))  # (N, D)
         att = decoder.attention
         # the word part of the gates, only where a word is read: (L, 4D) in packed order, one matrix product
         words = pack_padded_sequence(captions[:, :steps], decode_lengths, batch_first=True).data
@@ -235,8 +234,7 @@ def scores(decoder, encoder_out, captions, caplens, group=1):
     emb = decoder.embedding(captions)  # (N, T, E)
     gi_words = F.linear(emb[:, :steps], w_ih[:, :e_dim], bias)  # (N, steps, 4D): all steps at once
     if decoder.has_attention:  # on a GPU or under autocast: autograd through the step-by-step loop
-        mean = enc.mean(dim=1)
-        h, c = decoder.init_h(mean)[img], decoder.init_c(mean)[img]  # (N, D)
+        h, c = (x[img] for x in decoder.init_hidden_state(enc))  # (N, D)
         att1 = decoder.attention.encoder_att(enc)[img]  # (N, P, A), once per image
         enc_c = enc[img]  # (N, P, C)
         w_iz = w_ih[:, e_dim:]

@@ -391,7 +391,8 @@ class DecoderWithAttention(_Graded):
     z ← sigmoid(f_beta(h)) ⊙ z; h, c = LSTMCell([embedding ; z], (h, c)); scores = fc(dropout(h)).
 
     Args:
-        cfg: dict with ``vocab_size`` V, ``embed_dim`` E, ``decoder_dim`` D, ``attention_dim`` A, ``dropout``.
+        cfg: dict with ``vocab_size`` V, ``embed_dim`` E, ``decoder_dim`` D, ``attention_dim`` A, ``dropout``;
+            optional ``init_state``: "mean" (the course, default) or "learned" (see ``init_hidden_state``).
         encoder_dim: C.
     """
 
@@ -405,6 +406,7 @@ class DecoderWithAttention(_Graded):
         self.decoder_dim = cfg["decoder_dim"]
         self.vocab_size = cfg["vocab_size"]
         self.dropout_p = cfg["dropout"]
+        self.init_state = cfg.get("init_state", "mean")
 
         # ==================================== TODO DecoderWithAttention.__init__ ==============================
         # Define these layers (the names are graded):
@@ -440,8 +442,16 @@ class DecoderWithAttention(_Graded):
             self.fc.weight.data.uniform_(-0.1, 0.1)
 
     def init_hidden_state(self, encoder_out):
-        """encoder_out (B, S, S, C) or (B, P, C) → h, c, each (B, D), from the mean over regions."""
+        """encoder_out (B, S, S, C) or (B, P, C) → h, c, each (B, D), from the mean over regions.
+
+        With cfg ``init_state="learned"`` the layers read a zero feature instead: h₀, c₀ are their learned biases,
+        the same for every image, and the image reaches the LSTM only through attention. When the mean feature
+        already names the objects, the course's decoder can caption without looking, and its maps then may not
+        point at what the words name (README, "Known limitations").
+        """
         mean_encoder_out = encoder_out.reshape(encoder_out.size(0), -1, self.encoder_dim).mean(dim=1)
+        if self.init_state == "learned":
+            mean_encoder_out = torch.zeros_like(mean_encoder_out)
         return self.init_h(mean_encoder_out), self.init_c(mean_encoder_out)
 
     def forward(self, encoder_out, encoded_captions, caption_lengths):

@@ -42,6 +42,7 @@ DEFAULT_CFG = {
     "attention_dim": 512,
     "decoder_dim": 512,
     "dropout": 0.5,
+    "init_state": "mean",  # attention decoder's h0/c0: "mean" feature (course) or "learned" (image only via attention)
     "decoder": None,  # "rnn" | "attention" | "adaptive"; None: from `attention`
     "attention": False,
     "encoder": "resnet101",
@@ -92,6 +93,9 @@ def make_cfg(cfg=None, **overrides):
     if out["decoder"] not in DECODER_NAMES:
         raise KitError(f"cfg['decoder'] = {out['decoder']!r}: choose 'rnn', 'attention' or 'adaptive'")
     out["attention"] = out["decoder"] != "rnn"
+    if out["init_state"] not in ("mean", "learned"):
+        raise KitError(f"cfg['init_state'] = {out['init_state']!r}: choose 'mean' (h0/c0 from the mean feature, as "
+                       f"the course) or 'learned' (the attention decoder's h0/c0 do not depend on the image)")
     out["device"] = str(out["device"])
     if out["device"].startswith("cuda") and not torch.cuda.is_available():
         raise KitError(f"cfg['device'] = {out['device']!r} but PyTorch sees no CUDA GPU here; use 'cpu'")

@@ -20,6 +20,7 @@ def test_demo_tiny(tmp_path, capsys):
     cfgs = {k: load_checkpoint(d["checkpoint"])["cfg"] for k, d in summary["decoders"].items()}
     assert cfgs["rnn"]["dropout"] == 0.0 and cfgs["attention"]["dropout"] == 0.2  # rnn_dropout wins for rnn
     assert cfgs["attention"]["alpha_c"] == 0.5
+    assert cfgs["attention"]["init_state"] == "learned"  # the demo's default (course: "mean")
     figs = {p.name for p in (out / "figures").iterdir()}
     assert "training_curves.png" in figs and "attention_astronaut.png" in figs and "rnn_astronaut.png" in figs
     assert (out / "report" / "report.md").exists() and (out / "report" / "report.html").stat().st_size > 1000

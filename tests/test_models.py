@@ -85,6 +85,18 @@ def test_padding_never_influences_shorter_captions(decoder):
     torch.testing.assert_close(preds[j, : dec_lens[j]], alone[0], rtol=1e-5, atol=1e-6)
 
 
+def test_learned_initial_state_does_not_depend_on_the_image():
+    torch.manual_seed(0)
+    course, learned = DecoderWithAttention(CFG, encoder_dim=C), DecoderWithAttention(dict(CFG, init_state="learned"),
+                                                                                     encoder_dim=C)
+    learned.load_state_dict(course.state_dict())  # same layers, same names: checkpoints stay compatible
+    enc = torch.randn(2, S * S, C)
+    h, c = learned.init_hidden_state(enc)
+    assert torch.equal(h[0], h[1]) and torch.equal(c[0], c[1]) and torch.equal(h[0], learned.init_h.bias)
+    h, _ = course.init_hidden_state(enc)
+    assert not torch.allclose(h[0], h[1])
+
+
 def test_attention_alpha_sums_to_one_and_gate_in_unit_interval():
     torch.manual_seed(0)
     att = Attention(C, D, A)

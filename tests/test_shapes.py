@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from captioning.errors import KitError
-from captioning.shapes import COLORS, SHAPES, SIZE_RANGE, generate_shapes
+from captioning import shapes
+from captioning.shapes import COLORS, PLURAL, SHAPES, SIZE_RANGE, generate_shapes
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,35 @@ def test_captions_name_the_objects(generated):
         for o in im["objects"]:
             assert o["color"] in words
             assert o["shape"] in words or o["shape"] + "s" in words or o["shape"] + "es" in words
+
+
+def _first_named(sentence, objects):
+    """The objects of the first colour–shape phrase of a caption."""
+    tokens = sentence["tokens"]
+    singular = {v: k for k, v in PLURAL.items()}
+    i = next(i for i, w in enumerate(tokens) if w in COLORS)
+    color, shape = tokens[i], singular.get(tokens[i + 1], tokens[i + 1])
+    return [o for o in objects if (o["color"], o["shape"]) == (color, shape)]
+
+
+def _larger_first_rate(data):
+    """Among captions of images whose objects differ in size: how often the first phrase names a large object."""
+    firsts = [any(o["size"] == "large" for o in _first_named(s, im["objects"]))
+              for im in data["images"] if len({o["size"] for o in im["objects"]}) == 2 for s in im["sentences"]]
+    return float(np.mean(firsts)), len(firsts)
+
+
+def test_captions_name_larger_objects_first(tmp_path, monkeypatch):
+    data = json.loads(generate_shapes(tmp_path / "a", n_train=120, n_val=0, n_test=0, image_size=96,
+                                      seed=5).read_text())
+    rate, n = _larger_first_rate(data)
+    assert n > 150 and rate == 1.0
+    monkeypatch.setattr(shapes, "LARGER_FIRST", 0.0)
+    shuffled = json.loads(generate_shapes(tmp_path / "b", n_train=120, n_val=0, n_test=0, image_size=96,
+                                          seed=5).read_text())
+    assert 0.3 < _larger_first_rate(shuffled)[0] < 0.8  # a random order: a large group is one of two or three
+    # the grammar has its own random stream: the pictures do not depend on how captions are drawn
+    assert [im["objects"] for im in shuffled["images"]] == [im["objects"] for im in data["images"]]
 
 
 def test_objects_inside_image_apart_and_sized(generated):

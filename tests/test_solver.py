@@ -112,19 +112,24 @@ def test_bad_cfg_and_missing_data(shapes_data, tmp_path):
         make_cfg({"epoch": 3})
     with pytest.raises(KitError, match="choose 'rnn', 'attention' or 'adaptive'"):
         make_cfg(decoder="transformer")
+    with pytest.raises(KitError, match=r"cfg\['init_state'\] = 'zero': choose 'mean'"):
+        make_cfg(init_state="zero")
     with pytest.raises(KitError, match="prepare"):
         fit(tiny_cfg(shapes_data, tmp_path, data_folder=str(tmp_path / "nothing")))
 
 
-@pytest.mark.parametrize("cls,manual", [(DecoderWithRNN, False), (DecoderWithAttention, True),
-                                        (DecoderWithAttention, False)], ids=["rnn", "attention", "attention-loop"])
-def test_fast_path_gives_the_same_loss_and_gradients(cls, manual, monkeypatch):
+@pytest.mark.parametrize("cls,manual,init_state", [
+    (DecoderWithRNN, False, "mean"), (DecoderWithAttention, True, "mean"), (DecoderWithAttention, False, "mean"),
+    (DecoderWithAttention, True, "learned"), (DecoderWithAttention, False, "learned")],
+    ids=["rnn", "attention", "attention-loop", "attention-learned-init", "attention-loop-learned-init"])
+def test_fast_path_gives_the_same_loss_and_gradients(cls, manual, init_state, monkeypatch):
     """Parameters' and encoder output's gradients; "attention" is the hand-written backward (on a CPU),
     "attention-loop" autograd through the step loop (what a GPU runs)."""
     if not manual:
         monkeypatch.setattr(fastpath, "_manual_backward", lambda enc: False)
     torch.manual_seed(0)
-    dec = cls(dict(vocab_size=30, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.0), encoder_dim=6)
+    dec = cls(dict(vocab_size=30, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.0, init_state=init_state),
+              encoder_dim=6)
     enc = torch.randn(4, 3, 3, 6)
     caps = torch.randint(1, 30, (4, 5, 11))
     lens = torch.randint(3, 12, (4, 5))
