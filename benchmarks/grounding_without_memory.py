@@ -1,14 +1,15 @@
 """Is the attention decoder's pointing game limited by its memory of the image? Side by side on a finished demo's
-data, encoder and settings:
+data, encoder and settings, the demo's attention checkpoint and the same decoder retrained with the same cfg and
+seed but the other ``init_state``:
 
-* course    — the demo's attention checkpoint as trained: h₀/c₀ = Linear(mean feature), so the LSTM starts out
-              knowing every object in the image and may never need to look;
-* no memory — the same decoder retrained with the same cfg and seed, except that ``init_h``/``init_c`` read a zero
-              feature (h₀/c₀ become learned constants): the image reaches the LSTM only through attention.
+* ``mean``    — the course: h₀/c₀ = Linear(mean feature), so the LSTM starts out knowing every object in the image
+                and may never need to look;
+* ``learned`` — h₀/c₀ = the same layers on a zero feature (learned constants): the image reaches the LSTM only
+                through attention. The demo's default since 2026-11-29.
 
 Both are scored on the TEST split with the demo's beam size and length penalty: BLEU-4 and the pointing game with
-its splits (``evaluate.grounding``). Nothing is asserted. The no-memory training takes as long as the demo's
-attention training (about 7 minutes on a 2-core CPU).
+its splits (``evaluate.grounding``). Nothing is asserted. The retraining takes as long as the demo's attention
+training (about 7 minutes on a 2-core CPU).
 
     python -m captioning demo decoders=attention seed=4 --out /tmp/d4     # any demo folder
     python benchmarks/grounding_without_memory.py /tmp/d4 [--threads 1]
@@ -16,31 +17,11 @@ attention training (about 7 minutes on a 2-core CPU).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 
 from _common import THREADS_HELP, setup
-
-
-@contextlib.contextmanager
-def no_image_memory():
-    """Every DecoderWithAttention built inside reads zeros instead of the mean feature in init_h/init_c."""
-    from captioning.models import DecoderWithAttention
-
-    build = DecoderWithAttention.__init__
-
-    def patched(self, *args, **kwargs):
-        build(self, *args, **kwargs)
-        for layer in (self.init_h, self.init_c):
-            layer.register_forward_pre_hook(lambda module, inputs: (inputs[0] * 0,))
-
-    DecoderWithAttention.__init__ = patched
-    try:
-        yield
-    finally:
-        DecoderWithAttention.__init__ = build
 
 
 def line(name, r):
@@ -55,7 +36,7 @@ def line(name, r):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("demo_dir", help="output folder of `python -m captioning demo` (with the attention decoder)")
-    p.add_argument("--out", help="where the no-memory run goes (default DEMO_DIR/no_memory)")
+    p.add_argument("--out", help="where the retrained decoder goes (default DEMO_DIR/init_<other>)")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     a = p.parse_args()
     setup(a.threads, "pointing game with and without the image in h0/c0")
@@ -71,22 +52,24 @@ def main():
     if "attention" not in summary["decoders"]:
         sys.exit(f"the demo in {a.demo_dir} did not train the attention decoder: run it with decoders=attention")
     settings = summary["settings"]
-    course_ckpt = summary["decoders"]["attention"]["checkpoint"]
-    cfg = dict(load_checkpoint(course_ckpt)["cfg"], output_dir=a.out or os.path.join(a.demo_dir, "no_memory"),
-               checkpoint=None, progress=True)
+    demo_ckpt = summary["decoders"]["attention"]["checkpoint"]
+    cfg = load_checkpoint(demo_ckpt)["cfg"]
+    demo_init = cfg.get("init_state", "mean")  # checkpoints from before the option were "mean"
+    other = "mean" if demo_init == "learned" else "learned"
+    cfg = dict(cfg, init_state=other, output_dir=a.out or os.path.join(a.demo_dir, f"init_{other}"), checkpoint=None,
+               progress=True)
     test = dict(split="TEST", beam_size=settings["beam_size"], length_penalty=settings["length_penalty"], coco=False)
 
-    course = evaluate(course_ckpt, **test)
-    with no_image_memory():
-        res = fit(cfg)
-        no_memory = evaluate(res["best_checkpoint"], **test)
+    results = {demo_init: evaluate(demo_ckpt, **test)}
+    results[other] = evaluate(fit(cfg)["best_checkpoint"], **test)
 
     print(f"\nTEST split of {a.demo_dir} (seed {settings['seed']}), beam {test['beam_size']}, length penalty "
           f"{test['length_penalty']}; pointing game = hits of all scored words; misses: on another object / on none")
     print("| h0/c0 from | BLEU-4 | pointing game (words) | chance | misses | by position | by size |")
     print("|---|---|---|---|---|---|---|")
-    print(line("mean feature (course)", course))
-    print(line("zero feature (no memory)", no_memory))
+    names = {"mean": "mean feature (course)", "learned": "zero feature (learned, no image)"}
+    for init in ("mean", "learned"):
+        print(line(names[init] + (" — the demo's" if init == demo_init else ""), results[init]))
 
 
 if __name__ == "__main__":

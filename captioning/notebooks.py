@@ -243,7 +243,8 @@ def ensure_data(data_folder, data_name, shapes_n_train=300, shapes_n_val=50, sha
     """Make sure the prepared files of ``data_name`` are in ``data_folder``; returns a summary dict.
 
     For the built-in shapes data (``data_name`` ``shapes_{cpi}_cap_per_img_{mwf}_min_word_freq``) missing files, or
-    files generated with other ``shapes_*`` settings (``shapes_settings.json`` beside them), are (re)generated into
+    files generated with other ``shapes_*`` settings or by another ``shapes.DATA_VERSION`` (``shapes_settings.json``
+    beside them), are (re)generated into
     ``data_folder/shapes_raw`` and prepared into ``data_folder``. For any other data the ``shapes_*`` arguments are
     ignored and missing files are a KitError saying how to prepare them.
 
@@ -259,9 +260,11 @@ def ensure_data(data_folder, data_name, shapes_n_train=300, shapes_n_val=50, sha
     karpathy = None
     if m:
         cpi, mwf = int(m.group(1)), int(m.group(2))
+        from captioning.shapes import DATA_VERSION
+
         wanted = {"n_train": shapes_n_train, "n_val": shapes_n_val, "n_test": shapes_n_test,
                   "image_size": shapes_image_size, "seed": shapes_seed, "captions_per_image": cpi,
-                  "min_word_freq": mwf}
+                  "min_word_freq": mwf, "generator_version": DATA_VERSION}
         stamp_path = os.path.join(data_folder, SHAPES_SETTINGS)
         stamp = None
         if os.path.isfile(stamp_path):

@@ -60,6 +60,9 @@ COUNT_WORDS = {2: "two", 3: "three"}
 # limitations"). Lower it to mix in random orders.
 LARGER_FIRST = 1.0
 MAX_TOKENS = 16
+# Bumped whenever the same arguments start to produce different data, so that cached copies are regenerated
+# (``notebooks.ensure_data``). 2: captions name larger objects first; the grammar has its own random stream.
+DATA_VERSION = 2
 CAPTIONS_PER_IMAGE = 5
 
 

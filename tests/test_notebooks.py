@@ -317,3 +317,17 @@ def test_venv_kernel_overrides_a_python3_spec_of_another_interpreter(tmp_path, m
     with venv_kernel():
         assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
     assert os.environ["JUPYTER_PATH"] == str(tmp_path)
+
+
+def test_cached_shapes_data_from_another_generator_version_is_regenerated(tmp_path):
+    from captioning.notebooks import SHAPES_SETTINGS, ensure_data
+
+    name, sizes = "shapes_5_cap_per_img_5_min_word_freq", dict(shapes_n_train=12, shapes_n_val=4, shapes_n_test=4,
+                                                                shapes_image_size=64)
+    assert ensure_data(tmp_path, name, **sizes)["status"] == "generated"
+    assert ensure_data(tmp_path, name, **sizes)["status"] == "found"
+    stamp = tmp_path / SHAPES_SETTINGS
+    older = json.loads(stamp.read_text())
+    older["generator_version"] -= 1  # as if an older generator had written the cached copy
+    stamp.write_text(json.dumps(older))
+    assert ensure_data(tmp_path, name, **sizes)["status"] == "generated"
