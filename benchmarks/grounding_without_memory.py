@@ -30,7 +30,7 @@ def line(name, r):
     size = ", ".join(f"{k} {v['rate']:.2f} ({v['n']})" for k, v in g["by_size"].items() if v["n"])
     m = g["misses"]
     return (f"| {name} | {r['bleu4']:.3f} | {g['all']:.3f} ({g['n_words']}) | {g['chance']:.3f} | "
-            f"{m['other_object']} / {m['background']} | {pos} | {size} |")
+            f"{m['other_object']} / {m['background']} ({m.get('next_to_named', 0)} next to it) | {pos} | {size} |")
 
 
 def main():

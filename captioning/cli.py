@@ -72,7 +72,7 @@ def _cmd_test(a):
         m = g.get("misses") or {}
         print(f"pointing game: {g['all']:.3f} of {g['n_words']} shape/colour words (chance {g['chance']:.3f}); "
               f"missed peaks: {m.get('other_object', 0)} on an object the word does not name, "
-              f"{m.get('background', 0)} on no object")
+              f"{m.get('background', 0)} on no object ({m.get('next_to_named', 0)} of them next to a named object)")
         names = {"only_object": "only kind of object", "first_named": "first named of several",
                  "named_later": "named later"}
         for title, split in (("by position", g.get("by_position")), ("by size of the named object", g.get("by_size"))):

@@ -115,7 +115,8 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
     Returns: {"shape": hit rate, "color": hit rate, "all": …, "chance": …, "n_words": …, "misses": …} where
         chance is the mean fraction of the image covered by the named boxes (a uniformly random point's hit
         rate), misses counts where the missed peaks fell: {"other_object": on an object the word does not
-        name, "background": on no object}, and by_position splits the words by where they stand, each as
+        name, "background": on no object, "next_to_named": how many of those background peaks touch (8-neighbour)
+        a cell of an object the word names}, and by_position splits the words by where they stand, each as
         {"rate", "n"}: "only_object" (the image shows one kind of object), "first_named" (the caption's first
         object phrase, in an image with several kinds) and "named_later" (a later phrase). The split shows
         the decoder's blind spot: its map for word t comes from h_{t-1}, computed before word t-1 was chosen, so
@@ -128,7 +129,7 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
     shape_words = set(SHAPES) | set(PLURAL.values())
     hits = {"shape": [], "color": []}
     chance = []
-    misses = {"other_object": 0, "background": 0}
+    misses = {"other_object": 0, "background": 0, "next_to_named": 0}
     by_position = {"only_object": [], "first_named": [], "named_later": []}
     by_size = {"large": [], "small": [], "mixed": []}
     for words, al, objs in zip(hypotheses, alphas, objects):
@@ -162,6 +163,8 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
             if not hit:
                 on_other = any(cells_in_box(o["bbox"], image_size, side)[r, c] for o in objs if o not in named)
                 misses["other_object" if on_other else "background"] += 1
+                # a peak one cell off the box: the map found the object but leaked onto a neighbour
+                misses["next_to_named"] += not on_other and bool(mask[max(r - 1, 0): r + 2, max(c - 1, 0): c + 2].any())
             chance.append(mask.mean())  # a uniformly random cell's hit rate
     both = hits["shape"] + hits["color"]
     rate = lambda v: float(np.mean(v)) if v else None  # noqa: E731

@@ -58,13 +58,13 @@ def test_pointing_game_hits_misses_and_chance():
     off[3] = 1.0
     hit = grounding([[3, 1, 2]], [torch.stack([off, on, on])], objs, rev, 64)
     assert hit["shape"] == 1.0 and hit["color"] == 1.0 and hit["n_words"] == 2 and hit["chance"] == 0.25
-    assert hit["misses"] == {"other_object": 0, "background": 0}
+    assert hit["misses"] == {"other_object": 0, "background": 0, "next_to_named": 0}
     top_right = torch.zeros(4)
     top_right[1] = 1.0
     miss = grounding([[1, 2, 4]], [torch.stack([off, top_right, on])], objs, rev, 64)
     assert miss["all"] == 0.0 and miss["n_words"] == 3  # "square" now names the blue square: scored too
-    # red -> the blue square, circle -> an empty cell, square -> the red circle
-    assert miss["misses"] == {"other_object": 2, "background": 1}
+    # red -> the blue square, circle -> an empty cell beside it, square -> the red circle
+    assert miss["misses"] == {"other_object": 2, "background": 1, "next_to_named": 1}
     # "red circle" is the first object phrase of an image with two kinds of object, "square" a later one
     assert hit["by_position"] == {"only_object": {"rate": None, "n": 0}, "first_named": {"rate": 1.0, "n": 2},
                                   "named_later": {"rate": None, "n": 0}}

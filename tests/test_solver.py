@@ -235,7 +235,7 @@ def test_cli_test_prints_the_pointing_game_with_its_misses_and_positions(monkeyp
     result = {"split": "TEST", "n_images": 3, "beam_size": 5, "decoder": "attention", "bleu1": 0.5, "bleu2": 0.4,
               "bleu3": 0.3, "bleu4": 0.2, "coco": None,
               "grounding": {"all": 0.75, "n_words": 8, "chance": 0.1, "shape": 0.75, "color": 0.75,
-                            "misses": {"other_object": 1, "background": 1},
+                            "misses": {"other_object": 1, "background": 1, "next_to_named": 1},
                             "by_position": {"only_object": {"rate": 1.0, "n": 4},
                                             "first_named": {"rate": 0.5, "n": 4},
                                             "named_later": {"rate": None, "n": 0}},
@@ -245,7 +245,7 @@ def test_cli_test_prints_the_pointing_game_with_its_misses_and_positions(monkeyp
     assert main(["test", "--checkpoint", "c.pth.tar", "--out", "unused.json"]) == 0
     out = capsys.readouterr().out
     assert ("pointing game: 0.750 of 8 shape/colour words (chance 0.100); missed peaks: 1 on an object the word "
-            "does not name, 1 on no object") in out
+            "does not name, 1 on no object (1 of them next to a named object)") in out
     assert ("by position: only kind of object 1.00 (4 words), first named of several 0.50 (4 words), named later — "
             "(0 words)") in out
     assert "by size of the named object: large 0.50 (4 words), small 1.00 (4 words), mixed — (0 words)" in out
