@@ -13,8 +13,14 @@ import os
 
 from captioning.errors import KitError
 
-HYPER = ("decoder", "encoder", "embed_dim", "attention_dim", "decoder_dim", "dropout", "batch_size", "decoder_lr",
+HYPER = ("decoder", "encoder", "encoder_weights", "embed_dim", "attention_dim", "decoder_dim", "dropout", "batch_size", "decoder_lr",
          "encoder_lr", "fine_tune_encoder", "alpha_c", "encoded_image_size")
+
+
+def _hyper(cfg, key):
+    value = cfg.get(key)
+    # a weights file is told by its name; the folder is the run's own
+    return os.path.basename(value) if key == "encoder_weights" and isinstance(value, str) else value
 
 
 def _runs(run_dirs):
@@ -77,7 +83,7 @@ def make_report(run_dirs, out):
     md += ["## Best hyper-parameters", "", "| model | best epoch | " + " | ".join(HYPER) + " |",
            "|---" * (len(HYPER) + 2) + "|"]
     for r in runs:
-        md.append(f"| {r['name']} | {r['best_epoch']} | " + " | ".join(_fmt(r["cfg"].get(k), 4) for k in HYPER)
+        md.append(f"| {r['name']} | {r['best_epoch']} | " + " | ".join(_fmt(_hyper(r["cfg"], k), 4) for k in HYPER)
                   + " |")
     curves = save(training_curves([r["history"] for r in runs], [r["name"] for r in runs]),
                   os.path.join(out, "training_curves.png"))
