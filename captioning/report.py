@@ -13,8 +13,8 @@ import os
 
 from captioning.errors import KitError
 
-HYPER = ("decoder", "encoder", "encoder_weights", "embed_dim", "attention_dim", "decoder_dim", "dropout", "batch_size", "decoder_lr",
-         "encoder_lr", "fine_tune_encoder", "alpha_c", "encoded_image_size")
+HYPER = ("decoder", "encoder", "encoder_weights", "embed_dim", "attention_dim", "decoder_dim", "dropout",
+         "batch_size", "decoder_lr", "encoder_lr", "fine_tune_encoder", "alpha_c", "encoded_image_size")
 
 
 def _hyper(cfg, key):
