@@ -39,6 +39,13 @@ DEMO = {
     "init_state": "learned",
 }
 STEPS = 7
+# settings the decoder without attention may set apart (rnn_<key>); None there means "as the other decoders"
+RNN_OWN = ("epochs", "dropout", "pretrain_epochs")
+
+
+def _setting(p, key, decoder):
+    own = p.get(f"rnn_{key}") if decoder == "rnn" else None
+    return p[key] if own is None else own
 
 
 def _log(msg):
@@ -58,12 +65,12 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
     if unknown:
         raise KitError(f"unknown demo setting(s) {sorted(unknown)}; known: {', '.join(DEMO)}")
     p.update(overrides)
-    if "epochs" in overrides and "rnn_epochs" not in overrides:
-        p["rnn_epochs"] = None  # epochs=N given alone means N for every decoder
-    if "dropout" in overrides and "rnn_dropout" not in overrides:
-        p["rnn_dropout"] = None
-    if "pretrain_epochs" in overrides and "rnn_pretrain_epochs" not in overrides:
-        p["rnn_pretrain_epochs"] = None
+    for key in RNN_OWN:  # epochs=N given alone means N for every decoder, rnn_epochs included
+        if key in overrides and f"rnn_{key}" not in overrides:
+            p[f"rnn_{key}"] = None
+    for key in ("epochs", "rnn_epochs", "pretrain_epochs", "rnn_pretrain_epochs"):
+        if p[key] is not None and not (isinstance(p[key], int) and p[key] >= 1):
+            raise KitError(f"demo {key}={p[key]!r}: give a whole number of epochs, 1 or more")
     decoders = p["decoders"].split(",")
     if p["encoder"] not in ("shapes_cnn", "resnet101"):
         raise KitError(f"demo encoder={p['encoder']!r}: choose shapes_cnn (pretrained on the shapes boxes) or "
@@ -87,8 +94,7 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
     if p["encoder"] == "shapes_cnn":
         from captioning.pretrain import STRIDE, pretrain_encoder
 
-        wanted = {d: p["rnn_pretrain_epochs"] if d == "rnn" and p["rnn_pretrain_epochs"] else p["pretrain_epochs"]
-                  for d in decoders}
+        wanted = {d: _setting(p, "pretrain_epochs", d) for d in decoders}
         for n in sorted(set(wanted.values())):
             users = [d for d in decoders if wanted[d] == n]
             name = "shapes_cnn.pth" if n == p["pretrain_epochs"] else f"shapes_cnn_{n}ep.pth"
@@ -113,8 +119,7 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
            "output_dir": os.path.join(out, "checkpoints"), "device": "cpu", "workers": 0}
     runs = {}
     for decoder in decoders:
-        epochs = p["rnn_epochs"] if decoder == "rnn" and p["rnn_epochs"] else p["epochs"]
-        dropout = p["rnn_dropout"] if decoder == "rnn" and p["rnn_dropout"] is not None else p["dropout"]
+        epochs, dropout = _setting(p, "epochs", decoder), _setting(p, "dropout", decoder)
         _log(f"4/{STEPS} training the {decoder} decoder ({epochs} epochs)")
         t0 = time.time()
         res = fit(dict(cfg, **encoders[decoder], epochs=epochs, dropout=dropout), decoder=decoder,
@@ -175,7 +180,7 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
 
 def summary_table(summary):
     s = summary["settings"]
-    pres = summary.get("encoder_pretrainings") or [p for p in [summary.get("encoder_pretraining")] if p]
+    pres = summary["encoder_pretrainings"]
     users = {}  # encoder file → decoders trained on it
     for name, d in summary["decoders"].items():
         users.setdefault(d.get("encoder_weights"), []).append(name)

@@ -46,3 +46,9 @@ def test_demo_rejects_an_unknown_encoder(tmp_path, capsys):
     rc = main(["demo", "--out", str(tmp_path / "d"), "n_train=10", "n_val=4", "n_test=4", "image_size=64",
                "encoder=vgg"])
     assert rc == 2 and "demo encoder='vgg'" in capsys.readouterr().err
+
+
+def test_demo_rejects_a_non_positive_epoch_count(tmp_path, capsys):
+    rc = main(["demo", "--out", str(tmp_path / "d"), "rnn_epochs=0"])
+    assert rc == 2 and "demo rnn_epochs=0: give a whole number of epochs" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before anything is written
