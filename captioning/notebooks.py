@@ -244,9 +244,8 @@ def ensure_data(data_folder, data_name, shapes_n_train=300, shapes_n_val=50, sha
 
     For the built-in shapes data (``data_name`` ``shapes_{cpi}_cap_per_img_{mwf}_min_word_freq``) missing files, or
     files generated with other ``shapes_*`` settings or by another ``shapes.DATA_VERSION`` (``shapes_settings.json``
-    beside them), are (re)generated into
-    ``data_folder/shapes_raw`` and prepared into ``data_folder``. For any other data the ``shapes_*`` arguments are
-    ignored and missing files are a KitError saying how to prepare them.
+    beside them), are (re)generated into ``data_folder/shapes_raw`` and prepared into ``data_folder``. For any other
+    data the ``shapes_*`` arguments are ignored and missing files are a KitError saying how to prepare them.
 
     Returns: data_folder, data_name, status ("generated" | "found"), n_train, n_val, n_test, image_size,
     captions_per_image, vocab_size, encoded_image_size (image side // 32 for shapes — the ResNet's output grid —,
