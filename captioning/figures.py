@@ -9,12 +9,17 @@ from skimage.transform import resize
 
 
 def caption_figure(result, max_cols=5, panel=2.6):
-    """One panel per word: the image with that word's attention upsampled smoothly over it.
+    """One panel per word: the image with that word's attention map over it, on one scale for the whole figure.
 
     ``result`` is one item of ``evaluate.caption_images`` (``pixels`` (S, S, 3) uint8, ``words``, ``alphas``
     (len(words), P) or (len(words), P + 1) for the adaptive decoder, or None). Without attention the figure is the
-    image with its caption as the title. For the adaptive decoder each panel's title gives β, the share of the
-    word that came from the visual sentinel (the language model) rather than the image.
+    image with its caption as the title.
+
+    Every panel uses the same colour scale, from 0 to the largest weight in the figure, with one colour bar, and
+    its title gives the word's peak weight next to the uniform level 1/P: a map that is nearly uniform looks
+    uniform, not like a focused blob (per-panel min-max scaling made it look like focus). The maps are upsampled
+    bilinearly, which never exceeds the grid's own values. For the adaptive decoder each title also gives β, the
+    share of the word that came from the visual sentinel (the language model) rather than the image.
     """
     pixels, words, alphas = result["pixels"], result["words"], result["alphas"]
     caption = " ".join(words) if words else "(empty caption)"
@@ -25,10 +30,10 @@ def caption_figure(result, max_cols=5, panel=2.6):
         ax.axis("off")
         fig.tight_layout()
         return fig
-    n = len(words) + 1  # first panel: the image alone with the full caption
+    n = len(words) + 1  # first panel: the image alone
     cols = min(max_cols, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols, panel * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols + 0.9, panel * rows + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     axes[0, 0].imshow(pixels)
@@ -37,17 +42,23 @@ def caption_figure(result, max_cols=5, panel=2.6):
     p = alphas.shape[1]
     side = math.isqrt(p)
     has_sentinel = side * side != p
+    maps = alphas[:, : side * side].float().numpy().reshape(len(words), side, side)
+    top = float(maps.max()) if len(words) else 1.0
+    shown = None
     for i, word in enumerate(words):
         ax = axes.flat[i + 1]
-        row = alphas[i].float().numpy()
-        grid = row[: side * side].reshape(side, side)
         ax.imshow(pixels)
-        # cubic upsampling: a smooth map rather than blocks of the S×S grid
-        ax.imshow(resize(grid, size, order=3, mode="edge", anti_aliasing=False), alpha=0.6, cmap="Greys_r")
-        title = word if not has_sentinel else f"{word}  β={row[-1]:.2f}"
-        ax.set_title(title, fontsize=10)
+        shown = ax.imshow(resize(maps[i], size, order=1, mode="edge", anti_aliasing=False), alpha=0.6,
+                          cmap="magma", vmin=0.0, vmax=top)
+        title = f"{word}\npeak {maps[i].max():.2f}"
+        if has_sentinel:
+            title += f"  β={float(alphas[i, -1]):.2f}"
+        ax.set_title(title, fontsize=9)
     fig.suptitle(caption, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 0.7 / fig.get_figwidth(), 1))
+    if shown is not None:
+        bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01)
+        bar.set_label(f"attention weight (uniform: 1/{side * side} = {1 / (side * side):.3f})", fontsize=8)
     return fig
 
 

@@ -39,6 +39,7 @@ import warnings
 from pathlib import Path
 
 from captioning.errors import KitError
+from captioning.recipe import RECIPE
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = ("train1", "train2", "test", "caption")
@@ -89,9 +90,10 @@ def setup(threads=1, seed=None):
     threads: PyTorch CPU threads (``torch.set_num_threads``); 1 is fastest on a busy shared machine and makes CPU
         runs repeatable; None or 0 keeps PyTorch's default. seed: ``torch.manual_seed`` if given.
     """
-    # Text progress bars (no ipywidgets) redraw at most once a second: readable, and small in saved notebooks.
+    # Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): an
+    # executed notebook keeps a line or two per epoch instead of one per batch.
     if "tqdm" not in sys.modules:
-        os.environ.setdefault("TQDM_MININTERVAL", "1")
+        os.environ.setdefault("TQDM_MININTERVAL", "5")
     warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto falls back to text bars
     # nltk's advice to smooth when a caption shares no n-gram with its references: the score is 0 and shown as such
     warnings.filterwarnings("ignore", message=r"\s*The hypothesis contains 0 counts of", category=UserWarning)
@@ -220,12 +222,19 @@ def require_todos(decoder_type="rnn"):
                 _expect("the adaptive decoder's predictions", out[0], (B, T - 1, V))
                 _expect("the adaptive decoder's alphas", out[3], (B, T - 1, P + 1))
     except NotImplementedError as e:  # includes models.TodoError (a layer not defined yet)
-        raise KitError(_todo_message(e)) from None
+        raise KitError(f"{_todo_message(e)} [checked: {_where(models)}]") from None
+    # which file was imported: a student with two copies of the kit sees which one the notebook uses
+    print(f"checked {_where(models)}")
     if decoder_type == "adaptive":
         print("models.py: DecoderWithAdaptiveAttention is reference code, no TODO of yours is needed (it ran on tiny "
               "tensors)")
     else:
         print(f"models.py: the {names} TODOs are done (checked on tiny tensors)")
+
+
+def _where(module):
+    """The module's file relative to the working directory (the same text in every clone of the kit)."""
+    return os.path.relpath(module.__file__)
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -238,8 +247,8 @@ def _prepared_files(data_folder, data_name):
     return files
 
 
-def ensure_data(data_folder, data_name, shapes_n_train=300, shapes_n_val=50, shapes_n_test=50, shapes_image_size=96,
-                shapes_seed=0):
+def ensure_data(data_folder, data_name, shapes_n_train=RECIPE["n_train"], shapes_n_val=RECIPE["n_val"],
+                shapes_n_test=RECIPE["n_test"], shapes_image_size=RECIPE["image_size"], shapes_seed=RECIPE["seed"]):
     """Make sure the prepared files of ``data_name`` are in ``data_folder``; returns a summary dict.
 
     For the built-in shapes data (``data_name`` ``shapes_{cpi}_cap_per_img_{mwf}_min_word_freq``) missing files, or
@@ -248,8 +257,8 @@ def ensure_data(data_folder, data_name, shapes_n_train=300, shapes_n_val=50, sha
     data the ``shapes_*`` arguments are ignored and missing files are a KitError saying how to prepare them.
 
     Returns: data_folder, data_name, status ("generated" | "found"), n_train, n_val, n_test, image_size,
-    captions_per_image, vocab_size, encoded_image_size (image side // 32 for shapes — the ResNet's output grid —,
-    14 as in the course otherwise) and karpathy_json (shapes only).
+    captions_per_image, vocab_size, shapes (True for the built-in data), seed (its shapes_seed) and karpathy_json
+    (shapes only).
     """
     import h5py
 
@@ -304,8 +313,34 @@ def ensure_data(data_folder, data_name, shapes_n_train=300, shapes_n_val=50, sha
     return {"data_folder": data_folder, "data_name": data_name, "status": status, "n_train": counts["TRAIN"],
             "n_val": counts["VAL"], "n_test": counts["TEST"], "image_size": image_size, "captions_per_image": cpi,
             "vocab_size": len(load_word_map(data_folder, data_name)),
-            "encoded_image_size": max(1, image_size // 32) if m else 14,
+            "shapes": bool(m), "seed": shapes_seed if m else None,
             "karpathy_json": str(karpathy) if karpathy and os.path.isfile(karpathy) else None}
+
+
+def encoder_settings(data, encoder_weights=None, encoded_image_size=None, progress=True):
+    """The encoder cfg keys (``encoder``, ``encoder_weights``, ``encoded_image_size``) of a training notebook.
+
+    * ``encoder_weights`` None on the built-in shapes data: the recipe's ``shapes_cnn``, pretrained on the TRAIN
+      boxes on first use and cached beside the data (``pretrain.ensure_encoder``), one S×S grid cell per 16 px.
+    * ``encoder_weights`` given ("imagenet" or a ResNet-101 .pth): the course's ResNet-101, ``encoded_image_size``
+      (default 14) on a side — the path for real photos (COCO, Flickr) on a GPU.
+    * None on other data: a ResNet-101 with random weights (BatchNorm recalibrated); it carries little shape
+      information, so the captions will be poor — a message says so.
+    """
+    if encoder_weights is None and data.get("shapes"):
+        from captioning.pretrain import STRIDE, ensure_encoder
+
+        pre = ensure_encoder(data["data_folder"], data["data_name"], RECIPE["pretrain_epochs"], seed=data["seed"],
+                             images=RECIPE["pretrain_images"], progress=progress)
+        acc = pre["val_accuracy"]
+        print(f"encoder: shapes_cnn pretrained on the TRAIN boxes for {pre['epochs']} epochs ({pre['status']}; "
+              f"VAL cells: shape {acc['shape']:.2f}, colour {acc['color']:.2f})")
+        return {"encoder": "shapes_cnn", "encoder_weights": pre["path"],
+                "encoded_image_size": encoded_image_size or data["image_size"] // STRIDE}
+    if encoder_weights is None:
+        print("encoder: ResNet-101 with random weights (no ImageNet weights given): expect poor captions; set "
+              "encoder_weights to 'imagenet' or a ResNet-101 .pth")
+    return {"encoder": "resnet101", "encoder_weights": encoder_weights, "encoded_image_size": encoded_image_size or 14}
 
 
 def data_summary(data):
@@ -423,6 +458,26 @@ def write_metrics(path, metrics):
     os.replace(tmp, path)
     print(f"wrote {path}")
     return path
+
+
+def caption_metrics(path, res, checkpoint, beam_size, env):
+    """What caption.ipynb writes: the latest image's caption at the top level (``image``, ``caption``, ``words``,
+    ``beta`` — the adaptive decoder's sentinel share per word) and every image captioned with this checkpoint under
+    ``images`` (by path), so that captioning a second image does not lose the first."""
+    entry = {"image": res["path"], "caption": " ".join(res["words"]), "words": res["words"],
+             "finished": res["finished"], "beam_size": beam_size,
+             "beta": res["alphas"][:, -1] if res["decoder"] == "adaptive" else None}
+    images = {}
+    if os.path.isfile(path):
+        try:
+            with open(path) as fh:
+                old = json.load(fh)
+            if old.get("checkpoint") == checkpoint:  # another checkpoint: its captions are not this model's
+                images = old.get("images") or {}
+        except (OSError, ValueError):
+            pass  # unreadable: start afresh
+    images[res["path"]] = {k: v for k, v in entry.items() if k != "image"}
+    return {**entry, "decoder": res["decoder"], "checkpoint": checkpoint, "images": images, "env": env}
 
 
 def train_metrics(result, cfg, data, env, seconds):

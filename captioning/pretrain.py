@@ -150,7 +150,7 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
             opt.step()
             sched.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # shown at the next timed redraw
     bar.close()
     seconds = time.time() - t0
 
@@ -171,6 +171,40 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
     torch.save(model.net.state_dict(), tmp)
     os.replace(tmp, out)
     return {"path": out, "seconds": seconds, "epochs": epochs, "train_images": n, "val_accuracy": val_accuracy}
+
+
+ENCODER_FILE = "shapes_cnn.pth"
+
+
+def ensure_encoder(data_folder, data_name, epochs, seed=0, images=None, progress=True):
+    """The recipe's encoder for the prepared shapes data in ``data_folder``: ``data_folder/shapes_cnn.pth``,
+    pretrained on the boxes of its first ``images`` TRAIN images (all when None) on first use and found afterwards;
+    returns the ``pretrain_encoder`` summary with ``status`` "pretrained" or "found".
+
+    ``shapes_cnn.json`` beside it records the settings and the TRAIN images file it was trained on; when either
+    differs (other ``epochs``, ``seed`` or ``images``, regenerated data) the encoder is pretrained again. The stamp
+    is written after the weights, so an interrupted pretraining is redone, never used.
+    """
+    path = os.path.join(data_folder, ENCODER_FILE)
+    stamp_path = os.path.splitext(path)[0] + ".json"
+    path_images = split_paths(data_folder, data_name, "TRAIN")[0]
+    st = os.stat(path_images) if os.path.isfile(path_images) else None
+    wanted = {"epochs": epochs, "seed": seed, "max_images": images, "images": os.path.basename(path_images),
+              "images_size": st and st.st_size, "images_mtime_ns": st and st.st_mtime_ns}
+    if os.path.isfile(path) and os.path.isfile(stamp_path):
+        with open(stamp_path) as fh:
+            stamp = json.load(fh)
+        if {k: stamp.get(k) for k in wanted} == wanted:
+            return dict(stamp["summary"], path=path, status="found")
+    print(f"pretraining the shapes_cnn encoder on the TRAIN boxes ({epochs} epochs; once, then cached in "
+          f"{path})", flush=True)
+    summary = pretrain_encoder(data_folder, data_name, path, epochs=epochs, seed=seed, progress=progress,
+                               max_images=images)
+    tmp = stamp_path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(dict(wanted, summary={k: v for k, v in summary.items() if k != "path"}), fh, indent=1)
+    os.replace(tmp, stamp_path)
+    return dict(summary, status="pretrained")
 
 
 def register(sub):

@@ -374,7 +374,7 @@ class Runner:
             tot_top5 += top5 * n
             tot_n += n
             tot_caps += caps.shape[0] * caps.shape[1]
-            bar.set_postfix(loss=f"{loss.item():.3f}", top5=f"{top5:.1f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", top5=f"{top5:.1f}", refresh=False)  # timed redraws only
             if cfg["print_freq"] and (i + 1) % cfg["print_freq"] == 0:
                 tqdm.write(f"Epoch: [{epoch}][{i + 1}/{len(loader)}]  Loss {tot_loss / tot_n:.4f}  "
                            f"Top-5 Accuracy {tot_top5 / tot_n:.3f}")

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Split so that this file holds no solution marker line itself (the release tool scans for them).
 BEGIN, END = "### BEGIN " + "SOLUTION", "### END " + "SOLUTION"
 # Tiny: 40/10/10 images of 64 px, one epoch, small decoders — every notebook in a few seconds of work.
-TINY = {"shapes_n_train": 40, "shapes_n_val": 10, "shapes_n_test": 10, "shapes_image_size": 64, "epochs": 1,
-        "embed_dim": 16, "decoder_dim": 32, "attention_dim": 16, "beam_size": 2, "print_freq": 0}
+TINY = {"threads": 1, "shapes_n_train": 40, "shapes_n_val": 10, "shapes_n_test": 10, "shapes_image_size": 64,
+        "epochs": 1, "embed_dim": 16, "decoder_dim": 32, "attention_dim": 16, "beam_size": 2, "print_freq": 0}
 
 
 def _read(name):
@@ -59,6 +59,30 @@ def test_one_parameters_cell_of_plain_literals_that_papermill_accepts(name):
         assert ast.literal_eval(p["default"]) == defaults[n]
     assert {"device", "output_dir", "threads"} <= set(names)
     assert nb.metadata.kernelspec.name == "python3"
+
+
+def test_notebook_defaults_are_the_shapes_recipe():
+    """The parameters cells hold plain numbers a student can read and change; they must be the recipe's."""
+    from captioning.recipe import RECIPE
+
+    def defaults(name):
+        return {k: ast.literal_eval(v["default"]) for k, v in
+                papermill.inspect_notebook(str(NOTEBOOKS_DIR / f"{name}.ipynb")).items()}
+
+    data = {"shapes_n_train": "n_train", "shapes_n_val": "n_val", "shapes_n_test": "n_test",
+            "shapes_image_size": "image_size", "shapes_seed": "seed", "seed": "seed"}
+    common = ("embed_dim", "decoder_dim", "dropout", "batch_size", "decoder_lr", "lr_decay_every",
+              "lr_decay_factor")
+    for name, decoder, extra in (("train1", "rnn", ()), ("train2", "attention",
+                                                         ("attention_dim", "alpha_c", "init_state"))):
+        d = defaults(name)
+        assert {k: d[k] for k in data} == {k: RECIPE[v] for k, v in data.items()}, name
+        assert {k: d[k] for k in common + extra} == {k: RECIPE[k] for k in common + extra}, name
+        assert d["epochs"] == RECIPE["epochs"][decoder], name
+        assert d["encoder_weights"] is None  # None: the recipe's shapes_cnn
+    for name in ("test", "caption"):
+        d = defaults(name)
+        assert (d["beam_size"], d["length_penalty"]) == (RECIPE["beam_size"], RECIPE["length_penalty"]), name
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -128,7 +152,8 @@ def test_runner_executes_every_notebook_on_tiny_data(tmp_path):
         assert m["decoder"] == decoder and m["epochs_run"] == 1 and len(m["history"]) == 1
         assert 0.0 <= m["best_bleu4"] <= 1.0 and m["vocab_size"] > 4
         assert m["data"]["n_train"] == 40 and m["data"]["image_size"] == 64
-        assert m["cfg"]["embed_dim"] == 16 and m["cfg"]["encoded_image_size"] == 2
+        assert m["cfg"]["embed_dim"] == 16 and m["cfg"]["encoded_image_size"] == 4  # shapes_cnn: 64 px // 16
+        assert m["cfg"]["encoder"] == "shapes_cnn" and m["cfg"]["encoder_weights"].endswith("shapes_cnn.pth")
         assert Path(m["best_checkpoint"]).is_file()
     m = metrics["test_attention"]
     assert m["decoder"] == "attention" and m["split"] == "TEST" and m["n_images"] == 10 and m["beam_size"] == 2
@@ -148,6 +173,26 @@ def test_runner_executes_every_notebook_on_tiny_data(tmp_path):
     assert "image/png" in kinds  # the training curves
     caption = nbformat.read(str(out / "caption_attention.ipynb"), as_version=4)
     assert any("image/jpeg" in o.get("data", {}) for c in _code_cells(caption) for o in c.outputs)
+
+
+def test_caption_metrics_keep_every_image_of_the_same_checkpoint(tmp_path):
+    import torch
+
+    from captioning.notebooks import caption_metrics, write_metrics
+
+    path = tmp_path / "caption_adaptive.metrics.json"
+
+    def res(name, words):
+        return {"path": name, "words": words, "finished": True, "decoder": "adaptive",
+                "alphas": torch.full((len(words), 5), 0.2)}
+
+    write_metrics(path, caption_metrics(str(path), res("a.jpg", ["a", "red", "circle"]), "ck1", 5, {}))
+    m = caption_metrics(str(path), res("b.jpg", ["a", "blue", "star"]), "ck1", 5, {})
+    assert m["image"] == "b.jpg" and m["caption"] == "a blue star" and set(m["images"]) == {"a.jpg", "b.jpg"}
+    assert m["images"]["a.jpg"]["caption"] == "a red circle" and len(m["images"]["b.jpg"]["beta"]) == 3
+    write_metrics(path, m)
+    m = caption_metrics(str(path), res("c.jpg", ["a", "cross"]), "ck2", 5, {})  # another checkpoint: start afresh
+    assert set(m["images"]) == {"c.jpg"}
 
 
 def test_decoder_parameter_and_checkpoint_lookup(tmp_path):
@@ -222,6 +267,7 @@ def test_runner_adaptive_decoder_through_the_notebooks_without_student_todos(tmp
     train = nbformat.read(str(out / "train_adaptive.ipynb"), as_version=4)
     text = "".join(o.get("text", "") for c in _code_cells(train) for o in c.outputs)
     assert "DecoderWithAdaptiveAttention is reference code, no TODO of yours is needed" in text
+    assert "checked " in text and "models.py" in text  # which models.py the notebook imported
     assert "Epoch 0: train LOSS - " in text
     m = metrics["test_adaptive"]
     assert m["decoder"] == "adaptive" and m["split"] == "TEST" and m["n_images"] == 10

@@ -68,3 +68,28 @@ def test_pretrain_cli_names_a_missing_file(tmp_path, capsys):
     rc = main(["pretrain-encoder", "--data-folder", str(tmp_path), "--data-name", "nope", "--out",
                str(tmp_path / "x.pth")])
     assert rc == 2 and "TRAIN_IMAGES_nope.hdf5' does not exist" in capsys.readouterr().err
+
+
+def test_ensure_encoder_pretrains_once_and_again_when_data_or_settings_change(shapes_data, tmp_path):
+    import os
+    import shutil
+
+    from captioning.pretrain import ensure_encoder
+
+    folder, name, _ = shapes_data
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    first = ensure_encoder(str(data), name, epochs=1, images=20, progress=False)
+    assert first["status"] == "pretrained" and first["train_images"] == 20
+    assert (data / "shapes_cnn.pth").exists() and (data / "shapes_cnn.json").exists()
+    again = ensure_encoder(str(data), name, epochs=1, images=20, progress=False)
+    assert again["status"] == "found" and again["val_accuracy"] == first["val_accuracy"]
+    assert ensure_encoder(str(data), name, epochs=2, images=20, progress=False)["status"] == "pretrained"
+    # regenerated data (a new TRAIN file) means a new encoder
+    train = split_paths(data, name, "TRAIN")[0]
+    st = os.stat(train)
+    os.utime(train, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert ensure_encoder(str(data), name, epochs=2, images=20, progress=False)["status"] == "pretrained"
+    # weights without their stamp (a pretraining killed between the two writes) are not trusted
+    (data / "shapes_cnn.json").unlink()
+    assert ensure_encoder(str(data), name, epochs=2, images=20, progress=False)["status"] == "pretrained"

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from captioning.errors import KitError
+from captioning.recipe import GRADING, notebook_parameters
 
 HERE = Path(__file__).resolve().parent
 RUBRIC = HERE / "rubric.toml"
@@ -58,8 +59,7 @@ NOTEBOOK_GLOBS = ("train*.ipynb", "test*.ipynb")  # the student's notebooks that
 # What --notebooks runs (`python -m captioning notebooks --only …`) and its small sizes on the shapes data;
 # --notebook-param KEY=VALUE overrides or adds parameters.
 NOTEBOOK_RUNS = ("train1", "train2", "test_rnn", "test_attention")
-SMALL_NOTEBOOK_PARAMS = {"shapes_n_train": 40, "shapes_n_val": 10, "shapes_n_test": 10, "shapes_image_size": 64,
-                         "epochs": 1, "beam_size": 3}
+SMALL_NOTEBOOK_PARAMS = notebook_parameters(GRADING)  # the shapes recipe at grading size (captioning/recipe.py)
 _PARAM_RUNS = {"beam_size": ("test_rnn", "test_attention")}  # others: the training notebooks (train1, train2)
 
 
