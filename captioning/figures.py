@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 
 import matplotlib.pyplot as plt
 from skimage.transform import resize
@@ -54,8 +55,11 @@ def caption_figure(result, max_cols=5, panel=2.6):
         if has_sentinel:
             title += f"  β={float(alphas[i, -1]):.2f}"
         ax.set_title(title, fontsize=9)
-    fig.suptitle(caption, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1 - 0.7 / fig.get_figwidth(), 1))
+    # a long caption (an image unlike the training data) wraps instead of running over the panel titles
+    title = textwrap.fill(caption, width=int(22 * cols))
+    fig.suptitle(title, fontsize=11)
+    top = 1 - 0.22 * (title.count("\n") + 1) / fig.get_figheight()
+    fig.tight_layout(rect=(0, 0, 1 - 0.7 / fig.get_figwidth(), top))
     if shown is not None:
         bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01)
         bar.set_label(f"attention weight (uniform: 1/{side * side} = {1 / (side * side):.3f})", fontsize=8)

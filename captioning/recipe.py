@@ -36,9 +36,9 @@ RECIPE = {
 DEMO = dict(RECIPE, n_train=4000)
 
 
-# `grade --notebooks`: the recipe on fewer images and epochs, about a minute a submission on 2 cores: enough to see
-# that a student's notebooks run and their decoders learn, not to reach the recipe's numbers (the full recipe:
-# `--notebook-param shapes_n_train=2000 …`)
+# `grade --notebooks`: the recipe on fewer images and epochs, so that a batch of submissions fits a night on 2 cores:
+# enough to see that a student's notebooks run and their decoders learn, not to reach the recipe's numbers (the full
+# recipe: `--notebook-param shapes_n_train=2000 …`)
 GRADING = dict(RECIPE, n_train=300, n_val=50, n_test=100, epochs={"rnn": 3, "attention": 3})
 
 
