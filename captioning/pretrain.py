@@ -192,18 +192,20 @@ def ensure_encoder(data_folder, data_name, epochs, seed=0, images=None, progress
     wanted = {"epochs": epochs, "seed": seed, "max_images": images, "images": os.path.basename(path_images),
               "images_size": st and st.st_size, "images_mtime_ns": st and st.st_mtime_ns}
     if os.path.isfile(path) and os.path.isfile(stamp_path):
-        with open(stamp_path) as fh:
-            stamp = json.load(fh)
-        if {k: stamp.get(k) for k in wanted} == wanted:
+        try:
+            with open(stamp_path) as fh:
+                stamp = json.load(fh)
+        except (OSError, ValueError):
+            stamp = {}  # unreadable: pretrain again
+        if {k: stamp.get(k) for k in wanted} == wanted and "summary" in stamp:
             return dict(stamp["summary"], path=path, status="found")
     print(f"pretraining the shapes_cnn encoder on the TRAIN boxes ({epochs} epochs; once, then cached in "
           f"{path})", flush=True)
     summary = pretrain_encoder(data_folder, data_name, path, epochs=epochs, seed=seed, progress=progress,
                                max_images=images)
-    tmp = stamp_path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(dict(wanted, summary={k: v for k, v in summary.items() if k != "path"}), fh, indent=1)
-    os.replace(tmp, stamp_path)
+    from captioning.evaluate import write_json_atomic
+
+    write_json_atomic(dict(wanted, summary={k: v for k, v in summary.items() if k != "path"}), stamp_path)
     return dict(summary, status="pretrained")
 
 

@@ -93,3 +93,7 @@ def test_ensure_encoder_pretrains_once_and_again_when_data_or_settings_change(sh
     # weights without their stamp (a pretraining killed between the two writes) are not trusted
     (data / "shapes_cnn.json").unlink()
     assert ensure_encoder(str(data), name, epochs=2, images=20, progress=False)["status"] == "pretrained"
+    # an unreadable stamp is not trusted either (and is no traceback)
+    (data / "shapes_cnn.json").write_text("{not json")
+    assert ensure_encoder(str(data), name, epochs=2, images=20, progress=False)["status"] == "pretrained"
+    assert ensure_encoder(str(data), name, epochs=2, images=20, progress=False)["status"] == "found"
