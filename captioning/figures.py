@@ -16,8 +16,8 @@ def caption_figure(result, max_cols=5, panel=2.6):
     (len(words), P) or (len(words), P + 1) for the adaptive decoder, or None). Without attention the figure is the
     image with its caption as the title.
 
-    Every panel uses the same colour scale, from 0 to the largest weight in the figure, with one colour bar, and
-    its title gives the word's peak weight next to the uniform level 1/P: a map that is nearly uniform looks
+    Every panel uses the same colour scale, from 0 to the largest weight in the figure, with one colour bar that
+    names the uniform level 1/P, and each title gives the word's peak weight: a map that is nearly uniform looks
     uniform, not like a focused blob (per-panel min-max scaling made it look like focus). The maps are upsampled
     bilinearly, which never exceeds the grid's own values. For the adaptive decoder each title also gives β, the
     share of the word that came from the visual sentinel (the language model) rather than the image.
