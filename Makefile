@@ -18,13 +18,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m captioning demo
+	$(BIN)/python -m instructor demo
 
 test: $(STAMP)
 	$(NBVAL_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider tests $(NBVAL)
 
 notebooks: $(STAMP)
-	$(BIN)/python -m captioning notebooks
+	$(BIN)/python -m instructor notebooks
 
 clean:
 	rm -rf outputs .pytest_cache

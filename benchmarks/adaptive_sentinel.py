@@ -44,7 +44,8 @@ def mean_beta(checkpoint):
     """β averaged over the TEST references' shape/colour words and over their other words (teacher forcing)."""
     import torch
 
-    from captioning.features import ImageCaptions, build_feature_cache
+    from captioning.datasets import ImageCaptions
+    from captioning.features import build_feature_cache
     from captioning.shapes import COLORS, PLURAL, SHAPES
     from captioning.solver import load_checkpoint, models_from_checkpoint
 
@@ -76,7 +77,7 @@ def main():
     setup(a.threads, "adaptive attention: the paper's global feature vs none")
 
     from captioning.evaluate import evaluate
-    from captioning.models import DecoderWithAdaptiveAttention
+    from captioning.adaptive import DecoderWithAdaptiveAttention
     from captioning.notebooks import encoder_settings, ensure_data
     from captioning.recipe import RECIPE, decoder_cfg
     from captioning.solver import fit

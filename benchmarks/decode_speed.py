@@ -43,7 +43,7 @@ import time
 import torch
 
 from _common import THREADS_HELP, load_note, setup, table
-from captioning import fastpath
+from instructor import fastpath
 from captioning.decoding import beam_search
 from captioning.models import DecoderWithAttention
 

@@ -11,7 +11,7 @@ Both are scored on the TEST split with the demo's beam size and length penalty: 
 its splits (``evaluate.grounding``). Nothing is asserted. The retraining takes as long as the demo's attention
 training (about 7 minutes on a 2-core CPU).
 
-    python -m captioning demo decoders=attention seed=4 --out /tmp/d4     # any demo folder
+    python -m instructor demo decoders=attention seed=4 --out /tmp/d4     # any demo folder
     python benchmarks/grounding_without_memory.py /tmp/d4 [--threads 1]
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def line(name, r):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("demo_dir", help="output folder of `python -m captioning demo` (with the attention decoder)")
+    p.add_argument("demo_dir", help="output folder of `python -m instructor demo` (with the attention decoder)")
     p.add_argument("--out", help="where the retrained decoder goes (default DEMO_DIR/init_<other>)")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     a = p.parse_args()
@@ -46,7 +46,7 @@ def main():
 
     summary_path = os.path.join(a.demo_dir, "summary.json")
     if not os.path.isfile(summary_path):
-        sys.exit(f"{summary_path} does not exist: give the output folder of a finished `python -m captioning demo`")
+        sys.exit(f"{summary_path} does not exist: give the output folder of a finished `python -m instructor demo`")
     with open(summary_path) as fh:
         summary = json.load(fh)
     if "attention" not in summary["decoders"]:

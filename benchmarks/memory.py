@@ -7,13 +7,13 @@ Each measured step runs in a fresh Python subprocess started by this script, for
 
 * prepare   — ``create_input_files`` on generated shapes images (--prep-n and 4x that many images in all, 80 %
               train / 10 % val / 10 % test, --image-size px; workers = all CPUs, the default);
-* cache     — what a training run does before its first batch with a frozen random encoder: ``Runner(cfg)``
+* cache     — what a training run does before its first batch with a frozen random encoder: ``Trainer(cfg)``
               (ResNet-101 built and BatchNorm-recalibrated on --recal-images images) and the feature cache of the
               TRAIN split (``build_feature_cache``: every training image encoded once);
-* epoch     — ``Runner.train_epoch(0)``: one training epoch of the attention decoder on the cached features,
+* epoch     — ``Trainer.train_epoch(0)``: one training epoch of the attention decoder on the cached features,
               in the same process right after the cache step.
 
-cfg as in ``captioning/demo.py`` (encoder_weights None, encoded_image_size = image_size // 32, embed 256,
+cfg as in ``instructor/demo.py`` (encoder_weights None, encoded_image_size = image_size // 32, embed 256,
 attention 256, decoder 384, batch_size 64, workers 0) with epochs 1; the training part uses --train-n and 4x that
 many training images (10 val / 10 test), smaller than prepare's because encoding runs at a few images/s on a CPU.
 
@@ -91,13 +91,13 @@ def child(a):
 
         torch.set_num_threads(a.threads)
         from captioning.features import build_feature_cache
-        from captioning.solver import Runner, make_cfg
+        from captioning.solver import Trainer, make_cfg
 
         info = json.loads((Path(a.data) / "info.json").read_text())
         name = info["data_name"]
         cfg = make_cfg(demo_cfg(a.data, name, a.out, a.image_size, a.recal_images))
         t = time.perf_counter()
-        runner = Runner(cfg, progress=False)
+        runner = Trainer(cfg, progress=False)
         build_feature_cache(runner.encoder, cfg["data_folder"], cfg["data_name"], "TRAIN", batch_size=32,
                             device="cpu", progress=False)
         out.update(cache=vm_hwm_mb(), cache_seconds=time.perf_counter() - t)
@@ -191,7 +191,7 @@ def main(argv=None):
             rows.append(["python + import torch, captioning.solver (baseline)", "", "", f"{base_t['main']:.0f}", "",
                          "", ""])
             data = f"{r1['data']:.0f} / {r4['data']:.0f}"
-            rows.append(["Runner + feature cache (encode TRAIN once)", f"{r1['images']} / {r4['images']}", data,
+            rows.append(["Trainer + feature cache (encode TRAIN once)", f"{r1['images']} / {r4['images']}", data,
                          f"{r1['cache']:.0f}", f"{r4['cache']:.0f}", f"{r4['cache'] - r1['cache']:+.0f}",
                          f"{r4['cache'] / r1['cache']:.2f}"])
             label = "training epoch (cached features)" + ("" if r1["reset"] and r4["reset"]

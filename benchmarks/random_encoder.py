@@ -36,9 +36,9 @@ import numpy as np  # noqa: E402
 import torch
 
 from _common import THREADS_HELP, load_note, setup, table
-from captioning.features import normalize
+from captioning.datasets import normalize
 from captioning.models import Encoder
-from captioning.prepare import load_image
+from captioning.images import load_image
 from captioning.shapes import COLORS, SHAPES, generate_shapes
 
 ATTRIBUTES = [("colour", c) for c in COLORS] + [("shape", s) for s in SHAPES]

@@ -30,7 +30,7 @@ from torch import nn
 
 
 def patch_variant(variant):
-    import captioning.models as M
+    import captioning.encoder as M
     import captioning.pretrain as pt
 
     if variant == "rf47":
@@ -80,6 +80,8 @@ def patch_variant(variant):
 
 
 def main():
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
+        sys.exit(__doc__)
     out = sys.argv[1]
     kv = dict(a.split("=", 1) for a in sys.argv[2:])
 

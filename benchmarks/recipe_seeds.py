@@ -1,10 +1,10 @@
 """What a student sees from the notebooks' defaults, at several seeds, and how long it takes: the shapes recipe.
 
-For each seed N this runs exactly what `make notebooks` runs — ``python -m captioning notebooks`` (train1, train2,
+For each seed N this runs exactly what `make notebooks` runs — ``python -m instructor notebooks`` (train1, train2,
 test and caption for both decoders, through papermill) — into a fresh folder with ``-p seed N -p shapes_seed N``,
 so data generation, preparation and the encoder's pretraining are part of the time. It prints each run's wall
 time, the test BLEU-4 (beam 5) of both decoders, the attention decoder's pointing game with its chance level, and
-the captions test.ipynb shows. With ``--demo`` it runs ``python -m captioning demo seed=N`` instead (the same
+the captions test.ipynb shows. With ``--demo`` it runs ``python -m instructor demo seed=N`` instead (the same
 recipe at the demo's size) and reads its ``summary.json``.
 
 Targets (issue "The notebooks must visibly work"): notebooks ≤ 10 min per seed on 2 idle cores, test BLEU-4
@@ -36,8 +36,8 @@ def run(cmd, log):
 
 
 def notebooks(seed, out, threads):
-    cmd = [sys.executable, "-m", "captioning", "notebooks", "--out", out, "-p", "seed", str(seed),
-           "-p", "shapes_seed", str(seed), "-p", "threads", str(threads)]
+    cmd = [sys.executable, "-m", "instructor", "notebooks", "--out", out, f"seed={seed}", f"shapes_seed={seed}",
+           f"threads={threads}"]
     seconds = run(cmd, out + ".log")
 
     def metrics(name):

@@ -50,7 +50,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from _common import THREADS_HELP, Timer, load_note, setup, table
-from captioning.features import ImageCaptions, normalize
+from captioning.datasets import ImageCaptions, normalize
 from captioning.models import DecoderWithAttention, DecoderWithRNN, Encoder
 from captioning.solver import _loss, adam, decoder_scores
 
@@ -173,7 +173,7 @@ def decoder_throughput(kind, args):
     torch.manual_seed(0)
     kit_dec = (DecoderWithAttention if kind == "attention" else DecoderWithRNN)(dcfg, encoder_dim=2048)
     course_dec = copy.deepcopy(kit_dec)
-    kit_opt = adam(kit_dec.parameters(), lr=4e-4)  # the kit's Runner: fused Adam
+    kit_opt = adam(kit_dec.parameters(), lr=4e-4)  # the kit's Trainer: fused Adam
     course_opt = torch.optim.Adam(course_dec.parameters(), lr=4e-4)  # the tutorial's
     n_kit = args.kit_batches if kind == "attention" else args.rnn_kit_batches
     n_course = args.course_batches if kind == "attention" else args.rnn_course_batches

@@ -29,7 +29,7 @@ def _cmd_prepare(a):
         print(f"{k}: {v}")
 
 
-def _parse_overrides(pairs):
+def parse_overrides(pairs):
     """``key=value`` words → dict; values are Python literals when they parse as one (``1e-3``, ``None``,
     ``True``)."""
     import ast
@@ -49,7 +49,7 @@ def _parse_overrides(pairs):
 def _cmd_train(a):
     from captioning.solver import fit
 
-    res = fit(_parse_overrides(a.overrides))
+    res = fit(parse_overrides(a.overrides))
     print(f"best validation BLEU-4 {res['best_bleu4']:.4f}; best checkpoint {res['best_checkpoint']}")
 
 
@@ -100,15 +100,6 @@ def _cmd_caption(a):
             print("  β per word: " + " ".join(f"{w} {float(row[-1]):.2f}" for w, row in zip(r["words"], r["alphas"])))
 
 
-def _cmd_demo(a):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from captioning.demo import run_demo
-
-    run_demo(a.out, **_parse_overrides(a.overrides))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m captioning", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -136,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="processes for decoding/resizing (default: all cores)")
     s.set_defaults(func=_cmd_prepare)
 
-    s = sub.add_parser("train", help="train a decoder; cfg keys as key=value (see captioning/solver.py DEFAULT_CFG)",
+    s = sub.add_parser("train", help="train a decoder; cfg keys as key=value (see captioning/config.py DEFAULT_CFG)",
                        description="e.g. python -m captioning train data_folder=data/coco "
                                    "data_name=coco_5_cap_per_img_5_min_word_freq attention=True device=cuda")
     s.add_argument("overrides", nargs="*", metavar="key=value")
@@ -165,28 +156,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="outputs/captions", help="folder for the PNG figures")
     s.set_defaults(func=_cmd_caption)
 
-    s = sub.add_parser("demo", help="the whole kit on the built-in shapes data (what `make demo` runs)")
-    s.add_argument("--out", default="outputs/demo")
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. n_train=200 epochs=2 (tests)")
-    s.set_defaults(func=_cmd_demo)
-
     # subcommands that live with their feature: each module has register(subparsers)
-    import importlib
+    from captioning import check, pretrain
 
-    for module in ("captioning.pretrain", "captioning.notebooks", "captioning.release", "captioning.grading",
-                   "captioning.report"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        mod.register(sub)
+    for module in (pretrain, check):
+        module.register(sub)
     return p
 
 
+def parse_command_line(parser, argv=None):
+    """``parser.parse_args``, except that ``key=value`` words may stand anywhere for a command that takes them
+    (argparse alone refuses them after an option when the command also has another positional argument)."""
+    args, rest = parser.parse_known_args(argv)
+    settings = [w for w in rest if "=" in w and not w.startswith("-")]
+    if hasattr(args, "overrides") and settings:
+        args.overrides = list(args.overrides) + settings
+        rest = [w for w in rest if w not in settings]
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command(parse_command_line(build_parser(), argv))
+
+
+def run_command(args) -> int:
+    """Run a parsed subcommand (``args.func``); a KitError becomes "error: …" on stderr and exit status 2."""
     try:
         args.func(args)
     except KitError as e:

@@ -1,4 +1,8 @@
-"""``CaptionDataset``: the files written by ``captioning.prepare`` as a PyTorch dataset.
+"""The files written by ``captioning.prepare`` as PyTorch datasets, and their paths.
+
+* ``CaptionDataset`` — the course's API: one item per caption (below).
+* ``ImageCaptions`` — what training reads: one item per *image* with all its captions, the image side read either
+  from the prepared HDF5 (pixels, when the encoder is fine-tuned) or from the feature cache (``features.py``).
 
 One item per caption (N images x cpi captions); item i belongs to image i // cpi::
 
@@ -48,13 +52,62 @@ def _read_json(path: Path):
         raise KitError(f"{path} is not valid JSON ({e}); run `python -m captioning prepare` again.") from e
 
 
+def split_paths(data_folder, data_name, split):
+    """The prepared files of one split: (images .hdf5, captions .json, caplens .json)."""
+    return tuple(os.path.join(data_folder, f"{split}_{kind}_{data_name}.{ext}")
+                 for kind, ext in (("IMAGES", "hdf5"), ("CAPTIONS", "json"), ("CAPLENS", "json")))
+
+
+def word_map_path(data_folder, data_name):
+    return os.path.join(data_folder, f"WORDMAP_{data_name}.json")
+
+
+def normalize(images_uint8):
+    """uint8 (B, 3, H, W) → float in [0, 1], then ImageNet mean/std normalised."""
+    return (images_uint8.float() / 255.0 - _MEAN) / _STD
+
+
+def _check_files(paths):
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise KitError(f"prepared data file '{missing[0]}' does not exist (missing: {len(missing)} file(s)). "
+                       f"Run `python -m captioning prepare …` (or `python -m captioning shapes` then prepare) first, "
+                       f"and check data_folder / data_name")
+
+
 def load_word_map(data_folder, data_name) -> dict[str, int]:
     """The ``WORDMAP_{data_name}.json`` of ``data_folder`` as {word: index}."""
     path = _require(Path(data_folder) / f"WORDMAP_{data_name}.json", data_name)
     return _read_json(path)
 
 
-class CaptionDataset(Dataset):
+class _LazyH5:
+    """The HDF5 file at ``self.h5_path``, opened on first use in each process: h5py handles can neither be pickled
+    (DataLoader workers under spawn) nor shared across a fork."""
+
+    _h5 = None
+    _pid = None
+
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.h5_path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_h5"] = None
+        state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        """Close this process's HDF5 handle (it is reopened if the dataset is used again)."""
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+
+
+class CaptionDataset(_LazyH5, Dataset):
     """Captions and images of one split (``'TRAIN'``, ``'VAL'`` or ``'TEST'``) of prepared data.
 
     Attributes: ``split``, ``cpi`` (captions per image), ``n_images``, ``word_map`` (dict), ``captions``
@@ -89,29 +142,7 @@ class CaptionDataset(Dataset):
                            "different runs. Run `python -m captioning prepare` again.")
         self.captions = torch.tensor(captions, dtype=torch.long).view(len(captions), -1)
         self.caplens = torch.tensor(caplens, dtype=torch.long)
-        self._h5 = None
-        self._pid = None
         self._image_ids = None
-
-    # h5py handles cannot be pickled (DataLoader workers under spawn) nor shared across fork: each process
-    # opens its own on first use.
-    def _file(self) -> h5py.File:
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.h5_path, "r")
-            self._pid = os.getpid()
-        return self._h5
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_h5"] = None
-        state["_pid"] = None
-        return state
-
-    def close(self) -> None:
-        """Close this process's HDF5 handle (it is reopened if the dataset is used again)."""
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
-        self._h5 = None
 
     def __len__(self) -> int:
         return self.n_images * self.cpi
@@ -155,3 +186,47 @@ class CaptionDataset(Dataset):
         if "objects" not in h:
             return []
         return json.loads(h["objects"].asstr()[i])
+
+
+class ImageCaptions(_LazyH5, Dataset):
+    """Items per image: ``(x, captions, caplens)``.
+
+    x: uint8 image (3, H, W) when ``features`` is None, else the cached feature map (C, h, w) fp16;
+    captions: LongTensor (cpi, T); caplens: LongTensor (cpi,). The HDF5 files are opened lazily in each
+    DataLoader worker and read one item at a time (never all in memory).
+    """
+
+    def __init__(self, data_folder, data_name, split, features=None, limit=None):
+        self.images_path, cap_path, len_path = split_paths(data_folder, data_name, split)
+        _check_files([self.images_path, cap_path, len_path])
+        self.features_path = features
+        with h5py.File(self.images_path, "r") as f:
+            self.cpi = int(f.attrs["captions_per_image"])
+            self.n_images = f["images"].shape[0]
+            self.image_shape = tuple(f["images"].shape[1:])
+        with open(cap_path) as fh:
+            caps = json.load(fh)
+        with open(len_path) as fh:
+            lens = json.load(fh)
+        if len(caps) != self.n_images * self.cpi or len(lens) != len(caps):
+            raise KitError(f"'{cap_path}' holds {len(caps)} captions and '{len_path}' {len(lens)} lengths for "
+                           f"{self.n_images} images × {self.cpi}: the files come from different runs; prepare again")
+        if limit is not None:
+            self.n_images = min(self.n_images, int(limit))
+        self.captions = torch.tensor(caps[: self.n_images * self.cpi], dtype=torch.long).view(self.n_images,
+                                                                                             self.cpi, -1)
+        self.caplens = torch.tensor(lens[: self.n_images * self.cpi], dtype=torch.long).view(self.n_images, self.cpi)
+        self.h5_path = self.features_path or self.images_path
+
+    def __len__(self):
+        return self.n_images
+
+    def __getitem__(self, i):
+        f = self._file()
+        x = torch.from_numpy(f["features" if self.features_path else "images"][i])
+        return x, self.captions[i], self.caplens[i]
+
+    def images(self, lo, hi):
+        """uint8 images lo..hi-1 (n, 3, H, W) of the split (also when the items are cached features)."""
+        with h5py.File(self.images_path, "r") as f:
+            return torch.from_numpy(f["images"][lo:hi])

@@ -13,19 +13,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from captioning.atomic import write_json
+from captioning.checkpoints import load_checkpoint, word_map_id
+from captioning.datasets import ImageCaptions, load_word_map, normalize, split_paths
 from captioning.decoding import beam_search, decode_words
 from captioning.errors import KitError
-from captioning.features import ImageCaptions, build_feature_cache, normalize, split_paths
+from captioning.features import build_feature_cache
 from captioning.metrics import bleu, strip_special
-from captioning.solver import (encode_batch, load_checkpoint, load_word_map, models_from_checkpoint,
-                               word_map_id)
-
-
-def write_json_atomic(obj, path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+from captioning.solver import encode_batch, models_from_checkpoint
 
 
 @torch.no_grad()
@@ -85,7 +80,7 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
                                       {i: plain(row["caption"]) for i, row in enumerate(rows)})
     result["captions"] = rows
     if out:
-        write_json_atomic(result, out)
+        write_json(result, out)
     return result
 
 
@@ -181,7 +176,7 @@ def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50, le
     Returns per image a dict: ``path``, ``words`` (list of str), ``alphas`` ((len(words), P) tensor or None),
     ``pixels`` (uint8 (S, S, 3) as the model saw it), ``decoder``, ``finished``.
     """
-    from captioning.prepare import load_image
+    from captioning.images import load_image
 
     ckpt = load_checkpoint(checkpoint)
     encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device)

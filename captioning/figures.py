@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 
 import matplotlib.pyplot as plt
 from skimage.transform import resize
+
+from captioning.atomic import atomic_path
 
 
 def caption_figure(result, max_cols=5, panel=2.6):
@@ -93,8 +94,9 @@ def training_curves(histories, labels=None):
 
 def save(fig, path):
     """Save a figure as PNG (atomically) and free it."""
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    plt.close(fig)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

@@ -29,18 +29,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import h5py
-import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from captioning.errors import KitError
+from captioning.images import CHUNK, decoded_chunks
 
 SPLITS = ("TRAIN", "VAL", "TEST")
 # Karpathy's "restval" is the part of COCO val2014 that is not in his 5k val / 5k test: it is training data.
 SPLIT_OF = {"train": "TRAIN", "restval": "TRAIN", "val": "VAL", "test": "TEST"}
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<start>", "<end>")
 TMP_PREFIX = ".tmp-"
-CHUNK = 16          # images per task sent to a worker: big enough to amortise pickling, small enough to stream
 MAX_EXAMPLES = 5    # how many offending file names an error message lists
 
 
@@ -143,86 +141,6 @@ def choose_captions(captions: list[list[str]], cpi: int, rng: random.Random) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Image decoding (runs in worker processes)
-# ----------------------------------------------------------------------------------------------------------------
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB: transparency is composited on white, 16/32-bit greyscale is scaled to 8 bits
-    (65535 -> 255) instead of being clipped, which is what ``convert("RGB")`` would do."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        # Pillow opens 16-bit PNG / TIFF greyscale as "I;16" or "I": the range is 0..65535 either way.
-        a = np.asarray(img, dtype=np.float64)
-        a = np.clip(a / 257.0, 0, 255).round().astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
-    if img.mode == "F":
-        a = np.clip(np.asarray(img, dtype=np.float64), 0, 255).round().astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")   # L, 1, P, CMYK, YCbCr, ...
-
-
-def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode ``path`` and return (uint8 array (3, size, size), original (width, height)).
-
-    Raises KitError naming the file if it cannot be decoded.
-    """
-    try:
-        with Image.open(path) as img:
-            original = img.size
-            rgb = to_rgb(img)
-            if rgb.size != (size, size):
-                # Pillow's bilinear filter widens its support when shrinking, so this is antialiased.
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            pixels = np.asarray(rgb, dtype=np.uint8)
-    except KitError:
-        raise
-    except Exception as e:  # PIL reports a bad file with many exception types (OSError, SyntaxError, ...)
-        raise KitError(f"cannot read image {path}: {type(e).__name__}: {e}. The file is corrupt or not an image; "
-                       "replace it, or remove its record from the JSON.") from e
-    return pixels.transpose(2, 0, 1), original
-
-
-def _load_chunk(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    arrays, originals = zip(*(load_image(p, size) for p in paths))
-    return np.stack(arrays), list(originals)
-
-
-def _decoded_chunks(paths: list[str], size: int, pool: ProcessPoolExecutor | None, workers: int):
-    """Yield (uint8 (k, 3, size, size), original sizes) for consecutive chunks of ``paths``, in order.
-
-    With a pool at most ``2 * workers`` chunks are in flight, so memory stays flat however many images there are
-    (``Pool.imap`` would queue every result if the HDF5 writer fell behind).  Without one, decode in-process.
-    """
-    chunks = (paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK))
-    if pool is None:
-        for chunk in chunks:
-            yield _load_chunk(chunk, size)
-        return
-    pending = collections.deque()
-    try:
-        for chunk in chunks:
-            pending.append(pool.submit(_load_chunk, chunk, size))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(chunks, None)
-            if nxt is not None:
-                pending.append(pool.submit(_load_chunk, nxt, size))
-            yield result
-    finally:
-        for future in pending:   # after an error: don't decode the rest of the window for nothing
-            future.cancel()
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -249,7 +167,7 @@ def _write_images(tmp_path: Path, items: list[dict], size: int, cpi: int, pool, 
         h.create_dataset("image_ids", data=[it["image_id"] for it in items], dtype=h5py.string_dtype("utf-8"))
         objects = h.create_dataset("objects", (n,), dtype=h5py.string_dtype("utf-8")) if with_objects else None
         start = 0
-        chunks = _decoded_chunks([it["path"] for it in items], size, pool, workers)
+        chunks = decoded_chunks([it["path"] for it in items], size, pool, workers)
         # closing(): on an error, cancel queued work now rather than whenever the generator is collected.
         with tqdm(total=n, desc=desc, unit="img") as progress, contextlib.closing(chunks):
             for batch, originals in chunks:
@@ -286,6 +204,105 @@ def _prepare_output_folder(folder: Path) -> None:
                        "Fix its permissions or choose another --output-folder.") from e
 
 
+def _check_arguments(dataset, captions_per_image, min_word_freq, max_len, image_size, workers):
+    """KitError for a bad argument; returns the number of worker processes."""
+    if not isinstance(dataset, str) or not dataset or any(c in dataset for c in "/\\"):
+        raise KitError(f"dataset must be a plain name such as 'coco' (it becomes part of file names), got {dataset!r}")
+    for name, value, low in (("captions_per_image", captions_per_image, 1), ("min_word_freq", min_word_freq, 0),
+                             ("max_len", max_len, 1), ("image_size", image_size, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise KitError(f"{name} must be an integer >= {low}, got {value!r}")
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if not isinstance(workers, int) or workers < 1:
+        raise KitError(f"workers must be an integer >= 1 (or None for all cores), got {workers!r}")
+    return workers
+
+
+def _group_by_split(records, image_folder, max_len):
+    """The records as items per split ({split: [dict(path, image_id, captions, objects)]}), keeping only captions
+    of 1 to ``max_len`` tokens; returns (items, captions dropped as too long, images without captions, images
+    whose file is missing)."""
+    items = {s: [] for s in SPLITS}
+    too_long, no_captions, missing = 0, [], []
+    for rec in records:
+        rel = _relative_path(rec)
+        tokens = [s["tokens"] for s in rec["sentences"]]
+        kept = [t for t in tokens if 0 < len(t) <= max_len]   # empty token lists are no captions either
+        too_long += sum(len(t) > max_len for t in tokens)
+        if not kept:
+            no_captions.append(rel)
+            continue
+        path = image_folder / rel
+        if not path.is_file():
+            missing.append(rel)
+            continue
+        items[SPLIT_OF[rec["split"]]].append(
+            {"path": str(path), "image_id": rel, "captions": kept, "objects": rec.get("objects", [])})
+    return items, too_long, no_captions, missing
+
+
+def _check_splits(items, records, missing, skip_missing, json_path, image_folder, max_len):
+    """KitError for missing image files (unless ``skip_missing``) and for a split left without images."""
+    if missing and not skip_missing:
+        total = sum(map(len, items.values())) + len(missing)
+        shown = "\n  ".join(missing[:MAX_EXAMPLES]) + ("\n  ..." if len(missing) > MAX_EXAMPLES else "")
+        raise KitError(f"{len(missing)} of {total} image files named in {json_path} are missing under {image_folder}:"
+                       f"\n  {shown}\nCheck --image-folder (for COCO it must contain train2014/ and val2014/), or "
+                       "pass --skip-missing (skip_missing=True) to leave those images out.")
+    listed = collections.Counter(SPLIT_OF[rec["split"]] for rec in records)
+    for split in SPLITS:
+        if items[split]:
+            continue
+        name = "train' or 'restval" if split == "TRAIN" else split.lower()
+        if not listed[split]:
+            raise KitError(f"no images in split '{name}' of {json_path}. Every split (train, val, test) needs at "
+                           "least one image; edit the \"split\" fields or regenerate the JSON.")
+        raise KitError(f"all {listed[split]} images in split '{name}' of {json_path} were dropped: none has a "
+                       f"caption of 1 to max_len={max_len} tokens, or their files are missing (skip_missing). "
+                       "Raise --max-len or fix the image folder.")
+
+
+def _write_all(output_folder, base, items, word_map, cpi, max_len, image_size, seed, workers, with_objects):
+    """Write the ten files under temporary names, then rename them all into place (nothing on any error)."""
+    rng = random.Random(seed)
+    done: list[tuple[Path, Path]] = []   # (temporary, final) pairs written so far
+
+    def tmp_for(name: str) -> Path:
+        final = output_folder / name
+        tmp = output_folder / (TMP_PREFIX + name)
+        done.append((tmp, final))
+        return tmp
+
+    n_chunks = sum(-(-len(items[s]) // CHUNK) for s in SPLITS)
+    workers = min(workers, n_chunks)
+    # One pool for all three splits; workers=1 decodes in this process (no pickling of pixels at all).
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        _write_json(tmp_for(f"WORDMAP_{base}.json"), word_map)
+        for split in SPLITS:
+            enc_captions, caplens = [], []
+            for it in items[split]:
+                for c in choose_captions(it["captions"], cpi, rng):
+                    enc_captions.append(encode_caption(c, word_map, max_len))
+                    caplens.append(len(c) + 2)
+            _write_images(tmp_for(f"{split}_IMAGES_{base}.hdf5"), items[split], image_size, cpi,
+                          pool, workers, with_objects, desc=f"{split} images")
+            _write_json(tmp_for(f"{split}_CAPTIONS_{base}.json"), enc_captions)
+            _write_json(tmp_for(f"{split}_CAPLENS_{base}.json"), caplens)
+        for tmp, final in done:
+            os.replace(tmp, final)
+    except BaseException as e:
+        for tmp, _final in done:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise KitError(f"writing into {output_folder} failed: {e}. Check free disk space and try again.") from e
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Public entry point
 # ----------------------------------------------------------------------------------------------------------------
@@ -313,17 +330,7 @@ def create_input_files(dataset, karpathy_json_path, image_folder, captions_per_i
     Raises KitError for every problem in the input, the arguments or the output folder.
     """
     t0 = time.time()
-    if not isinstance(dataset, str) or not dataset or any(c in dataset for c in "/\\"):
-        raise KitError(f"dataset must be a plain name such as 'coco' (it becomes part of file names), got {dataset!r}")
-    for name, value, low in (("captions_per_image", captions_per_image, 1), ("min_word_freq", min_word_freq, 0),
-                             ("max_len", max_len, 1), ("image_size", image_size, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise KitError(f"{name} must be an integer >= {low}, got {value!r}")
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if not isinstance(workers, int) or workers < 1:
-        raise KitError(f"workers must be an integer >= 1 (or None for all cores), got {workers!r}")
-
+    workers = _check_arguments(dataset, captions_per_image, min_word_freq, max_len, image_size, workers)
     json_path, image_folder, output_folder = Path(karpathy_json_path), Path(image_folder), Path(output_folder)
     records = _load_karpathy_json(json_path)
     for i, rec in enumerate(records):
@@ -331,85 +338,13 @@ def create_input_files(dataset, karpathy_json_path, image_folder, captions_per_i
     if not image_folder.is_dir():
         raise KitError(f"image folder {image_folder} does not exist or is not a folder. Pass the folder that the "
                        f"\"filepath\"/\"filename\" entries of {json_path.name} are relative to.")
-    with_objects = any("objects" in rec for rec in records)
-
-    # Group records by split, keeping only captions that fit.
-    items = {s: [] for s in SPLITS}
-    listed = collections.Counter(SPLIT_OF[rec["split"]] for rec in records)
-    too_long, no_captions, missing = 0, [], []
-    for rec in records:
-        rel = _relative_path(rec)
-        tokens = [s["tokens"] for s in rec["sentences"]]
-        kept = [t for t in tokens if 0 < len(t) <= max_len]   # empty token lists are no captions either
-        too_long += sum(len(t) > max_len for t in tokens)
-        if not kept:
-            no_captions.append(rel)
-            continue
-        path = image_folder / rel
-        if not path.is_file():
-            missing.append(rel)
-            continue
-        items[SPLIT_OF[rec["split"]]].append(
-            {"path": str(path), "image_id": rel, "captions": kept, "objects": rec.get("objects", [])})
-
-    if missing and not skip_missing:
-        total = sum(map(len, items.values())) + len(missing)
-        shown = "\n  ".join(missing[:MAX_EXAMPLES]) + ("\n  ..." if len(missing) > MAX_EXAMPLES else "")
-        raise KitError(f"{len(missing)} of {total} image files named in {json_path} are missing under {image_folder}:"
-                       f"\n  {shown}\nCheck --image-folder (for COCO it must contain train2014/ and val2014/), or "
-                       "pass --skip-missing (skip_missing=True) to leave those images out.")
-    for split in SPLITS:
-        if items[split]:
-            continue
-        name = "train' or 'restval" if split == "TRAIN" else split.lower()
-        if not listed[split]:
-            raise KitError(f"no images in split '{name}' of {json_path}. Every split (train, val, test) needs at "
-                           "least one image; edit the \"split\" fields or regenerate the JSON.")
-        raise KitError(f"all {listed[split]} images in split '{name}' of {json_path} were dropped: none has a "
-                       f"caption of 1 to max_len={max_len} tokens, or their files are missing (skip_missing). "
-                       "Raise --max-len or fix the image folder.")
-
+    items, too_long, no_captions, missing = _group_by_split(records, image_folder, max_len)
+    _check_splits(items, records, missing, skip_missing, json_path, image_folder, max_len)
     word_map = build_word_map((c for it in items["TRAIN"] for c in it["captions"]), min_word_freq)
     _prepare_output_folder(output_folder)
-
     base = base_name(dataset, captions_per_image, min_word_freq)
-    rng = random.Random(seed)
-    done: list[tuple[Path, Path]] = []   # (temporary, final) pairs written so far
-
-    def tmp_for(name: str) -> Path:
-        final = output_folder / name
-        tmp = output_folder / (TMP_PREFIX + name)
-        done.append((tmp, final))
-        return tmp
-
-    n_chunks = sum(-(-len(items[s]) // CHUNK) for s in SPLITS)
-    workers = min(workers, n_chunks)
-    # One pool for all three splits; workers=1 decodes in this process (no pickling of pixels at all).
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-    try:
-        _write_json(tmp_for(f"WORDMAP_{base}.json"), word_map)
-        for split in SPLITS:
-            enc_captions, caplens = [], []
-            for it in items[split]:
-                for c in choose_captions(it["captions"], captions_per_image, rng):
-                    enc_captions.append(encode_caption(c, word_map, max_len))
-                    caplens.append(len(c) + 2)
-            _write_images(tmp_for(f"{split}_IMAGES_{base}.hdf5"), items[split], image_size, captions_per_image,
-                          pool, workers, with_objects, desc=f"{split} images")
-            _write_json(tmp_for(f"{split}_CAPTIONS_{base}.json"), enc_captions)
-            _write_json(tmp_for(f"{split}_CAPLENS_{base}.json"), caplens)
-        for tmp, final in done:
-            os.replace(tmp, final)
-    except BaseException as e:
-        for tmp, _final in done:
-            tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise KitError(f"writing into {output_folder} failed: {e}. Check free disk space and try again.") from e
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
+    _write_all(output_folder, base, items, word_map, captions_per_image, max_len, image_size, seed, workers,
+               with_objects=any("objects" in rec for rec in records))
     summary = {
         "data_name": base,
         "output_folder": str(output_folder.resolve()),

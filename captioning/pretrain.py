@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from captioning.atomic import atomic_path, write_json
 from captioning.errors import KitError
-from captioning.features import normalize, split_paths
-from captioning.models import ShapesCNN
+from captioning.datasets import normalize, split_paths
+from captioning.encoder import ShapesCNN
 from captioning.shapes import COLORS, SHAPES, cells_in_box
 
 SIZES = ("small", "large")
@@ -167,9 +168,8 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
     val_accuracy = {k: (c / m if m else None) for k, (c, m) in totals.items()}
 
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    torch.save(model.net.state_dict(), tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        torch.save(model.net.state_dict(), tmp)
     return {"path": out, "seconds": seconds, "epochs": epochs, "train_images": n, "val_accuracy": val_accuracy}
 
 
@@ -203,9 +203,7 @@ def ensure_encoder(data_folder, data_name, epochs, seed=0, images=None, progress
           f"{path})", flush=True)
     summary = pretrain_encoder(data_folder, data_name, path, epochs=epochs, seed=seed, progress=progress,
                                max_images=images)
-    from captioning.evaluate import write_json_atomic
-
-    write_json_atomic(dict(wanted, summary={k: v for k, v in summary.items() if k != "path"}), stamp_path)
+    write_json(dict(wanted, summary={k: v for k, v in summary.items() if k != "path"}), stamp_path)
     return dict(summary, status="pretrained")
 
 

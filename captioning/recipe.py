@@ -38,12 +38,12 @@ DEMO = dict(RECIPE, n_train=4000)
 
 # `grade --notebooks`: the recipe on fewer images and epochs, so that a batch of submissions fits a night on 2 cores:
 # enough to see that a student's notebooks run and their decoders learn, not to reach the recipe's numbers (the full
-# recipe: `--notebook-param shapes_n_train=2000 …`)
+# recipe: `grade … --notebooks shapes_n_train=2000 …`)
 GRADING = dict(RECIPE, n_train=300, n_val=50, n_test=100, epochs={"rnn": 3, "attention": 3})
 
 
 def notebook_parameters(recipe):
-    """The notebook parameters (``python -m captioning notebooks -p NAME VALUE``) that give ``recipe``'s data and
+    """The notebook parameters (``python -m instructor notebooks key=value``) that give ``recipe``'s data and
     epochs, for recipes whose two decoders train for the same number of epochs."""
     epochs = set(recipe["epochs"].values()) if isinstance(recipe["epochs"], dict) else {recipe["epochs"]}
     if len(epochs) != 1:

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from captioning.atomic import write_text
 from captioning.errors import KitError
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
@@ -359,11 +360,8 @@ def generate_shapes(out_dir, n_train=1000, n_val=100, n_test=100, image_size=256
         progress.close()
 
     json_path = out_dir / "dataset_shapes.json"
-    tmp = out_dir / ".tmp-dataset_shapes.json"
     try:
-        tmp.write_text(json.dumps({"dataset": "shapes", "images": records}))
-        os.replace(tmp, json_path)
+        write_text(json.dumps({"dataset": "shapes", "images": records}), json_path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise KitError(f"cannot write {json_path}: {e}") from e
     return json_path

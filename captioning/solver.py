@@ -1,121 +1,41 @@
 """Training: ``fit(cfg)`` runs epochs of ``train`` and ``validate``, keeps the best checkpoint by validation
-BLEU-4 (free-running decoding), decays the learning rate and stops early. The notebooks, the CLI and the demo
-all call this.
+BLEU-4 (free-running decoding), decays the learning rate and stops early. The notebooks and the CLI call this.
 
-``cfg`` uses the course's keys (``data_folder``, ``data_name``, ``embed_dim``, ``attention_dim``, ``decoder_dim``,
-``dropout``, ``device``, ``epochs``, ``batch_size``, ``workers``, ``encoder_lr``, ``decoder_lr``, ``grad_clip``,
-``alpha_c``, ``print_freq``, ``fine_tune_encoder``, ``checkpoint``, ``attention``) plus the ones in
-``DEFAULT_CFG`` below; every key can be overridden.
+The settings and their defaults are ``captioning.config.DEFAULT_CFG`` (the course's keys plus the kit's own);
+every key can be overridden. Under ``torchrun`` each process trains on its shard (``captioning.distributed``).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-try:  # instructor edition only: the student edition trains with the student's own forward
-    from captioning import fastpath
-except ImportError:
-    fastpath = None
+from captioning import plugins
+from captioning.adaptive import DecoderWithAdaptiveAttention
+from captioning.checkpoints import check_compatible, load_checkpoint, save_checkpoint, word_map_id
+from captioning.config import DECODER_NAMES, make_cfg
+from captioning.datasets import ImageCaptions, load_word_map, normalize
 from captioning.decoding import beam_search
-from captioning.datasets import load_word_map  # noqa: F401  (re-exported: evaluate imports it from here)
+from captioning.distributed import ProcessGroup
+from captioning.encoder import Encoder
 from captioning.errors import KitError
-from captioning.features import ImageCaptions, build_feature_cache, normalize, word_map_path
+from captioning.features import build_feature_cache
 from captioning.metrics import accuracy, bleu, strip_special
-from captioning.models import DecoderWithAttention, DecoderWithRNN, Encoder
-
-DEFAULT_CFG = {
-    # data
-    "data_folder": "data/shapes_prepared",
-    "data_name": "shapes_5_cap_per_img_5_min_word_freq",
-    # model
-    "embed_dim": 512,
-    "attention_dim": 512,
-    "decoder_dim": 512,
-    "dropout": 0.5,
-    "init_state": "mean",  # attention decoder's h0/c0: "mean" feature (course) or "learned" (image only via attention)
-    "decoder": None,  # "rnn" | "attention" | "adaptive"; None: from `attention`
-    "attention": False,
-    "encoder": "resnet101",
-    "encoder_weights": "imagenet",  # "imagenet", a local .pth, or None (random, BatchNorm recalibrated)
-    "encoded_image_size": 14,
-    "recalibrate_images": 128,  # training images used to recalibrate BatchNorm of a random encoder
-    # training
-    "device": "cuda" if torch.cuda.is_available() else "cpu",
-    "seed": 0,
-    "epochs": 10,
-    "batch_size": 32,  # captions per batch (rounded to whole images: batch_size // captions_per_image images)
-    "workers": 2,
-    "encoder_lr": 1e-4,
-    "decoder_lr": 4e-4,
-    "grad_clip": 5.0,
-    "alpha_c": 1.0,
-    "print_freq": 100,
-    "fine_tune_encoder": False,
-    "checkpoint": None,  # resume from this checkpoint
-    "output_dir": "outputs",
-    "feature_cache": "auto",  # "auto": cache encoder features when the encoder is frozen; False: never
-    "fast_decoder": "auto",  # "auto": fast training path when it matches the decoder's forward; False: never
-    "patience": 20,  # stop after this many epochs without a better validation BLEU-4
-    "lr_decay_every": 8,  # multiply learning rates by lr_decay_factor after each such run of epochs without gain
-    "lr_decay_factor": 0.8,
-    "val_beam_size": 1,  # free-running decoding for validation BLEU (1 = greedy)
-    "max_decode_len": 50,
-    "max_train_images": None,  # use only the first N training images (quick runs)
-    "max_val_images": None,
-    "progress": True,
-}
-
-DECODER_NAMES = {"rnn": "NoAttention", "attention": "Attention", "adaptive": "AdaptiveAttention"}
+from captioning.models import DecoderWithAttention, DecoderWithRNN
 
 
-# --------------------------------------------------------------------------------------------------------- config
-def make_cfg(cfg=None, **overrides):
-    """DEFAULT_CFG updated with ``cfg`` and ``overrides``; unknown keys are an error (a typo would be ignored)."""
-    out = dict(DEFAULT_CFG)
-    for src in (cfg or {}), overrides:
-        for k, v in src.items():
-            if k not in DEFAULT_CFG and k not in ("vocab_size", "start_epoch", "epochs_since_improvement",
-                                                  "best_bleu4"):
-                raise KitError(f"unknown cfg key '{k}'; known keys: {', '.join(sorted(DEFAULT_CFG))}")
-            out[k] = v
-    if out["decoder"] is None:
-        out["decoder"] = "attention" if out["attention"] else "rnn"
-    if out["decoder"] not in DECODER_NAMES:
-        raise KitError(f"cfg['decoder'] = {out['decoder']!r}: choose 'rnn', 'attention' or 'adaptive'")
-    out["attention"] = out["decoder"] != "rnn"
-    if out["init_state"] not in ("mean", "learned"):
-        raise KitError(f"cfg['init_state'] = {out['init_state']!r}: choose 'mean' (h0/c0 from the mean feature, as "
-                       f"the course) or 'learned' (the attention decoder's h0/c0 do not depend on the image)")
-    out["device"] = str(out["device"])
-    if out["device"].startswith("cuda") and not torch.cuda.is_available():
-        raise KitError(f"cfg['device'] = {out['device']!r} but PyTorch sees no CUDA GPU here; use 'cpu'")
-    return out
-
-
-def word_map_id(word_map):
-    """Identity of a word map (sha256 of its canonical JSON), stored in checkpoints."""
-    return hashlib.sha256(json.dumps(word_map, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------------------------------------- models
 def build_decoder(cfg, vocab_size, encoder_dim):
     dcfg = dict(cfg, vocab_size=vocab_size)
     if cfg["decoder"] == "rnn":
         return DecoderWithRNN(dcfg, encoder_dim=encoder_dim)
     if cfg["decoder"] == "attention":
         return DecoderWithAttention(dcfg, encoder_dim=encoder_dim)
-    from captioning.models import DecoderWithAdaptiveAttention
-
     return DecoderWithAdaptiveAttention(dcfg, encoder_dim=encoder_dim)
 
 
@@ -129,32 +49,29 @@ def build_encoder(cfg, state=None, progress=True):
     elif weights is None and cfg["recalibrate_images"]:
         data = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN")
         n = min(cfg["recalibrate_images"], len(data))
-        with data._file() as f:
-            imgs = f["images"]
-            batches = (normalize(torch.from_numpy(imgs[i: min(n, i + 32)])) for i in range(0, n, 32))
-            encoder.recalibrate(tqdm(batches, total=math.ceil(n / 32), desc="recalibrating BatchNorm",
-                                     disable=not progress))
-        data._h5 = None
+        batches = (normalize(data.images(i, min(n, i + 32))) for i in range(0, n, 32))
+        encoder.recalibrate(tqdm(batches, total=math.ceil(n / 32), desc="recalibrating BatchNorm",
+                                 disable=not progress))
+        data.close()
     encoder.fine_tune(cfg["fine_tune_encoder"])
     return encoder
 
 
-# --------------------------------------------------------------------------------------------------------- batches
-def decoder_scores(decoder, encoder_out, captions, caplens, fast=False):
+def decoder_scores(decoder, encoder_out, captions, caplens, fast=None):
     """Run a decoder with teacher forcing on a batch grouped by image.
 
     Args:
         encoder_out: (B, S, S, C) — one row per *image*.
         captions: (B, cpi, T); caplens: (B, cpi).
-        fast: use ``fastpath`` (same numbers, image side computed once per image).
+        fast: a ``fast_path`` plug-in (``captioning.plugins``) to compute the same numbers with, or None.
     Returns:
         scores: (sum of decode lengths, V) packed predictions; targets: (same,) word indices;
         alphas: (B·cpi, T', P') attention weights or None.
     """
     b, cpi, t = captions.shape
     captions, caplens = captions.reshape(b * cpi, t), caplens.reshape(b * cpi)
-    if fast:
-        return fastpath.scores(decoder, encoder_out, captions, caplens, group=cpi)
+    if fast is not None:
+        return fast.scores(decoder, encoder_out, captions, caplens, group=cpi)
     out = decoder(encoder_out.repeat_interleave(cpi, dim=0), captions, caplens)
     if decoder.has_attention:
         predictions, caps_sorted, decode_lengths, alphas, _ = out
@@ -163,6 +80,31 @@ def decoder_scores(decoder, encoder_out, captions, caplens, fast=False):
     scores = pack_padded_sequence(predictions, decode_lengths, batch_first=True).data
     targets = pack_padded_sequence(caps_sorted[:, 1:], decode_lengths, batch_first=True).data
     return scores, targets, alphas
+
+
+@torch.no_grad()
+def fast_path_matches(fast, decoder, encoder_out, captions, caplens, rtol=1e-4, atol=1e-5):
+    """Does the plug-in ``fast`` give the decoder's own ``forward`` scores on this batch (eval mode)?
+
+    Args: encoder_out (B, S, S, C); captions (B, cpi, T); caplens (B, cpi). Returns: (ok, reason).
+    """
+    was = decoder.training
+    decoder.eval()
+    try:
+        ref, ref_t, ref_a = decoder_scores(decoder, encoder_out.float(), captions, caplens)
+        got, got_t, got_a = decoder_scores(decoder, encoder_out.float(), captions, caplens, fast=fast)
+    except Exception as e:  # a decoder of another shape: not the plug-in's to speed up
+        return False, f"{type(e).__name__}: {e}"
+    finally:
+        decoder.train(was)
+    if ref.shape != got.shape or not torch.equal(ref_t, got_t):
+        return False, "different output shapes"
+    if not torch.allclose(ref, got, rtol=rtol, atol=atol):
+        return False, f"scores differ by up to {(ref - got).abs().max().item():.3g}"
+    if (ref_a is None) != (got_a is None) or (ref_a is not None and not torch.allclose(
+            ref_a.sum(dim=1), got_a.sum(dim=1), rtol=rtol, atol=atol)):
+        return False, "attention weights differ"
+    return True, ""
 
 
 def encode_batch(encoder, x, cached, device):
@@ -210,13 +152,16 @@ def load_optimizer_state(opt, state):
                 st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
 
 
-class Runner:
+class Trainer:
     """Everything one training run holds: models, optimisers, data, and the state to resume."""
 
     def __init__(self, cfg, progress=True):
         self.cfg = cfg
         self.progress = progress and cfg["progress"]
-        self._setup_distributed(cfg)
+        self.group = ProcessGroup(cfg)  # may set cfg["device"] to this process's GPU
+        self.world, self.rank = self.group.world, self.group.rank
+        if self.rank != 0:
+            self.progress = False
         self.device = torch.device(cfg["device"])
         self.word_map = load_word_map(cfg["data_folder"], cfg["data_name"])
         self.rev_word_map = {v: k for k, v in self.word_map.items()}
@@ -247,13 +192,12 @@ class Runner:
             self.since_improvement = ckpt["epochs_since_improvement"]
         self.use_cache = cfg["feature_cache"] == "auto" and not cfg["fine_tune_encoder"]
         self.image_size = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN").image_shape[-1]
-        self.fast = None  # decided on the first batch
+        self.fast = False  # decided on the first batch: the fast-path plug-in or None
         self.kind = DECODER_NAMES[cfg["decoder"]]
         os.makedirs(cfg["output_dir"], exist_ok=True)
         self.ckpt_path = os.path.join(cfg["output_dir"], f"checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
         self.best_path = os.path.join(cfg["output_dir"], f"BEST_checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
 
-    # -- data
     def loader(self, split, shuffle, epoch=0, limit=None):
         """Batches of whole images. Under torchrun each rank gets its own shard (rank::world_size)."""
         cfg = self.cfg
@@ -262,7 +206,7 @@ class Runner:
             if self.rank == 0:  # one process writes the cache, the others wait and then read it
                 features = build_feature_cache(self.encoder, cfg["data_folder"], cfg["data_name"], split,
                                                batch_size=32, device=cfg["device"], progress=self.progress)
-            self._barrier()
+            self.group.barrier()
             if self.rank != 0:
                 features = build_feature_cache(self.encoder, cfg["data_folder"], cfg["data_name"], split,
                                                device=cfg["device"], progress=False)
@@ -277,60 +221,18 @@ class Runner:
                           num_workers=cfg["workers"], pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
-    # -- torchrun: several processes, one shard of every epoch each, gradients averaged after backward
-    def _setup_distributed(self, cfg):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1 and not dist.is_initialized():
-            cuda = cfg["device"].startswith("cuda")
-            if cuda:
-                local = int(os.environ.get("LOCAL_RANK", "0"))
-                torch.cuda.set_device(local)
-                cfg["device"] = f"cuda:{local}"
-            dist.init_process_group("nccl" if cuda else "gloo")
-        if self.rank != 0:
-            self.progress = False
-
-    def _barrier(self):
-        if self.world > 1:
-            dist.barrier()
-
-    def _average_gradients(self, modules):
-        if self.world == 1:
-            return
-        for m in modules:
-            for p in m.parameters():
-                if p.requires_grad:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world
-
-    def _sum(self, *values):
-        """Sum numbers over all processes (identity when single-process)."""
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return tuple(t.tolist())
-
-    def _gather(self, items):
-        if self.world == 1:
-            return items
-        out = [None] * self.world
-        dist.all_gather_object(out, items)
-        return [x for part in out for x in part]
-
     def encode(self, x):
         return encode_batch(self.encoder, x, self.use_cache, self.device)
 
     def _decide_fast(self, enc, caps, caplens):
-        if self.cfg["fast_decoder"] != "auto" or fastpath is None or not fastpath.supports(self.decoder):
-            return False
-        ok, why = fastpath.matches(self.decoder, enc[:2], caps[:2], caplens[:2])
+        """The fast-path plug-in when there is one and it reproduces this decoder's scores, else None."""
+        fast = plugins.get("fast_path") if self.cfg["fast_decoder"] == "auto" else None
+        if fast is None or not fast.supports(self.decoder):
+            return None
+        ok, why = fast_path_matches(fast, self.decoder, enc[:2], caps[:2], caplens[:2])
         if not ok:
             tqdm.write(f"note: training with the decoder's own forward (the fast path differs: {why})")
-        return ok
+        return fast if ok else None
 
     # -- one epoch
     def train_epoch(self, epoch):
@@ -346,7 +248,7 @@ class Runner:
             caps, caplens = caps.to(self.device), caplens.to(self.device)
             with torch.set_grad_enabled(cfg["fine_tune_encoder"]):
                 enc = self.encode(x)
-            if self.fast is None:
+            if self.fast is False:
                 self.fast = self._decide_fast(enc, caps, caplens)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=self.fast)
@@ -359,7 +261,7 @@ class Runner:
             if self.enc_opt is not None:
                 self.enc_opt.zero_grad(set_to_none=True)
             loss.backward()
-            self._average_gradients([self.decoder] + ([self.encoder] if self.enc_opt is not None else []))
+            self.group.average_gradients([self.decoder] + ([self.encoder] if self.enc_opt is not None else []))
             if cfg["grad_clip"]:
                 for opt in (self.dec_opt, self.enc_opt):
                     if opt is not None:
@@ -380,7 +282,8 @@ class Runner:
                            f"Top-5 Accuracy {tot_top5 / tot_n:.3f}")
         bar.close()
         seconds = time.time() - t0
-        tot_loss, tot_top5, tot_n, tot_caps = self._sum(tot_loss, tot_top5, tot_n, tot_caps)  # all ranks
+        tot_loss, tot_top5, tot_n, tot_caps = self.group.sum(tot_loss, tot_top5, tot_n, tot_caps,
+                                                             device=self.device)  # all ranks
         return {"train_loss": tot_loss / max(tot_n, 1), "train_top5": tot_top5 / max(tot_n, 1),
                 "train_captions": int(tot_caps), "train_seconds": seconds,
                 "train_captions_per_s": tot_caps / max(seconds, 1e-9)}
@@ -400,7 +303,7 @@ class Runner:
             caps, caplens = caps.to(self.device), caplens.to(self.device)
             enc = self.encode(x)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=bool(self.fast))
+                scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=self.fast or None)
                 loss = _loss(cfg, scores, targets, alphas)
                 decoded = beam_search(self.decoder, enc, self.word_map, beam_size, cfg["max_decode_len"])
             n = targets.numel()
@@ -411,8 +314,8 @@ class Runner:
                 refs.append([strip_special(c, self.word_map) for c in img_caps])
                 hyps.append(strip_special(cap.tokens, self.word_map))
         bar.close()
-        tot_loss, tot_top5, tot_n = self._sum(tot_loss, tot_top5, tot_n)
-        refs, hyps = self._gather(refs), self._gather(hyps)  # BLEU over the whole split, on every rank
+        tot_loss, tot_top5, tot_n = self.group.sum(tot_loss, tot_top5, tot_n, device=self.device)
+        refs, hyps = self.group.gather(refs), self.group.gather(hyps)  # BLEU over the whole split, on every rank
         out = {"val_loss": tot_loss / max(tot_n, 1), "val_top5": tot_top5 / max(tot_n, 1), "val_images": len(hyps)}
         out.update(bleu(refs, hyps))
         return out
@@ -467,7 +370,7 @@ class Runner:
             save_checkpoint(state, self.ckpt_path)
             if improved:
                 save_checkpoint(state, self.best_path)
-        self._barrier()
+        self.group.barrier()
         return {"history": self.history, "checkpoint": self.ckpt_path, "best_checkpoint": self.best_path,
                 "best_bleu4": self.best_bleu4}
 
@@ -475,42 +378,7 @@ class Runner:
 def fit(cfg=None, progress=True, **overrides):
     """Train a decoder as configured; returns ``{"history", "checkpoint", "best_checkpoint", "best_bleu4"}``."""
     cfg = make_cfg(cfg, **overrides)
-    return Runner(cfg, progress=progress).fit()
-
-
-# ------------------------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(state, path):
-    """Write atomically: a crash mid-save never leaves a truncated checkpoint under the real name."""
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint of this kit; never executes code from the file (``weights_only=True``)."""
-    if not os.path.isfile(path):
-        raise KitError(f"checkpoint '{path}' does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise KitError(f"'{path}' is not a checkpoint this kit can load safely ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != 1 or "decoder_state" not in ckpt:
-        raise KitError(f"'{path}' is not a checkpoint written by this kit (no 'format'/'decoder_state' entries)")
-    return ckpt
-
-
-def check_compatible(ckpt, cfg, word_map, path):
-    if ckpt["decoder_type"] != cfg["decoder"]:
-        raise KitError(f"checkpoint '{path}' holds a '{ckpt['decoder_type']}' decoder ({ckpt['kind']}) but cfg asks "
-                       f"for '{cfg['decoder']}': set attention/decoder to match, or start without the checkpoint")
-    if ckpt["word_map_id"] != word_map_id(word_map):
-        raise KitError(f"checkpoint '{path}' was trained with another word map ({ckpt['vocab_size']} words) than "
-                       f"{word_map_path(cfg['data_folder'], cfg['data_name'])} ({len(word_map)} words): use the data "
-                       f"it was trained on, or start without the checkpoint")
-    for key in ("embed_dim", "decoder_dim", "attention_dim", "encoder", "encoded_image_size"):
-        if ckpt["cfg"].get(key) != cfg.get(key):
-            raise KitError(f"checkpoint '{path}' has {key} = {ckpt['cfg'].get(key)!r} but cfg has {cfg.get(key)!r}")
+    return Trainer(cfg, progress=progress).fit()
 
 
 def models_from_checkpoint(ckpt, device="cpu"):

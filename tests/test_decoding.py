@@ -155,8 +155,9 @@ def test_bleu_matches_known_values_and_strips_special_tokens():
 
 
 # ------------------------------------------------------------------------------------ the fast step (instructor)
-from captioning import decoding, fastpath  # noqa: E402
-from captioning.models import DecoderWithAdaptiveAttention  # noqa: E402
+from captioning import decoding, plugins  # noqa: E402
+from instructor import fastpath  # noqa: E402
+from captioning.adaptive import DecoderWithAdaptiveAttention  # noqa: E402
 
 
 def _same_captions(got, ref, rtol=1e-5):
@@ -241,8 +242,8 @@ def test_other_decoders_take_the_one_step_path(count_fast_steps, monkeypatch):
     assert fastpath.beam_step(make(DecoderWithAttention).train(), enc.reshape(4, 9, C), 3) is None
     beam_search(make(DecoderWithRNN), enc, WORD_MAP, beam_size=3, max_len=10)
     assert not count_fast_steps
-    # the student edition has no fastpath: one_step
-    monkeypatch.setattr(decoding, "fastpath", None)
+    # the student edition has no fast-path plug-in (as with CAPTIONING_PLUGINS=off): one_step
+    monkeypatch.setenv(plugins.DISABLE_ENV, "off")
     _same_captions(beam_search(ref, enc, WORD_MAP, beam_size=3, max_len=10),
                    beam_search(ref, enc, WORD_MAP, beam_size=3, max_len=10, fast=False))
     assert not count_fast_steps

@@ -1,7 +1,7 @@
 """A short `demo` run end to end (tiny sizes): every step runs and writes its outputs, on the shapes recipe."""
 import json
 
-from captioning.cli import main
+from instructor.cli import main
 from captioning.recipe import DEMO, RECIPE, decoder_cfg
 from captioning.solver import load_checkpoint
 

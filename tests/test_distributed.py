@@ -23,9 +23,9 @@ def test_torchrun_two_processes_matches_single_process(shapes_data, tmp_path):
                             "checkpoint_Attention_" + shapes_data.data_name + ".pth.tar"])
     ddp = load_checkpoint(str(out / ckpts[0]))["history"][0]
 
-    from captioning.cli import _parse_overrides
+    from captioning.cli import parse_overrides
 
-    single = fit(_parse_overrides(common) | {"output_dir": str(tmp_path / "one")})
+    single = fit(parse_overrides(common) | {"output_dir": str(tmp_path / "one")})
     one = single["history"][0]
     assert ddp["train_captions"] == one["train_captions"] == 40 * 5  # each caption once per epoch
     assert ddp["val_images"] == one["val_images"] == 10  # BLEU over the whole validation split

@@ -7,7 +7,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import captioning.cocoeval as cocoeval
 from captioning.decoding import beam_search
 from captioning.evaluate import grounding
-from captioning.models import DecoderWithAdaptiveAttention
+from captioning.adaptive import DecoderWithAdaptiveAttention
 
 CFG = dict(vocab_size=20, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.0)
 

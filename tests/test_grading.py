@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from captioning.check import kit_root
 from captioning.errors import KitError
-from captioning.grading import runner
-from captioning.grading.hidden_tests import TESTS
-from captioning.release import find_regions, kit_root, strip_solutions
+from instructor.grading import batch as grader, submissions
+from instructor.grading.hidden_tests import TESTS
+from instructor.grading.rubric import load_rubric
+from instructor.regions import find_regions, strip_solutions
 
 REFERENCE = (kit_root() / "captioning" / "models.py").read_text(encoding="utf-8")
-RUBRIC = runner.load_rubric()
+RUBRIC = load_rubric()
 REGIONS = list(RUBRIC["regions"])
 
 
@@ -176,7 +178,7 @@ def batch(tmp_path_factory):
     (subs / "empty").mkdir()
 
     t0 = time.time()
-    from captioning.cli import main
+    from instructor.cli import main
 
     before = set(Path(tempfile.gettempdir()).glob("grade-*"))
     rc = main(["grade", str(subs), "--out", str(out), "--jobs", "2", "--timeout", "240", "--test-timeout", "3",
@@ -198,10 +200,10 @@ def test_rubric_errors(tmp_path):
     bad = tmp_path / "rubric.toml"
     bad.write_text('[regions."DecoderWithRNN.__init__"]\nrnn_init_constructs = 1\n')
     with pytest.raises(KitError, match="differ"):
-        runner.load_rubric(bad)
+        load_rubric(bad)
     bad.write_text("[regions\n")
     with pytest.raises(KitError, match="not valid TOML"):
-        runner.load_rubric(bad)
+        load_rubric(bad)
 
 
 def test_grades_csv_and_reference_full_marks(batch):
@@ -286,12 +288,13 @@ def test_hostile_submissions_get_their_status(batch):
 
 
 def test_feedback_never_quotes_hidden_tests(batch):
-    src = (Path(runner.__file__).with_name("hidden_tests.py")).read_text()
+    here = Path(grader.__file__).parent
+    src = "\n".join((here / name).read_text() for name in ("hidden_tests.py", "hidden_harness.py"))
     code_lines = {ln.strip() for ln in src.splitlines() if len(ln.strip()) > 30 and not ln.strip().startswith(
         ("#", '"', "raise Failed", "f\"", "\"", "'"))}
     for p in (batch["out"] / "feedback").glob("*.md"):
         text = p.read_text()
-        assert "Traceback" not in text and "_hidden_tests" not in text
+        assert "Traceback" not in text and "_hidden_tests" not in text and "_hidden_harness" not in text
         leaked = [ln for ln in code_lines if ln in text]
         assert not leaked, f"{p.name} quotes hidden test code: {leaked[:3]}"
 
@@ -309,7 +312,7 @@ def test_hanging_submission_is_killed_with_its_process_group(tmp_path):
             _t.sleep(0.2)
         """))
     t0 = time.time()
-    results = {r["id"]: r for r in runner.grade(subs, out, jobs=1, timeout=20, memory_mb=1024, progress=False)}
+    results = {r["id"]: r for r in grader.grade(subs, out, jobs=1, timeout=20, memory_mb=1024, progress=False)}
     took = time.time() - t0
     assert results["hangs"]["status"] == "timeout" and results["hangs"]["total"] == 0
     assert took < 80
@@ -342,32 +345,32 @@ def test_zip_staging_limits(tmp_path, monkeypatch):
                 info = zipfile.ZipInfo(symlink)
                 info.external_attr = (0o120777 << 16)
                 z.writestr(info, "/etc/passwd")
-        return runner.Submission(name, p)
+        return submissions.Submission(name, p)
 
-    ok = runner.stage(zipped("ok", {"a/models.py": "x = 1\n", "a/b/models.py": "y", "notes.txt": "hi"}),
+    ok = submissions.stage(zipped("ok", {"a/models.py": "x = 1\n", "a/b/models.py": "y", "notes.txt": "hi"}),
                       tmp_path / "s_ok")
     assert ok.models.read_text() == "x = 1\n" and ok.notes and not (tmp_path / "s_ok" / "notes.txt").exists()
-    with pytest.raises(runner.SubmissionError, match="symbolic link"):
-        runner.stage(zipped("link", {"models.py": "x"}, symlink="models2.py"), tmp_path / "s_link")
-    with pytest.raises(runner.SubmissionError, match="unsafe path"):
-        runner.stage(zipped("abs", {"/etc/models.py": "x"}), tmp_path / "s_abs")
-    monkeypatch.setattr(runner, "MAX_FILE_BYTES", 1000)
-    with pytest.raises(runner.SubmissionError, match="too many bytes"):
-        runner.stage(zipped("bomb", {"models.py": "0" * 10 ** 6}), tmp_path / "s_bomb")
+    with pytest.raises(submissions.SubmissionError, match="symbolic link"):
+        submissions.stage(zipped("link", {"models.py": "x"}, symlink="models2.py"), tmp_path / "s_link")
+    with pytest.raises(submissions.SubmissionError, match="unsafe path"):
+        submissions.stage(zipped("abs", {"/etc/models.py": "x"}), tmp_path / "s_abs")
+    monkeypatch.setattr(submissions, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(submissions.SubmissionError, match="too many bytes"):
+        submissions.stage(zipped("bomb", {"models.py": "0" * 10 ** 6}), tmp_path / "s_bomb")
     (tmp_path / "notzip.zip").write_text("nope")
-    with pytest.raises(runner.SubmissionError, match="not a readable zip"):
-        runner.stage(runner.Submission("nz", tmp_path / "notzip.zip"), tmp_path / "s_nz")
+    with pytest.raises(submissions.SubmissionError, match="not a readable zip"):
+        submissions.stage(submissions.Submission("nz", tmp_path / "notzip.zip"), tmp_path / "s_nz")
 
 
 def test_notebooks_flag(tmp_path):
-    if not (kit_root() / "captioning" / "notebooks.py").is_file():
-        pytest.skip("captioning/notebooks.py (the notebooks runner) is not in the kit yet: --notebooks runs "
-                    "`python -m captioning notebooks` in each sandbox")
+    if not (kit_root() / "instructor" / "notebook_runs.py").is_file():
+        pytest.skip("instructor/notebook_runs.py (the notebook runner) is not in the kit: --notebooks runs "
+                    "`python -m instructor.notebook_runs` in each sandbox")
     # the real runner at the smallest sizes, one notebook (train1: its metrics hold the best validation BLEU-4)
     subs, out = tmp_path / "subs", tmp_path / "out"
     subs.mkdir()
     write_sub(subs, "reference", REFERENCE)
-    results = runner.grade(subs, out, jobs=1, timeout=300, memory_mb=2048, notebooks=True, notebook_timeout=300,
+    results = grader.grade(subs, out, jobs=1, timeout=300, memory_mb=2048, notebooks=True, notebook_timeout=300,
                            notebook_runs=("train1",), progress=False,
                            notebook_params=["shapes_n_train=10", "shapes_n_val=5", "shapes_n_test=5",
                                             "shapes_image_size=32", "embed_dim=16", "decoder_dim=16"])
@@ -379,37 +382,35 @@ def test_notebooks_flag(tmp_path):
 
 
 FAKE_NOTEBOOKS = textwrap.dedent("""
-    \"\"\"Stand-in for the notebooks runner: writes a metrics JSON whose BLEU-4 encodes what it was given.\"\"\"
-    import glob, json, os
+    \"\"\"Stand-in for the notebook runner (`python -m instructor.notebook_runs --out DIR --timeout S --only A,B
+    key=value ...`): writes a metrics JSON whose BLEU-4 encodes what it was given.\"\"\"
+    import argparse, glob, json, os
 
-
-    def _run(a):
-        os.makedirs(a.out, exist_ok=True)
-        params = dict(a.p)
-        n = len(glob.glob("notebooks/train*.ipynb"))
-        assert a.only == ["train1", "train2", "test_rnn", "test_attention"] and params["epochs"] == "GRADING_EPOCHS", a
-        with open(os.path.join(a.out, "test_rnn.metrics.json"), "w") as f:
-            json.dump({"split": "TEST", "bleu4": n / 10 + float(params.get("bonus", 0))}, f)
-
-
-    def register(sub):
-        s = sub.add_parser("notebooks")
-        s.add_argument("--out", required=True)
-        s.add_argument("--timeout")
-        s.add_argument("--only", nargs="+")
-        s.add_argument("-p", nargs=2, action="append", default=[])
-        s.set_defaults(func=_run)
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--timeout")
+    p.add_argument("--only", type=lambda v: [r for r in v.split(",") if r])
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args()
+    params = dict(kv.split("=", 1) for kv in a.overrides)
+    n = len(glob.glob("notebooks/train*.ipynb"))
+    assert a.only == ["train1", "train2", "test_rnn", "test_attention"] and params["epochs"] == "GRADING_EPOCHS", a
+    assert os.path.isfile("instructor/fastpath.py"), "the sandbox has no fast path"
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "test_rnn.metrics.json"), "w") as f:
+        json.dump({"split": "TEST", "bleu4": n / 10 + float(params.get("bonus", 0))}, f)
     """)
 
 
 def test_notebooks_plumbing_with_a_stand_in_runner(tmp_path, monkeypatch):
     kit = tmp_path / "kit"
-    shutil.copytree(kit_root() / "captioning", kit / "captioning",
-                    ignore=shutil.ignore_patterns("__pycache__", "grading"))
+    shutil.copytree(kit_root() / "captioning", kit / "captioning", ignore=shutil.ignore_patterns("__pycache__"))
     # the grader passes the recipe's grading sizes (captioning/recipe.py) to the runner
-    epochs = str(runner.SMALL_NOTEBOOK_PARAMS["epochs"])
-    (kit / "captioning" / "notebooks.py").write_text(FAKE_NOTEBOOKS.replace("GRADING_EPOCHS", epochs))
-    monkeypatch.setattr(runner, "_kit", lambda: kit)
+    epochs = str(grader.SMALL_NOTEBOOK_PARAMS["epochs"])
+    (kit / "instructor").mkdir()
+    (kit / "instructor" / "notebook_runs.py").write_text(FAKE_NOTEBOOKS.replace("GRADING_EPOCHS", epochs))
+    shutil.copyfile(kit_root() / "instructor" / "fastpath.py", kit / "instructor" / "fastpath.py")
+    monkeypatch.setattr(grader, "_kit", lambda: kit)
     subs, out = tmp_path / "subs", tmp_path / "out"
     with zipfile.ZipFile(tmp_path / "alice.zip", "w") as z:
         z.writestr("alice/models.py", REFERENCE)
@@ -417,7 +418,7 @@ def test_notebooks_plumbing_with_a_stand_in_runner(tmp_path, monkeypatch):
         z.writestr("alice/BEST_checkpoint.pth.tar", b"not really")
     subs.mkdir()
     shutil.move(tmp_path / "alice.zip", subs / "alice.zip")
-    results = runner.grade(subs, out, jobs=1, timeout=240, memory_mb=1024, notebooks=True,
+    results = grader.grade(subs, out, jobs=1, timeout=240, memory_mb=1024, notebooks=True,
                            notebook_params=["bonus=0.02"], progress=False)
     nb = results[0]["notebooks"]
     assert results[0]["percent"] == 100.0
@@ -428,7 +429,7 @@ def test_notebooks_plumbing_with_a_stand_in_runner(tmp_path, monkeypatch):
 
 
 def test_grade_cli_errors(tmp_path, capsys):
-    from captioning.cli import main
+    from instructor.cli import main
 
     assert main(["grade", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -442,7 +443,7 @@ def test_status_of_a_run_from_its_events():
 
     def status(events, rc=0, timed_out=False):
         job = NS(proc=NS(events=events, returncode=rc, timed_out=timed_out), timeout=60, per_test=5, memory_mb=512)
-        return runner._Job._status(job)[0]
+        return grader._Job._status(job)[0]
 
     ready, imp = {"event": "ready"}, {"event": "import", "ok": True}
     test = {"event": "test", "name": "x", "ok": True, "kind": "pass"}

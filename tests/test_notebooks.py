@@ -1,5 +1,5 @@
-"""The notebooks: their ``parameters`` cells, the papermill runner (``python -m captioning notebooks``) on tiny shapes
-data, and the message a student gets from an unfinished TODO.
+"""The notebooks: their ``parameters`` cells, the papermill runner (``python -m instructor notebooks``) on tiny
+shapes data, and the message a student gets from an unfinished TODO.
 
 nbval (``make test``: ``--nbval-lax`` over ``notebooks/*.ipynb``) separately re-executes the committed notebooks at
 their defaults and compares the cells marked ``# NBVAL_CHECK_OUTPUT`` with their saved outputs.
@@ -20,8 +20,11 @@ import pytest
 from papermill.exceptions import PapermillExecutionError
 
 from captioning.errors import KitError
-from captioning.notebooks import (ADAPTIVE_RUNS, NOTEBOOKS, NOTEBOOKS_DIR, RUNS, check_parameters, decoder_choice,
-                                  find_checkpoint, select_runs, venv_kernel)
+from captioning.notebooks import decoder_choice, find_checkpoint
+from captioning.plugins import DISABLE_ENV
+from instructor.notebook_runs import (ADAPTIVE_RUNS, NOTEBOOKS, NOTEBOOKS_DIR, RUNS, check_parameters, select_runs,
+                                      venv_kernel)
+from instructor.regions import strip_solutions
 
 ROOT = Path(__file__).resolve().parent.parent
 # Split so that this file holds no solution marker line itself (the release tool scans for them).
@@ -94,7 +97,7 @@ def test_committed_notebook_carries_the_reference_outputs(name):
     checked = [c for c in code if "NBVAL_CHECK_OUTPUT" in c.source]
     assert checked, f"{name}.ipynb has no cell whose output nbval checks"
     assert all(c.execution_count is not None and c.outputs for c in checked), \
-        f"{name}.ipynb: run `python -m captioning notebooks --refresh-committed` to save its outputs"
+        f"{name}.ipynb: run `python -m instructor notebooks --refresh-committed` to save its outputs"
     assert all(c.execution_count is not None for c in code)
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     assert "papermill" not in nb.metadata
@@ -103,8 +106,8 @@ def test_committed_notebook_carries_the_reference_outputs(name):
 
 
 def test_unknown_parameter_is_reported_before_anything_runs(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "captioning", "notebooks", "--out", str(tmp_path / "out"),
-                        "-p", "bogus", "1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "instructor", "notebooks", "--out", str(tmp_path / "out"),
+                        "bogus=1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert "unknown notebook parameter 'bogus'" in r.stderr
     assert "train1.ipynb: " in r.stderr and "epochs" in r.stderr and "caption.ipynb: " in r.stderr
@@ -134,9 +137,8 @@ def test_runner_executes_every_notebook_on_tiny_data(tmp_path):
     out = tmp_path / "out"
     # test.ipynb with the attention checkpoint only (the rnn one takes the same path, without the pointing game)
     runs = ["train1", "train2", "test_attention", "caption_rnn", "caption_attention"]
-    cmd = [sys.executable, "-m", "captioning", "notebooks", "--out", str(out), "--timeout", "600", "--only", *runs]
-    for k, v in TINY.items():
-        cmd += ["-p", k, str(v)]
+    cmd = [sys.executable, "-m", "instructor", "notebooks", "--out", str(out), "--timeout", "600",
+           "--only", ",".join(runs), *(f"{k}={v}" for k, v in TINY.items())]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert not (out / "test_rnn.ipynb").exists()
@@ -230,19 +232,16 @@ def test_invalid_decoder_stops_the_notebook_naming_it_and_the_choices(tmp_path):
 
 
 def test_runner_adaptive_decoder_through_the_notebooks_without_student_todos(tmp_path):
-    """train2 / test / caption with `-p decoder adaptive` (the runner's --only train_adaptive test_adaptive
-    caption_adaptive) in a copy of the kit whose models.py is the student edition: every TODO a stub, no fastpath.
-    The adaptive decoder is reference code and must need none of them."""
-    from captioning.release import strip_solutions
-
+    """train2 / test / caption with `decoder=adaptive` (the runner's --only train_adaptive,test_adaptive,
+    caption_adaptive) with a copy of the student package whose models.py is the student edition's: every TODO a
+    stub, no plug-in. The adaptive decoder is reference code and must need none of them."""
     kit = tmp_path / "kit"
-    shutil.copytree(ROOT / "captioning", kit / "captioning",
-                    ignore=shutil.ignore_patterns("__pycache__", "fastpath.py", "grading"))
-    shutil.copytree(NOTEBOOKS_DIR, kit / "notebooks")
+    shutil.copytree(ROOT / "captioning", kit / "captioning", ignore=shutil.ignore_patterns("__pycache__"))
     models = kit / "captioning" / "models.py"
     student, regions = strip_solutions(models.read_text(encoding="utf-8"), str(models))
     models.write_text(student, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(kit)}  # the runner and its kernels import the copy
+    # the kernels import the copy; no plug-in, as in the student edition
+    env = {**os.environ, "PYTHONPATH": str(kit), DISABLE_ENV: "off"}
     if regions:  # (the student edition of this file has none: its models.py is already stubbed)
         check = subprocess.run([sys.executable, "-c", "from captioning.notebooks import require_todos\n"
                                 "require_todos('attention')"], capture_output=True, text=True, timeout=300,
@@ -251,10 +250,10 @@ def test_runner_adaptive_decoder_through_the_notebooks_without_student_todos(tmp
     out = tmp_path / "out"
     runs = [r[0] for r in ADAPTIVE_RUNS]
     assert runs == ["train_adaptive", "test_adaptive", "caption_adaptive"]
-    cmd = [sys.executable, "-m", "captioning", "notebooks", "--out", str(out), "--timeout", "600", "--only", *runs]
     # 4 epochs at a higher rate, no dropout: after 1 epoch the tiny decoder's caption is empty, leaving no β to check
-    for k, v in {**TINY, "epochs": 4, "decoder_lr": 1e-2, "dropout": 0.0}.items():
-        cmd += ["-p", k, str(v)]
+    settings = {**TINY, "epochs": 4, "decoder_lr": 1e-2, "dropout": 0.0}
+    cmd = [sys.executable, "-m", "instructor", "notebooks", "--out", str(out), "--timeout", "600",
+           "--only", ",".join(runs), *(f"{k}={v}" for k, v in settings.items())]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     metrics = {run: json.loads((out / f"{run}.metrics.json").read_text()) for run in runs}

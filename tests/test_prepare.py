@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import captioning.images as images
 import captioning.prepare as prepare
 from captioning.errors import KitError
-from captioning.prepare import build_word_map, choose_captions, create_input_files, load_image
+from captioning.images import load_image
+from captioning.prepare import build_word_map, choose_captions, create_input_files
 
 KINDS = ("IMAGES", "CAPTIONS", "CAPLENS")
 
@@ -464,7 +466,7 @@ def test_bad_arguments(tmp_path):
 
 def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
     json_path, folder = make_dataset(tmp_path, simple_records(n_train=40))
-    real, calls = prepare.load_image, []
+    real, calls = images.load_image, []
 
     def flaky(path, size):
         calls.append(path)
@@ -472,7 +474,7 @@ def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return real(path, size)
 
-    monkeypatch.setattr(prepare, "load_image", flaky)
+    monkeypatch.setattr(images, "load_image", flaky)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path, json_path, folder)
     assert_no_output(tmp_path / "out")

@@ -5,7 +5,7 @@ import torch
 
 from captioning.cli import main
 from captioning.errors import KitError
-from captioning.features import split_paths
+from captioning.datasets import split_paths
 from captioning.models import Encoder
 from captioning.pretrain import NONE, cell_targets, pretrain_encoder
 

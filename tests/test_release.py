@@ -1,6 +1,6 @@
-"""The student edition (``python -m captioning release``) and the self-check (``python -m captioning check``).
+"""The student edition (``python -m instructor release``) and the self-check (``python -m captioning check``).
 
-Instructor-only (left out of the release). One release of this repository is built per session (unverified), and
+Instructor-only (not part of the release). One release of this repository is built per session (unverified), and
 each verification step is its own test, so a failure names the step; a tiny synthetic kit covers marker errors,
 notebooks, instructor-only files and --zip without subprocesses.
 """
@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from captioning.errors import KitError
-from captioning.release import (BEGIN, END, find_regions, kit_files, kit_root, make_release, run_checks,
-                                solution_lines, strip_solutions, verify_runs, verify_static)
+from captioning.check import kit_root, run_checks
+from instructor.regions import BEGIN, END, find_regions, solution_lines, strip_solutions
+from instructor.release import STUDENT_FILES, kit_files, make_release, verify_runs, verify_static
 
 ROOT = kit_root()
 MODELS = (ROOT / "captioning" / "models.py").read_text(encoding="utf-8")
@@ -84,7 +85,16 @@ def test_todo_name_from_enclosing_def_without_banner():
 
 # --------------------------------------------------------------------------------------------- synthetic kit
 def _mini_kit(root, models_src=None):
-    (root / "captioning" / "grading").mkdir(parents=True)
+    (root / "captioning").mkdir(parents=True)
+    (root / "instructor" / "grading").mkdir(parents=True)
+    (root / "instructor" / "student_edition").mkdir()
+    (root / "instructor" / "student_edition" / "README.md").write_text("# For students\n")
+    (root / "instructor" / "student_edition" / "Makefile").write_text("test:\n\tpytest tests/public\n")
+    (root / "README.md").write_text("# Instructor README: solutions, hidden tests\n")
+    (root / "pyproject.toml").write_text('[project]\nname = "kit"\n\n[project.entry-points."captioning.plugins"]\n'
+                                         'fast_path = "instructor.fastpath"\n\n[tool.x]\ny = 1\n')
+    (root / "benchmarks").mkdir()
+    (root / "benchmarks" / "speed.py").write_text("x = 1\n")
     (root / "captioning" / "__init__.py").write_text("")
     (root / "captioning" / "models.py").write_text(models_src or (
         "class Net:\n    def __init__(self):\n"
@@ -92,7 +102,7 @@ def _mini_kit(root, models_src=None):
         f"        {BEGIN}\n        self.w = 41 + 1\n        {END}\n\n"
         "    def run(self):\n        # ===== TODO Net.run =====\n"
         f"        {BEGIN}\n        return self.w * 1000\n        {END}\n"))
-    (root / "captioning" / "grading" / "hidden.py").write_text("SECRET = 1\n")
+    (root / "instructor" / "grading" / "hidden.py").write_text("SECRET = 1\n")
     (root / "tests" / "public").mkdir(parents=True)
     (root / "tests" / "grading_fixtures").mkdir()
     (root / "tests" / "public" / "test_net.py").write_text("def test_ok():\n    pass\n")
@@ -121,10 +131,13 @@ def test_release_of_a_kit_without_git(tmp_path):
     res = make_release(tmp_path / "out", root=kit, verify=False, zip_=True)
     out = Path(res["out"])
     released = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert released == ["captioning/__init__.py", "captioning/models.py", "notebooks/train.ipynb",
-                        "tests/public/test_net.py"]
-    assert set(res["left_out"]) >= {"captioning/grading/hidden.py", "tests/test_grading.py", "tests/test_release.py",
-                                    "tests/grading_fixtures/mutant.py"}
+    assert released == ["Makefile", "README.md", "captioning/__init__.py", "captioning/models.py",
+                        "notebooks/train.ipynb", "pyproject.toml", "tests/public/test_net.py"]
+    assert set(res["left_out"]) >= {"instructor/grading/hidden.py", "tests/test_grading.py", "tests/test_release.py",
+                                    "tests/grading_fixtures/mutant.py", "benchmarks/speed.py"}
+    assert (out / "README.md").read_text() == "# For students\n"  # the students' README, not the kit's
+    pyproject = (out / "pyproject.toml").read_text()
+    assert "entry-points" not in pyproject and "instructor" not in pyproject and "[tool.x]" in pyproject
     models = (out / "captioning" / "models.py").read_text()
     assert "41 + 1" not in models and "# TODO Net.__init__: define the layers" in models and "pass" in models
     assert 'raise NotImplementedError("TODO Net.run")' in models and "self.w * 1000" not in models
@@ -174,9 +187,11 @@ def test_release_files(release):
     assert {"tests/public/public_checks.py", "tests/public/reference_values.pt",
             "tests/public/make_reference_values.py"} <= files
     for rel in files:
-        assert not rel.startswith(("captioning/grading/", "tests/grading_fixtures/", "outputs/"))
+        assert not rel.startswith(("instructor/", "benchmarks/", "tests/grading_fixtures/", "outputs/")), rel
         assert rel not in ("tests/test_grading.py", "tests/test_release.py")
-    assert not (out / "captioning" / "grading").exists()
+    assert not (out / "instructor").exists() and not (out / "benchmarks").exists()
+    for rel, src in STUDENT_FILES.items():
+        assert (out / rel).read_text() == (ROOT / src).read_text()
     assert res["regions"][:8] == TODOS
     with zipfile.ZipFile(res["zip"]) as z:
         assert f"{out.name}/captioning/models.py" in z.namelist()

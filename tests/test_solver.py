@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 
-from captioning import fastpath
+from instructor import fastpath
 from captioning.errors import KitError
 from captioning.evaluate import caption_images, evaluate
 from captioning.models import DecoderWithAttention, DecoderWithRNN
-from captioning.solver import Runner, decoder_scores, fit, load_checkpoint, make_cfg
+from captioning.solver import Trainer, decoder_scores, fast_path_matches, fit, load_checkpoint, make_cfg
 
 
 def tiny_cfg(shapes_data, out, **kw):
@@ -60,7 +60,7 @@ def test_resume_equals_uninterrupted(shapes_data, tmp_path):
 
 def test_checkpoint_for_other_decoder_or_word_map_is_refused(shapes_data, trained, tmp_path):
     with pytest.raises(KitError, match="holds a 'rnn' decoder"):
-        Runner(make_cfg(tiny_cfg(shapes_data, tmp_path, decoder="attention",
+        Trainer(make_cfg(tiny_cfg(shapes_data, tmp_path, decoder="attention",
                                  checkpoint=trained["rnn"]["checkpoint"])))
     other = tmp_path / "other"
     other.mkdir()
@@ -73,7 +73,7 @@ def test_checkpoint_for_other_decoder_or_word_map_is_refused(shapes_data, traine
     os.remove(other / wm_name)
     (other / wm_name).write_text(json.dumps(wm))
     with pytest.raises(KitError, match="another word map"):
-        Runner(make_cfg(tiny_cfg(shapes_data, tmp_path, data_folder=str(other), decoder="rnn",
+        Trainer(make_cfg(tiny_cfg(shapes_data, tmp_path, data_folder=str(other), decoder="rnn",
                                  checkpoint=trained["rnn"]["checkpoint"])))
 
 
@@ -134,10 +134,10 @@ def test_fast_path_gives_the_same_loss_and_gradients(cls, manual, init_state, mo
     caps = torch.randint(1, 30, (4, 5, 11))
     lens = torch.randint(3, 12, (4, 5))
     lens[0, 0], lens[1, 2] = 11, 2  # the longest caption, and one with a single word to predict
-    ok, why = fastpath.matches(dec, enc, caps, lens)
+    ok, why = fast_path_matches(fastpath, dec, enc, caps, lens)
     assert ok, why
     grads = []
-    for fast in (False, True):
+    for fast in (None, fastpath):
         dec.zero_grad()
         e = enc.clone().requires_grad_()  # as when fine-tuning the encoder
         scores, targets, alphas = decoder_scores(dec, e, caps, lens, fast=fast)
@@ -161,7 +161,7 @@ def test_fast_path_backward_in_float64_equals_autograd():
         caps = torch.randint(1, 30, (b, cpi, 9))
         lens = torch.randint(2, 10, (b, cpi))
         grads = []
-        for fast in (False, True):
+        for fast in (None, fastpath):
             dec.zero_grad()
             e = enc.clone().requires_grad_()
             scores, targets, alphas = decoder_scores(dec, e, caps, lens, fast=fast)
@@ -177,8 +177,8 @@ def test_fast_path_is_refused_for_a_decoder_that_computes_something_else():
     dec = DecoderWithAttention(dict(vocab_size=30, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.0),
                                encoder_dim=6)
     dec.one_step = lambda emb, enc, h, c: DecoderWithAttention.one_step(dec, emb * 2, enc, h, c)
-    ok, why = fastpath.matches(dec, torch.randn(2, 3, 3, 6), torch.randint(1, 30, (2, 5, 9)),
-                               torch.randint(3, 10, (2, 5)))
+    ok, why = fast_path_matches(fastpath, dec, torch.randn(2, 3, 3, 6), torch.randint(1, 30, (2, 5, 9)),
+                                torch.randint(3, 10, (2, 5)))
     assert not ok and "differ" in why
 
 
@@ -279,7 +279,7 @@ def test_resume_frozen_checkpoint_into_fine_tuning(shapes_data, trained, tmp_pat
     frozen = load_checkpoint(trained["rnn"]["checkpoint"])
     cfg = tiny_cfg(shapes_data, tmp_path, decoder="rnn", epochs=3, fine_tune_encoder=True, encoder_lr=1e-3,
                    checkpoint=trained["rnn"]["checkpoint"])
-    runner = Runner(make_cfg(cfg), progress=False)
+    runner = Trainer(make_cfg(cfg), progress=False)
     assert runner.enc_opt is not None and runner.enc_opt.param_groups[0]["lr"] == 1e-3
     runner.fit()
     tuned = load_checkpoint(runner.ckpt_path)

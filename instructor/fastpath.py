@@ -2,15 +2,14 @@
 compute, with the same layers (hence the same weights and gradients), reorganised:
 
 * the image side is computed once per *image* — batches hold all captions of each image (``group``);
-* the attention's projection of the encoder output, ``encoder_att(encoder_out)``, is the same at every time step:
-  it is computed once, not once per word;
+* the attention's projection ``encoder_att(encoder_out)`` is the same at every step: computed once, not per word;
 * the LSTM's input projection of the word embeddings is one matrix product for all steps;
 * the vocabulary projection ``fc`` runs once over all (caption, step) pairs that are not padding;
 * on a CPU, the attention decoder's recurrence is one autograd function with a hand-written backward
   (``_AttentionLSTM``): autograd's per-step bookkeeping cost more than the arithmetic.
 
-The solver uses it only after ``matches`` checked, on the first batch, that it reproduces the decoder's own
-``forward`` — a student's decoder that computes something else trains with its own code.
+The ``fast_path`` plug-in of ``captioning.plugins`` (pyproject.toml): the solver uses it only after
+``solver.fast_path_matches`` checked, on the first batch, that it reproduces the decoder's own ``forward``.
 """
 from __future__ import annotations
 
@@ -18,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from captioning.models import DecoderWithAdaptiveAttention, DecoderWithAttention, DecoderWithRNN
+from captioning.adaptive import DecoderWithAdaptiveAttention
+from captioning.models import DecoderWithAttention, DecoderWithRNN
 
 
 def supports(decoder):
@@ -271,34 +271,6 @@ def _manual_backward(enc):
 
 def targets_of(captions, decode_lengths):
     return pack_padded_sequence(captions[:, 1:], decode_lengths, batch_first=True).data
-
-
-@torch.no_grad()
-def matches(decoder, encoder_out, captions, caplens, rtol=1e-4, atol=1e-5):
-    """Does the fast path give the decoder's own ``forward`` scores on this batch (eval mode)?
-
-    Args: encoder_out (B, S, S, C); captions (B, cpi, T); caplens (B, cpi).
-    Returns: (ok, reason).
-    """
-    from captioning.solver import decoder_scores
-
-    was = decoder.training
-    decoder.eval()
-    try:
-        ref, ref_t, ref_a = decoder_scores(decoder, encoder_out.float(), captions, caplens, fast=False)
-        got, got_t, got_a = decoder_scores(decoder, encoder_out.float(), captions, caplens, fast=True)
-    except Exception as e:  # a decoder of another shape: not ours to speed up
-        return False, f"{type(e).__name__}: {e}"
-    finally:
-        decoder.train(was)
-    if ref.shape != got.shape or not torch.equal(ref_t, got_t):
-        return False, "different output shapes"
-    if not torch.allclose(ref, got, rtol=rtol, atol=atol):
-        return False, f"scores differ by up to {(ref - got).abs().max().item():.3g}"
-    if (ref_a is None) != (got_a is None) or (ref_a is not None and not torch.allclose(
-            ref_a.sum(dim=1), got_a.sum(dim=1), rtol=rtol, atol=atol)):
-        return False, "attention weights differ"
-    return True, ""
 
 
 # ------------------------------------------------------------------------------------------------- beam search

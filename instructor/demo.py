@@ -4,7 +4,7 @@ generate shapes → prepare → pretrain the shapes_cnn encoder on the TRAIN box
 train the decoder without attention and the attention decoder → beam-search test of both → caption test images
 and one photo that is not a shape at all → figures, a report and a summary table under ``outputs/demo``.
 
-Every recipe value can be overridden (``python -m captioning demo n_train=1000 epochs=5``; ``epochs=N`` sets every
+Every recipe value can be overridden (``python -m instructor demo n_train=1000 epochs=5``; ``epochs=N`` sets every
 decoder's epochs). ``encoder=resnet101`` runs the demo with a random-initialised ResNet-101 instead of the
 pretrained shapes_cnn (BatchNorm recalibrated), to show why the recipe does not use it offline.
 """
@@ -49,7 +49,8 @@ def demo_settings(overrides):
 
 def run_demo(out="outputs/demo", progress=True, **overrides):
     """Run the whole demo; returns the summary dict (also written to ``out/summary.json``/``summary.md``)."""
-    from captioning.evaluate import caption_images, evaluate, write_json_atomic
+    from captioning.atomic import write_json
+    from captioning.evaluate import caption_images, evaluate
     from captioning.figures import caption_figure, save, training_curves
     from captioning.prepare import create_input_files
     from captioning.shapes import generate_shapes
@@ -115,10 +116,10 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
             "best_val_bleu4": run["fit"]["best_bleu4"],
             **{k: t[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4")}, "grounding": t["grounding"],
             "checkpoint": run["fit"]["best_checkpoint"]}
-    from captioning.report import make_report
+    from instructor.report import make_report
 
     summary["report"] = make_report([out], os.path.join(out, "report"))
-    write_json_atomic(summary, os.path.join(out, "summary.json"))
+    write_json(summary, os.path.join(out, "summary.json"))
     table = summary_table(summary)
     with open(os.path.join(out, "summary.md"), "w") as fh:
         fh.write(table + "\n")

@@ -1,11 +1,12 @@
 """The grading process of ONE submission — copied into its sandbox as ``_grade_child.py`` and run there by the
-grader (``runner.py``) in a fresh process group with a memory limit and a wall-clock timeout.
+grader (``batch.py``) in a fresh process group with a memory limit and a wall-clock timeout.
 
     python _grade_child.py FD PER_TEST_TIMEOUT_S MEMORY_MB
 
 The sandbox holds ``captioning/`` (the reference kit with the student's ``models.py``), ``reference_models.py``
-(the reference solution), ``_hidden_tests.py``. Results go, one JSON object per line, to the pipe FD (so nothing
-the student prints can be mistaken for a result): ``ready``, ``import``, one ``test`` per hidden test, ``done``.
+(the reference solution), ``_hidden_tests.py`` and ``_hidden_harness.py``. Results go, one JSON object per line, to
+the pipe FD (so nothing the student prints can be mistaken for a result): ``ready``, ``import``, one ``test`` per
+hidden test, ``done``.
 
 Standard library only until the student's code is imported; no traceback is ever sent (it would quote the hidden
 tests' source): messages are the hidden tests' own texts, or the student's exception with its line in models.py.

@@ -1,4 +1,4 @@
-"""``python -m captioning report RUN_DIR… --out DIR``: the experiment report the course asks for, from finished
+"""``python -m instructor report RUN_DIR… --out DIR``: the experiment report the course asks for, from finished
 runs. A run folder holds ``BEST_checkpoint_*.pth.tar`` files (anywhere below it) and the JSON files that
 ``test``/``evaluate`` wrote (matched to checkpoints by their ``checkpoint`` field); PNG figures below it are
 included as examples. Writes ``report.md`` with PNG figures beside it and a self-contained ``report.html``.
@@ -11,6 +11,7 @@ import html
 import json
 import os
 
+from captioning.atomic import write_text
 from captioning.errors import KitError
 
 HYPER = ("decoder", "encoder", "encoder_weights", "embed_dim", "attention_dim", "decoder_dim", "dropout",
@@ -24,7 +25,7 @@ def _hyper(cfg, key):
 
 
 def _runs(run_dirs):
-    from captioning.solver import load_checkpoint
+    from captioning.checkpoints import load_checkpoint
 
     runs = []
     for run_dir in run_dirs:
@@ -108,9 +109,7 @@ def make_report(run_dirs, out):
             md += [f"![{name}]({name})", ""]
     md_path = os.path.join(out, "report.md")
     text = "\n".join(md) + "\n"
-    with open(md_path + ".tmp", "w") as fh:
-        fh.write(text)
-    os.replace(md_path + ".tmp", md_path)
+    write_text(text, md_path)
     _write_html(text, out)
     return md_path
 
@@ -149,9 +148,7 @@ def _write_html(markdown, out):
             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}</style></head><body>"
             + "\n".join(body) + "</body></html>")
     path = os.path.join(out, "report.html")
-    with open(path + ".tmp", "w") as fh:
-        fh.write(page)
-    os.replace(path + ".tmp", path)
+    write_text(page, path)
 
 
 def register(sub):

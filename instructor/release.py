@@ -1,252 +1,70 @@
-"""The student edition of the kit (``python -m captioning release``) and the students' self-check
-(``python -m captioning check``).
+"""``python -m instructor release --out DIR``: the student edition of the kit.
 
-Release
-    Copies the kit (the files git tracks or would track: ``git ls-files --cached --others --exclude-standard``;
-    outside a git checkout a walk that skips ``.venv``, ``outputs``, ``__pycache__`` …) to ``--out``, leaving out
-    the instructor-only files (``INSTRUCTOR_ONLY``), and
+Copies the kit's files that make up the student edition (``STUDENT_EDITION``: the files git tracks or would
+track — ``git ls-files --cached --others --exclude-standard`` — under those folders; outside a git checkout a
+walk that skips ``.venv``, ``outputs``, ``__pycache__`` …) to ``--out``, writes the students' README and Makefile
+(``STUDENT_FILES``) and a pyproject.toml without the entry points that name this package, and
 
-    * replaces every solution region of a ``.py`` file — the lines between a ``### BEGIN SOLUTION`` line and a
-      ``### END SOLUTION`` line — by a stub: ``raise NotImplementedError("TODO Class.method")``, or inside an
-      ``__init__`` a comment and ``pass`` (the object stays constructible; using a layer that is not defined yet
-      raises ``TodoError`` naming the TODO). The TODO's name comes from the banner line ``# ==== TODO X.y ====``
-      in the comment block right above the region, else from the enclosing class and function. The banner and
-      its hints stay;
-    * clears the outputs of every notebook (and stubs solution regions in its code cells the same way);
-    * refuses nested, unclosed, stray or misspelt markers (``KitError`` naming file and line).
+* replaces every solution region of a ``.py`` file by a stub (``instructor.regions``);
+* clears the outputs of every notebook (and stubs solution regions in its code cells the same way).
 
-    The release is verified before it is moved into place: no marker line and no non-trivial line of any
-    solution region appears in a released ``.py`` file or notebook code cell; every ``.py`` file compiles;
-    ``import captioning.models`` works with only the release on the path; and ``pytest tests/public`` in the
-    release fails only with "TODO …" messages (one subprocess does both).
-
-Check
-    Runs the public checks (``tests/public/public_checks.py``) of one part in this process and prints one
-    PASS/FAIL line per check, with a message that names the tensor, the expected and actual shape or the relative
-    error. See that file for the relative-error measure.
+The release is verified before it is moved into place: no marker line and no non-trivial line of any solution
+region appears in a released ``.py`` file or notebook code cell; every ``.py`` file compiles; ``import
+captioning.models`` works with only the release on the path; and ``pytest tests/public`` in the release fails
+only with "TODO …" messages (one subprocess does both).
 """
 from __future__ import annotations
 
 import argparse
-import ast
-import fnmatch
 import functools
-import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
+from captioning.atomic import atomic_path
+from captioning.check import PUBLIC_TESTS, kit_root
 from captioning.errors import KitError
+from instructor.regions import _kind, solution_lines, strip_solutions
 
-# Split so that this file holds no marker line itself.
-BEGIN = "### BEGIN " + "SOLUTION"
-END = "### END " + "SOLUTION"
-_MARKER_LIKE = re.compile(r"^\s*#+\s*(BEGIN|END)[\s_-]*SOLUTION\b", re.IGNORECASE)
-_BANNER = re.compile(r"^\s*#\s*=+\s*TODO\s+([A-Za-z_][\w.]*)")
-
-# Left out of the student edition (fnmatch patterns on the POSIX relative path; a pattern ending in "/" is a
-# folder and everything under it).
-INSTRUCTOR_ONLY = (
-    "captioning/grading/",
-    # the fast training path re-derives the decoders' step: it would hand students the solution (the solver
-    # trains with the student's own forward when it is absent)
-    "captioning/fastpath.py",
-    # tests of the reference solution itself (students get tests/public and the data tests)
-    "tests/test_models.py",
-    "tests/test_decoding.py",
-    "tests/test_solver.py",
-    "tests/test_extensions.py",
-    "tests/test_notebooks.py",
-    "tests/test_demo.py",
-    "tests/test_grading.py",
-    "tests/test_release.py",
-    "tests/grading_fixtures/",
-    "outputs/",
-)
+# What students get: these folders and files of the kit and nothing else, so that a new instructor file can never
+# leak into the edition (the instructor/ package, benchmarks/ and the kit's own tests are simply not listed).
+STUDENT_EDITION = ("captioning/", "data_prep/", "notebooks/", "tests/public/", "docs/student/", "pyproject.toml",
+                   "environment.yml", ".gitignore")
+# Written into the edition in place of the kit's own file: {edition path: kit path}.
+STUDENT_FILES = {"README.md": "instructor/student_edition/README.md",
+                 "Makefile": "instructor/student_edition/Makefile"}
 # Skipped when walking a tree that is not a git checkout (a checkout lists its files with git).
 _SKIP_DIRS = {".git", ".venv", "venv", "outputs", "__pycache__", ".pytest_cache", ".ipynb_checkpoints", "build",
               "dist", "data", ".mypy_cache", ".ruff_cache"}
 _ALWAYS_SKIP = {".git", ".venv", "outputs", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".pth.tar")
-PARTS = ("rnn", "attention", "attention-decoder")
-PUBLIC_TESTS = "tests/public"
-
-
-@dataclass(frozen=True)
-class Region:
-    """One solution region: lines ``begin`` (the BEGIN marker) … ``end`` (the END marker), 1-based."""
-
-    where: str      # file (and notebook cell) for messages
-    begin: int
-    end: int
-    name: str       # "DecoderWithRNN.one_step"
-    indent: str
-    is_init: bool
-
-
-# ------------------------------------------------------------------------------------------------------ regions
-def _kind(line):
-    """'begin' / 'end' for a marker line, 'bad' for a line that looks like a misspelt marker, else None."""
-    s = line.strip()
-    if s == BEGIN:
-        return "begin"
-    if s == END:
-        return "end"
-    if _MARKER_LIKE.match(line):
-        return "bad"
-    return None
-
-
-def find_regions(text, where="<text>"):
-    """The solution regions of ``text`` (a .py file or a notebook cell), in order.
-
-    Raises KitError("FILE:LINE: …") for a nested BEGIN, an END without BEGIN, a BEGIN never closed, or a line that
-    looks like a marker but is not exactly one.
-    """
-    lines = text.splitlines()
-    spans, open_at = [], None
-    for i, line in enumerate(lines, 1):
-        k = _kind(line)
-        if k == "bad":
-            raise KitError(f"{where}:{i}: malformed solution marker {line.strip()!r}: write exactly '{BEGIN}' or "
-                           f"'{END}' on a line of its own")
-        if k == "begin":
-            if open_at is not None:
-                raise KitError(f"{where}:{i}: nested '{BEGIN}': the region opened at line {open_at} is not closed "
-                               f"yet (add '{END}' before line {i})")
-            open_at = i
-        elif k == "end":
-            if open_at is None:
-                raise KitError(f"{where}:{i}: stray '{END}' without a '{BEGIN}' before it")
-            spans.append((open_at, i))
-            open_at = None
-    if open_at is not None:
-        raise KitError(f"{where}:{open_at}: '{BEGIN}' is never closed (no '{END}' after it)")
-    if not spans:
-        return []
-    enclosing = _enclosing_functions(text, where)
-    regions = []
-    for b, e in spans:
-        name = _banner_name(lines, b)
-        cls_func = enclosing(b)
-        if name is None:
-            stem = Path(where.split(" (cell")[0]).stem
-            if cls_func is None:
-                name = stem
-            else:
-                name = ".".join(cls_func) if cls_func[0] else f"{stem}.{cls_func[1]}"
-        is_init = name.endswith(".__init__") or (cls_func is not None and cls_func[1] == "__init__")
-        indent = re.match(r"\s*", lines[b - 1]).group(0)
-        regions.append(Region(where, b, e, name, indent, is_init))
-    return regions
-
-
-def _banner_name(lines, begin):
-    """The X.y of a ``# ==== TODO X.y ====`` line in the comment block right above line ``begin``."""
-    i = begin - 2
-    while i >= 0 and lines[i].strip().startswith("#"):
-        m = _BANNER.match(lines[i])
-        if m:
-            return m.group(1)
-        i -= 1
-    return None
-
-
-def _enclosing_functions(text, where):
-    """A function line -> (class name or "", function name) of the innermost def around it, or None."""
-    try:
-        tree = ast.parse(text)
-    except SyntaxError as e:
-        raise KitError(f"{where}:{e.lineno}: not valid Python ({e.msg}); fix it before releasing") from None
-    found = []  # (start, end, class, func)
-
-    def visit(node, cls):
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.ClassDef):
-                visit(child, child.name)
-            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                found.append((child.lineno, child.end_lineno, cls or "", child.name))
-                visit(child, None)
-            else:
-                visit(child, cls)
-
-    visit(tree, None)
-
-    def lookup(line):
-        best = None
-        for start, end, cls, func in found:
-            if start <= line <= end and (best is None or start >= best[0]):
-                best = (start, cls, func)
-        return None if best is None else best[1:]
-
-    return lookup
-
-
-def stub_lines(region):
-    """What a region becomes in the student edition."""
-    ind = region.indent
-    if region.is_init:
-        return [f"{ind}# TODO {region.name}: define the layers listed above.", f"{ind}pass"]
-    return [f'{ind}raise NotImplementedError("TODO {region.name}")']
-
-
-def strip_solutions(text, where="<text>"):
-    """(student text, regions): every solution region of ``text`` replaced by its stub, markers removed."""
-    regions = find_regions(text, where)
-    if not regions:
-        return text, []
-    lines = text.splitlines()
-    out, prev = [], 0
-    for r in regions:
-        out.extend(lines[prev:r.begin - 1])
-        out.extend(stub_lines(r))
-        prev = r.end
-    out.extend(lines[prev:])
-    return "\n".join(out) + ("\n" if text.endswith("\n") else ""), regions
-
-
-def solution_lines(text, regions):
-    """The non-trivial lines (stripped) inside ``regions`` of ``text``: what must not appear in a release."""
-    lines = text.splitlines()
-    out = {}
-    for r in regions:
-        for i in range(r.begin, r.end - 1):
-            s = lines[i].strip()
-            if _nontrivial(s):
-                out.setdefault(s, f"{r.where}:{i + 1}")
-    return out
-
-
-def _nontrivial(s):
-    return len(s) >= 10 and not s.startswith("#") and re.search(r"[A-Za-z]", s) is not None
 
 
 # ---------------------------------------------------------------------------------------------------- file list
-def kit_root():
-    """The folder that holds the ``captioning`` package (the repository root in a checkout)."""
-    return Path(__file__).resolve().parent.parent
+def in_student_edition(rel):
+    """Whether the kit file ``rel`` (a relative POSIX path) is part of the student edition."""
+    return any(rel.startswith(p) if p.endswith("/") else rel == p for p in STUDENT_EDITION)
 
 
-def _instructor_only(rel):
-    for pat in INSTRUCTOR_ONLY:
-        if pat.endswith("/"):
-            if rel.startswith(pat) or fnmatch.fnmatch(rel, pat + "*"):
-                return True
-        elif fnmatch.fnmatch(rel, pat):
-            return True
-    return False
+def _student_pyproject(text):
+    """The kit's pyproject.toml without its entry-point tables (they name the instructor package)."""
+    out, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("["):
+            skipping = line.startswith("[project.entry-points")
+        if not skipping:
+            out.append(line)
+    return "".join(out)
 
 
 def kit_files(root):
-    """Relative POSIX paths of the kit's files, before leaving out the instructor-only ones."""
+    """Relative POSIX paths of the kit's files (all of them: ``make_release`` picks the student edition's)."""
     root = Path(root)
     files = None
     if (root / ".git").exists() and shutil.which("git"):
@@ -303,18 +121,21 @@ def make_release(out, root=None, zip_=False, verify=True, progress=functools.par
     """Write the student edition of the kit at ``root`` (default: this kit) to the folder ``out``.
 
     Returns a dict: ``out``, ``files`` (released relative paths), ``regions`` (TODO names), ``left_out``
-    (instructor-only paths), ``zip`` (path or None), ``public_tests`` (summary of the verification run).
+    (the kit's paths not in the edition), ``zip`` (path or None), ``public_tests`` (summary of the verification run).
     """
     root = Path(root) if root is not None else kit_root()
     out = Path(out).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise KitError(f"release folder '{out}' already exists and is not empty: remove it or choose another --out")
     if root.resolve() in out.parents or out == root.resolve():
-        if not _instructor_only(out.relative_to(root.resolve()).as_posix() + "/"):
+        if not (out.relative_to(root.resolve()).as_posix() + "/").startswith("outputs/"):
             raise KitError(f"release folder '{out}' is inside the kit: put it outside, or under outputs/")
     files = kit_files(root)
-    released = [f for f in files if not _instructor_only(f)]
-    left_out = [f for f in files if _instructor_only(f)]
+    released = [f for f in files if in_student_edition(f)]
+    left_out = [f for f in files if not in_student_edition(f) and f not in STUDENT_FILES]
+    missing = [src for src in STUDENT_FILES.values() if not (root / src).is_file()]
+    if missing:
+        raise KitError(f"'{root}' has no {missing[0]}: run the release from the kit's repository")
     if "captioning/models.py" not in released:
         raise KitError(f"'{root}' holds no captioning/models.py: run the release from the kit's repository")
 
@@ -325,7 +146,9 @@ def make_release(out, root=None, zip_=False, verify=True, progress=functools.par
         for rel in released:
             src, dst = root / rel, tmp / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if rel.endswith(".py"):
+            if rel == "pyproject.toml":
+                dst.write_text(_student_pyproject(src.read_text(encoding="utf-8")), encoding="utf-8")
+            elif rel.endswith(".py"):
                 text = src.read_text(encoding="utf-8")
                 new, regs = strip_solutions(text, rel)
                 if regs:
@@ -339,6 +162,9 @@ def make_release(out, root=None, zip_=False, verify=True, progress=functools.par
                 shutil.copy2(src, dst)
             if os.access(src, os.X_OK):
                 os.chmod(dst, os.stat(src).st_mode & 0o777)
+        for rel, src in STUDENT_FILES.items():
+            shutil.copy2(root / src, tmp / rel)
+        released = sorted(released + list(STUDENT_FILES))
         summary = None
         if verify:
             progress(f"release: {len(released)} files, {len(regions)} solution regions stubbed; verifying …")
@@ -362,16 +188,10 @@ def make_release(out, root=None, zip_=False, verify=True, progress=functools.par
 
 
 def _write_zip(folder, zip_path):
-    tmp = zip_path.with_name(f".{zip_path.name}.partial-{os.getpid()}")
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            for p in sorted(folder.rglob("*")):
-                if p.is_file():
-                    z.write(p, Path(folder.name) / p.relative_to(folder))
-        os.replace(tmp, zip_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                z.write(p, Path(folder.name) / p.relative_to(folder))
 
 
 def released_sources(release_dir):
@@ -487,38 +307,6 @@ def _clean_env(release_dir):
     return env
 
 
-# -------------------------------------------------------------------------------------------------------- check
-def load_public_checks(root=None):
-    """Import ``tests/public/public_checks.py`` of the kit at ``root`` (default: this kit)."""
-    root = Path(root) if root is not None else kit_root()
-    path = root / PUBLIC_TESTS / "public_checks.py"
-    if not path.is_file():
-        raise KitError(f"{path} is missing: the self-check needs the kit's {PUBLIC_TESTS}/ folder (run it from "
-                       f"the kit you installed with `pip install -e .`)")
-    spec = importlib.util.spec_from_file_location("public_checks", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("public_checks", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def run_checks(part="all", root=None, out=print):
-    """Run the public checks of ``part`` (one of PARTS or "all"); print one line each. Returns the results:
-    a list of (part, name, ok, message)."""
-    if part not in PARTS + ("all",):
-        raise KitError(f"unknown part '{part}': choose one of {', '.join(PARTS)} or all")
-    checks = load_public_checks(root)
-    results = checks.run(None if part == "all" else part)
-    width = max((len(f"{p}/{n}") for p, n, _, _ in results), default=10)
-    for p, n, ok, msg in results:
-        out(f"{'PASS' if ok else 'FAIL'}  {f'{p}/{n}':<{width}}  {msg}")
-    n_fail = sum(not ok for _, _, ok, _ in results)
-    out(f"\n{len(results) - n_fail} of {len(results)} checks passed"
-        + ("" if not n_fail else f"; relative error = max|got - expected| / (max|expected| + 1e-8), "
-                                 f"tolerance {checks.REL_TOL:g}"))
-    return results
-
-
 # ---------------------------------------------------------------------------------------------------------- CLI
 def _cmd_release(a):
     res = make_release(a.out, zip_=a.zip, verify=not a.no_verify)
@@ -533,12 +321,6 @@ def _cmd_release(a):
         print(f"wrote {res['zip']}")
 
 
-def _cmd_check(a):
-    results = run_checks(a.part)
-    if not all(ok for _, _, ok, _ in results):
-        raise SystemExit(1)
-
-
 def register(subparsers):
     s = subparsers.add_parser("release", help="write the student edition (solutions stubbed, notebook outputs "
                                               "cleared, instructor files left out) and verify it")
@@ -546,11 +328,6 @@ def register(subparsers):
     s.add_argument("--zip", action="store_true", help="also write OUT.zip")
     s.add_argument("--no-verify", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=_cmd_release)
-
-    s = subparsers.add_parser("check", help="self-check models.py: run the public checks of one part "
-                                            "(rnn, attention, attention-decoder, or all)")
-    s.add_argument("part", nargs="?", default="all", choices=PARTS + ("all",))
-    s.set_defaults(func=_cmd_check)
 
 
 if __name__ == "__main__":  # pragma: no cover

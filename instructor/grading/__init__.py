@@ -1,21 +1,25 @@
 """Grading of student submissions — INSTRUCTOR-ONLY (the release leaves this package out).
 
-``python -m captioning grade SUBMISSIONS_DIR --out DIR [--jobs N] [--notebooks] [--timeout S] [--memory-mb M]``
+``python -m instructor grade SUBMISSIONS_DIR --out DIR [--jobs N] [--notebooks [key=value …]] [--timeout S] [--memory-mb M]``
 
-* ``runner.py`` — finds submissions (folders / .zip), builds a sandbox per submission, runs ``child.py`` there in
-  its own process group with limits, collects the results, writes ``grades.csv``, ``feedback/ID.md``,
-  ``summary.md``, ``results.json`` and ``logs/ID.log``;
+* ``batch.py`` — ``grade``: stages every submission, runs ``child.py`` in each one's sandbox (a few at a time),
+  collects the results and writes the outputs;
+* ``rubric.py`` — loads ``rubric.toml`` (the points per hidden test) and checks it against the hidden tests;
+* ``submissions.py`` — finds the submissions (folders / .zip) and copies out, checked, the files grading needs;
+* ``sandbox.py`` — builds a sandbox per submission; runs a process there in its own process group with limits;
+* ``outputs.py`` — writes ``grades.csv``, ``feedback/ID.md``, ``summary.md``, ``results.json`` and ``logs/ID.log``;
 * ``child.py`` — runs inside the sandbox: imports the student's models and the reference, runs the hidden tests;
-* ``hidden_tests.py`` — the hidden tests, one region each; ``rubric.toml`` — their points.
+* ``hidden_tests.py`` — the hidden tests, one region each (``hidden_harness.py``: their registry, comparisons and
+  ``Context``); ``rubric.toml`` — their points.
 """
 from __future__ import annotations
 
 
 def _cmd_grade(a):
-    from captioning.grading.runner import grade
+    from instructor.grading.batch import grade
 
     results = grade(a.submissions, a.out, jobs=a.jobs, timeout=a.timeout, memory_mb=a.memory_mb,
-                    notebooks=a.notebooks, notebook_timeout=a.notebook_timeout, notebook_params=a.notebook_param,
+                    notebooks=a.notebooks, notebook_timeout=a.notebook_timeout, notebook_params=a.overrides,
                     rubric_path=a.rubric, progress=not a.quiet, keep_sandboxes=a.keep_sandboxes,
                     test_timeout=a.test_timeout)
     counts = {}
@@ -30,7 +34,7 @@ def _cmd_grade(a):
 def register(subparsers):
     import os
 
-    from captioning.grading.runner import RUBRIC
+    from instructor.grading.rubric import RUBRIC
 
     s = subparsers.add_parser("grade", help="grade student submissions (folders or .zip files with models.py) "
                                             "with the hidden tests, each in its own sandboxed process")
@@ -45,11 +49,11 @@ def register(subparsers):
                    help="address space a submission may allocate beyond what Python + torch map at import "
                         "(default 2048)")
     s.add_argument("--notebooks", action="store_true",
-                   help="also run the student's train*/test* notebooks (python -m captioning notebooks) in the "
+                   help="also run the student's train*/test* notebooks (python -m instructor notebooks) in the "
                         "sandbox and record their BLEU-4")
     s.add_argument("--notebook-timeout", type=float, default=1800.0)
-    s.add_argument("-p", "--notebook-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="passed on as `-p KEY VALUE` to `python -m captioning notebooks` (repeatable)")
+    s.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="with --notebooks: notebook settings, passed on to `python -m instructor notebooks`")
     s.add_argument("--rubric", default=str(RUBRIC), help="points per hidden test (TOML)")
     s.add_argument("--keep-sandboxes", action="store_true", help="keep the temporary folders (debugging)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

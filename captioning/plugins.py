@@ -1,0 +1,55 @@
+"""Optional speed-ups installed beside the kit, found at run time through the ``captioning.plugins`` entry-point
+group. The instructor kit declares one, ``fast_path`` (pyproject.toml); the student edition declares none and
+trains and decodes with the student's own ``forward`` / ``one_step``. Nothing here names a plug-in's module.
+
+A ``fast_path`` plug-in provides ``supports(decoder)``, ``scores(decoder, encoder_out, captions, caplens, group)``
+(what ``solver.decoder_scores`` computes, reorganised) and ``beam_step(decoder, encoder_out, beam)`` (a step for
+``decoding.beam_search``, or None). The solver uses it only after checking that it reproduces the decoder's own
+scores (``solver.fast_path_matches``); ``beam_step`` checks itself on a probe.
+
+``CAPTIONING_PLUGINS=off`` in the environment turns every plug-in off (what the student edition runs).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from importlib.metadata import distributions
+
+GROUP = "captioning.plugins"
+DISABLE_ENV = "CAPTIONING_PLUGINS"
+_loaded = {}
+
+
+def get(name):
+    """The plug-in module registered as ``name``, or None (none installed, or turned off)."""
+    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("0", "off", "no", "false"):
+        return None
+    if name not in _loaded:
+        _loaded[name] = None
+        for ep in _declared(name):
+            try:
+                _loaded[name] = ep.load()
+                break
+            except ImportError as e:  # declared but not importable here (e.g. a copy of the student package)
+                warnings.warn(f"plug-in '{name}' ({ep.value}) could not be imported ({e}); running without it",
+                              stacklevel=2)
+    return _loaded[name]
+
+
+def _declared(name):
+    """The entry points ``name`` of GROUP of every installed distribution. (``entry_points()`` would keep only the
+    first distribution of each name on the path, e.g. a stale ``captioning.egg-info`` in the working directory.)"""
+    seen = set()
+    for dist in distributions():
+        for ep in dist.entry_points:
+            if ep.group == GROUP and ep.name == name and ep.value not in seen:
+                seen.add(ep.value)
+                yield ep
+
+
+def reload():
+    """Re-import the loaded plug-ins (after ``models.py`` was re-imported: they know its classes)."""
+    for name, module in list(_loaded.items()):
+        if module is not None:
+            _loaded[name] = importlib.reload(module)
