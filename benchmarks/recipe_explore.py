@@ -54,7 +54,7 @@ def patch_variant(variant):
                 f = self.net(x)
                 return self.cells(f), self.tone(f.mean(dim=(2, 3)))
 
-        def losses(logits, tone_logits, targets, dark):
+        def losses(logits, tone_logits, targets, weights, dark):  # the variant weights cells equally
             on = targets[:, 0] != pt.NONE
             loss = F.binary_cross_entropy_with_logits(logits[:, 0], on.float())
             hits = {"object": (int(((logits[:, 0] > 0) == on).sum()), int(on.numel()))}

@@ -52,7 +52,8 @@ from torch.utils.data import DataLoader, Dataset
 from _common import THREADS_HELP, Timer, load_note, setup, table
 from captioning.datasets import ImageCaptions, normalize
 from captioning.models import DecoderWithAttention, DecoderWithRNN, Encoder
-from captioning.solver import _loss, adam, decoder_scores
+from captioning.optim import adam
+from captioning.solver import _loss, decoder_scores
 
 COCO_CAPTIONS = 113_287 * 5
 MAX_LEN = 50  # prepare's default: captions are padded to max_len + 2 = 52 tokens

@@ -87,17 +87,25 @@ def _cmd_caption(a):
     import matplotlib
 
     matplotlib.use("Agg")
-    from captioning.evaluate import caption_images
+    from captioning.evaluate import iter_captions
     from captioning.figures import caption_figure, save
 
     os.makedirs(a.out, exist_ok=True)
-    for r in caption_images(a.checkpoint, a.images, beam_size=a.beam_size, device=a.device,
-                            length_penalty=a.length_penalty):
+    failed = []
+    for r in iter_captions(a.checkpoint, a.images, beam_size=a.beam_size, device=a.device,
+                           length_penalty=a.length_penalty):
+        if "error" in r:  # reported now, the other images are still captioned
+            failed.append(r["path"])
+            print(f"error: {r['error']}", file=sys.stderr, flush=True)
+            continue
         name = os.path.splitext(os.path.basename(r["path"]))[0]
         png = save(caption_figure(r), os.path.join(a.out, f"{name}.caption.png"))
-        print(f"{r['path']}: {' '.join(r['words'])}   [{png}]")
+        print(f"{r['path']}: {' '.join(r['words'])}   [{png}]", flush=True)
         if r["decoder"] == "adaptive":  # last attention column = β, the sentinel's share (1: the image unused)
             print("  β per word: " + " ".join(f"{w} {float(row[-1]):.2f}" for w, row in zip(r["words"], r["alphas"])))
+    if failed:
+        raise KitError(f"{len(failed)} of {len(a.images)} images could not be captioned (each is named above): "
+                       + ", ".join(failed[:5]) + (" …" if len(failed) > 5 else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,15 +65,62 @@ def make_cfg(cfg=None, **overrides):
                                                   "best_bleu4"):
                 raise KitError(f"unknown cfg key '{k}'; known keys: {', '.join(sorted(DEFAULT_CFG))}")
             out[k] = v
+    check_cfg(out)
     if out["decoder"] is None:
         out["decoder"] = "attention" if out["attention"] else "rnn"
-    if out["decoder"] not in DECODER_NAMES:
-        raise KitError(f"cfg['decoder'] = {out['decoder']!r}: choose 'rnn', 'attention' or 'adaptive'")
     out["attention"] = out["decoder"] != "rnn"
-    if out["init_state"] not in ("mean", "learned"):
-        raise KitError(f"cfg['init_state'] = {out['init_state']!r}: choose 'mean' (h0/c0 from the mean feature, as "
-                       f"the course) or 'learned' (the attention decoder's h0/c0 do not depend on the image)")
     out["device"] = str(out["device"])
     if out["device"].startswith("cuda") and not torch.cuda.is_available():
         raise KitError(f"cfg['device'] = {out['device']!r} but PyTorch sees no CUDA GPU here; use 'cpu'")
     return out
+
+
+# What each key allows: (test, what to tell the user). Checked before any work starts, so that a typo in a value
+# stops the run at once with the key's name instead of as a traceback (or a silent run) minutes later.
+def _int(lo):
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"an integer >= {lo}"
+
+
+def _number(lo, hi=None, lo_open=False, hi_open=False):
+    def ok(v):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+            return False
+        return (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+    text = f"a number {'>' if lo_open else '>='} {lo}" + ("" if hi is None else f" and {'<' if hi_open else '<='} {hi}")
+    return ok, text
+
+
+def _optional(rule):
+    ok, text = rule
+    return (lambda v: v is None or ok(v)), f"None or {text}"
+
+
+def _one_of(*choices):
+    return (lambda v: v in choices and type(v) in {type(c) for c in choices}), \
+        "one of " + ", ".join(repr(c) for c in choices)
+
+
+_STR = ((lambda v: isinstance(v, str) and v != ""), "a non-empty string")
+_BOOL = ((lambda v: isinstance(v, bool)), "True or False")
+RULES = {
+    "data_folder": _STR, "data_name": _STR, "embed_dim": _int(1), "attention_dim": _int(1), "decoder_dim": _int(1),
+    "dropout": _number(0, 1, hi_open=True), "init_state": _one_of("mean", "learned"),
+    "decoder": _one_of(None, "rnn", "attention", "adaptive"), "attention": _BOOL, "encoder": _STR,
+    "encoder_weights": _optional(_STR), "encoded_image_size": _int(1), "recalibrate_images": _int(0),
+    "device": ((lambda v: isinstance(v, (str, torch.device)) and str(v) != ""), "a device such as 'cpu' or 'cuda'"),
+    "seed": _int(0), "epochs": _int(1), "batch_size": _int(1), "workers": _int(0),
+    "encoder_lr": _number(0, lo_open=True), "decoder_lr": _number(0, lo_open=True),
+    "grad_clip": _optional(_number(0)), "alpha_c": _number(0), "print_freq": _optional(_int(0)),
+    "fine_tune_encoder": _BOOL, "checkpoint": _optional(_STR), "output_dir": _STR,
+    "feature_cache": _one_of("auto", False), "fast_decoder": _one_of("auto", False), "patience": _int(1),
+    "lr_decay_every": _int(1), "lr_decay_factor": _number(0, 1, lo_open=True), "val_beam_size": _int(1),
+    "max_decode_len": _int(2), "max_train_images": _optional(_int(1)), "max_val_images": _optional(_int(1)),
+    "progress": _BOOL,
+}
+
+
+def check_cfg(cfg):
+    """KitError naming the first key whose value is not allowed (its value and what is allowed)."""
+    for key, (ok, allowed) in RULES.items():
+        if key in cfg and not ok(cfg[key]):
+            raise KitError(f"setting {key} = {cfg[key]!r} is not allowed: {key} must be {allowed}")

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from captioning.errors import KitError
+from captioning.manifest import check_prepared
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,6 +125,7 @@ class CaptionDataset(_LazyH5, Dataset):
         self.split = split
         self.transform = transform
         self.h5_path = _require(folder / f"{split}_IMAGES_{data_name}.hdf5", data_name)
+        check_prepared(folder, data_name)
         captions = _read_json(_require(folder / f"{split}_CAPTIONS_{data_name}.json", data_name))
         caplens = _read_json(_require(folder / f"{split}_CAPLENS_{data_name}.json", data_name))
         self.word_map = load_word_map(folder, data_name)
@@ -199,6 +201,7 @@ class ImageCaptions(_LazyH5, Dataset):
     def __init__(self, data_folder, data_name, split, features=None, limit=None):
         self.images_path, cap_path, len_path = split_paths(data_folder, data_name, split)
         _check_files([self.images_path, cap_path, len_path])
+        check_prepared(data_folder, data_name)
         self.features_path = features
         with h5py.File(self.images_path, "r") as f:
             self.cpi = int(f.attrs["captions_per_image"])

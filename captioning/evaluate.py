@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captioning.atomic import write_json
-from captioning.checkpoints import load_checkpoint, word_map_id
+from captioning.checkpoints import data_folder_of, load_checkpoint, word_map_id
 from captioning.datasets import ImageCaptions, load_word_map, normalize, split_paths
 from captioning.decoding import beam_search, decode_words
 from captioning.errors import KitError
@@ -38,8 +38,8 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     image: ``image_id``, ``caption``, ``references``). Written to ``out`` as JSON if given.
     """
     ckpt = load_checkpoint(checkpoint)
-    encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device)
-    data_folder = data_folder or cfg["data_folder"]
+    encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
+    data_folder = data_folder or data_folder_of(cfg, checkpoint)
     data_name = data_name or cfg["data_name"]
     data_wm = load_word_map(data_folder, data_name)
     if word_map_id(data_wm) != ckpt["word_map_id"]:
@@ -169,27 +169,44 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
             "by_size": {k: {"rate": rate(v), "n": len(v)} for k, v in by_size.items()}}
 
 
-@torch.no_grad()
 def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50, length_penalty=0.0):
-    """Caption image files of any size/mode (JPEG, PNG, greyscale, RGBA…).
+    """Caption image files of any size/mode (JPEG, PNG, greyscale, RGBA…); the first unreadable one is a KitError.
 
     Returns per image a dict: ``path``, ``words`` (list of str), ``alphas`` ((len(words), P) tensor or None),
     ``pixels`` (uint8 (S, S, 3) as the model saw it), ``decoder``, ``finished``.
     """
+    out = []
+    for res in iter_captions(checkpoint, images, beam_size, device, max_len, length_penalty):
+        if "error" in res:
+            raise KitError(res["error"])
+        out.append(res)
+    return out
+
+
+@torch.no_grad()
+def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, length_penalty=0.0):
+    """As ``caption_images``, one image at a time; an image that cannot be read yields ``{"path", "error"}`` (the
+    message names the file) and the others are still captioned."""
     from captioning.images import load_image
 
     ckpt = load_checkpoint(checkpoint)
-    encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device)
+    encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
     rev = {v: k for k, v in word_map.items()}
     size = ckpt.get("image_size") or 256
-    out = []
     for path in images:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            yield {"path": path, "error": f"'{path}' is a folder, not an image file: name the image files in it"}
+            continue
         if not os.path.isfile(path):
-            raise KitError(f"image '{path}' does not exist")
-        pixels, _ = load_image(path, size)  # (3, S, S) uint8, KitError names the file if unreadable
+            yield {"path": path, "error": f"image '{path}' does not exist"}
+            continue
+        try:
+            pixels, _ = load_image(path, size)  # (3, S, S) uint8
+        except KitError as e:
+            yield {"path": path, "error": str(e)}
+            continue
         enc = encoder(normalize(torch.from_numpy(pixels.copy())[None]).to(device))
         cap = beam_search(decoder, enc, word_map, beam_size, max_len, length_penalty=length_penalty)[0]
-        out.append({"path": os.fspath(path), "words": decode_words(cap.tokens, rev), "alphas": cap.alphas,
-                    "pixels": pixels.transpose(1, 2, 0), "decoder": ckpt["decoder_type"],
-                    "finished": cap.finished})
-    return out
+        yield {"path": path, "words": decode_words(cap.tokens, rev), "alphas": cap.alphas,
+               "pixels": pixels.transpose(1, 2, 0), "decoder": ckpt["decoder_type"], "finished": cap.finished}

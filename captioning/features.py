@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from captioning.datasets import _check_files, normalize, split_paths
 from captioning.errors import KitError
+from captioning.locks import folder_lock
 
 CACHE_VERSION = 1
 
@@ -37,8 +38,9 @@ def build_feature_cache(encoder, data_folder, data_name, split, cache_folder=Non
                         device="cpu", progress=True):
     """Encode every image of ``split`` once into an fp16 HDF5 cache; returns its path.
 
-    Resumable (an interrupted run continues after the last finished batch) and invalidated when the images file,
-    the encoder's weights or its architecture change. Peak memory is one batch.
+    Resumable (an interrupted run continues after the last finished batch; an unreadable leftover is rebuilt) and
+    invalidated when the images file, the encoder's weights or its architecture change. Peak memory is one batch.
+    Two runs on one data folder: the second waits for the first's cache (``locks.folder_lock``).
     """
     images_path = split_paths(data_folder, data_name, split)[0]
     _check_files([images_path])
@@ -51,12 +53,46 @@ def build_feature_cache(encoder, data_folder, data_name, split, cache_folder=Non
     key = cache_key(images_path, encoder)
     partial = path + ".partial"
 
-    if os.path.exists(path):
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("key") == key:
-                return path
-        os.remove(path)  # stale: images or encoder changed
+    # one run builds a split's cache; a second one started meanwhile waits, then finds it built
+    with folder_lock(cache_folder, f"{split}_{encoder.arch}", what=f"the {split} feature cache in {cache_folder}"):
+        if _valid(path, key):
+            return path
+        if os.path.exists(path):
+            os.remove(path)  # stale: images or encoder changed
+        _encode(encoder, images_path, partial, key, split, batch_size, device, progress)
+        os.replace(partial, path)
+    return path
 
+
+def _valid(path, key):
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("key") == key
+    except OSError:  # missing, or not an HDF5 file
+        return False
+
+
+def _open_partial(partial, key, n, shape):
+    """The half-built cache to continue, or a new one: a .partial left by an interrupted run is continued when it
+    is readable and belongs to these images and this encoder, and replaced otherwise (a kill can leave it
+    unreadable)."""
+    if os.path.exists(partial):
+        try:
+            dst = h5py.File(partial, "a")
+            if dst.attrs.get("key") == key and "features" in dst and tuple(dst["features"].shape) == (n, *shape):
+                return dst
+            dst.close()
+        except OSError:
+            pass
+        os.remove(partial)
+    dst = h5py.File(partial, "w")
+    dst.create_dataset("features", shape=(n, *shape), dtype="float16", chunks=(1, *shape))
+    dst.attrs["key"] = key
+    dst.attrs["n_done"] = 0
+    return dst
+
+
+def _encode(encoder, images_path, partial, key, split, batch_size, device, progress):
     was_training = encoder.training
     encoder.eval()
     dev = torch.device(device)
@@ -66,14 +102,7 @@ def build_feature_cache(encoder, data_folder, data_name, split, cache_folder=Non
         n = images.shape[0]
         probe = encoder.backbone(normalize(torch.from_numpy(images[:1])).to(dev))
         shape = tuple(probe.shape[1:])
-        mode = "a" if os.path.exists(partial) else "w"
-        with h5py.File(partial, mode) as dst:
-            if dst.attrs.get("key") != key or "features" not in dst or tuple(dst["features"].shape[1:]) != shape:
-                for name in list(dst.keys()):
-                    del dst[name]
-                dst.create_dataset("features", shape=(n, *shape), dtype="float16", chunks=(1, *shape))
-                dst.attrs["key"] = key
-                dst.attrs["n_done"] = 0
+        with _open_partial(partial, key, n, shape) as dst:
             start = int(dst.attrs["n_done"])
             bar = tqdm(total=n, initial=start, desc=f"encoding {split} images", unit="img", disable=not progress)
             for lo in range(start, n, batch_size):
@@ -85,8 +114,7 @@ def build_feature_cache(encoder, data_folder, data_name, split, cache_folder=Non
                     fmap = encoder.backbone(x)
                 dst["features"][lo:hi] = fmap.float().cpu().numpy().astype(np.float16)
                 dst.attrs["n_done"] = hi  # resume point, written after the batch's data
+                dst.flush()  # on disk now: a kill after this batch leaves a file the next run continues
                 bar.update(hi - lo)
             bar.close()
-    os.replace(partial, path)
     encoder.train(was_training)
-    return path

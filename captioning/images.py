@@ -15,6 +15,18 @@ from captioning.errors import KitError
 CHUNK = 16  # images per task sent to a worker: big enough to amortise pickling, small enough to stream
 
 
+def die_with_parent():
+    """Initializer of a decoding worker (Linux): the kernel kills the worker when the process that started it dies,
+    even by ``kill -9``, so an interrupted ``prepare`` leaves no orphan workers holding memory."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: nothing to set
+        pass
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB: transparency is composited on white, 16/32-bit greyscale is scaled to 8 bits
     (65535 -> 255) instead of being clipped, which is what ``convert("RGB")`` would do."""
@@ -54,7 +66,7 @@ def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
         raise
     except Exception as e:  # PIL reports a bad file with many exception types (OSError, SyntaxError, ...)
         raise KitError(f"cannot read image {path}: {type(e).__name__}: {e}. The file is corrupt or not an image; "
-                       "replace it, or remove its record from the JSON.") from e
+                       "replace it or leave it out.") from e
     return pixels.transpose(2, 0, 1), original
 
 

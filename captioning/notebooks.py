@@ -105,6 +105,16 @@ def _prepared_files(data_folder, data_name):
     return files
 
 
+def _complete(data_folder, data_name):
+    from captioning.manifest import check_prepared
+
+    try:
+        check_prepared(data_folder, data_name)
+        return True
+    except KitError:  # a prepare run was interrupted: generate the built-in data again
+        return False
+
+
 def ensure_data(data_folder, data_name, shapes_n_train=RECIPE["n_train"], shapes_n_val=RECIPE["n_val"],
                 shapes_n_test=RECIPE["n_test"], shapes_image_size=RECIPE["image_size"], shapes_seed=RECIPE["seed"]):
     """Make sure the prepared files of ``data_name`` are in ``data_folder``; returns a summary dict.
@@ -137,7 +147,8 @@ def ensure_data(data_folder, data_name, shapes_n_train=RECIPE["n_train"], shapes
             with open(stamp_path) as fh:
                 stamp = json.load(fh)
         karpathy = os.path.join(data_folder, "shapes_raw", "dataset_shapes.json")
-        if not all(os.path.isfile(f) for f in files) or (stamp is not None and stamp != wanted):
+        if not all(os.path.isfile(f) for f in files) or (stamp is not None and stamp != wanted) \
+                or not _complete(data_folder, data_name):
             from captioning.prepare import create_input_files
             from captioning.shapes import generate_shapes
 
@@ -149,8 +160,7 @@ def ensure_data(data_folder, data_name, shapes_n_train=RECIPE["n_train"], shapes
             create_input_files("shapes", karpathy, os.path.join(data_folder, "shapes_raw"), captions_per_image=cpi,
                                min_word_freq=mwf, output_folder=data_folder, max_len=50,
                                image_size=shapes_image_size, seed=shapes_seed, workers=1)
-            with open(stamp_path, "w") as fh:
-                json.dump(wanted, fh, indent=1)
+            write_json(wanted, stamp_path)
             status = "generated"
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
@@ -231,17 +241,33 @@ def find_checkpoint(output_dir, attention, data_name=None):
     return os.path.join(output_dir, found[0])
 
 
-def default_image(checkpoint, index=0):
-    """Test image number ``index`` of the shapes data the checkpoint was trained on (for caption.ipynb)."""
+def _checkpoint_cfg(checkpoint):
     import torch
 
     from captioning.checkpoints import load_checkpoint
 
     try:  # memory-mapped: only the cfg is read, not the ~170 MB of weights
-        cfg = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["cfg"]
+        return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["cfg"]
     except Exception:  # not a zip checkpoint, or not ours: let load_checkpoint explain
-        cfg = load_checkpoint(checkpoint)["cfg"]
-    raw = os.path.join(cfg["data_folder"], "shapes_raw")
+        return load_checkpoint(checkpoint)["cfg"]
+
+
+def checkpoint_decoder(checkpoint, decoder=None):
+    """The decoder ("rnn" | "attention" | "adaptive") a checkpoint holds; KitError when ``decoder`` (the notebook's
+    parameter, when set) names another one."""
+    held = _checkpoint_cfg(checkpoint)["decoder"]
+    if decoder is not None and decoder != held:
+        raise KitError(f"checkpoint '{checkpoint}' holds the '{held}' decoder, but decoder = {decoder!r}: set "
+                       f"decoder = None (the checkpoint decides) or choose a checkpoint of that decoder")
+    return held
+
+
+def default_image(checkpoint, index=0):
+    """Test image number ``index`` of the shapes data the checkpoint was trained on (for caption.ipynb)."""
+    from captioning.checkpoints import data_folder_of
+
+    cfg = _checkpoint_cfg(checkpoint)
+    raw = os.path.join(data_folder_of(cfg, checkpoint), "shapes_raw")
     path = os.path.join(raw, "dataset_shapes.json")
     if not os.path.isfile(path):
         raise KitError(f"checkpoint '{checkpoint}' was not trained on the shapes data of this kit ({path} is "

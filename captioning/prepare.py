@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +33,9 @@ import h5py
 from tqdm.auto import tqdm
 
 from captioning.errors import KitError
-from captioning.images import CHUNK, decoded_chunks
+from captioning.images import CHUNK, decoded_chunks, die_with_parent
+from captioning.locks import folder_lock
+from captioning.manifest import set_id_of, write_manifest
 
 SPLITS = ("TRAIN", "VAL", "TEST")
 # Karpathy's "restval" is the part of COCO val2014 that is not in his 5k val / 5k test: it is training data.
@@ -157,11 +160,12 @@ def _rescale_objects(objects: list[dict], original: tuple[int, int], size: int) 
 
 
 def _write_images(tmp_path: Path, items: list[dict], size: int, cpi: int, pool, workers: int,
-                  with_objects: bool, desc: str) -> None:
+                  with_objects: bool, desc: str, set_id: str) -> None:
     """Decode ``items`` (dicts with path, image_id, objects) into a new HDF5 file, streaming chunk by chunk."""
     n = len(items)
     with h5py.File(tmp_path, "w") as h:
         h.attrs["captions_per_image"] = cpi
+        h.attrs["set_id"] = set_id  # which prepare run wrote it (manifest.py)
         # One chunk per image: the DataLoader reads single images at random.
         images = h.create_dataset("images", (n, 3, size, size), dtype="uint8", chunks=(1, 3, size, size))
         h.create_dataset("image_ids", data=[it["image_id"] for it in items], dtype=h5py.string_dtype("utf-8"))
@@ -225,8 +229,11 @@ def _group_by_split(records, image_folder, max_len):
     whose file is missing)."""
     items = {s: [] for s in SPLITS}
     too_long, no_captions, missing = 0, [], []
+    split_of = _check_duplicates(records)
     for rec in records:
         rel = _relative_path(rec)
+        if split_of.pop(rel, None) is None:  # a later record of an image already taken: stored once
+            continue
         tokens = [s["tokens"] for s in rec["sentences"]]
         kept = [t for t in tokens if 0 < len(t) <= max_len]   # empty token lists are no captions either
         too_long += sum(len(t) > max_len for t in tokens)
@@ -240,6 +247,27 @@ def _group_by_split(records, image_folder, max_len):
         items[SPLIT_OF[rec["split"]]].append(
             {"path": str(path), "image_id": rel, "captions": kept, "objects": rec.get("objects", [])})
     return items, too_long, no_captions, missing
+
+
+def _check_duplicates(records):
+    """{image path: its first split}. An image listed twice is stored once (the first record); one listed in two
+    splits leaks the test (or validation) data into training: both are reported on stderr, not silently kept."""
+    first, repeats, leaks = {}, [], []
+    for rec in records:
+        rel, split = _relative_path(rec), SPLIT_OF[rec["split"]]
+        if rel not in first:
+            first[rel] = split
+        elif first[rel] == split:
+            repeats.append(rel)
+        else:
+            leaks.append(f"{rel} ({first[rel]} and {split})")
+    for what, names in (("is listed more than once; only its first record is used", repeats),
+                        ("is in two splits (a leak: the model is tested on an image it trained on, or validated "
+                         "on one); only its first record is used", leaks)):
+        if names:
+            shown = ", ".join(names[:MAX_EXAMPLES]) + (" …" if len(names) > MAX_EXAMPLES else "")
+            print(f"warning: {len(names)} image(s) {what}: {shown}", file=sys.stderr, flush=True)
+    return first
 
 
 def _check_splits(items, records, missing, skip_missing, json_path, image_folder, max_len):
@@ -267,6 +295,8 @@ def _write_all(output_folder, base, items, word_map, cpi, max_len, image_size, s
     """Write the ten files under temporary names, then rename them all into place (nothing on any error)."""
     rng = random.Random(seed)
     done: list[tuple[Path, Path]] = []   # (temporary, final) pairs written so far
+    set_id = set_id_of([base, cpi, max_len, image_size, seed, word_map,
+                        {s: [(it["image_id"], it["captions"]) for it in items[s]] for s in SPLITS}])
 
     def tmp_for(name: str) -> Path:
         final = output_folder / name
@@ -277,7 +307,7 @@ def _write_all(output_folder, base, items, word_map, cpi, max_len, image_size, s
     n_chunks = sum(-(-len(items[s]) // CHUNK) for s in SPLITS)
     workers = min(workers, n_chunks)
     # One pool for all three splits; workers=1 decodes in this process (no pickling of pixels at all).
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) if workers > 1 else None
     try:
         _write_json(tmp_for(f"WORDMAP_{base}.json"), word_map)
         for split in SPLITS:
@@ -287,11 +317,15 @@ def _write_all(output_folder, base, items, word_map, cpi, max_len, image_size, s
                     enc_captions.append(encode_caption(c, word_map, max_len))
                     caplens.append(len(c) + 2)
             _write_images(tmp_for(f"{split}_IMAGES_{base}.hdf5"), items[split], image_size, cpi,
-                          pool, workers, with_objects, desc=f"{split} images")
+                          pool, workers, with_objects, desc=f"{split} images", set_id=set_id)
             _write_json(tmp_for(f"{split}_CAPTIONS_{base}.json"), enc_captions)
             _write_json(tmp_for(f"{split}_CAPLENS_{base}.json"), caplens)
+        # the set is committed as one: readers refuse it while the manifest says "renaming" (a kill in between)
+        names = [final.name for _, final in done]
+        write_manifest(output_folder, base, set_id, [], "renaming")
         for tmp, final in done:
             os.replace(tmp, final)
+        write_manifest(output_folder, base, set_id, names, "complete")
     except BaseException as e:
         for tmp, _final in done:
             tmp.unlink(missing_ok=True)
@@ -343,8 +377,9 @@ def create_input_files(dataset, karpathy_json_path, image_folder, captions_per_i
     word_map = build_word_map((c for it in items["TRAIN"] for c in it["captions"]), min_word_freq)
     _prepare_output_folder(output_folder)
     base = base_name(dataset, captions_per_image, min_word_freq)
-    _write_all(output_folder, base, items, word_map, captions_per_image, max_len, image_size, seed, workers,
-               with_objects=any("objects" in rec for rec in records))
+    with folder_lock(output_folder, f"prepare-{base}", wait=False, what=f"the output folder {output_folder}"):
+        _write_all(output_folder, base, items, word_map, captions_per_image, max_len, image_size, seed, workers,
+                   with_objects=any("objects" in rec for rec in records))
     summary = {
         "data_name": base,
         "output_folder": str(output_folder.resolve()),

@@ -5,7 +5,9 @@ Why: ImageNet weights cannot be downloaded here, and a random-weights ResNet-101
 than the majority guess (``benchmarks/random_encoder.py``), which caps the demo's BLEU-4 near 0.25. Like ImageNet
 pretraining, this uses labels other than the captions: every cell of the encoder's S×S grid is classified as the
 shape, colour, shape-colour pair and size of the object covering the cell's centre (or "none"), and the whole
-image as dark or light (from its mean brightness). Only the TRAIN split is used; the VAL split gives the
+image as dark or light (from its mean brightness). The per-cell losses weight every object equally (each of its
+cells by 1 / its number of cells): with a plain mean over cells a large square outweighs a small star tenfold, and
+the encoder read small shapes and colours poorly (the attention then named a small star a circle). Only the TRAIN split is used; the VAL split gives the
 accuracies reported.
 
 Input: a prepared images HDF5 (``images`` (N, 3, H, W) uint8 and ``objects``, written by ``prepare`` when the
@@ -55,6 +57,18 @@ def cell_targets(objects, image_size, grid):
     return target
 
 
+def cell_weights(objects, image_size, grid):
+    """Objects with pixel boxes → FloatTensor (grid, grid): 1 / (cells the object covers) on each object's cells,
+    0 elsewhere. Weighting the per-cell losses with it makes every object count equally, so that a small star
+    (one or two cells) is learnt as well as a large square (twenty)."""
+    weight = torch.zeros(grid, grid)
+    for o in objects:
+        inside = torch.from_numpy(cells_in_box(o["bbox"], image_size, grid))
+        if inside.any():
+            weight[inside] = 1.0 / float(inside.sum())
+    return weight
+
+
 def _load(data_folder, data_name, split, limit=None):
     path = split_paths(data_folder, data_name, split)[0]
     if not os.path.isfile(path):
@@ -73,8 +87,9 @@ def _load(data_folder, data_name, split, limit=None):
                        f"prepare with another image_size")
     grid = size // STRIDE
     targets = torch.stack([cell_targets(o, size, grid) for o in objects])  # (N, 3, g, g)
+    weights = torch.stack([cell_weights(o, size, grid) for o in objects])  # (N, g, g)
     dark = (images.float().mean(dim=(1, 2, 3)) < 127.5).long()  # (N,) 1 = dark background
-    return images, targets, dark
+    return images, targets, weights, dark
 
 
 class _Probe(nn.Module):
@@ -91,10 +106,17 @@ class _Probe(nn.Module):
         return self.cells(fmap), self.tone(fmap.mean(dim=(2, 3)))
 
 
-def _losses_and_hits(logits, tone_logits, targets, dark):
+def _weighted_ce(logits, target, weight):
+    """Cross-entropy over the cells, each weighted (0 where target is NONE); every object counts equally."""
+    ce = F.cross_entropy(logits, target.clamp(min=0), reduction="none")  # (B, g, g)
+    return (ce * weight).sum() / weight.sum()
+
+
+def _losses_and_hits(logits, tone_logits, targets, weights, dark):
     """Summed loss and, per head, (correct, counted): object cells for shape/colour/size/shape_color, all cells
     for "object", images for "background"."""
     on_object = targets[:, 0] != NONE  # (B, g, g)
+    weights = weights * on_object  # an object's cells that another object covers are not its own
     loss = F.binary_cross_entropy_with_logits(logits[:, 0], on_object.float())
     hits = {"object": (int(((logits[:, 0] > 0) == on_object).sum()), int(on_object.numel()))}
     start = 1
@@ -102,7 +124,7 @@ def _losses_and_hits(logits, tone_logits, targets, dark):
         part = logits[:, start: start + len(names)]
         start += len(names)
         if on_object.any():
-            loss = loss + F.cross_entropy(part, targets[:, h], ignore_index=NONE)
+            loss = loss + _weighted_ce(part, targets[:, h], weights)
         pred = part.argmax(dim=1)
         hits[key] = (int((pred == targets[:, h])[on_object].sum()), int(on_object.sum()))
     # shape and colour jointly as well: the cells then code which colour goes with which shape, so that their mean
@@ -110,7 +132,7 @@ def _losses_and_hits(logits, tone_logits, targets, dark):
     pair = torch.where(on_object, targets[:, 0] * len(COLORS) + targets[:, 1], torch.full_like(targets[:, 0], NONE))
     part = logits[:, start: start + N_PAIRS]
     if on_object.any():
-        loss = loss + F.cross_entropy(part, pair, ignore_index=NONE)
+        loss = loss + _weighted_ce(part, pair, weights)
     hits["shape_color"] = (int((part.argmax(dim=1) == pair)[on_object].sum()), int(on_object.sum()))
     loss = loss + F.cross_entropy(tone_logits, dark)
     hits["background"] = (int((tone_logits.argmax(1) == dark).sum()), int(dark.numel()))
@@ -125,7 +147,7 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
     VAL split whose shape / colour / size is predicted right, and of images whose background tone is).
     """
     torch.manual_seed(seed)
-    images, targets, dark = _load(data_folder, data_name, "TRAIN", max_images)
+    images, targets, weights, dark = _load(data_folder, data_name, "TRAIN", max_images)
     model = _Probe()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = images.size(0)
@@ -139,11 +161,11 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
             idx = order[i: i + batch_size]
-            x, t, d = normalize(images[idx]), targets[idx], dark[idx]
+            x, t, w, d = normalize(images[idx]), targets[idx], weights[idx], dark[idx]
             if torch.rand((), generator=gen) < 0.5:  # mirror image and labels together
-                x, t = x.flip(-1), t.flip(-1)
+                x, t, w = x.flip(-1), t.flip(-1), w.flip(-1)
             logits, tone = model(x)
-            loss, _ = _losses_and_hits(logits, tone, t, d)
+            loss, _ = _losses_and_hits(logits, tone, t, w, d)
             if not torch.isfinite(loss):
                 raise KitError(f"pretraining shapes_cnn: the loss became {loss.item()}; lower lr (now {lr})")
             opt.zero_grad(set_to_none=True)
@@ -156,12 +178,13 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
     seconds = time.time() - t0
 
     model.eval()
-    v_images, v_targets, v_dark = _load(data_folder, data_name, "VAL")
+    v_images, v_targets, v_weights, v_dark = _load(data_folder, data_name, "VAL")
     totals = {}
     with torch.no_grad():
         for i in range(0, v_images.size(0), 64):
             logits, tone = model(normalize(v_images[i: i + 64]))
-            _, hits = _losses_and_hits(logits, tone, v_targets[i: i + 64], v_dark[i: i + 64])
+            _, hits = _losses_and_hits(logits, tone, v_targets[i: i + 64], v_weights[i: i + 64],
+                                       v_dark[i: i + 64])
             for k, (c, m) in hits.items():
                 tc, tm = totals.get(k, (0, 0))
                 totals[k] = (tc + c, tm + m)
@@ -189,7 +212,8 @@ def ensure_encoder(data_folder, data_name, epochs, seed=0, images=None, progress
     stamp_path = os.path.splitext(path)[0] + ".json"
     path_images = split_paths(data_folder, data_name, "TRAIN")[0]
     st = os.stat(path_images) if os.path.isfile(path_images) else None
-    wanted = {"epochs": epochs, "seed": seed, "max_images": images, "images": os.path.basename(path_images),
+    wanted = {"loss": "per-object", "epochs": epochs, "seed": seed, "max_images": images,
+              "images": os.path.basename(path_images),
               "images_size": st and st.st_size, "images_mtime_ns": st and st.st_mtime_ns}
     if os.path.isfile(path) and os.path.isfile(stamp_path):
         try:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from captioning import plugins
 from captioning.adaptive import DecoderWithAdaptiveAttention
-from captioning.checkpoints import check_compatible, load_checkpoint, save_checkpoint, word_map_id
+from captioning.checkpoints import check_compatible, load_checkpoint, load_weights, save_checkpoint, word_map_id
 from captioning.config import DECODER_NAMES, make_cfg
 from captioning.datasets import ImageCaptions, load_word_map, normalize
 from captioning.decoding import beam_search
@@ -28,6 +28,11 @@ from captioning.errors import KitError
 from captioning.features import build_feature_cache
 from captioning.metrics import accuracy, bleu, strip_special
 from captioning.models import DecoderWithAttention, DecoderWithRNN
+from captioning.optim import adam, load_optimizer_state, resume_learning_rate
+
+
+# A training loss this many times above ln(V) (a uniform guess) and the first epoch's mean has diverged: stop.
+DIVERGED = 10
 
 
 def build_decoder(cfg, vocab_size, encoder_dim):
@@ -130,28 +135,6 @@ def _loss(cfg, scores, targets, alphas):
     return loss
 
 
-def adam(params, lr):
-    """Adam, fused (one pass over all parameters per step; 4x faster than the per-tensor loop on a CPU) where this
-    torch and device have it. The same update rule as ``torch.optim.Adam``'s default, up to float rounding."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
-        return torch.optim.Adam(params, lr=lr)
-
-
-def load_optimizer_state(opt, state):
-    """``opt.load_state_dict(state)``, keeping ``opt``'s own fused/foreach choice (the checkpoint's would win)."""
-    how = [(g.get("fused"), g.get("foreach")) for g in opt.param_groups]
-    opt.load_state_dict(state)
-    for g, (fused, foreach) in zip(opt.param_groups, how):
-        g["fused"], g["foreach"] = fused, foreach
-        for p in g["params"] if fused else ():  # the fused kernel keeps its step count on the parameter's device
-            st = opt.state.get(p, {})
-            if torch.is_tensor(st.get("step")):
-                st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
-
-
 class Trainer:
     """Everything one training run holds: models, optimisers, data, and the state to resume."""
 
@@ -182,19 +165,29 @@ class Trainer:
             self.enc_opt = adam([p for p in self.encoder.parameters() if p.requires_grad], lr=cfg["encoder_lr"])
         self.history, self.start_epoch, self.best_bleu4, self.since_improvement = [], 0, 0.0, 0
         if ckpt is not None:
-            self.decoder.load_state_dict(ckpt["decoder_state"])
+            load_weights(self.decoder, ckpt["decoder_state"], "decoder", cfg["checkpoint"])
             load_optimizer_state(self.dec_opt, ckpt["decoder_optimizer"])
             if self.enc_opt is not None and ckpt.get("encoder_optimizer") is not None:
                 load_optimizer_state(self.enc_opt, ckpt["encoder_optimizer"])
+            for opt, key in ((self.dec_opt, "decoder_lr"), (self.enc_opt, "encoder_lr")):
+                resume_learning_rate(opt, key, ckpt["cfg"].get(key), cfg[key])
             self.history = list(ckpt["history"])
             self.start_epoch = ckpt["epoch"] + 1
             self.best_bleu4 = ckpt["best_bleu4"]
             self.since_improvement = ckpt["epochs_since_improvement"]
+            if self.start_epoch >= cfg["epochs"]:
+                raise KitError(f"checkpoint '{cfg['checkpoint']}' already finished epoch {ckpt['epoch']}: with "
+                               f"epochs = {cfg['epochs']} there is nothing left to train; set epochs to more than "
+                               f"{self.start_epoch}")
         self.use_cache = cfg["feature_cache"] == "auto" and not cfg["fine_tune_encoder"]
         self.image_size = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN").image_shape[-1]
         self.fast = False  # decided on the first batch: the fast-path plug-in or None
         self.kind = DECODER_NAMES[cfg["decoder"]]
-        os.makedirs(cfg["output_dir"], exist_ok=True)
+        try:
+            os.makedirs(cfg["output_dir"], exist_ok=True)
+        except OSError as e:
+            raise KitError(f"setting output_dir = {cfg['output_dir']!r}: cannot create that folder "
+                           f"({e.strerror or e}); choose another output_dir") from None
         self.ckpt_path = os.path.join(cfg["output_dir"], f"checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
         self.best_path = os.path.join(cfg["output_dir"], f"BEST_checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
 
@@ -242,6 +235,8 @@ class Trainer:
         self.encoder.train()
         self.decoder.train()
         tot_loss = tot_top5 = tot_n = tot_caps = 0.0
+        first = self.history[0]["train_loss"] if self.history else 0.0
+        limit = DIVERGED * max(math.log(len(self.word_map)), first)
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch} train", disable=not self.progress, leave=False)
         for i, (x, caps, caplens) in enumerate(bar):
@@ -253,10 +248,12 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=self.fast)
             loss = _loss(cfg, scores, targets, alphas)
-            if not torch.isfinite(loss):
-                raise KitError(f"the training loss became {loss.item()} at epoch {epoch}, batch {i}; training "
-                               f"stopped. The last good checkpoint is '{self.ckpt_path}' (if an epoch finished). "
-                               f"Lower decoder_lr (now {cfg['decoder_lr']}) or grad_clip (now {cfg['grad_clip']})")
+            if not torch.isfinite(loss) or loss.item() > limit:
+                raise KitError(f"training diverged: the loss became {loss.item():.4g} at epoch {epoch}, batch {i} "
+                               f"(the limit is {limit:.3g}: {DIVERGED}x the larger of ln(vocabulary size) and the "
+                               f"first epoch's mean loss); training stopped, this epoch is not saved. The last good "
+                               f"checkpoint is '{self.ckpt_path}' (if an epoch finished). Lower decoder_lr (now "
+                               f"{cfg['decoder_lr']}) or grad_clip (now {cfg['grad_clip']})")
             self.dec_opt.zero_grad(set_to_none=True)
             if self.enc_opt is not None:
                 self.enc_opt.zero_grad(set_to_none=True)
@@ -326,6 +323,8 @@ class Trainer:
         if self.cfg["fine_tune_encoder"] or self.cfg["encoder_weights"] != "imagenet":
             enc_state = {k: v.cpu() for k, v in self.encoder.state_dict().items()}
         cfg = {k: v for k, v in self.cfg.items() if k != "checkpoint"}
+        for key in ("data_folder", "output_dir"):  # readable from any working directory
+            cfg[key] = os.path.abspath(cfg[key])
         return {
             "format": 1, "kind": self.kind, "decoder_type": self.cfg["decoder"], "epoch": epoch,
             "cfg": cfg, "word_map": self.word_map, "word_map_id": word_map_id(self.word_map),
@@ -381,17 +380,17 @@ def fit(cfg=None, progress=True, **overrides):
     return Trainer(cfg, progress=progress).fit()
 
 
-def models_from_checkpoint(ckpt, device="cpu"):
-    """(encoder, decoder, word_map, cfg) in eval mode from a loaded checkpoint."""
+def models_from_checkpoint(ckpt, device="cpu", path="the checkpoint"):
+    """(encoder, decoder, word_map, cfg) in eval mode from a loaded checkpoint (``path`` names it in errors)."""
     cfg = dict(ckpt["cfg"], checkpoint=None, device=str(device))
     cfg = make_cfg(cfg)
     if ckpt.get("encoder_state") is not None:
         encoder = Encoder(cfg["encoded_image_size"], weights=None, arch=cfg["encoder"])
-        encoder.load_state_dict(ckpt["encoder_state"])
+        load_weights(encoder, ckpt["encoder_state"], "encoder", path)
     else:
         encoder = Encoder(cfg["encoded_image_size"], weights=cfg["encoder_weights"], arch=cfg["encoder"])
     decoder = build_decoder(cfg, ckpt["vocab_size"], ckpt["encoder_dim"])
-    decoder.load_state_dict(ckpt["decoder_state"])
+    load_weights(decoder, ckpt["decoder_state"], "decoder", path)
     return encoder.to(device).eval(), decoder.to(device).eval(), ckpt["word_map"], cfg
 
 

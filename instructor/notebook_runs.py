@@ -73,7 +73,28 @@ def check_parameters(params, runs):
             listing = "; ".join(f"{nb}.ipynb: {', '.join(k)}" for nb, k in known.items())
             raise KitError(f"unknown notebook parameter '{name}': no notebook run here has it. Known parameters — "
                            f"{listing}")
+        for nb, k in known.items():
+            if name in k:
+                _check_type(name, params[name], k[name], nb)
     return known
+
+
+def _check_type(name, value, default_text, notebook):
+    """KitError when ``value`` cannot stand where the notebook's default is a number or True/False (a string
+    where a number belongs would fail minutes later, deep in a cell)."""
+    import ast
+
+    try:
+        default = ast.literal_eval(default_text)
+    except (ValueError, SyntaxError):
+        return  # an expression: nothing to compare with
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    wanted = {bool: ("True or False", isinstance(value, bool)),
+              int: ("an integer", isinstance(value, int) and not isinstance(value, bool)),
+              float: ("a number", number)}.get(type(default))
+    if wanted and not wanted[1]:
+        raise KitError(f"notebook parameter {name}={value!r}: {notebook}.ipynb expects {wanted[0]} (its default "
+                       f"is {default_text})")
 
 
 @contextlib.contextmanager

@@ -41,7 +41,11 @@ def _runs(run_dirs):
             if isinstance(data, dict) and "bleu4" in data and "checkpoint" in data:
                 tests.append(data)
         for ck in sorted(glob.glob(os.path.join(run_dir, "**", "BEST_checkpoint_*.pth.tar"), recursive=True)):
-            c = load_checkpoint(ck)
+            try:
+                c = load_checkpoint(ck)
+            except KitError as e:  # report what can be reported; say what was left out
+                print(f"report: skipped {ck}: {e}")
+                continue
             test = next((t for t in tests if os.path.basename(t["checkpoint"]) == os.path.basename(ck)), None)
             best = max(c["history"], key=lambda r: r["bleu4"]) if c["history"] else {}
             runs.append({"name": f"{os.path.basename(os.path.normpath(run_dir))}/{c['kind']}", "checkpoint": ck,
@@ -89,6 +93,11 @@ def make_report(run_dirs, out):
     curves = save(training_curves([r["history"] for r in runs], [r["name"] for r in runs]),
                   os.path.join(out, "training_curves.png"))
     md += ["", "## Training curves", "", f"![training curves]({os.path.basename(curves)})", ""]
+    with_captions = [r for r in tested if r["test"].get("captions")]
+    if len(with_captions) < len(tested):  # e.g. a notebook's test_*.metrics.json holds scores only
+        print("report: no example captions for " + ", ".join(r["name"] for r in tested if r not in with_captions)
+              + " (their test results hold scores only)")
+    tested = with_captions
     if tested:
         md += ["## Examples (first test images)", "", "| image | " + " | ".join(r["name"] for r in tested) + " |",
                "|---" * (len(tested) + 1) + "|"]

@@ -117,7 +117,7 @@ def decode(caption: list[int], word_map: dict) -> list[str]:
 
 def expected_names(base: str) -> set[str]:
     return ({f"{s}_{k}_{base}.{'hdf5' if k == 'IMAGES' else 'json'}" for s in ("TRAIN", "VAL", "TEST") for k in KINDS}
-            | {f"WORDMAP_{base}.json"})
+            | {f"WORDMAP_{base}.json", f"MANIFEST_{base}.json"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
