@@ -277,7 +277,9 @@ def default_image(checkpoint, index=0):
     if not tests:
         raise KitError(f"{path} has no test image: set image to the path of an image file")
     rec = tests[index % len(tests)]
-    return os.path.join(raw, rec["filepath"], rec["filename"])
+    path = os.path.join(raw, rec["filepath"], rec["filename"])
+    rel = os.path.relpath(path)  # the same text in every clone when the data lies below the working directory
+    return path if rel.startswith(os.pardir + os.sep + os.pardir) else rel
 
 
 # ----------------------------------------------------------------------------------------------------- tables
