@@ -104,7 +104,9 @@ _STR = ((lambda v: isinstance(v, str) and v != ""), "a non-empty string")
 _BOOL = ((lambda v: isinstance(v, bool)), "True or False")
 RULES = {
     "data_folder": _STR, "data_name": _STR, "embed_dim": _int(1), "attention_dim": _int(1), "decoder_dim": _int(1),
-    "dropout": _number(0, 1, hi_open=True), "init_state": _one_of("mean", "learned"),
+    "dropout": _number(0, 1, hi_open=True),
+    "init_state": (_one_of("mean", "learned")[0], "'mean' (h0/c0 from the mean feature, as in the course) or "
+                   "'learned' (the attention decoder's h0/c0 do not depend on the image)"),
     "decoder": _one_of(None, "rnn", "attention", "adaptive"), "attention": _BOOL, "encoder": _STR,
     "encoder_weights": _optional(_STR), "encoded_image_size": _int(1), "recalibrate_images": _int(0),
     "device": ((lambda v: isinstance(v, (str, torch.device)) and str(v) != ""), "a device such as 'cpu' or 'cuda'"),
