@@ -54,7 +54,7 @@ def notebooks(seed, out, threads):
 
 def demo(seed, out, threads):
     env_cmd = [sys.executable, "-c", f"import torch, sys; torch.set_num_threads({threads}); "
-                                     f"from captioning.cli import main; sys.exit(main(sys.argv[1:]))"]
+                                     f"from instructor.cli import main; sys.exit(main(sys.argv[1:]))"]
     seconds = run(env_cmd + ["demo", "--out", out, f"seed={seed}"], out + ".log")
     with open(os.path.join(out, "summary.json")) as fh:
         s = json.load(fh)

@@ -14,6 +14,7 @@ import json
 import os
 import time
 
+from captioning.config import check_cfg
 from captioning.errors import KitError
 from captioning.recipe import DEMO, decoder_cfg
 
@@ -44,6 +45,10 @@ def demo_settings(overrides):
     if p["encoder"] not in ("shapes_cnn", "resnet101"):
         raise KitError(f"demo encoder={p['encoder']!r}: choose shapes_cnn (pretrained on the shapes boxes) or "
                        f"resnet101 (random weights)")
+    for decoder in str(p["decoders"]).split(","):  # the training settings: the same validation as `train`
+        if decoder not in ("rnn", "attention", "adaptive"):
+            raise KitError(f"demo decoders={p['decoders']!r}: a comma-separated list of rnn, attention, adaptive")
+        check_cfg(decoder_cfg(p, decoder))
     return p
 
 

@@ -293,3 +293,50 @@ def test_make_cfg_is_the_one_validation(tmp_path):
     with pytest.raises(KitError, match="lr_decay_factor"):
         make_cfg(lr_decay_factor=0, device="cpu")
     assert make_cfg(device="cpu", grad_clip=None, print_freq=None)["grad_clip"] is None
+
+
+# ---------------------------------------------------------------------------------------------- notebooks, report
+def test_notebook_runner_checks_value_types_before_anything_runs():
+    from instructor.notebook_runs import RUNS, check_parameters
+
+    with pytest.raises(KitError, match=r"epochs='notanumber': train1.ipynb expects an integer \(its default is"):
+        check_parameters({"epochs": "notanumber"}, RUNS)
+    with pytest.raises(KitError, match="decoder_lr=True: train1.ipynb expects a number"):
+        check_parameters({"decoder_lr": True}, RUNS)
+    check_parameters({"epochs": 3, "decoder_lr": 1, "encoder_weights": "imagenet"}, RUNS)
+
+
+def test_test_and_caption_take_the_checkpoints_decoder(shapes_data, tmp_path):
+    from captioning.notebooks import checkpoint_decoder
+
+    res = fit(cfg_for(shapes_data, tmp_path, decoder="rnn"))
+    assert checkpoint_decoder(res["best_checkpoint"]) == "rnn"
+    with pytest.raises(KitError, match="holds the 'rnn' decoder, but decoder = 'attention'"):
+        checkpoint_decoder(res["best_checkpoint"], "attention")
+
+
+def test_report_takes_what_it_can_and_says_what_it_skipped(shapes_data, tmp_path, capsys):
+    from instructor.report import make_report
+
+    run = tmp_path / "runs"
+    res = fit(cfg_for(shapes_data, run / "notebooks"))
+    # a notebook's test metrics: scores without captions
+    (run / "notebooks" / "test_attention.metrics.json").write_text(json.dumps(
+        {"bleu1": 0.5, "bleu2": 0.4, "bleu3": 0.3, "bleu4": 0.2, "split": "TEST", "beam_size": 5,
+         "checkpoint": res["best_checkpoint"]}))
+    (run / "broken").mkdir()
+    (run / "broken" / "BEST_checkpoint_Attention_x.pth.tar").write_text("not a checkpoint")
+    md = make_report([str(run)], str(tmp_path / "report"))
+    out = capsys.readouterr().out
+    assert "skipped" in out and "BEST_checkpoint_Attention_x.pth.tar" in out
+    assert "no example captions for" in out
+    assert "| 0.200 |" in Path(md).read_text()
+
+
+def test_the_demo_validates_its_training_settings_like_train(tmp_path):
+    from instructor.demo import demo_settings
+
+    with pytest.raises(KitError, match="decoder_lr = -1 is not allowed: decoder_lr must be a number > 0"):
+        demo_settings({"decoder_lr": -1})
+    with pytest.raises(KitError, match="decoders='rnn,transformer'"):
+        demo_settings({"decoders": "rnn,transformer"})
