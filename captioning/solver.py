@@ -26,6 +26,7 @@ from captioning.distributed import ProcessGroup
 from captioning.encoder import Encoder
 from captioning.errors import KitError
 from captioning.features import build_feature_cache
+from captioning.locks import training_lock
 from captioning.metrics import accuracy, bleu, strip_special
 from captioning.models import DecoderWithAttention, DecoderWithRNN
 from captioning.optim import adam, load_optimizer_state, resume_learning_rate
@@ -36,12 +37,8 @@ DIVERGED = 10
 
 
 def build_decoder(cfg, vocab_size, encoder_dim):
-    dcfg = dict(cfg, vocab_size=vocab_size)
-    if cfg["decoder"] == "rnn":
-        return DecoderWithRNN(dcfg, encoder_dim=encoder_dim)
-    if cfg["decoder"] == "attention":
-        return DecoderWithAttention(dcfg, encoder_dim=encoder_dim)
-    return DecoderWithAdaptiveAttention(dcfg, encoder_dim=encoder_dim)
+    cls = {"rnn": DecoderWithRNN, "attention": DecoderWithAttention}.get(cfg["decoder"], DecoderWithAdaptiveAttention)
+    return cls(dict(cfg, vocab_size=vocab_size), encoder_dim=encoder_dim)
 
 
 def build_encoder(cfg, state=None, progress=True):
@@ -377,7 +374,8 @@ class Trainer:
 def fit(cfg=None, progress=True, **overrides):
     """Train a decoder as configured; returns ``{"history", "checkpoint", "best_checkpoint", "best_bleu4"}``."""
     cfg = make_cfg(cfg, **overrides)
-    return Trainer(cfg, progress=progress).fit()
+    with training_lock(cfg):  # a second run into the same checkpoints stops at once
+        return Trainer(cfg, progress=progress).fit()
 
 
 def models_from_checkpoint(ckpt, device="cpu", path="the checkpoint"):

@@ -340,3 +340,14 @@ def test_the_demo_validates_its_training_settings_like_train(tmp_path):
         demo_settings({"decoder_lr": -1})
     with pytest.raises(KitError, match="decoders='rnn,transformer'"):
         demo_settings({"decoders": "rnn,transformer"})
+
+
+def test_a_second_training_into_the_same_checkpoints_stops_naming_the_first(shapes_data, tmp_path):
+    from captioning.locks import training_lock
+
+    cfg = make_cfg(cfg_for(shapes_data, tmp_path / "run"))
+    with training_lock(cfg):  # the first run, still training
+        with pytest.raises(KitError, match=r"training the attention decoder into .* is in use by another run \(pid"):
+            fit(cfg)
+    fit(cfg)  # once the first is done
+    assert not list((tmp_path / "run").glob(".lock-*"))
