@@ -10,8 +10,8 @@ recorded with its error and the others still run; the exit status is 1 when any 
   and ``non_blocking`` copies, DataLoader workers, the feature cache built on the device;
 * ``encoder`` — ResNet-101 (random weights) at 256 px, bf16 autocast and ``channels_last``: images/s;
 * ``train_step`` — the attention decoder at course sizes (vocabulary 9,490, dims 512, 14×14×2048, batches of 32
-  captions): the kit's path (whole images per batch, the fast-path plug-in when installed) and the course procedure
-  (per-caption batches, the decoder's own ``forward``), side by side: captions/s and the ratio;
+  captions): the kit's path (whole images per batch, the fast path) and the course procedure (per-caption batches,
+  the decoder's own ``forward``), side by side — the same step functions as ``train_speed.py``: captions/s, ratio;
 * ``beam`` — beam-5 decoding of 5,000 images (random decoder at course sizes) in batches of 250: images/s;
 * ``coco_epoch`` — the COCO epoch extrapolated from those (113,287 images × 5 captions): frozen encoder with the
   feature cache, frozen without it, and fine-tuned (the encoder's forward + backward per image, measured by
@@ -120,28 +120,22 @@ def _batch(sizes, device, images):
 
 
 def step_train_step(a, device, sizes, data):
-    from captioning import plugins
+    """The two training steps train_speed.py measures on the CPU (the same functions), here on the device."""
     from captioning.optim import adam
-    from captioning.solver import _loss, decoder_scores
+    from train_speed import course_loss, kit_loss, make_cfg, per_caption, update
 
     dec = _decoder(sizes, device).train()
     opt = adam(dec.parameters(), 4e-4)
-    cfg = {"decoder": "attention", "alpha_c": 1.0}
+    cfg = make_cfg("attention")
     images = max(1, sizes["batch"] // CPI)
     enc, caps, lens = _batch(sizes, device, images)
-    fast = plugins.get("fast_path")
-    out = {"fast_path": fast is not None}
-    for name, fast_, group in (("kit", fast, True), ("course", None, False)):
-        e, c, l = (enc, caps, lens) if group else (enc.repeat_interleave(CPI, 0), caps.reshape(-1, 1, 17),
-                                                   lens.reshape(-1, 1))
-
+    out = {"fast_path": "instructor.fastpath"}  # what kit_loss computes with
+    for name, loss_fn, batch in (("kit", kit_loss, (enc, caps, lens)), ("course", course_loss,
+                                                                        per_caption(enc, caps, lens))):
         def run():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                scores, targets, alphas = decoder_scores(dec, e, c, l, fast=fast_)
-            loss = _loss(cfg, scores, targets, alphas)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+                loss = loss_fn(dec, cfg, *batch)
+            update(dec, opt, loss.float(), cfg)
 
         sec = _timed(run, device, 2 if a.dry_run else 20)
         out[f"{name}_step_s"] = sec

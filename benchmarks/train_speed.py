@@ -7,7 +7,7 @@
     embed/attention/decoder dims 512, batches of 32 captions of COCO-like lengths), one training step =
     forward + loss (cross-entropy + doubly stochastic attention term) + backward + gradient clipping + Adam:
 
-    * kit    — ``solver.decoder_scores(..., fast=True)`` on a batch grouped by image, as the kit's loader makes
+    * kit    — ``solver.decoder_scores(..., fast=fastpath)`` on a batch grouped by image, as the kit's loader makes
                it: 32 // 5 = 6 images × 5 captions, ``encoder_out`` has one row per image;
     * course — per-caption samples (``encoder_out`` repeated for each caption), the decoder's own ``forward``
                (Attention projects the encoder output again at every step, ``fc`` runs per step), then
@@ -54,6 +54,7 @@ from captioning.datasets import ImageCaptions, normalize
 from captioning.models import DecoderWithAttention, DecoderWithRNN, Encoder
 from captioning.optim import adam
 from captioning.solver import _loss, decoder_scores
+from instructor import fastpath
 
 COCO_CAPTIONS = 113_287 * 5
 MAX_LEN = 50  # prepare's default: captions are padded to max_len + 2 = 52 tokens
@@ -120,7 +121,7 @@ def course_loss(decoder, cfg, enc_c, caps_c, lens_c):
 
 
 def kit_loss(decoder, cfg, enc, caps, lens):
-    scores, targets, alphas = decoder_scores(decoder, enc, caps, lens, fast=True)
+    scores, targets, alphas = decoder_scores(decoder, enc, caps, lens, fast=fastpath)
     return _loss(cfg, scores, targets, alphas)
 
 
@@ -136,7 +137,7 @@ def check_same_loss(kit_dec, course_dec, cfg, batch, what):
     enc, caps, lens = batch
     kit_dec.eval()
     course_dec.eval()
-    k_scores, k_targets, k_alphas = decoder_scores(kit_dec, enc, caps, lens, fast=True)
+    k_scores, k_targets, k_alphas = decoder_scores(kit_dec, enc, caps, lens, fast=fastpath)
     c_scores, c_targets, c_alphas = course_scores(course_dec, *per_caption(enc, caps, lens))
     k_loss = _loss(cfg, k_scores, k_targets, k_alphas)
     c_loss = course_criterion(cfg, c_scores, c_targets, c_alphas)
@@ -212,7 +213,7 @@ def decoder_throughput(kind, args):
             caps_kit += caps.numel() // caps.size(-1)
     kit_cps = caps_kit / t_kit.seconds
     course_cps = caps_course / t_course.seconds
-    rows = [["kit: decoder_scores(fast=True), grouped by image", t_kit.count, f"{t_kit.seconds / t_kit.count:.3f}",
+    rows = [["kit: decoder_scores(fast=fastpath), grouped by image", t_kit.count, f"{t_kit.seconds / t_kit.count:.3f}",
              f"{kit_cps:.1f}", f"{kit_cps / course_cps:.2f}x"],
             ["course: per-caption forward + pack + CE", t_course.count, f"{t_course.seconds / t_course.count:.3f}",
              f"{course_cps:.1f}", "1.00x"]]

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from captioning.errors import KitError
@@ -119,6 +121,15 @@ RULES = {
     "max_decode_len": _int(2), "max_train_images": _optional(_int(1)), "max_val_images": _optional(_int(1)),
     "progress": _BOOL,
 }
+
+
+def make_output_dir(cfg):
+    """Create ``cfg["output_dir"]``; a KitError naming the setting when it cannot be created (e.g. under a file)."""
+    try:
+        os.makedirs(cfg["output_dir"], exist_ok=True)
+    except OSError as e:
+        raise KitError(f"setting output_dir = {cfg['output_dir']!r}: cannot create that folder ({e.strerror or e}); "
+                       f"choose another output_dir") from None
 
 
 def check_cfg(cfg):

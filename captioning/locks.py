@@ -62,10 +62,8 @@ def training_lock(cfg):
     checkpoints stops at once, naming it. Under torchrun only rank 0 (the one that writes) takes it."""
     if int(os.environ.get("RANK", "0")) != 0:
         return contextlib.nullcontext()
-    try:
-        os.makedirs(cfg["output_dir"], exist_ok=True)
-    except OSError as e:
-        raise KitError(f"setting output_dir = {cfg['output_dir']!r}: cannot create that folder ({e.strerror or e}); "
-                       f"choose another output_dir") from None
+    from captioning.config import make_output_dir  # here: prepare imports this module, and need not load torch
+
+    make_output_dir(cfg)
     return folder_lock(cfg["output_dir"], f"train-{cfg['decoder']}-{cfg['data_name']}", wait=False,
                        what=f"training the {cfg['decoder']} decoder into {cfg['output_dir']}")

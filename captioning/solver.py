@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from captioning import plugins
 from captioning.adaptive import DecoderWithAdaptiveAttention
 from captioning.checkpoints import check_compatible, load_checkpoint, load_weights, save_checkpoint, word_map_id
-from captioning.config import DECODER_NAMES, make_cfg
+from captioning.config import DECODER_NAMES, make_cfg, make_output_dir
 from captioning.datasets import ImageCaptions, load_word_map, normalize
 from captioning.decoding import beam_search
 from captioning.distributed import ProcessGroup
@@ -180,11 +180,7 @@ class Trainer:
         self.image_size = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN").image_shape[-1]
         self.fast = False  # decided on the first batch: the fast-path plug-in or None
         self.kind = DECODER_NAMES[cfg["decoder"]]
-        try:
-            os.makedirs(cfg["output_dir"], exist_ok=True)
-        except OSError as e:
-            raise KitError(f"setting output_dir = {cfg['output_dir']!r}: cannot create that folder "
-                           f"({e.strerror or e}); choose another output_dir") from None
+        make_output_dir(cfg)
         self.ckpt_path = os.path.join(cfg["output_dir"], f"checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
         self.best_path = os.path.join(cfg["output_dir"], f"BEST_checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
 
