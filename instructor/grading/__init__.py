@@ -1,16 +1,17 @@
 """Grading of student submissions — INSTRUCTOR-ONLY (the release leaves this package out).
 
 ``python -m instructor grade SUBMISSIONS_DIR --out DIR [--jobs N] [--notebooks [key=value …]] [--timeout S] [--memory-mb M]``
+``python -m instructor grade --check-sandbox``
 
-* ``batch.py`` — ``grade``: stages every submission, runs ``child.py`` in each one's sandbox (a few at a time),
-  collects the results and writes the outputs;
-* ``rubric.py`` — loads ``rubric.toml`` (the points per hidden test) and checks it against the hidden tests;
-* ``submissions.py`` — finds the submissions (folders / .zip) and copies out, checked, the files grading needs;
-* ``sandbox.py`` — builds a sandbox per submission; runs a process there in its own process group with limits;
-* ``outputs.py`` — writes ``grades.csv``, ``feedback/ID.md``, ``summary.md``, ``results.json`` and ``logs/ID.log``;
-* ``child.py`` — runs inside the sandbox: imports the student's models and the reference, runs the hidden tests;
+* ``batch.py`` — ``grade``: stages every submission, grades them a few at a time (``job.py``), journals each
+  result (``journal.py``) and writes the outputs (``outputs.py``: grades.csv, feedback/, summary.md, …);
+* ``job.py`` — one submission: its sandbox folder, its process, the hidden tests run against it, its result;
+* ``sandbox.py`` — the OS sandbox (bubblewrap namespaces, cgroup limits); ``escapes.py`` — ``--check-sandbox``;
+* ``remote.py`` — the grader's end of the pipes to a submission's process; ``wire.py`` — their message format;
+* ``child.py`` — runs inside the sandbox: does what the grader asks with the student's code, returns raw outputs;
 * ``hidden_tests.py`` — the hidden tests, one region each (``hidden_harness.py``: their registry, comparisons and
-  ``Context``); ``rubric.toml`` — their points.
+  ``Context``); ``rubric.toml`` — their points; ``rubric.py`` loads and checks it;
+* ``submissions.py`` — finds the submissions (folders / .zip) and copies out, checked, the files grading needs.
 """
 from __future__ import annotations
 
@@ -18,10 +19,18 @@ from __future__ import annotations
 def _cmd_grade(a):
     from instructor.grading.batch import grade
 
+    if a.check_sandbox:
+        from instructor.grading.escapes import check_sandbox
+
+        raise SystemExit(0 if check_sandbox() else 1)
+    if a.submissions is None or a.out is None:
+        from captioning.errors import KitError
+
+        raise KitError("grade needs SUBMISSIONS_DIR and --out DIR (or --check-sandbox)")
     results = grade(a.submissions, a.out, jobs=a.jobs, timeout=a.timeout, memory_mb=a.memory_mb,
                     notebooks=a.notebooks, notebook_timeout=a.notebook_timeout, notebook_params=a.overrides,
                     rubric_path=a.rubric, progress=not a.quiet, keep_sandboxes=a.keep_sandboxes,
-                    test_timeout=a.test_timeout)
+                    test_timeout=a.test_timeout, allow_unsandboxed=a.allow_unsandboxed)
     counts = {}
     for r in results:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -38,16 +47,20 @@ def register(subparsers):
 
     s = subparsers.add_parser("grade", help="grade student submissions (folders or .zip files with models.py) "
                                             "with the hidden tests, each in its own sandboxed process")
-    s.add_argument("submissions", help="folder with one sub-folder or .zip per student")
-    s.add_argument("--out", required=True, help="folder for grades.csv, feedback/, summary.md, results.json, logs/")
+    s.add_argument("submissions", nargs="?", help="folder with one sub-folder or .zip per student")
+    s.add_argument("--out", help="folder for grades.csv, feedback/, summary.md, results.json, logs/, journal/")
+    s.add_argument("--check-sandbox", action="store_true",
+                   help="try each known escape in a sandbox and print what is contained (exit 1 if one is not)")
+    s.add_argument("--allow-unsandboxed", action="store_true",
+                   help="grade even where a sandbox layer (bubblewrap, cgroups) is missing; summary.md says so")
     s.add_argument("--jobs", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 2)),
                    help="submissions graded in parallel (each with its own memory limit)")
     s.add_argument("--timeout", type=float, default=300.0, help="wall-clock seconds per submission (default 300)")
     s.add_argument("--test-timeout", type=float, default=None,
                    help="seconds per hidden test and for importing models.py (default: rubric.toml's)")
     s.add_argument("--memory-mb", type=int, default=2048,
-                   help="address space a submission may allocate beyond what Python + torch map at import "
-                        "(default 2048)")
+                   help="memory the submission's processes may use together beyond what Python + torch "
+                        "take (default 2048)")
     s.add_argument("--notebooks", action="store_true",
                    help="also run the student's train*/test* notebooks (python -m instructor notebooks) in the "
                         "sandbox and record their BLEU-4")

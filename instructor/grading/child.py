@@ -1,17 +1,23 @@
-"""The grading process of ONE submission — copied into its sandbox as ``_grade_child.py`` and run there by the
-grader (``batch.py``) in a fresh process group with a memory limit and a wall-clock timeout.
+"""The process that runs ONE submission's code — copied into its sandbox as ``_grade_child.py`` (with ``_wire.py``)
+and started there by the grader (``remote.py``):
 
-    python _grade_child.py FD PER_TEST_TIMEOUT_S MEMORY_MB
+    python -S _grade_child.py FD_IN FD_OUT MEMORY_MB
 
-The sandbox holds ``captioning/`` (the reference kit with the student's ``models.py``), ``reference_models.py``
-(the reference solution), ``_hidden_tests.py`` and ``_hidden_harness.py``. Results go, one JSON object per line, to
-the pipe FD (so nothing the student prints can be mistaken for a result): ``ready``, ``import``, one ``test`` per
-hidden test, ``done``.
+It holds no test, no expected value and no reference code: it only does what the grader asks, one request at a
+time over two pipes (``wire.py`` messages), and sends back raw outputs, which the grader scores in its own process.
 
-Standard library only until the student's code is imported; no traceback is ever sent (it would quote the hidden
-tests' source): messages are the hidden tests' own texts, or the student's exception with its line in models.py.
+* ``import``: import the student's ``captioning.models``;
+* ``build``: build a student class with its own ``__init__`` (sub-module classes named in ``record`` replaced by a
+  recorder of their constructor arguments) and describe it: modules, their settings, weight names and shapes;
+* ``hybrid``: an object of the student's class whose layers are given by the grader (``modules`` + ``state``), whose
+  method under test is the student's, and whose other graded methods (``remote``) and ``attention`` sub-module
+  call back to the grader, which answers them with the reference (so a bug costs only its own region);
+* ``call``: run a method of an object (train/eval mode, seeded, optionally on the ``meta`` device);
+* ``exit``.
+
+Standard library and torch only before the student's code is imported; messages about the student's exceptions
+name their line in models.py and never quote another file.
 """
-import json
 import os
 import re
 import resource
@@ -22,11 +28,14 @@ import traceback
 
 _ALLOC = re.compile(r"can't allocate memory|not enough memory|DefaultCPUAllocator|bad_alloc|out of memory|"
                     r"Cannot allocate memory|failed to map segment", re.IGNORECASE)
+SETTINGS = ("in_features", "out_features", "input_size", "hidden_size", "num_embeddings", "embedding_dim",
+            "padding_idx", "num_features", "eps", "momentum", "affine", "track_running_stats", "p", "inplace", "dim",
+            "normalized_shape")
 
 
 class TestTimeout(BaseException):
-    """Raised by SIGALRM when one test (or the import) runs past its limit; a BaseException so that a student's
-    ``except Exception`` does not swallow it."""
+    """Raised by SIGALRM when one request runs past its limit (a BaseException: ``except Exception`` in the
+    student's code does not swallow it)."""
 
 
 def _on_alarm(signum, frame):
@@ -43,8 +52,7 @@ def classify(e):
     return "error"
 
 
-def describe(e, models_path, limit_s=None):
-    """A message about an exception from the student's code, naming its line in models.py (never other sources)."""
+def describe(e, models_path, limit_s):
     if isinstance(e, TestTimeout):
         return f"did not finish within {limit_s:g} s (an endless loop?)"
     if isinstance(e, SystemExit):
@@ -71,31 +79,228 @@ def _vm_bytes():
     return None
 
 
+class Server:
+    def __init__(self, fd_in, fd_out, models_path):
+        import torch
+        from torch import nn
+
+        import _wire
+
+        self.torch, self.nn, self.wire = torch, nn, _wire
+        self.fd_in, self.fd_out, self.models_path = fd_in, fd_out, models_path
+        self.reader, self.pending = _wire.Reader(), []
+        self.objects, self.stu, self.own = {}, None, {}
+
+    # ------------------------------------------------------------------------------------------------ messages
+    def send(self, value):
+        self.wire.write_message(self.fd_out, value)
+
+    def receive(self):
+        while not self.pending:
+            data = os.read(self.fd_in, 1 << 16)
+            if not data:
+                os._exit(0)  # the grader went away
+            self.pending.extend(self.reader.feed(data))
+        return self.pending.pop(0)
+
+    def refcall(self, oid, path, args, kwargs, train):
+        """Ask the grader to run the reference's ``path`` (a method or sub-module of object ``oid``)."""
+        self.send({"op": "refcall", "id": oid, "path": path, "args": tuple(args), "kwargs": dict(kwargs),
+                   "train": bool(train)})
+        answer = self.receive()
+        if not isinstance(answer, dict) or not answer.get("ok"):
+            raise RuntimeError(f"the reference {path} could not run on these inputs: "
+                               f"{answer.get('message') if isinstance(answer, dict) else answer}")
+        return answer["value"]
+
+    def serve(self):
+        signal.signal(signal.SIGALRM, _on_alarm)
+        while True:
+            req = self.receive()
+            if not isinstance(req, dict) or req.get("op") == "exit":
+                return
+            limit = float(req.get("limit", 20))
+            try:
+                signal.setitimer(signal.ITIMER_REAL, limit)
+                value = getattr(self, "op_" + str(req.get("op")))(req)
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                reply = {"ok": True, "value": value}
+            except BaseException as e:  # noqa: BLE001 - anything the student's code does
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                reply = {"ok": False, "kind": classify(e), "message": describe(e, self.models_path, limit)}
+            self.send({"reply": reply})
+
+    # ------------------------------------------------------------------------------------------------------ ops
+    def op_import(self, req):
+        import captioning.models as stu
+
+        if os.path.abspath(stu.__file__) != self.models_path:
+            raise ImportError(f"captioning.models came from {stu.__file__}, not the submission")
+        self.stu = stu
+        return None
+
+    def _class(self, name):
+        cls = getattr(self.stu, name, None)
+        if not isinstance(cls, type):
+            raise AttributeError(f"models.py has no class {name}")
+        return cls
+
+    def op_build(self, req):
+        """Build with the student's __init__; describe the object."""
+        torch = self.torch
+        cls = self._class(req["cls"])
+        recorded, saved = [], {}
+        for name in req.get("record", ()):
+            saved[name] = getattr(self.stu, name, None)
+            setattr(self.stu, name, self._recorder(name, recorded))
+        try:
+            torch.manual_seed(0)
+            obj = cls(*req.get("args", ()), **req.get("kwargs", {}))
+        finally:
+            for name, v in saved.items():
+                setattr(self.stu, name, v)
+        oid = len(self.objects)
+        self.objects[oid] = obj
+        return {"id": oid, "modules": self._describe(obj), "recorded": recorded,
+                "state": {k: [list(v.shape), str(v.dtype).removeprefix("torch.")]
+                          for k, v in obj.state_dict().items()}}
+
+    def _recorder(self, name, recorded):
+        nn = self.nn
+
+        class Recorder(nn.Module):
+            def __init__(self, *args, **kwargs):
+                super().__init__()
+                recorded.append({"cls": name, "args": tuple(args), "kwargs": dict(kwargs)})
+
+        Recorder.__name__ = Recorder.__qualname__ = name
+        return Recorder
+
+    def _describe(self, obj):
+        nn = self.nn
+        out = []
+        for name, m in obj.named_modules():
+            if not name:
+                continue
+            torch_bases = [k.__name__ for k in type(m).__mro__ if k.__module__.startswith("torch.nn")]
+            settings = {}
+            for key in SETTINGS:
+                v = getattr(m, key, None) if key in vars(m) else None
+                if isinstance(v, (bool, int, float)) or (key == "normalized_shape" and isinstance(v, tuple)):
+                    settings[key] = v
+            if isinstance(m, (nn.Linear, nn.LSTMCell)):
+                settings["bias"] = getattr(m, "bias", None) is not None or getattr(m, "bias_ih", None) is not None
+            out.append({"name": name, "type": type(m).__name__, "torch": torch_bases, "settings": settings})
+        return out
+
+    def op_hybrid(self, req):
+        """The student's class, the grader's layers and weights, the reference's other methods over the pipe."""
+        nn = self.nn
+        name = req["cls"]
+        cls = self._class(name)
+        obj = cls.__new__(cls)
+        nn.Module.__init__(obj)
+        oid = len(self.objects)
+        server = self
+        for key, value in req.get("attrs", {}).items():
+            object.__setattr__(obj, key, value)
+        for mname, kind, kwargs in req["modules"]:
+            if kind == "remote":
+                obj._modules[mname] = _ref_module(nn, server, oid, mname)
+            else:
+                obj._modules[mname] = getattr(nn, kind)(**kwargs)
+        state = req["state"]
+        missing, _ = obj.load_state_dict(state, strict=False)
+        if set(missing) & set(state):
+            raise RuntimeError(f"could not load {sorted(set(missing) & set(state))}")
+        theirs = self._own(name, req.get("own"))
+        if theirs is not None:  # their extra layers and attributes (e.g. self.softmax) for their method to use
+            for k, m in theirs._modules.items():
+                obj._modules.setdefault(k, m)
+            for k, v in vars(theirs).items():
+                if not k.startswith("_") and k not in vars(obj) and k != "training":
+                    obj.__dict__[k] = v
+        overrides = {}
+        for method in req.get("remote", ()):
+            overrides[method] = _ref_method(server, oid, method)
+        obj.__class__ = type(name, (cls,), overrides)
+        self.objects[oid] = obj
+        return {"id": oid}
+
+    def _own(self, name, build):
+        """The student's own object of class ``name`` built once with ``build`` = [args, kwargs] (None when their
+        __init__ fails: that is graded elsewhere)."""
+        if build is None:
+            return None
+        if name not in self.own:
+            self.own[name] = None
+            try:
+                self.torch.manual_seed(0)
+                self.own[name] = self._class(name)(*build[0], **build[1])
+            except Exception:  # noqa: BLE001
+                pass
+        return self.own[name]
+
+    def op_call(self, req):
+        torch = self.torch
+        obj = self.objects[req["id"]]
+        args = list(req.get("args", ()))
+        if req.get("device") == "meta":
+            obj.to("meta")
+            keep = set(req.get("cpu_args", ()))
+            args = [a.to("meta") if torch.is_tensor(a) and i not in keep else a for i, a in enumerate(args)]
+        obj.train(bool(req.get("train")))
+        fn = obj if req.get("method", "__call__") == "__call__" else getattr(obj, req["method"])
+        if req.get("seed") is not None:
+            torch.manual_seed(int(req["seed"]))
+        with torch.set_grad_enabled(bool(req.get("grad"))):
+            out = fn(*args)
+        return _detach(torch, out)
+
+
+def _ref_module(nn, server, oid, path):
+    class RefModule(nn.Module):  # a sub-module the grader runs with the reference (e.g. attention)
+        def forward(self, *args, **kwargs):
+            return server.refcall(oid, path, args, kwargs, self.training)
+
+    return RefModule()
+
+
+def _ref_method(server, oid, method):
+    def call(self, *args, **kwargs):  # a graded method the grader runs with the reference
+        return server.refcall(oid, method, args, kwargs, self.training)
+
+    call.__name__ = method
+    return call
+
+
+def _detach(torch, v, depth=0):
+    if depth > 6:
+        return v
+    if torch.is_tensor(v):
+        return v.detach().clone() if v.device.type != "meta" else v.detach()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_detach(torch, x, depth + 1) for x in v) if type(v) in (list, tuple) else list(v)
+    return v
+
+
 def main():
-    fd, per_test, memory_mb = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-    chan = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
-
-    def emit(**kw):
-        chan.write(json.dumps(kw) + "\n")
-        chan.flush()
-
+    fd_in, fd_out, memory_mb = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     here = os.path.dirname(os.path.abspath(__file__))
     models_path = os.path.join(here, "captioning", "models.py")
     if sys.path[0] != here:
         sys.path.insert(0, here)
-
     import torch
 
     torch.set_num_threads(1)
+    server = Server(fd_in, fd_out, models_path)
     import captioning.errors  # noqa: F401  (the sandbox's package, not an installed one)
-    import reference_models
-    import _hidden_tests as ht
 
     if os.path.dirname(os.path.abspath(captioning.errors.__file__)) != os.path.join(here, "captioning"):
-        emit(event="fatal", message=f"captioning was imported from {captioning.errors.__file__}, not the sandbox")
+        server.send({"fatal": f"captioning was imported from {captioning.errors.__file__}, not the sandbox"})
         return
-    # From here on the student's code may run: tighten the address-space limit to what is mapped now (Python,
-    # torch, torchvision) plus the submission's allowance. Lowering the hard limit cannot be undone.
+    # From here on the student's code may run: tighten the address-space limit to what is mapped now plus the
+    # submission's allowance (one process; the sandbox's cgroup limits all of them together).
     vm = _vm_bytes()
     if memory_mb > 0 and vm:
         limit = vm + memory_mb * 2 ** 20
@@ -103,43 +308,8 @@ def main():
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    emit(event="ready", vm_mb=None if vm is None else round(vm / 2 ** 20))
-
-    signal.signal(signal.SIGALRM, _on_alarm)
-    t0 = time.time()
-    try:
-        signal.setitimer(signal.ITIMER_REAL, per_test)
-        import captioning.models as stu
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    except BaseException as e:  # noqa: BLE001 - anything the student's import does
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        emit(event="import", ok=False, kind=classify(e), message=describe(e, models_path, per_test),
-             seconds=round(time.time() - t0, 3))
-        chan.close()
-        os._exit(0)
-    if os.path.abspath(stu.__file__) != models_path:
-        emit(event="fatal", message=f"captioning.models came from {stu.__file__}")
-        return
-    emit(event="import", ok=True, seconds=round(time.time() - t0, 3))
-
-    ctx = ht.Context(reference_models, stu)
-    for name, (region, fn) in ht.TESTS.items():
-        t0 = time.time()
-        try:
-            signal.setitimer(signal.ITIMER_REAL, per_test)
-            fn(ctx)
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            ok, kind, msg = True, "pass", ""
-        except ht.Failed as e:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            ok, kind, msg = False, "fail", str(e)
-        except BaseException as e:  # noqa: BLE001
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            ok, kind, msg = False, classify(e), describe(e, models_path, per_test)
-        emit(event="test", name=name, region=region, ok=ok, kind=kind, message=msg[:1500],
-             seconds=round(time.time() - t0, 3))
-    emit(event="done")
-    chan.close()
+    server.send({"ready": True, "vm_mb": None if vm is None else round(vm / 2 ** 20), "t": time.time()})
+    server.serve()
     os._exit(0)  # skip atexit handlers the student's code may have registered
 
 

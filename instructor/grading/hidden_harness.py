@@ -1,27 +1,43 @@
-"""The harness of the hidden tests (``hidden_tests.py``) — INSTRUCTOR-ONLY, copied into a grading sandbox as
-``_hidden_harness.py`` only for the run: the registry ``TESTS`` (filled by the ``@test(region)`` decorator),
-``Failed``, the comparisons (``close``, ``rel_error``, ``unpack``) and ``Context``, which builds the reference, the
-student's and the hybrid modules the tests compare (see ``hidden_tests.py`` for the isolation it provides).
+"""The harness of the hidden tests (``hidden_tests.py``) — INSTRUCTOR-ONLY, runs in the grader's own process.
+
+``Context`` is what a test sees: the reference modules (the kit's own ``captioning.models``, with seeded weights),
+the inputs, and the student's code behind ``remote`` (their sandboxed process, ``remote.py``): ``build`` runs their
+``__init__`` and returns a description; ``hybrid`` + ``call`` run one of their methods on the reference's layers and
+weights, their other graded methods answered by the reference over the pipe (``serve_refcall``). The child only
+returns raw outputs; every comparison is made here.
 """
 from __future__ import annotations
 
+import copy
+import time
+
 import torch
+from torch import nn
+
+from instructor.grading import wire
 
 REL_TOL = 1e-4
-CFG = dict(vocab_size=23, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.5)
+# dropout 0.3, not PyTorch's default 0.5: a layer that ignores the cfg must show
+CFG = dict(vocab_size=23, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.3)
 C, S = 7, 3  # encoder channels, grid side (P = 9 regions)
 P = S * S
 GRADED = {"DecoderWithRNN": ("forward", "one_step"), "Attention": ("forward",),
           "DecoderWithAttention": ("forward", "one_step")}
+REMOTE_MODULES = {"DecoderWithAttention": ("attention",)}
 LENGTHS = (6, 9, 3, 7, 4)  # caption lengths incl. <start>/<end>, deliberately unsorted; T = 9
 SEEDS = {"DecoderWithRNN": 11, "Attention": 13, "DecoderWithAttention": 17}
 N_STEP = 5  # rows of the one_step inputs (differs from P, C, D so a wrong dimension shows)
+DROPOUT_SEED = 77
 
 TESTS = {}  # name -> (region, function)
 
 
 class Failed(AssertionError):
     """A hidden test found a problem; the message goes to the student."""
+
+
+class ChildProblem(Exception):
+    """The student's process stopped answering (ended, hung past the alarm, broke the protocol)."""
 
 
 def test(region):
@@ -35,14 +51,23 @@ def test(region):
     return deco
 
 
+def is_tensor(x):
+    return isinstance(x, torch.Tensor)
+
+
 def rel_error(got, expected):
     got, expected = got.detach().double(), expected.detach().double()
     return ((got - expected).abs().max() / (expected.abs().max() + 1e-8)).item()
 
 
+def matches(got, want):
+    return is_tensor(got) and tuple(got.shape) == tuple(want.shape) and got.device == want.device and \
+        (got.numel() == 0 or rel_error(got, want) <= REL_TOL)
+
+
 def close(name, got, want, hint=""):
-    if not torch.is_tensor(got):
-        raise Failed(f"{name} should be a tensor of shape {tuple(want.shape)}, got {type(got).__name__}")
+    if not is_tensor(got):
+        raise Failed(f"{name} should be a tensor of shape {tuple(want.shape)}, got {_kind(got)}")
     if tuple(got.shape) != tuple(want.shape):
         raise Failed(f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}" +
                      (f". {hint}" if hint else ""))
@@ -52,18 +77,58 @@ def close(name, got, want, hint=""):
                      (f". {hint}" if hint else ""))
 
 
+def _kind(x):
+    return repr(x) if isinstance(x, wire.Unencodable) else type(x).__name__
+
+
 def unpack(out, names):
     if not isinstance(out, tuple) or len(out) != len(names):
-        got = f"{len(out)} values" if isinstance(out, tuple) else type(out).__name__
+        got = f"{len(out)} values" if isinstance(out, (tuple, list)) else _kind(out)
         raise Failed(f"should return {len(names)} values ({', '.join(names)}), returned {got}")
     return dict(zip(names, out))
 
 
+# ----------------------------------------------------------------------------------------------------- the spec
+def _settings(m):
+    """Constructor keywords that rebuild the layer ``m`` (the reference's layers are of these kinds only)."""
+    if isinstance(m, nn.Linear):
+        return dict(in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None)
+    if isinstance(m, nn.LSTMCell):
+        return dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)
+    if isinstance(m, nn.Embedding):
+        return dict(num_embeddings=m.num_embeddings, embedding_dim=m.embedding_dim, padding_idx=m.padding_idx)
+    if isinstance(m, nn.BatchNorm1d):
+        return dict(num_features=m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                    track_running_stats=m.track_running_stats)
+    if isinstance(m, nn.Dropout):
+        return dict(p=m.p)
+    if isinstance(m, (nn.Sigmoid, nn.ReLU, nn.Tanh)):
+        return {}
+    raise TypeError(f"no spec for layer {type(m).__name__}")
+
+
+def hybrid_spec(cls, ref, method, state):
+    """The ``hybrid`` request that rebuilds the reference object ``ref`` around the student's ``method``."""
+    remote_mods = REMOTE_MODULES.get(cls, ())
+    modules = [[name, "remote" if name in remote_mods else type(m).__name__,
+                {} if name in remote_mods else _settings(m)] for name, m in ref._modules.items()]
+    attrs = {k: v for k, v in vars(ref).items()
+             if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str))}
+    own = [[C, CFG["decoder_dim"], CFG["attention_dim"]], {}] if cls == "Attention" else [[dict(CFG)],
+                                                                                          {"encoder_dim": C}]
+    return {"op": "hybrid", "cls": cls, "modules": modules, "attrs": attrs, "own": own,
+            "state": {k: v for k, v in state.items() if not any(k.startswith(m + ".") for m in remote_mods)},
+            "remote": [m for m in GRADED[cls] if m != method]}
+
+
 # ---------------------------------------------------------------------------------------------------- context
 class Context:
-    def __init__(self, ref, stu):
-        self.ref, self.stu = ref, stu
-        self._states, self._theirs = {}, {}
+    """What one submission's tests use: inputs, reference modules, and the student's process (``remote``)."""
+
+    def __init__(self, ref_module, remote=None):
+        self.ref, self.remote = ref_module, remote
+        self.deadline = None  # set per test by the runner
+        self._states, self._builds, self._refs = {}, {}, {}
         g = torch.Generator().manual_seed(2024)
         caps = torch.randint(1, CFG["vocab_size"], (len(LENGTHS), max(LENGTHS)), generator=g)
         for i, n in enumerate(LENGTHS):
@@ -77,20 +142,18 @@ class Context:
         self.att_in = {"encoder_out": torch.randn(6, P, C, generator=g),
                        "h": torch.randn(6, CFG["decoder_dim"], generator=g)}
 
+    # ------------------------------------------------------------------------------------------ reference side
     @staticmethod
-    def _build(module, cls):
-        klass = getattr(module, cls, None)
-        if klass is None:
-            raise Failed(f"models.py has no class {cls}")
+    def _construct(module, cls):
         torch.manual_seed(0)
         if cls == "Attention":
-            return klass(C, CFG["decoder_dim"], CFG["attention_dim"])
-        return klass(dict(CFG), encoder_dim=C)
+            return getattr(module, cls)(C, CFG["decoder_dim"], CFG["attention_dim"])
+        return getattr(module, cls)(dict(CFG), encoder_dim=C)
 
     def state(self, cls):
         """Seeded weights of the reference ``cls`` (every parameter and BatchNorm statistic random)."""
         if cls not in self._states:
-            mod = self._build(self.ref, cls)
+            mod = self._construct(self.ref, cls)
             g = torch.Generator().manual_seed(SEEDS[cls])
             with torch.no_grad():
                 for name, t in sorted(mod.state_dict().items()):
@@ -100,53 +163,111 @@ class Context:
             self._states[cls] = {k: v.clone() for k, v in mod.state_dict().items()}
         return self._states[cls]
 
-    def reference(self, cls, train=False):
-        mod = self._build(self.ref, cls)
-        mod.load_state_dict(self.state(cls))
+    def reference(self, cls, train=False, state=None):
+        mod = self._construct(self.ref, cls)
+        mod.load_state_dict(state if state is not None else self.state(cls))
         return mod.train(train)
 
-    def student(self, cls):
-        """The student's own module, built by their __init__ (raises what it raises)."""
-        return self._build(self.stu, cls)
+    # --------------------------------------------------------------------------------------------- student side
+    def _request(self, msg):
+        limit = 20.0 if self.deadline is None else max(0.5, self.deadline - time.monotonic())
+        reply = self.remote.request(msg, limit)
+        if not reply.get("ok"):
+            raise StudentError(reply.get("kind", "error"), reply.get("message", ""))
+        return reply.get("value")
 
-    def hybrid(self, cls, method, train=False, state=None):
-        """Reference layers and weights; the student's ``method``; the reference's other TODO methods."""
-        ref_cls, stu_cls = getattr(self.ref, cls), getattr(self.stu, cls, None)
-        if not isinstance(stu_cls, type):
-            raise Failed(f"models.py has no class {cls}")
-        obj = self._build(self.ref, cls)
-        obj.load_state_dict(state or self.state(cls))
-        if cls not in self._theirs:  # built once; if their __init__ hangs, only the first test pays for it
-            self._theirs[cls] = None
+    def build(self, cls):
+        """Their ``cls`` built by their ``__init__``: {"modules": [...], "state": {name: [shape, dtype]},
+        "recorded": [constructor calls of sub-module classes]}."""
+        if cls not in self._builds:
             try:
-                self._theirs[cls] = self.student(cls)
-            except Exception:  # noqa: BLE001 - their __init__ is graded elsewhere
-                pass
-        theirs = self._theirs[cls]
-        if theirs is not None:
-            for name, m in getattr(theirs, "_modules", {}).items():
-                if name not in obj._modules:
-                    obj._modules[name] = m
-            for k, v in vars(theirs).items():
-                if not k.startswith("_") and k not in vars(obj) and k != "training":
-                    obj.__dict__[k] = v
-        overrides = {m: ref_cls.__dict__[m] for m in GRADED[cls] if m != method}
+                if cls == "Attention":
+                    args, kwargs = [C, CFG["decoder_dim"], CFG["attention_dim"]], {}
+                else:
+                    args, kwargs = [dict(CFG)], {"encoder_dim": C}
+                self._builds[cls] = self._request({"op": "build", "cls": cls, "args": args, "kwargs": kwargs,
+                                                   "record": ["Attention"] if cls == "DecoderWithAttention" else []})
+            except StudentError as e:
+                self._builds[cls] = e
+        got = self._builds[cls]
+        if isinstance(got, StudentError):
+            raise Failed(f"{cls}(...) could not be built: {got.message}")
+        if not isinstance(got, dict):
+            raise Failed(f"{cls}(...) could not be described")
+        return got
+
+    def hybrid(self, cls, method, state=None):
+        """Id of an object of their ``cls`` with the reference's layers and weights (``state``), their ``method``
+        and the reference's other graded methods (answered by ``serve_refcall``)."""
+        state = state if state is not None else self.state(cls)
+        ref = self.reference(cls, state=state)
         try:
-            obj.__class__ = type(cls, (stu_cls,), overrides)
-        except TypeError as e:
-            raise Failed(f"{cls} must stay an nn.Module subclass ({e})") from None
-        return obj.train(train)
+            oid = self._request(hybrid_spec(cls, ref, method, state))["id"]
+        except StudentError as e:
+            raise Failed(f"models.py: {cls} could not be set up for the test: {e.message}") from None
+        self._refs[oid] = {"module": ref, "paths": set(GRADED[cls]) - {method} | set(REMOTE_MODULES.get(cls, ())),
+                           "meta": None}
+        return oid
+
+    def call(self, oid, method, args, train=False, seed=None, device="cpu", cpu_args=()):
+        """Their ``method`` of object ``oid`` on ``args``; what it returned (raises Failed with their error)."""
+        try:
+            return self._request({"op": "call", "id": oid, "method": method, "args": list(args), "train": train,
+                                  "seed": seed, "device": device, "cpu_args": list(cpu_args)})
+        except StudentError as e:
+            raise Failed(e.message) from None
+
+    def serve_refcall(self, msg):
+        """Answer the child's call of the reference's ``path`` (only the methods the running test may use)."""
+        entry = self._refs.get(msg.get("id"))
+        path = msg.get("path")
+        if entry is None or path not in entry["paths"]:
+            return {"ok": False, "message": f"{path} is not available in this test"}
+        args, kwargs = msg.get("args", ()), msg.get("kwargs", {})
+        mod = entry["module"]
+        if any(is_tensor(a) and a.device.type == "meta" for a in list(args) + list(kwargs.values())):
+            if entry["meta"] is None:
+                entry["meta"] = copy.deepcopy(mod).to("meta")
+            mod = entry["meta"]
+        mod.train(bool(msg.get("train")))
+        try:
+            fn = getattr(mod, path)
+            with torch.no_grad():
+                out = fn(*args, **kwargs)
+            return {"ok": True, "value": out}
+        except Exception as e:  # noqa: BLE001 - the student passed inputs the reference cannot take
+            return {"ok": False, "message": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}
 
 
-def forward_outputs(kind, mod, inp):
+class StudentError(Exception):
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+def forward_outputs(kind, out):
     names = ["predictions", "encoded_captions", "decode_lengths", "sort_ind"]
     if kind == "DecoderWithAttention":
         names.insert(3, "alphas")
-    return unpack(mod(inp["encoder_out"], inp["captions"], inp["lengths"]), names)
+    return unpack(out, names)
 
 
-def one_step_outputs(kind, mod, inp):
+def one_step_names(kind):
+    return ["preds", "h", "c"] if kind == "DecoderWithRNN" else ["preds", "alpha", "h", "c"]
+
+
+def one_step_args(kind, inp):
     if kind == "DecoderWithRNN":
-        return unpack(mod.one_step(inp["embeddings"], inp["h"], inp["c"]), ["preds", "h", "c"])
-    return unpack(mod.one_step(inp["embeddings"], inp["encoder_out"], inp["h"], inp["c"]),
-                  ["preds", "alpha", "h", "c"])
+        return [inp["embeddings"], inp["h"], inp["c"]]
+    return [inp["embeddings"], inp["encoder_out"], inp["h"], inp["c"]]
+
+
+def ref_one_step(kind, mod, inp):
+    with torch.no_grad():
+        return unpack(mod.one_step(*one_step_args(kind, inp)), one_step_names(kind))
+
+
+def dropout_mask(shape, p, seed, dtype=torch.float32):
+    """The scaled mask nn.Dropout(p) draws first after torch.manual_seed(seed) (CPU)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.empty(shape, dtype=dtype).bernoulli_(1 - p, generator=g).div_(1 - p)

@@ -1,99 +1,91 @@
-"""Hidden tests — INSTRUCTOR-ONLY (left out of the student edition; copied into a grading sandbox only for the run).
+"""Hidden tests — INSTRUCTOR-ONLY; they run in the grader's process, never in a sandbox.
 
 Each test belongs to one TODO region (``rubric.toml`` gives its points) and is a function ``fn(ctx)`` that raises
-``Failed`` with a message meant for the student (it is copied into their feedback; the source of this file never
-is). ``ctx`` holds the reference module (``reference_models.py``, a copy of the solution) and the student's
-``captioning.models``.
+``Failed`` with a message for the student (copied into their feedback; this source never is). The student's code
+runs in their sandboxed process (``ctx.build`` / ``ctx.hybrid`` / ``ctx.call``); every number is compared here.
 
-Isolation: a test of method M of class K runs the STUDENT's M on a module whose layers and weights are the
-reference's (built by the reference ``__init__``, weights seeded and shared by name), whose other TODO methods are
-the REFERENCE's, and whose given methods (``init_hidden_state`` …) are the student's; the student's extra
-attributes (e.g. ``self.softmax = nn.Softmax(dim=1)``) are added when their ``__init__`` runs. So a bug costs the
-points of the region it is in, not of every region that calls it. ``__init__`` tests build the student's module.
+Isolation: a test of method M of class K runs the STUDENT's M on an object with the reference's layers and seeded
+weights, whose other graded methods (and ``attention`` sub-module) are the REFERENCE's, answered by this process.
+So a bug costs the points of its own region. Within a region, one cause fails one test where it can: most tests
+compare the student's code with itself (batch of one vs a batch, train vs eval mode, padding changed, gate
+closed), so that only the ``eval`` test compares everything with the reference.
 
 Numbers: rel_error(got, expected) = max|got - expected| / (max|expected| + 1e-8) <= 1e-4, as in the public checks.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
-from torch import nn
+from instructor.grading.hidden_harness import (C, CFG, DROPOUT_SEED, LENGTHS, P, REL_TOL, TESTS, Context, Failed,
+                                               close, dropout_mask, forward_outputs, is_tensor, matches,
+                                               one_step_args, one_step_names, ref_one_step, rel_error, test, unpack)
 
-if __package__:  # instructor.grading.hidden_tests
-    from instructor.grading.hidden_harness import (C, CFG, LENGTHS, P, REL_TOL, TESTS, Context, Failed, close,
-                                                   forward_outputs, one_step_outputs, rel_error, test, unpack)
-else:  # _hidden_tests.py in a grading sandbox: build_sandbox copies the harness beside it as _hidden_harness.py
-    from _hidden_harness import (C, CFG, LENGTHS, P, REL_TOL, TESTS, Context, Failed, close, forward_outputs,
-                                 one_step_outputs, rel_error, test, unpack)
-
-__all__ = ["TESTS", "Context", "Failed"]  # what the grader (child.py, the rubric check) uses
-
+__all__ = ["TESTS", "Context", "Failed"]  # what the grader (batch.py, the rubric check) uses
 
 # ---------------------------------------------------------------------------------------------- __init__ tests
 EXPECTED_TYPES = {
-    "DecoderWithRNN": {"embedding": nn.Embedding, "decode_step": nn.LSTMCell, "init": nn.Linear,
-                       "bn": nn.BatchNorm1d, "fc": nn.Linear, "dropout": nn.Dropout},
-    "Attention": {"encoder_att": nn.Linear, "decoder_att": nn.Linear, "att": nn.Linear},
-    "DecoderWithAttention": {"embedding": nn.Embedding, "decode_step": nn.LSTMCell, "init_h": nn.Linear,
-                             "init_c": nn.Linear, "f_beta": nn.Linear, "sigmoid": nn.Sigmoid, "fc": nn.Linear,
-                             "dropout": nn.Dropout},
+    "DecoderWithRNN": {"embedding": "Embedding", "decode_step": "LSTMCell", "init": "Linear", "bn": "BatchNorm1d",
+                       "fc": "Linear", "dropout": "Dropout"},
+    "Attention": {"encoder_att": "Linear", "decoder_att": "Linear", "att": "Linear"},
+    "DecoderWithAttention": {"attention": "Attention", "embedding": "Embedding", "decode_step": "LSTMCell",
+                             "init_h": "Linear", "init_c": "Linear", "f_beta": "Linear", "sigmoid": "Sigmoid",
+                             "fc": "Linear", "dropout": "Dropout"},
 }
 
 
-def _built(ctx, cls):
-    try:
-        return ctx.student(cls)
-    except Failed:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise Failed(f"{cls}(...) could not be built: {type(e).__name__}: {str(e)[:300]}") from None
+def _todo(cls, msg):
+    return Failed(f"TODO {cls}.__init__: {msg}")
 
 
-def _has_layers(mod, cls):
-    # the student edition's __init__ stub builds an object without layers: building alone earns nothing
-    if not list(mod.children()):
-        raise Failed(f"TODO {cls}.__init__: the object builds but defines no layers yet")
-    return mod
+def _top(built):
+    return {m["name"]: m for m in built["modules"] if "." not in m["name"]}
+
+
+def _constructs(ctx, cls):
+    if not _top(ctx.build(cls)):  # the student edition's stub builds an object without layers
+        raise _todo(cls, "the object builds but defines no layers yet")
 
 
 def _names_shapes(ctx, cls, skip_prefix=None):
-    try:
-        _names_shapes_(ctx, cls, skip_prefix)
-    except Failed as e:
-        raise Failed(str(e) if str(e).startswith("TODO") else f"TODO {cls}.__init__: {e}") from None
-
-
-def _names_shapes_(ctx, cls, skip_prefix=None):
-    mod = _built(ctx, cls)
-    want = {k: tuple(v.shape) for k, v in ctx.state(cls).items()}
-    have = {k: tuple(v.shape) for k, v in mod.state_dict().items()}
+    built = ctx.build(cls)
+    want = {k: list(v.shape) for k, v in ctx.state(cls).items()}
+    have = {k: v[0] for k, v in built["state"].items()}
     if skip_prefix:
         want = {k: v for k, v in want.items() if not k.startswith(skip_prefix)}
         have = {k: v for k, v in have.items() if not k.startswith(skip_prefix)}
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing:
-        raise Failed(f"weights missing: {', '.join(missing)} (layer names are graded; use the banner's names)")
+        raise _todo(cls, f"weights missing: {', '.join(missing)} (layer names are graded; use the banner's names)")
     if extra:
-        raise Failed(f"unexpected weights: {', '.join(extra)} (define exactly the layers of the banner)")
-    bad = [f"{k} {have[k]} (expected {want[k]})" for k in want if have[k] != want[k]]
+        raise _todo(cls, f"unexpected weights: {', '.join(extra)} (define exactly the layers of the banner)")
+    bad = [f"{k} {tuple(have[k])} (expected {tuple(want[k])})" for k in want if have[k] != want[k]]
     if bad:
-        raise Failed("wrong layer sizes: " + "; ".join(bad))
+        raise _todo(cls, "wrong layer sizes: " + "; ".join(bad))
 
 
 def _types(ctx, cls):
-    mod = _built(ctx, cls)
+    top = _top(ctx.build(cls))
     for name, typ in EXPECTED_TYPES[cls].items():
-        got = mod._modules.get(name)
-        if not isinstance(got, typ):
-            raise Failed(f"TODO {cls}.__init__: self.{name} should be an nn.{typ.__name__}, got "
-                         f"{'nothing' if got is None else type(got).__name__}")
-    if "dropout" in EXPECTED_TYPES[cls] and mod.dropout.p != CFG["dropout"]:
-        raise Failed(f"self.dropout should use p=self.dropout_p ({CFG['dropout']}), got p={mod.dropout.p}")
-    return mod
+        got = top.get(name)
+        ok = got is not None and (typ in got["torch"] or (typ == "Attention" and got["type"] == "Attention"))
+        if not ok:
+            raise _todo(cls, f"self.{name} should be {'an nn.' if typ != 'Attention' else 'an '}{typ}, got "
+                             f"{'nothing' if got is None else got['type']}")
+    if "dropout" in top:
+        s = top["dropout"]["settings"]
+        if s.get("p") != CFG["dropout"]:
+            raise _todo(cls, f"self.dropout should use p=self.dropout_p (cfg dropout {CFG['dropout']}), got "
+                             f"p={s.get('p')}")
+        if s.get("inplace"):
+            raise _todo(cls, "self.dropout must not be in place (inplace=True would also change the h returned "
+                             "to the next step)")
+    return top
 
 
 @test("DecoderWithRNN.__init__")
 def test_rnn_init_constructs(ctx):
-    _has_layers(_built(ctx, "DecoderWithRNN"), "DecoderWithRNN")
+    _constructs(ctx, "DecoderWithRNN")
 
 
 @test("DecoderWithRNN.__init__")
@@ -103,9 +95,9 @@ def test_rnn_init_layer_names_shapes(ctx):
 
 @test("DecoderWithRNN.__init__")
 def test_rnn_init_layer_types(ctx):
-    mod = _types(ctx, "DecoderWithRNN")
-    if mod.decode_step.input_size != CFG["embed_dim"] or mod.decode_step.hidden_size != CFG["decoder_dim"]:
-        raise Failed("decode_step should be nn.LSTMCell(embed_dim, decoder_dim)")
+    s = _types(ctx, "DecoderWithRNN")["decode_step"]["settings"]
+    if (s.get("input_size"), s.get("hidden_size")) != (CFG["embed_dim"], CFG["decoder_dim"]):
+        raise _todo("DecoderWithRNN", "decode_step should be nn.LSTMCell(embed_dim, decoder_dim)")
 
 
 @test("Attention.__init__")
@@ -120,81 +112,133 @@ def test_attention_init_layer_types(ctx):
 
 @test("DecoderWithAttention.__init__")
 def test_att_init_constructs(ctx):
-    _has_layers(_built(ctx, "DecoderWithAttention"), "DecoderWithAttention")
+    _constructs(ctx, "DecoderWithAttention")
 
 
 @test("DecoderWithAttention.__init__")
 def test_att_init_layer_names_shapes(ctx):
-    # the attention's own weights are Attention.__init__'s business
+    # the attention's own weights are Attention.__init__'s business (its arguments: the next test)
     _names_shapes(ctx, "DecoderWithAttention", skip_prefix="attention.")
 
 
 @test("DecoderWithAttention.__init__")
 def test_att_init_layer_types(ctx):
-    mod = _types(ctx, "DecoderWithAttention")
-    att = mod._modules.get("attention")
-    if att is None or type(att).__name__ != "Attention":
-        raise Failed("self.attention should be Attention(encoder_dim, decoder_dim, attention_dim)")
-    if mod.decode_step.input_size != CFG["embed_dim"] + C:
-        raise Failed(f"decode_step's input is [embedding ; gated context]: embed_dim + encoder_dim = "
-                     f"{CFG['embed_dim'] + C}, got {mod.decode_step.input_size}")
+    s = _types(ctx, "DecoderWithAttention")["decode_step"]["settings"]
+    if s.get("input_size") != CFG["embed_dim"] + C:
+        raise _todo("DecoderWithAttention", f"decode_step's input is [embedding ; gated context]: embed_dim + "
+                                            f"encoder_dim = {CFG['embed_dim'] + C}, got {s.get('input_size')}")
+
+
+@test("DecoderWithAttention.__init__")
+def test_att_init_attention_arguments(ctx):
+    calls = [c for c in ctx.build("DecoderWithAttention")["recorded"] if c.get("cls") == "Attention"]
+    if len(calls) != 1:
+        raise _todo("DecoderWithAttention", f"Attention(...) should be built once, was built {len(calls)} times")
+    sig = inspect.signature(ctx.ref.Attention.__init__)
+    try:
+        bound = sig.bind(None, *calls[0]["args"], **calls[0]["kwargs"]).arguments
+    except TypeError as e:
+        raise _todo("DecoderWithAttention", f"Attention(...) arguments do not fit (encoder_dim, decoder_dim, "
+                                            f"attention_dim): {e}") from None
+    want = {"encoder_dim": C, "decoder_dim": CFG["decoder_dim"], "attention_dim": CFG["attention_dim"]}
+    got = {k: bound.get(k) for k in want}
+    if got != want:
+        raise _todo("DecoderWithAttention", "self.attention should be Attention(encoder_dim, decoder_dim, "
+                                            f"attention_dim) = Attention({C}, {CFG['decoder_dim']}, "
+                                            f"{CFG['attention_dim']}), got Attention("
+                                            + ", ".join(f"{k}={v}" for k, v in got.items()) + ")")
 
 
 # ---------------------------------------------------------------------------------------------- one_step tests
+def _step(ctx, cls, inp=None, train=False, seed=None, state=None, oid=None):
+    oid = oid if oid is not None else ctx.hybrid(cls, "one_step", state=state)
+    out = ctx.call(oid, "one_step", one_step_args(cls, inp or ctx.step), train=train, seed=seed)
+    return unpack(out, one_step_names(cls))
+
+
 def _one_step_eval(ctx, cls):
-    with torch.no_grad():
-        want = one_step_outputs(cls, ctx.reference(cls), ctx.step)
-        got = one_step_outputs(cls, ctx.hybrid(cls, "one_step"), ctx.step)
+    want = ref_one_step(cls, ctx.reference(cls), ctx.step)
+    got = _step(ctx, cls)
     for k in want:
         close(k, got[k], want[k], "With the reference's layers and weights (eval mode) your one_step should give "
                                   "the same numbers")
 
 
 def _one_step_h_c(ctx, cls):
+    # the LSTM's input weights zeroed: the new state depends on (h, c) alone, whatever the input (gate, attention)
+    state = dict(ctx.state(cls))
+    state["decode_step.weight_ih"] = torch.zeros_like(state["decode_step.weight_ih"])
+    got = _step(ctx, cls, state=state)
+    lstm = ctx.reference(cls, state=state).decode_step
+    x = torch.zeros(ctx.step["h"].size(0), lstm.input_size)
     with torch.no_grad():
-        want = one_step_outputs(cls, ctx.reference(cls), ctx.step)
-        got = one_step_outputs(cls, ctx.hybrid(cls, "one_step"), ctx.step)
+        h1, c1 = lstm(x, (ctx.step["h"], ctx.step["c"]))
+        h2, c2 = lstm(x, (ctx.step["c"], ctx.step["h"]))
     for k in ("h", "c"):
-        if not torch.is_tensor(got[k]) or got[k].shape != want[k].shape:
-            raise Failed(f"{k} should be a tensor of shape {tuple(want[k].shape)}")
-    if rel_error(got["h"], want["c"]) <= REL_TOL and rel_error(got["c"], want["h"]) <= REL_TOL:
-        raise Failed("h and c are swapped: nn.LSTMCell returns (h, c), in that order")
-    if rel_error(got["h"], want["h"]) > REL_TOL or rel_error(got["c"], want["c"]) > REL_TOL:
-        raise Failed("the new (h, c) differ from the reference: call self.decode_step(input, (h, c)) with the "
-                     "state in the order (h, c) and keep both outputs")
+        if not is_tensor(got[k]) or got[k].shape != h1.shape:
+            raise Failed(f"{k} should be a tensor of shape {tuple(h1.shape)}")
+    if matches(got["h"], h1) and matches(got["c"], c1):
+        return
+    if matches(got["h"], c1) and matches(got["c"], h1):
+        raise Failed("h and c are returned swapped: nn.LSTMCell returns (h, c), in that order")
+    if matches(got["h"], h2) and matches(got["c"], c2) or matches(got["h"], c2) and matches(got["c"], h2):
+        raise Failed("the state goes into the LSTM as (c, h): call self.decode_step(input, (h, c))")
+    raise Failed("the returned h, c are not the outputs of self.decode_step(input, (h, c)) for the given h, c")
 
 
 def _one_step_dropout(ctx, cls):
-    ref, mine = ctx.reference(cls, train=True), ctx.hybrid(cls, "one_step", train=True)
+    oid = ctx.hybrid(cls, "one_step")
+    ev = _step(ctx, cls, oid=oid)
+    tr = _step(ctx, cls, oid=oid, train=True, seed=DROPOUT_SEED)
+    ref = ctx.reference(cls)
+    if not is_tensor(ev["h"]) or ev["h"].shape != ctx.step["h"].shape:
+        raise Failed(f"h should be a tensor of shape {tuple(ctx.step['h'].shape)}")
+    # the scores in train mode, from this very h: fc(dropout(h)) with the mask nn.Dropout draws from the seed
     with torch.no_grad():
-        torch.manual_seed(77)
-        want = one_step_outputs(cls, ref, ctx.step)
-        torch.manual_seed(77)
-        got = one_step_outputs(cls, mine, ctx.step)
-    for k in want:
-        close(k, got[k], want[k], "In train mode (dropout active, same random seed) your one_step differs from "
-                                  "the reference: apply self.dropout once, to h, right before self.fc "
-                                  "(preds = fc(dropout(h)))")
+        want = ref.fc(ev["h"] * dropout_mask(ev["h"].shape, CFG["dropout"], DROPOUT_SEED, ev["h"].dtype))
+    close("preds (train mode)", tr["preds"], want, "apply self.dropout once, to h, right before self.fc "
+                                                   "(preds = self.fc(self.dropout(h))), and nowhere else")
 
 
-@test("DecoderWithRNN.one_step")
-def test_rnn_one_step_eval(ctx):
-    _one_step_eval(ctx, "DecoderWithRNN")
+def _one_step_keeps_state(ctx, cls):
+    oid = ctx.hybrid(cls, "one_step")
+    ev = _step(ctx, cls, oid=oid)
+    tr = _step(ctx, cls, oid=oid, train=True, seed=DROPOUT_SEED)
+    for k in ("h", "c"):
+        if not is_tensor(tr[k]) or not is_tensor(ev[k]) or tr[k].shape != ev[k].shape:
+            raise Failed(f"{k} should be a tensor of shape {tuple(ctx.step['h'].shape)} in train and eval mode")
+        if rel_error(tr[k], ev[k]) > REL_TOL:
+            mask = dropout_mask(ev[k].shape, CFG["dropout"], DROPOUT_SEED, ev[k].dtype)
+            if matches(tr[k], ev[k] * mask):
+                raise Failed(f"in train mode the returned {k} is dropped out: dropout was applied in place (to the "
+                             f"state itself); use self.dropout(h) as the input of fc only, not in place")
+            raise Failed(f"in train mode the returned {k} differs from eval mode: dropout must not act on the "
+                         f"LSTM's input or state, only on the input of fc")
 
 
-@test("DecoderWithRNN.one_step")
-def test_rnn_one_step_h_c_order(ctx):
-    _one_step_h_c(ctx, "DecoderWithRNN")
+def _one_step_batch_of_one(ctx, cls):
+    oid = ctx.hybrid(cls, "one_step")
+    full = _step(ctx, cls, oid=oid)
+    one = _step(ctx, cls, oid=oid, inp={k: v[:1] for k, v in ctx.step.items()})
+    for k in full:
+        if not is_tensor(one[k]) or not is_tensor(full[k]):
+            raise Failed(f"{k} should be a tensor")
+        want_shape = (1,) + tuple(full[k].shape[1:])
+        if tuple(one[k].shape) != want_shape:
+            raise Failed(f"with a batch of one row, {k} has shape {tuple(one[k].shape)}, expected {want_shape}: "
+                         f"squeeze/unsqueeze a named dimension (squeeze(1)), never all of them (squeeze())")
+        if rel_error(one[k][0], full[k][0]) > REL_TOL:
+            raise Failed(f"with a batch of one row, {k} differs from the same row in a batch of {ctx.step['h'].size(0)}")
 
 
-@test("DecoderWithRNN.one_step")
-def test_rnn_one_step_dropout_train(ctx):
-    _one_step_dropout(ctx, "DecoderWithRNN")
+for _cls, _p in (("DecoderWithRNN", "rnn"), ("DecoderWithAttention", "att")):
+    for _suffix, _fn in (("eval", _one_step_eval), ("h_c_order", _one_step_h_c), ("dropout_train", _one_step_dropout),
+                         ("train_keeps_state", _one_step_keeps_state), ("batch_of_one", _one_step_batch_of_one)):
+        def _t(ctx, _fn=_fn, _cls=_cls):
+            _fn(ctx, _cls)
 
-
-@test("DecoderWithAttention.one_step")
-def test_att_one_step_eval(ctx):
-    _one_step_eval(ctx, "DecoderWithAttention")
+        _t.__name__ = f"test_{_p}_one_step_{_suffix}"
+        test(f"{_cls}.one_step")(_t)
 
 
 @test("DecoderWithAttention.one_step")
@@ -203,41 +247,36 @@ def test_att_one_step_gate(ctx):
     state = dict(ctx.state(cls))
     state["f_beta.weight"] = torch.zeros_like(state["f_beta.weight"])
     state["f_beta.bias"] = torch.full_like(state["f_beta.bias"], -30.0)  # gate closed: sigmoid(-30) ~ 1e-13
-    ref = ctx.reference(cls)
-    ref.load_state_dict(state)
-    with torch.no_grad():
-        want = one_step_outputs(cls, ref, ctx.step)
-        got = one_step_outputs(cls, ctx.hybrid(cls, "one_step", state=state), ctx.step)
+    oid = ctx.hybrid(cls, "one_step", state=state)
+    a = _step(ctx, cls, oid=oid)
+    b = _step(ctx, cls, oid=oid, inp=dict(ctx.step, encoder_out=ctx.step["encoder_out"].flip(0) * 3))
     for k in ("preds", "h", "c"):
-        close(k, got[k], want[k], "With the gate closed (sigmoid(f_beta(h)) ~ 0) the context must not reach the "
-                                  "LSTM: z = self.sigmoid(self.f_beta(h)) * z before concatenating it")
-
-
-@test("DecoderWithAttention.one_step")
-def test_att_one_step_h_c_order(ctx):
-    _one_step_h_c(ctx, "DecoderWithAttention")
-
-
-@test("DecoderWithAttention.one_step")
-def test_att_one_step_dropout_train(ctx):
-    _one_step_dropout(ctx, "DecoderWithAttention")
+        if not is_tensor(a[k]) or not is_tensor(b[k]) or a[k].shape != b[k].shape:
+            raise Failed(f"{k} should be a tensor of shape {tuple(ctx.step['h'].shape[:1])} + (…)")
+        if rel_error(b[k], a[k]) > REL_TOL:
+            raise Failed("with the gate closed (sigmoid(f_beta(h)) ~ 0) the image still reaches the LSTM: multiply "
+                         "the context by the gate, z = self.sigmoid(self.f_beta(h)) * z, before concatenating it")
 
 
 # ----------------------------------------------------------------------------------------------- forward tests
-def _fwd(ctx, cls, inp=None):
-    with torch.no_grad():
-        return forward_outputs(cls, ctx.hybrid(cls, "forward"), inp or ctx.fwd)
+def _fwd(ctx, cls, inp=None, oid=None, device="cpu"):
+    inp = inp or ctx.fwd
+    oid = oid if oid is not None else ctx.hybrid(cls, "forward")
+    out = ctx.call(oid, "forward", [inp["encoder_out"], inp["captions"], inp["lengths"]], device=device,
+                   cpu_args=(2,))
+    return forward_outputs(cls, out)
 
 
 def _forward_eval(ctx, cls):
     with torch.no_grad():
-        want = forward_outputs(cls, ctx.reference(cls), ctx.fwd)
+        ref = ctx.reference(cls)
+        want = forward_outputs(cls, ref(ctx.fwd["encoder_out"], ctx.fwd["captions"], ctx.fwd["lengths"]))
     got = _fwd(ctx, cls)
     if list(got["decode_lengths"]) != list(want["decode_lengths"]):
         raise Failed(f"decode_lengths {list(got['decode_lengths'])} should be {list(want['decode_lengths'])}")
-    if not torch.equal(torch.as_tensor(got["sort_ind"]), want["sort_ind"]):
+    if not is_tensor(got["sort_ind"]) or not torch.equal(got["sort_ind"], want["sort_ind"]):
         raise Failed("sort_ind differs: keep the given sort by decreasing length")
-    if not torch.equal(got["encoded_captions"], want["encoded_captions"]):
+    if not is_tensor(got["encoded_captions"]) or not torch.equal(got["encoded_captions"], want["encoded_captions"]):
         raise Failed("encoded_captions should be returned sorted by decreasing length")
     for k in ("predictions", "alphas"):
         if k in want:
@@ -250,6 +289,8 @@ def _rows_past_end(ctx, cls):
     for k in ("predictions", "alphas"):
         if k not in got:
             continue
+        if not is_tensor(got[k]) or got[k].dim() != 3:
+            raise Failed(f"{k} should be a 3-d tensor")
         for i, d in enumerate(got["decode_lengths"]):
             tail = got[k][i, d:]
             if tail.numel() and tail.abs().max().item() != 0:
@@ -258,13 +299,20 @@ def _rows_past_end(ctx, cls):
 
 
 def _alone(ctx, cls):
-    full = _fwd(ctx, cls)
-    order = torch.as_tensor(full["sort_ind"]).tolist()
+    oid = ctx.hybrid(cls, "forward")
+    full = _fwd(ctx, cls, oid=oid)
+    order = full["sort_ind"].tolist() if is_tensor(full["sort_ind"]) else []
     for row, i in enumerate(order):
-        one = _fwd(ctx, cls, {k: v[i:i + 1] for k, v in ctx.fwd.items()})
+        one = _fwd(ctx, cls, {k: v[i:i + 1] for k, v in ctx.fwd.items()}, oid=oid)
         d = full["decode_lengths"][row]
         for k in ("predictions", "alphas"):
-            if k in full and rel_error(full[k][row, :d], one[k][0, :d]) > REL_TOL:
+            if k not in full:
+                continue
+            if not is_tensor(one[k]) or one[k].dim() != 3 or one[k].size(0) != 1:
+                raise Failed(f"with a batch of one caption, {k} should have shape (1, {d}, …), got "
+                             f"{tuple(one[k].shape) if is_tensor(one[k]) else type(one[k]).__name__}: keep the "
+                             f"batch dimension (squeeze a named dimension, never all of them)")
+            if rel_error(full[k][row, :d], one[k][0, :d]) > REL_TOL:
                 raise Failed(f"the {k} of caption {i} (length {LENGTHS[i]}) differ when it is decoded alone: other "
                              f"captions of the batch must not influence it")
 
@@ -274,31 +322,49 @@ def _padding(ctx, cls):
     g = torch.Generator().manual_seed(5)
     for i, n in enumerate(LENGTHS):
         caps[i, n:] = torch.randint(1, CFG["vocab_size"], (caps.size(1) - n,), generator=g)
-    a = _fwd(ctx, cls)
-    b = _fwd(ctx, cls, dict(ctx.fwd, captions=caps))
+    oid = ctx.hybrid(cls, "forward")
+    a = _fwd(ctx, cls, oid=oid)
+    b = _fwd(ctx, cls, dict(ctx.fwd, captions=caps), oid=oid)
     for k in ("predictions", "alphas"):
-        if k in a and (a[k].shape != b[k].shape or rel_error(b[k], a[k]) > REL_TOL):
+        if k in a and (not is_tensor(a[k]) or not is_tensor(b[k]) or a[k].shape != b[k].shape
+                       or rel_error(b[k], a[k]) > REL_TOL):
             raise Failed(f"{k} depend on the padding: replacing the <pad> words after each caption's end changed "
                          f"them; only captions longer than t may run at step t")
 
 
 def _first_step(ctx, cls):
     with torch.no_grad():
-        want = forward_outputs(cls, ctx.reference(cls), ctx.fwd)
+        want = forward_outputs(cls, ctx.reference(cls)(ctx.fwd["encoder_out"], ctx.fwd["captions"],
+                                                       ctx.fwd["lengths"]))
     got = _fwd(ctx, cls)
     for k in ("predictions", "alphas"):
         if k in want:
-            if not torch.is_tensor(got[k]) or got[k].dim() != 3 or got[k].shape[:1] != want[k].shape[:1]:
+            if not is_tensor(got[k]) or got[k].dim() != 3 or got[k].shape[:1] != want[k].shape[:1]:
                 raise Failed(f"{k} should have shape {tuple(want[k].shape)}")
             close(f"{k}[:, 0]", got[k][:, 0], want[k][:, 0],
                   "the first step already differs: start from (h, c) = self.init_hidden_state(encoder_out) (the "
                   "given line above the TODO) and do not reset or swap them")
 
 
+def _device(ctx, cls):
+    # no GPU when grading: the meta device (no data) stands in for it; a tensor made on the CPU mixes devices
+    _fwd(ctx, cls)  # fails with its own error when forward fails on the CPU too (not a device problem)
+    try:
+        got = _fwd(ctx, cls, device="meta")
+    except Failed as e:
+        raise Failed(f"forward fails when the model and encoder_out are on another device than the CPU ({e}): "
+                     f"create new tensors on encoder_out's device (device=encoder_out.device or "
+                     f"encoder_out.new_zeros(...))") from None
+    for k in ("predictions", "alphas"):
+        if k in got and (not is_tensor(got[k]) or got[k].device.type != "meta"):
+            raise Failed(f"{k} should stay on encoder_out's device (meta in this test), got "
+                         f"{got[k].device if is_tensor(got[k]) else type(got[k]).__name__}")
+
+
 for _cls, _p in (("DecoderWithRNN", "rnn"), ("DecoderWithAttention", "att")):
     for _suffix, _fn in (("eval", _forward_eval), ("rows_past_end_zero", _rows_past_end),
                          ("short_caption_alone", _alone), ("padding_independent", _padding),
-                         ("starts_from_initial_state", _first_step)):
+                         ("starts_from_initial_state", _first_step), ("device", _device)):
         def _t(ctx, _fn=_fn, _cls=_cls):
             _fn(ctx, _cls)
 
@@ -307,12 +373,16 @@ for _cls, _p in (("DecoderWithRNN", "rnn"), ("DecoderWithAttention", "att")):
 
 
 # --------------------------------------------------------------------------------------------- attention tests
+def _attend(ctx, inp, oid=None):
+    oid = oid if oid is not None else ctx.hybrid("Attention", "forward")
+    return unpack(ctx.call(oid, "forward", [inp["encoder_out"], inp["h"]]), ["z", "alpha"])
+
+
 @test("Attention.forward")
 def test_attention_forward_eval(ctx):
     with torch.no_grad():
         want = unpack(ctx.reference("Attention")(ctx.att_in["encoder_out"], ctx.att_in["h"]), ["z", "alpha"])
-        got = unpack(ctx.hybrid("Attention", "forward")(ctx.att_in["encoder_out"], ctx.att_in["h"]),
-                     ["z", "alpha"])
+    got = _attend(ctx, ctx.att_in)
     close("alpha", got["alpha"], want["alpha"],
           "alpha = softmax over regions of att(relu(encoder_att(encoder_out) + decoder_att(h).unsqueeze(1)))")
     close("z", got["z"], want["z"], "z = sum over regions of encoder_out * alpha")
@@ -320,15 +390,28 @@ def test_attention_forward_eval(ctx):
 
 @test("Attention.forward")
 def test_attention_softmax_over_regions(ctx):
-    with torch.no_grad():
-        got = unpack(ctx.hybrid("Attention", "forward")(ctx.att_in["encoder_out"], ctx.att_in["h"]),
-                     ["z", "alpha"])
-    alpha = got["alpha"]
+    alpha = _attend(ctx, ctx.att_in)["alpha"]
     n = ctx.att_in["h"].size(0)
-    if not torch.is_tensor(alpha) or tuple(alpha.shape) != (n, P):
+    if not is_tensor(alpha) or tuple(alpha.shape) != (n, P):
         raise Failed(f"alpha should have shape (N, P) = {(n, P)}, got "
-                     f"{tuple(alpha.shape) if torch.is_tensor(alpha) else type(alpha).__name__}")
+                     f"{tuple(alpha.shape) if is_tensor(alpha) else type(alpha).__name__}")
     s = alpha.sum(dim=1)
     if (alpha < 0).any() or (s - 1).abs().max().item() > 1e-4:
         raise Failed("alpha does not sum to 1 over the regions for each row: take the softmax over dim=1 (the P "
                      "regions), not over the batch")
+
+
+@test("Attention.forward")
+def test_attention_batch_of_one(ctx):
+    oid = ctx.hybrid("Attention", "forward")
+    full = _attend(ctx, ctx.att_in, oid)
+    one = _attend(ctx, {k: v[:1] for k, v in ctx.att_in.items()}, oid)
+    for k, shape in (("z", (1, C)), ("alpha", (1, P))):
+        if not is_tensor(one[k]) or tuple(one[k].shape) != shape:
+            raise Failed(f"with a batch of one row, {k} should have shape {shape}, got "
+                         f"{tuple(one[k].shape) if is_tensor(one[k]) else type(one[k]).__name__}: squeeze a named "
+                         f"dimension (squeeze(2)), never all of them (squeeze())")
+        if is_tensor(full[k]) and full[k].dim() == 2 and rel_error(one[k][0], full[k][0]) > REL_TOL:
+            raise Failed(f"with a batch of one row, {k} differs from the same row in a batch of "
+                         f"{ctx.att_in['h'].size(0)}")
+

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 
 from captioning.atomic import write_text
-from instructor.grading.sandbox import LOG_TAIL
+from instructor.grading.remote import LOG_TAIL
 
 
 def _atomic_write(path, text):
@@ -17,7 +17,7 @@ def _atomic_write(path, text):
     write_text(text, path)
 
 
-def write_outputs(out, results, rubric, notebooks=False):
+def write_outputs(out, results, rubric, notebooks=False, sandbox=None):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # again: a submission may have deleted it
     regions = list(rubric["regions"])
@@ -43,7 +43,7 @@ def write_outputs(out, results, rubric, notebooks=False):
         _atomic_write(out / "logs" / f"{r['id']}.log", (r.get("log") or "") +
                       (f"\n[{r['log_bytes']} bytes of output in all; last {LOG_TAIL} kept]\n"
                        if r.get("log_bytes", 0) > LOG_TAIL else ""))
-    _atomic_write(out / "summary.md", summary_md(results, rubric))
+    _atomic_write(out / "summary.md", summary_md(results, rubric, sandbox))
     public = [{k: v for k, v in r.items() if k != "log"} for r in results]
     _atomic_write(out / "results.json", json.dumps(public, indent=1))
 
@@ -98,10 +98,16 @@ def _md(text):
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def summary_md(results, rubric):
+def summary_md(results, rubric, sandbox=None):
     n = len(results)
     pct = [r["percent"] for r in results]
     lines = ["# Grading summary", "", f"{n} submissions.", ""]
+    if sandbox is not None:
+        lines += ["## Sandbox", "", "Layers in use: " + (", ".join(sandbox["layers"]) or "none") + "."]
+        if sandbox["missing"]:
+            lines += ["", "**Graded WITHOUT these layers (--allow-unsandboxed):** " +
+                      "; ".join(f"{k} ({_md(d)})" for k, d in sandbox["missing"].items())]
+        lines.append("")
     counts = {}
     for r in results:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

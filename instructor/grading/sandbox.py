@@ -1,66 +1,244 @@
-"""The sandbox a submission is graded in and the processes that run there: ``build_sandbox`` (the folder),
-``_child_env`` (a minimal environment), ``_limits`` (resource limits set between fork and exec) and ``_Proc`` (one
-child process in its own process group: its result pipe, the tail of its output, its deadline)."""
+"""The OS sandbox a submission's process runs in, one per submission.
+
+Layers (``probe_layers`` finds which this machine has; the grader refuses to run without one unless told to):
+
+* ``bwrap`` (bubblewrap, ``apt-get install bubblewrap``): own network namespace (no network; loopback only), own PID
+  namespace (every descendant dies with it; the grader is not visible), own user namespace as uid/gid 65534, a
+  root file system holding only read-only ``/usr``, ``/etc``, the Python installation and its site-packages, the
+  submission's folder at ``/sandbox`` and a private ``/tmp``; nothing of the kit (no reference solution, no hidden
+  tests), of the grader's output or of other submissions is in that view.
+* ``cgroup-memory`` / ``cgroup-pids`` (cgroup v1 controllers): one group per submission limits the memory and the
+  number of tasks of ALL its processes together; at the end every process left in it is killed and the group
+  removed.
+
+Plus, always: a new session (process group), resource limits set between fork and exec (address space per
+process, no core dumps, 1 GiB files) and a minimal environment.
+"""
 from __future__ import annotations
 
-import fnmatch
-import json
+import functools
 import os
-import selectors
 import shutil
 import signal
 import subprocess
+import sys
+import sysconfig
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-BASE_ADDRESS_SPACE_MB = 8192  # ceiling allowance for what Python + torch (+ CUDA libraries) map at import
+LAYERS = ("bwrap", "cgroup-memory", "cgroup-pids")
+INSTALL_HINT = "apt-get install -y bubblewrap"
+BASE_ADDRESS_SPACE_MB = 8192  # ceiling allowance for what Python + torch map at import (per process)
+BASE_MEMORY_MB = 1024  # what Python + torch take (resident, all processes of one sandbox) besides --memory-mb
+MAX_TASKS = 64  # processes + threads of one sandbox
 FILE_SIZE_LIMIT = 2 ** 30
-LOG_TAIL = 64 * 1024
-MAX_RESULT_LINE = 1 << 20
-MAX_EVENTS = 10_000
-NOTEBOOK_GLOBS = ("train*.ipynb", "test*.ipynb")  # the student's notebooks that replace the kit's
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+GROUP_PREFIX = "grade-"
 
 
-def build_sandbox(sub, sandbox, kit, with_notebooks=False):
-    """The folder the child runs in: the reference kit's package with the student's models.py, the reference
-    models as reference_models.py, the hidden tests (and their harness) and the child script."""
-    sandbox = Path(sandbox)
-    shutil.copytree(kit / "captioning", sandbox / "captioning", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copyfile(sub.models, sandbox / "captioning" / "models.py")
-    shutil.copyfile(kit / "captioning" / "models.py", sandbox / "reference_models.py")
-    shutil.copyfile(HERE / "hidden_tests.py", sandbox / "_hidden_tests.py")
-    shutil.copyfile(HERE / "hidden_harness.py", sandbox / "_hidden_harness.py")
-    shutil.copyfile(HERE / "child.py", sandbox / "_grade_child.py")
-    if with_notebooks:  # the notebook runner and the fast path alone: the sandbox holds no other instructor code
-        (sandbox / "instructor").mkdir()
-        (sandbox / "instructor" / "__init__.py").write_text("")
-        # the fast path is found through the entry point naming instructor.fastpath (without it: slower, a warning)
-        for name in ("notebook_runs.py", "fastpath.py"):
-            shutil.copyfile(kit / "instructor" / name, sandbox / "instructor" / name)
-        if (kit / "notebooks").is_dir():
-            shutil.copytree(kit / "notebooks", sandbox / "notebooks",
-                            ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-        (sandbox / "notebooks").mkdir(exist_ok=True)
-        for nb in sub.notebooks:
-            if any(fnmatch.fnmatch(nb.name, g) for g in NOTEBOOK_GLOBS):
-                shutil.copyfile(nb, sandbox / "notebooks" / nb.name)
-        if sub.checkpoints:
-            (sandbox / "checkpoints").mkdir(exist_ok=True)
-            for ck in sub.checkpoints:
-                shutil.copyfile(ck, sandbox / "checkpoints" / ck.name)
-    return sandbox
+# --------------------------------------------------------------------------------------------------------- layers
+def _own_cgroup(controller):
+    """The folder of this process's cgroup (v1) of ``controller``, or None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, names, path = line.split(":", 2)
+        if controller in names.split(","):
+            d = CGROUP_ROOT / controller / path.lstrip("/")
+            return d if d.is_dir() else None
+    return None
 
 
-# ------------------------------------------------------------------------------------------------------ processes
-def _child_env(sandbox, tmp):
+def _cgroup_writable(controller):
+    base = _own_cgroup(controller)
+    if base is None:
+        return False, f"no cgroup v1 '{controller}' controller mounted under {CGROUP_ROOT}"
+    probe = base / f"{GROUP_PREFIX}probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        return False, f"cannot create a group under {base} ({e.strerror}; the grader must run as root)"
+    return True, str(base)
+
+
+@functools.lru_cache(maxsize=1)
+def probe_layers():
+    """{layer: (available, detail)} for this machine (checked once per process)."""
+    out = {}
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        out["bwrap"] = (False, f"bubblewrap is not installed ({INSTALL_HINT})")
+    else:
+        try:
+            r = subprocess.run(bwrap_args([], None) + ["true"], capture_output=True, timeout=30)
+            out["bwrap"] = (r.returncode == 0, bwrap if r.returncode == 0 else
+                            f"bwrap cannot create namespaces here: {r.stderr.decode(errors='replace').strip()}")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            out["bwrap"] = (False, f"bwrap failed: {e}")
+    out["cgroup-memory"] = _cgroup_writable("memory")
+    out["cgroup-pids"] = _cgroup_writable("pids")
+    return out
+
+
+def missing_layers():
+    return [name for name, (ok, _) in probe_layers().items() if not ok]
+
+
+# -------------------------------------------------------------------------------------------------------- command
+def _python_paths():
+    """Folders the sandbox needs read-only: the Python installation, the venv and every site-packages."""
+    paths = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}
+    for key in ("purelib", "platlib"):
+        paths.add(Path(sysconfig.get_paths()[key]).resolve())
+    exe = Path(sys.executable).resolve()
+    paths.add(exe.parent)
+    keep = []
+    for p in sorted(paths, key=lambda p: len(p.parts)):
+        if not any(q in p.parents for q in keep) and str(p) not in ("/usr", "/"):
+            keep.append(p)
+    return [p for p in keep if not str(p).startswith("/usr/")]
+
+
+def site_packages():
+    return [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+
+
+def bwrap_args(binds, sandbox, writable=False):
+    """The bwrap command line (before the program): read-only system and Python, ``sandbox`` at /sandbox
+    (writable only when ``writable``), extra ``binds`` [(host path, sandbox path)] read-only."""
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--uid", "65534", "--gid", "65534",
+            "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
+        p = Path("/") / name
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), str(p)]
+        elif p.is_dir():
+            args += ["--ro-bind", str(p), str(p)]
+    for p in _python_paths():
+        args += ["--ro-bind", str(p), str(p)]
+    args += ["--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
+    if sandbox is not None:
+        args += ["--bind" if writable else "--ro-bind", str(sandbox), "/sandbox", "--chdir", "/sandbox"]
+    for src, dst in binds:
+        args += ["--ro-bind", str(src), str(dst)]
+    return args
+
+
+class Cgroups:
+    """One group per controller for one submission; ``kill_all`` ends every process in it, ``remove`` deletes it."""
+
+    def __init__(self, name, memory_mb, layers):
+        self.dirs = []
+        self.memory = None
+        if "cgroup-memory" in layers:
+            d = _own_cgroup("memory") / name
+            d.mkdir(exist_ok=True)
+            (d / "memory.limit_in_bytes").write_text(str((BASE_MEMORY_MB + memory_mb) * 2 ** 20))
+            try:  # swap too, where the kernel accounts it
+                (d / "memory.memsw.limit_in_bytes").write_text(str((BASE_MEMORY_MB + memory_mb) * 2 ** 20))
+            except OSError:
+                pass
+            self.dirs.append(d)
+            self.memory = d
+        if "cgroup-pids" in layers:
+            d = _own_cgroup("pids") / name
+            d.mkdir(exist_ok=True)
+            (d / "pids.max").write_text(str(MAX_TASKS))
+            self.dirs.append(d)
+        self.procs_files = [str(d / "cgroup.procs") for d in self.dirs]
+
+    def oom_killed(self):
+        if self.memory is None:
+            return False
+        try:
+            for line in (self.memory / "memory.oom_control").read_text().splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1]) > 0
+            return int((self.memory / "memory.failcnt").read_text()) > 0
+        except (OSError, ValueError):
+            return False
+
+    def pids(self):
+        found = set()
+        for d in self.dirs:
+            try:
+                found.update(int(x) for x in (d / "cgroup.procs").read_text().split())
+            except OSError:
+                pass
+        return found
+
+    def kill_all(self, wait=5.0):
+        deadline = time.monotonic() + wait
+        while True:
+            pids = self.pids()
+            if not pids or time.monotonic() > deadline:
+                return not pids
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.02)
+
+    def remove(self):
+        self.kill_all()
+        for d in self.dirs:
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
+def remove_stale_groups():
+    """Remove the groups a killed grading run left behind (their processes are killed first)."""
+    removed = 0
+    for controller in ("memory", "pids"):
+        base = _own_cgroup(controller)
+        if base is None:
+            continue
+        for d in base.glob(GROUP_PREFIX + "*"):
+            if d.is_dir():
+                g = Cgroups.__new__(Cgroups)
+                g.dirs, g.memory = [d], None
+                g.remove()
+                removed += 1
+    return removed
+
+
+def preexec(address_space_bytes, procs_files):
+    """Runs in the child between fork and exec: join the cgroups first (so every descendant is in them), then
+    the per-process limits. No imports, no locks."""
+    import resource
+
+    def apply():
+        for f in procs_files:
+            fd = os.open(f, os.O_WRONLY)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+        resource.setrlimit(resource.RLIMIT_AS, (address_space_bytes, address_space_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+
+    return apply
+
+
+def child_env(home, pythonpath):
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp),
-        "TMPDIR": str(tmp),
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "TMPDIR": str(home),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
-        "PYTHONPATH": str(sandbox),
+        "PYTHONPATH": os.pathsep.join(str(p) for p in pythonpath),
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONHASHSEED": "0",
         "PYTHONUNBUFFERED": "1",
@@ -71,122 +249,9 @@ def _child_env(sandbox, tmp):
         "CUDA_VISIBLE_DEVICES": "",
         "MPLBACKEND": "Agg",
         "TQDM_DISABLE": "1",
+        "CAPTIONING_PLUGINS": "off",  # the student edition has no instructor plug-ins
     }
-    try:  # read access to downloaded weights (the notebooks' encoder), as the kit expects them
-        import torch.hub
-
-        env["TORCH_HOME"] = str(Path(torch.hub.get_dir()).parent)
-    except Exception:  # noqa: BLE001
-        pass
+    for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # this machine's BLAS settings (see env README)
+        if key in os.environ:
+            env[key] = os.environ[key]
     return env
-
-
-def _limits(address_space_bytes):
-    import resource
-
-    def apply():  # runs in the child between fork and exec: no imports, no locks
-        resource.setrlimit(resource.RLIMIT_AS, (address_space_bytes, address_space_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
-
-    return apply
-
-
-def _kill_group(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class _Proc:
-    """One child process: its result pipe (optional), its stdout+stderr (last LOG_TAIL bytes kept), a deadline."""
-
-    def __init__(self, cmd, cwd, env, timeout, memory_mb, sel, owner, result_pipe=True):
-        self.owner, self.sel = owner, sel
-        self.events, self._buf, self.log, self.log_bytes = [], b"", bytearray(), 0
-        self.timed_out, self.returncode = False, None
-        r = w = None
-        pass_fds = ()
-        if result_pipe:
-            r, w = os.pipe()
-            pass_fds = (w,)
-            cmd = [c if c != "{fd}" else str(w) for c in cmd]
-        self.start = time.monotonic()
-        self.deadline = self.start + timeout
-        try:
-            self.proc = subprocess.Popen(
-                cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                pass_fds=pass_fds, close_fds=True, start_new_session=True,
-                preexec_fn=_limits((memory_mb + BASE_ADDRESS_SPACE_MB) * 2 ** 20))
-        except BaseException:
-            if r is not None:
-                os.close(r)
-            raise
-        finally:
-            if w is not None:
-                os.close(w)
-        self.open = set()
-        for fd, kind in ((r, "result"), (self.proc.stdout.fileno(), "log")):
-            if fd is not None:
-                os.set_blocking(fd, False)
-                sel.register(fd, selectors.EVENT_READ, (self, kind))
-                self.open.add(fd)
-        self._r = r
-        self.exited_at = None
-
-    def feed(self, fd, kind):
-        try:
-            data = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close(fd)
-            return
-        if kind == "result":
-            self._buf += data
-            *lines, self._buf = self._buf.split(b"\n")
-            if len(self._buf) > MAX_RESULT_LINE:  # not a result line: someone else writes to the pipe
-                self._buf = b""
-            for line in lines:
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(ev, dict) and len(self.events) < MAX_EVENTS:
-                    self.events.append(ev)
-        else:
-            self.log_bytes += len(data)
-            self.log += data
-            if len(self.log) > LOG_TAIL:
-                del self.log[:len(self.log) - LOG_TAIL]
-
-    def _close(self, fd):
-        if fd in self.open:
-            self.sel.unregister(fd)
-            self.open.discard(fd)
-            if fd == self._r:
-                os.close(fd)
-
-    def poll(self, now):
-        """True when finished (exited and pipes drained, or given up on)."""
-        if self.returncode is None:
-            rc = self.proc.poll()
-            if rc is None:
-                if now > self.deadline:
-                    self.timed_out = True
-                    _kill_group(self.proc)
-                return False
-            self.returncode = rc
-            self.exited_at = now
-            _kill_group(self.proc)  # leftovers of the student's code in the same group
-        if self.open and now - self.exited_at < 2.0:
-            return False
-        for fd in list(self.open):  # a process outside the group still holds a pipe: stop listening
-            self._close(fd)
-        self.proc.stdout.close()
-        self.seconds = round(now - self.start, 2)
-        return True
-

@@ -1,0 +1,254 @@
+"""Grading ONE submission: its sandbox folder, its process, the hidden tests run against it, its result.
+
+The sandbox folder holds only what students have anyway: the student edition's ``captioning/`` package with the
+submission's ``models.py``, the child script (``child.py`` as ``_grade_child.py``) and the message format
+(``wire.py`` as ``_wire.py``). The hidden tests and the reference run here, in the grader's process.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from instructor.grading import remote as rem
+from instructor.grading.hidden_harness import Context, Failed
+from instructor.grading.hidden_tests import TESTS
+from instructor.grading.sandbox import Cgroups, bwrap_args, child_env, preexec, site_packages, BASE_ADDRESS_SPACE_MB
+
+HERE = Path(__file__).resolve().parent
+MAX_RESTARTS = 3
+NOTEBOOK_GLOBS = ("train*.ipynb", "test*.ipynb")  # the student's notebooks that replace the kit's
+NOT_RUN = {"import-error": "not run: models.py could not be imported",
+           "timeout": "not run: grading stopped at the time limit",
+           "memory": "not run: grading stopped after running out of memory",
+           "crashed": "not run: the grading process ended early",
+           "no-models": "not run: no models.py", "bad-submission": "not run: submission rejected"}
+
+
+def build_sandbox(sub, folder, edition, with_notebooks=False):
+    """The folder mounted at /sandbox: the edition's package with the student's models.py, the child script."""
+    folder = Path(folder)
+    shutil.copytree(edition / "captioning", folder / "captioning")
+    shutil.copyfile(sub.models, folder / "captioning" / "models.py")
+    shutil.copyfile(HERE / "child.py", folder / "_grade_child.py")
+    shutil.copyfile(HERE / "wire.py", folder / "_wire.py")
+    if with_notebooks:
+        shutil.copytree(edition / "notebooks", folder / "notebooks")
+        (folder / "instructor").mkdir()
+        (folder / "instructor" / "__init__.py").write_text("")
+        shutil.copyfile(HERE.parent / "notebook_runs.py", folder / "instructor" / "notebook_runs.py")
+        for nb in sub.notebooks:
+            if any(Path(nb.name).match(g) for g in NOTEBOOK_GLOBS):
+                shutil.copyfile(nb, folder / "notebooks" / nb.name)
+        if sub.checkpoints:
+            (folder / "checkpoints").mkdir(exist_ok=True)
+            for ck in sub.checkpoints:
+                shutil.copyfile(ck, folder / "checkpoints" / ck.name)
+    return folder
+
+
+def command(layers, folder, program):
+    """(argv, cwd, PYTHONPATH) to run ``program`` (argv after the interpreter) in the sandbox ``folder``."""
+    if "bwrap" in layers:
+        return bwrap_args([], folder) + [sys.executable, "-S", *program], None, ["/sandbox", *site_packages()]
+    return [sys.executable, "-S", *program], str(folder), [str(folder), *site_packages()]
+
+
+class Job:
+    """The state of one submission while its tests run (in a worker thread of ``batch.grade``)."""
+
+    def __init__(self, sub, work, edition, ref_module, opts, layers, run_id):
+        self.sub, self.work, self.edition, self.opts, self.layers = sub, Path(work), edition, opts, layers
+        self.ref_module, self.run_id = ref_module, run_id
+        self.remote, self.cgroups, self.logs, self.log_bytes = None, None, [], 0
+        self.restarts, self.problems = 0, []
+
+    # ---------------------------------------------------------------------------------------------- process
+    def _start(self, ctx):
+        sandbox = self.work / "sandbox"
+        where = "/sandbox" if "bwrap" in self.layers else str(sandbox)
+        argv, cwd, pypath = command(self.layers, sandbox, [f"{where}/_grade_child.py", "{in}", "{out}",
+                                                           str(self.opts["memory_mb"])])
+        env = child_env("/tmp" if "bwrap" in self.layers else self.work / "home", pypath)
+        self.remote = rem.Remote(argv, cwd, env, self.opts["memory_mb"], self.deadline, self.cgroups,
+                                 refcall=ctx.serve_refcall)
+        ready = self.remote.next_message(time.monotonic() + min(120.0, self.opts["timeout"]))
+        if not isinstance(ready, dict) or not ready.get("ready"):
+            raise rem.ChildGone(f"grader problem: {ready.get('fatal') if isinstance(ready, dict) else ready}")
+        reply = self.remote.request({"op": "import"}, self.opts["per_test"])
+        return reply
+
+    def _stop(self):
+        if self.remote is not None:
+            self.remote.close()
+            self.logs.append(self.remote.log_text())
+            self.log_bytes += self.remote.log_bytes
+            self.remote = None
+
+    def _problem(self, e):
+        """Kind of a ChildGone/ChildTimeout: timeout, memory (the cgroup's OOM killer) or crashed."""
+        if isinstance(e, rem.ChildTimeout):
+            return "timeout", f"did not answer within the time limit ({self.opts['per_test']:g} s per test)"
+        if self.cgroups is not None and self.cgroups.oom_killed():
+            return "memory", "ran out of memory (all processes of the submission together)"
+        rc = self.remote.proc.poll() if self.remote is not None else None
+        how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}"
+        return "crashed", f"the submission's process ended ({how}{'; ' + str(e) if str(e) else ''}): does " \
+                          f"models.py call os._exit, kill its process or crash the interpreter?"
+
+    # ------------------------------------------------------------------------------------------------- tests
+    def run(self):
+        """The result dict of this submission (never raises for anything the submission does)."""
+        t0 = time.monotonic()
+        self.deadline = t0 + self.opts["timeout"]
+        tests, status, message = {}, "ok", ""
+        try:
+            build_sandbox(self.sub, self.work / "sandbox", self.edition, self.opts["notebooks"] is not None)
+            (self.work / "home").mkdir(exist_ok=True)
+            self.cgroups = Cgroups(f"grade-{self.run_id}-{self.sub.id}", self.opts["memory_mb"], self.layers)
+            status, message = self._run_tests(tests)
+            nb = self._notebooks() if self.opts["notebooks"] is not None and status not in (
+                "import-error", "crashed") else None
+        finally:
+            self._stop()
+            if self.cgroups is not None:
+                self.cgroups.remove()
+        return self._result(tests, status, message, nb, time.monotonic() - t0)
+
+    def _run_tests(self, tests):
+        ctx = Context(self.ref_module)
+        status, message = "ok", ""
+        try:
+            reply = self._start(ctx)
+        except (rem.ChildGone, rem.ChildTimeout) as e:
+            kind, msg = self._problem(e)
+            return ("import-error" if kind == "crashed" else kind), f"models.py could not be imported: {msg}"
+        if not reply.get("ok"):
+            kind = reply.get("kind")
+            return {"memory": "memory", "timeout": "timeout"}.get(kind, "import-error"), \
+                f"models.py could not be imported: {reply.get('message')}"
+        ctx.remote = self.remote
+        for name, (region, fn) in TESTS.items():
+            if self.remote is None:  # restart after a crash, a bounded number of times
+                if self.restarts >= MAX_RESTARTS or time.monotonic() > self.deadline:
+                    continue
+                self.restarts += 1
+                try:
+                    ctx = Context(self.ref_module)
+                    self._start(ctx)
+                    ctx.remote = self.remote
+                except (rem.ChildGone, rem.ChildTimeout) as e:
+                    self.problems.append(self._problem(e)[0])
+                    self._stop()
+                    continue
+            t = time.monotonic()
+            ctx.deadline = min(self.deadline, t + self.opts["per_test"])
+            try:
+                fn(ctx)
+                ok, kind, msg = True, "pass", ""
+            except Failed as e:
+                ok, kind, msg = False, "fail", str(e)
+            except (rem.ChildGone, rem.ChildTimeout) as e:
+                kind, msg = self._problem(e)
+                ok = False
+                self.problems.append(kind)
+                self._stop()
+            if not ok and kind == "fail" and "did not finish within" in msg:
+                kind = "timeout"
+            if not ok and kind == "fail" and msg.startswith("ran out of memory"):
+                kind = "memory"
+            tests[name] = {"region": region, "ok": ok, "kind": kind, "message": msg[:1500],
+                           "seconds": round(time.monotonic() - t, 3)}
+        kinds = {t["kind"] for t in tests.values()} | set(self.problems)
+        for k, text in (("timeout", f"stopped by the time limit ({self.opts['per_test']:g} s per test, "
+                                    f"{self.opts['timeout']:g} s in all)"),
+                        ("memory", f"ran out of memory (limit: {self.opts['memory_mb']} MB beyond what torch "
+                                   f"needs)"),
+                        ("crashed", "the submission's process ended during the tests")):
+            if k in kinds:
+                return k, text
+        return status, message
+
+    def _result(self, ran, status, message, nb, seconds):
+        return result_dict(self.sub, self.opts["rubric"], ran, status, message, seconds, "\n".join(self.logs),
+                           self.log_bytes, nb)
+
+    # --------------------------------------------------------------------------------------------- notebooks
+    def _notebooks(self):
+        """Run ``python -m instructor.notebook_runs`` in a writable sandbox; its BLEU-4 (recorded, not graded:
+        the numbers come from the student's process)."""
+        sandbox = self.work / "sandbox"
+        where = "/sandbox" if "bwrap" in self.layers else str(sandbox)
+        out_dir = f"{where}/notebook_outputs"
+        program = ["-m", "instructor.notebook_runs", "--out", out_dir, *self.opts["notebooks"]]
+        if "bwrap" in self.layers:
+            argv = bwrap_args([], sandbox, writable=True) + [sys.executable, *program]
+            cwd, pypath = None, ["/sandbox"]
+        else:
+            argv, cwd, pypath = [sys.executable, *program], str(sandbox), [str(sandbox)]
+        env = child_env("/tmp" if "bwrap" in self.layers else self.work / "home", pypath)
+        log = self.work / "notebooks.log"
+        timed_out = False
+        with open(log, "wb") as f:
+            p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                 start_new_session=True,
+                                 preexec_fn=preexec((self.opts["memory_mb"] + BASE_ADDRESS_SPACE_MB) * 2 ** 20,
+                                                    self.cgroups.procs_files if self.cgroups else []))
+            try:
+                rc = p.wait(timeout=self.opts["notebook_timeout"])
+            except subprocess.TimeoutExpired:
+                timed_out, rc = True, None
+            rem.kill_group(p.pid)
+            if self.cgroups is not None:
+                self.cgroups.kill_all()
+            p.wait()
+        text = log.read_bytes()[-rem.LOG_TAIL:].decode("utf-8", "replace")
+        self.logs.append("--- notebooks ---\n" + text)
+        return notebook_result(sandbox / "notebook_outputs", text, rc, timed_out)
+
+
+def notebook_result(out_dir, log, returncode, timed_out):
+    """{run: BLEU-4} from the ``<run>.metrics.json`` files the notebooks runner wrote, and how the run ended."""
+    found = {}
+    if out_dir.is_dir():
+        for p in sorted(out_dir.glob("*.metrics.json")):
+            try:
+                m = json.loads(p.read_text(encoding="utf-8")) if p.stat().st_size < 20 * 2 ** 20 else None
+            except (OSError, ValueError):
+                continue
+            if isinstance(m, dict):
+                v = m.get("bleu4", m.get("best_bleu4"))
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    found[p.name[:-len(".metrics.json")]] = float(v)
+    errors = [ln[len("error:"):].strip() for ln in log.splitlines() if ln.startswith("error:")]
+    status = "timeout" if timed_out else ("ok" if returncode == 0 else "failed")
+    message = errors[-1] if errors else ("" if status == "ok" else f"exit status {returncode}")
+    return {"status": status, "returncode": returncode, "bleu4": found, "message": message[:1500]}
+
+
+def result_dict(sub, rubric, ran, status, message, seconds, log="", log_bytes=0, nb=None):
+    """The result of ``sub``: the points of the tests in ``ran`` ({name: {ok, kind, message, …}}) by the rubric;
+    the tests that did not run score 0 with the reason."""
+    tests, regions = {}, {}
+    for region, pts in rubric["regions"].items():
+        got = 0
+        for name, p in pts.items():
+            ev = ran.get(name)
+            if ev is None:
+                msg = message if status in ("import-error", "no-models", "bad-submission") and message \
+                    else NOT_RUN.get(status, "not run")
+                tests[name] = {"region": region, "ok": False, "kind": "not-run", "message": msg, "points": 0,
+                               "max": p}
+            else:
+                tests[name] = dict(ev, points=p if ev["ok"] else 0, max=p)
+                got += p if ev["ok"] else 0
+        regions[region] = [got, sum(pts.values())]
+    total = sum(v[0] for v in regions.values())
+    maximum = sum(v[1] for v in regions.values())
+    return {"id": sub.id, "source": str(sub.source), "status": status, "message": message,
+            "notes": list(sub.notes), "regions": regions, "tests": tests, "total": total, "max": maximum,
+            "percent": round(100.0 * total / maximum, 1) if maximum else 0.0, "seconds": round(seconds, 2),
+            "log": log, "log_bytes": log_bytes, "notebooks": nb}

@@ -1,0 +1,69 @@
+"""What makes a grading batch survive the grader's death: one journal entry per graded submission, written
+atomically as soon as it is graded, keyed by what decides its score (the submission's files, the hidden tests,
+the rubric, the reference and the limits). Re-running the same command grades only what has no valid entry and
+writes the same ``grades.csv``. ``.work/`` (sandbox folders) and the cgroups of a killed run are removed at the
+next start, under the run lock.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from captioning.atomic import write_json
+
+HERE = Path(__file__).resolve().parent
+# the files whose code decides a score (a change in any of them invalidates every journal entry)
+SCORING_FILES = ("hidden_tests.py", "hidden_harness.py", "child.py", "wire.py", "job.py", "remote.py")
+
+
+def _hash_files(h, paths):
+    for p in paths:
+        p = Path(p)
+        h.update(p.name.encode() + b"\0")
+        h.update(p.read_bytes() if p.is_file() else b"<missing>")
+        h.update(b"\0")
+
+
+def grader_key(rubric_path, reference_models, opts):
+    """What, besides a submission's own files, decides its score."""
+    h = hashlib.sha256()
+    _hash_files(h, [HERE / f for f in SCORING_FILES] + [rubric_path, reference_models])
+    h.update(json.dumps(opts, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def submission_key(grader, staged):
+    """``grader`` (grader_key) + the content of every file staged from the submission."""
+    h = hashlib.sha256(grader.encode())
+    staged = Path(staged)
+    for dirpath, dirnames, filenames in sorted(os.walk(staged)):
+        dirnames.sort()
+        for f in sorted(filenames):
+            p = Path(dirpath) / f
+            h.update(p.relative_to(staged).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+class Journal:
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, sid):
+        return self.folder / f"{sid}.json"
+
+    def get(self, sid, key):
+        """The journalled result of ``sid`` when it was graded with ``key``, else None."""
+        try:
+            entry = json.loads(self._path(sid).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("result"), dict):
+            return None
+        return entry["result"]
+
+    def put(self, sid, key, result):
+        write_json({"key": key, "result": result}, self._path(sid))
