@@ -1,8 +1,9 @@
 """``python -m captioning check [PART]`` — the students' self-check of ``models.py``.
 
-Runs the public checks (``tests/public/public_checks.py``) of one part in this process and prints one PASS/FAIL
-line per check, with a message that names the tensor, the expected and actual shape or the relative error. See
-that file for the relative-error measure.
+Runs the public checks (``tests/public/public_checks.py``) of one part in this process and prints one PASS, FAIL
+or WARN line per check, with a message that names the TODO, the tensor, the expected and actual shape or the
+relative error, and the cause where the check can tell it. A WARN passed but points at something that looks wrong
+(it does not change the exit status). See that file for the relative-error measure.
 """
 from __future__ import annotations
 
@@ -37,16 +38,18 @@ def load_public_checks(root=None):
 
 def run_checks(part="all", root=None, out=print):
     """Run the public checks of ``part`` (one of PARTS or "all"); print one line each. Returns the results:
-    a list of (part, name, ok, message)."""
+    a list of (part, name, ok, message); a WARN is ok with a ``Warn`` message."""
     if part not in PARTS + ("all",):
         raise KitError(f"unknown part '{part}': choose one of {', '.join(PARTS)} or all")
     checks = load_public_checks(root)
     results = checks.run(None if part == "all" else part)
     width = max((len(f"{p}/{n}") for p, n, _, _ in results), default=10)
-    for p, n, ok, msg in results:
-        out(f"{'PASS' if ok else 'FAIL'}  {f'{p}/{n}':<{width}}  {msg}")
-    n_fail = sum(not ok for _, _, ok, _ in results)
+    status = [checks.status(ok, msg) for _, _, ok, msg in results]
+    for (p, n, _, msg), st in zip(results, status):
+        out(f"{st}  {f'{p}/{n}':<{width}}  {msg}")
+    n_fail, n_warn = status.count("FAIL"), status.count("WARN")
     out(f"\n{len(results) - n_fail} of {len(results)} checks passed"
+        + ("" if not n_warn else f", {n_warn} of them with a warning (WARN: read its message)")
         + ("" if not n_fail else f"; relative error = max|got - expected| / (max|expected| + 1e-8), "
                                  f"tolerance {checks.REL_TOL:g}"))
     return results

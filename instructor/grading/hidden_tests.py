@@ -228,7 +228,8 @@ def _one_step_batch_of_one(ctx, cls):
             raise Failed(f"with a batch of one row, {k} has shape {tuple(one[k].shape)}, expected {want_shape}: "
                          f"squeeze/unsqueeze a named dimension (squeeze(1)), never all of them (squeeze())")
         if rel_error(one[k][0], full[k][0]) > REL_TOL:
-            raise Failed(f"with a batch of one row, {k} differs from the same row in a batch of {ctx.step['h'].size(0)}")
+            raise Failed(f"with a batch of one row, {k} differs from the same row in a batch of {ctx.step['h'].size(0)}: "
+                         f"the rows of a batch must not influence each other")
 
 
 for _cls, _p in (("DecoderWithRNN", "rnn"), ("DecoderWithAttention", "att")):
@@ -413,5 +414,6 @@ def test_attention_batch_of_one(ctx):
                          f"dimension (squeeze(2)), never all of them (squeeze())")
         if is_tensor(full[k]) and full[k].dim() == 2 and rel_error(one[k][0], full[k][0]) > REL_TOL:
             raise Failed(f"with a batch of one row, {k} differs from the same row in a batch of "
-                         f"{ctx.att_in['h'].size(0)}")
+                         f"{ctx.att_in['h'].size(0)}: the rows of a batch must not influence each other (an "
+                         f"operation over dim 0 mixes them)")
 

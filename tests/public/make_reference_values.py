@@ -4,10 +4,13 @@ Instructors only (run it in the instructor kit, where models.py holds the soluti
 
     python tests/public/make_reference_values.py --force
 
-Tiny sizes (vocabulary 20, embedding 8, decoder 12, attention 10, encoder channels 6, a 3×3 grid) keep the file
-small. Weights are seeded random values (not the default init, so that every bias and BatchNorm statistic
-matters) and are saved with the values as plain state dicts, so the checks load them into a student's modules by
-layer name. Everything is a plain tensor / int / float / str, so the file loads with ``weights_only=True``.
+Tiny sizes (vocabulary 23, embedding 8, decoder 12, attention 10, encoder channels 6, a 3×3 grid: all distinct, so
+that a size passed in the wrong place shows) keep the file small. Dropout is 0.3, not PyTorch's default 0.5, so that
+an ``nn.Dropout()`` without ``p`` shows too. ``one_step_train_out`` is ``one_step`` in train mode right after
+``torch.manual_seed(meta["train_seed"])`` (dropout is its only random operation). Weights are seeded random
+values (not the default init, so that every bias and BatchNorm statistic matters) and are saved with the values as
+plain state dicts, so the checks load them into a student's modules by layer name. Everything is a plain
+tensor / int / float / str, so the file loads with ``weights_only=True``.
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from pathlib import Path
 import torch
 
 OUT = Path(__file__).with_name("reference_values.pt")
-CFG = dict(vocab_size=20, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.5)
-ENCODER_DIM, GRID, SEED = 6, 3, 0
+CFG = dict(vocab_size=23, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.3)
+ENCODER_DIM, GRID, SEED, TRAIN_SEED = 6, 3, 0, 1234
 
 
 def seeded_weights(module, seed):
@@ -43,14 +46,29 @@ def captions_batch(g, lengths, t_max):
     return caps, torch.tensor(lengths)
 
 
+def train_step(dec, key, step_in):
+    """one_step in train mode right after torch.manual_seed(TRAIN_SEED); the module is left in eval mode."""
+    args = [step_in["embeddings"], step_in["h"], step_in["c"]]
+    if key != "rnn":
+        args.insert(1, step_in["encoder_out"])
+    dec.train()
+    torch.manual_seed(TRAIN_SEED)
+    with torch.no_grad():
+        out = dec.one_step(*[a.clone() for a in args])
+    dec.eval()
+    names = ["preds", "h", "c"] if key == "rnn" else ["preds", "alpha", "h", "c"]
+    return dict(zip(names, out))
+
+
 def make_values():
     from captioning.models import Attention, DecoderWithAttention, DecoderWithRNN
 
     torch.manual_seed(SEED)
     g = torch.Generator().manual_seed(SEED)
     D, E, P, C = CFG["decoder_dim"], CFG["embed_dim"], GRID * GRID, ENCODER_DIM
-    out = {"meta": {"cfg": dict(CFG), "encoder_dim": C, "grid": GRID, "seed": SEED, "rel_tol": 1e-4,
-                    "measure": "max|got - expected| / (max|expected| + 1e-8)", "torch": str(torch.__version__)}}
+    out = {"meta": {"cfg": dict(CFG), "encoder_dim": C, "grid": GRID, "seed": SEED, "train_seed": TRAIN_SEED,
+                    "rel_tol": 1e-4, "measure": "max|got - expected| / (max|expected| + 1e-8)",
+                    "torch": str(torch.__version__)}}
 
     for key, cls in (("rnn", DecoderWithRNN), ("attention_decoder", DecoderWithAttention)):
         dec = cls(dict(CFG), encoder_dim=C)
@@ -76,8 +94,8 @@ def make_values():
                 p, ec, dl, al, si = dec(fwd_in["encoder_out"], caps, lens)
                 fwd_out = {"predictions": p, "encoded_captions": ec, "decode_lengths": torch.tensor(dl),
                            "alphas": al, "sort_ind": si}
-        out[key] = {"state_dict": state, "one_step_in": step_in, "one_step_out": step_out, "forward_in": fwd_in,
-                    "forward_out": fwd_out}
+        out[key] = {"state_dict": state, "one_step_in": step_in, "one_step_out": step_out,
+                    "one_step_train_out": train_step(dec, key, step_in), "forward_in": fwd_in, "forward_out": fwd_out}
 
     att = Attention(C, D, CFG["attention_dim"])
     state = seeded_weights(att, SEED + 3)

@@ -1,0 +1,156 @@
+"""``python -m instructor grade --check-sandbox``: try each known escape from a grading sandbox and print what is
+contained. The probe runs exactly as a submission's process runs (same command, same cgroups, same limits); what
+can be checked from outside (files, processes, a listening socket) is checked here, not taken from the probe.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from instructor.grading.sandbox import LAYERS, Cgroups, child_env, preexec, probe_layers, BASE_ADDRESS_SPACE_MB
+
+PROBE = r'''
+import json, os, socket, sys, time
+args = json.loads(sys.argv[1])
+def say(name, contained, detail=""):
+    print(json.dumps({"name": name, "contained": contained, "detail": str(detail)[:200]}), flush=True)
+for name, path in (("read the reference solution", args["reference"]), ("read the hidden tests", args["hidden"])):
+    try:
+        open(path).read(100); say(name, False, path)
+    except OSError as e:
+        say(name, True, e.strerror)
+try:
+    with open(args["victim"], "w") as f: f.write("overwritten")
+    say("overwrite another submission's models.py", False)
+except OSError as e:
+    say("overwrite another submission's models.py", True, e.strerror)
+try:
+    cwd = os.readlink(f"/proc/{os.getppid()}/cwd")
+    with open(os.path.join(cwd, "ESCAPED"), "w") as f: f.write("x")
+    say("write into the grader's folder via /proc/<ppid>/cwd", False, cwd)
+except OSError as e:
+    say("write into the grader's folder via /proc/<ppid>/cwd", True, e.strerror)
+pids = [p for p in os.listdir("/proc") if p.isdigit()]
+say("see the grader's processes", len(pids) < 10, f"{len(pids)} processes visible")
+say("run as root", os.getuid() != 0, f"uid {os.getuid()}")
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect(("127.0.0.1", args["port"])); say("connect to 127.0.0.1", False)
+except OSError as e:
+    say("connect to 127.0.0.1", True, e)
+for i in range(3):  # children that leave the process group
+    if os.fork() == 0:
+        os.setsid()
+        os.execv(sys.executable, [sys.executable, "-S", "-c", "import time; time.sleep(600)", args["token"]])
+kids = []
+for i in range(3):  # 3 x 1 GiB in forked children
+    pid = os.fork()
+    if pid == 0:
+        try:
+            b = bytearray(b"\x01") * (1 << 30)
+            time.sleep(2)
+            os._exit(0)
+        except MemoryError:
+            os._exit(3)
+    kids.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids]
+say("3 forked children x 1 GiB (limit 2048 MB beyond torch)", any(c != 0 for c in codes), f"exit codes {codes}")
+# the parent a submission sees: the namespace's own init (SIGKILL from inside cannot reach it), not the grader
+say("SIGKILL the grader (getppid)", os.getppid() == 1, f"getppid() = {os.getppid()}")
+'''
+
+
+def check_sandbox(out=print):
+    """Run the probe; print one line per escape. True when every escape is contained."""
+    from captioning.check import kit_root
+
+    layers = probe_layers()
+    for name in LAYERS:
+        ok, detail = layers[name]
+        out(f"layer {name:<14} {'available' if ok else 'MISSING'}: {detail}")
+    active = [k for k in LAYERS if layers[k][0]]
+    token = f"escape-probe-{secrets.token_hex(6)}"
+    work = Path(tempfile.mkdtemp(prefix="grade-check-"))
+    victim = work / "other" / "models.py"
+    victim.parent.mkdir()
+    victim.write_text("untouched")
+    sandbox = work / "sandbox"
+    sandbox.mkdir()
+    (sandbox / "probe.py").write_text("import torch\n" + PROBE)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.1)
+    root = kit_root()
+    args = {"reference": str(root / "captioning" / "models.py"),
+            "hidden": str(root / "instructor" / "grading" / "hidden_tests.py"), "victim": str(victim),
+            "port": listener.getsockname()[1], "token": token}
+    cg = Cgroups(f"grade-check-{os.getpid()}", 2048, active)
+    try:
+        rows = _run_probe(active, sandbox, args, cg)
+        try:
+            conn, _ = listener.accept()
+            conn.close()
+            rows.append({"name": "a connection reached the grader's socket", "contained": False})
+        except OSError:
+            pass
+        cg.kill_all()
+        time.sleep(0.2)
+        rows.append({"name": "children that called setsid() outlive the sandbox",
+                     "contained": not _alive_with(token)})
+        rows.append({"name": "another submission's file unchanged", "contained": victim.read_text() == "untouched"})
+        rows.append({"name": "nothing written into the kit", "contained": not (root / "ESCAPED").exists()
+                     and not (Path.cwd() / "ESCAPED").exists()})
+    finally:
+        listener.close()
+        cg.remove()
+        for pid in _alive_with(token):
+            os.kill(pid, 9)
+        shutil.rmtree(work, ignore_errors=True)
+    ok = True
+    for r in rows:
+        c = r.get("contained")
+        ok &= c is not False
+        out(f"{'contained' if c else ('n/a' if c is None else 'NOT CONTAINED'):<14} {r['name']}"
+            + (f" ({r['detail']})" if r.get("detail") else ""))
+    out("every escape is contained" if ok else "some escapes are NOT contained: do not grade untrusted code here")
+    return ok
+
+
+def _run_probe(layers, sandbox, args, cg):
+    from instructor.grading.job import command
+
+    where = "/sandbox" if "bwrap" in layers else str(sandbox)
+    argv, cwd, pypath = command(layers, sandbox, [f"{where}/probe.py", json.dumps(args)])
+    env = child_env("/tmp" if "bwrap" in layers else sandbox, pypath)
+    r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, timeout=120, start_new_session=True,
+                       preexec_fn=preexec((2048 + BASE_ADDRESS_SPACE_MB) * 2 ** 20, cg.procs_files))
+    rows = []
+    for line in r.stdout.decode(errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    if not rows:
+        rows.append({"name": "the probe ran", "contained": False, "detail": r.stderr.decode(errors="replace")[-300:]})
+    return rows
+
+
+def _alive_with(token):
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if token.encode() in (p / "cmdline").read_bytes():
+                    found.append(int(p.name))
+            except OSError:
+                pass
+    return found
