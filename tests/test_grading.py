@@ -243,8 +243,10 @@ def batch(tmp_path_factory):
     t0 = time.time()
     from instructor.cli import main
 
+    from instructor.grading.sandbox import missing_layers
+
     rc = main(["grade", str(subs), "--out", str(out), "--jobs", "2", "--timeout", "240", "--memory-mb", "1024",
-               "--quiet"])
+               "--quiet"] + (["--allow-unsandboxed"] if missing_layers() else []))
     assert rc == 0
     results = {r["id"]: r for r in json.loads((out / "results.json").read_text())}
     return {"root": root, "subs": subs, "out": out, "results": results, "seconds": time.time() - t0}
@@ -323,7 +325,7 @@ def test_each_hint_fires_for_its_own_cause_only(batch):
 
 def test_feedback_never_quotes_hidden_tests(batch):
     here = Path(grader.__file__).parent
-    src = "\n".join((here / name).read_text() for name in ("hidden_tests.py", "hidden_harness.py"))
+    src = "\n".join((here / name).read_text() for name in ("hidden_tests.py", "hidden_init_tests.py", "hidden_harness.py"))
     code_lines = {ln.strip() for ln in src.splitlines() if len(ln.strip()) > 30 and not ln.strip().startswith(
         ("#", '"', "raise Failed", "f\"", "\"", "'", "raise _todo"))}
     for p in (batch["out"] / "feedback").glob("*.md"):
@@ -337,7 +339,10 @@ def test_resume_writes_the_same_grades(batch, tmp_path):
     """A second run of the same command grades nothing again (journal) and writes the same grades.csv."""
     before = (batch["out"] / "grades.csv").read_text()
     t0 = time.time()
-    results = grader.grade(batch["subs"], batch["out"], jobs=2, timeout=240, memory_mb=1024, progress=False)
+    from instructor.grading.sandbox import missing_layers
+
+    results = grader.grade(batch["subs"], batch["out"], jobs=2, timeout=240, memory_mb=1024, progress=False,
+                           allow_unsandboxed=bool(missing_layers()))
     assert time.time() - t0 < 30 and len(results) == len(batch["results"])
     assert (batch["out"] / "grades.csv").read_text() == before
 

@@ -287,3 +287,22 @@ def test_check_sandbox_reports_every_escape_contained():
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "every escape is contained" in r.stdout and "NOT CONTAINED" not in r.stdout
+
+
+def test_notebooks_run_in_the_writable_sandbox(tmp_path):
+    """--notebooks: the real runner, one small notebook, in the sandbox (student edition, no instructor plug-ins)."""
+    from instructor.grading.batch import grade
+
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    subs.mkdir()
+    write_sub(subs, "reference", REFERENCE)
+    results = grade(subs, out, jobs=1, timeout=300, memory_mb=2048, notebooks=True, notebook_timeout=300,
+                    notebook_runs=("train1",), progress=False,
+                    notebook_params=["shapes_n_train=10", "shapes_n_val=5", "shapes_n_test=5",
+                                     "shapes_image_size=32", "embed_dim=16", "decoder_dim=16"])
+    nb = results[0]["notebooks"]
+    assert results[0]["percent"] == 100.0
+    assert nb["status"] == "ok", f"{nb}\n{(out / 'logs' / 'reference.log').read_text()[-3000:]}"
+    assert set(nb["bleu4"]) == {"train1"} and 0 <= nb["bleu4"]["train1"] <= 1
+    _, rows = read_grades(out)
+    assert rows["reference"]["notebooks_status"] == "ok" and rows["reference"]["bleu4_train1"]

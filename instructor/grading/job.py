@@ -131,6 +131,7 @@ class Job:
             return {"memory": "memory", "timeout": "timeout"}.get(kind, "import-error"), \
                 f"models.py could not be imported: {reply.get('message')}"
         ctx.remote = self.remote
+        stuck = {}  # region -> its first test that timed out
         for name, (region, fn) in TESTS.items():
             if self.remote is None:  # restart after a crash, a bounded number of times
                 if self.restarts >= MAX_RESTARTS or time.monotonic() > self.deadline:
@@ -145,6 +146,10 @@ class Job:
                     self._stop()
                     continue
             t = time.monotonic()
+            if region in stuck:  # its method hung once: running it again would only wait for the limit again
+                tests[name] = {"region": region, "ok": False, "kind": "timeout", "seconds": 0.0,
+                               "message": f"not run: {stuck[region]} did not finish within the time limit"}
+                continue
             ctx.deadline = min(self.deadline, t + self.opts["per_test"])
             try:
                 fn(ctx)
@@ -162,6 +167,8 @@ class Job:
                 kind = "memory"
             tests[name] = {"region": region, "ok": ok, "kind": kind, "message": msg[:1500],
                            "seconds": round(time.monotonic() - t, 3)}
+            if kind == "timeout":
+                stuck.setdefault(region, name)
         kinds = {t["kind"] for t in tests.values()} | set(self.problems)
         for k, text in (("timeout", f"stopped by the time limit ({self.opts['per_test']:g} s per test, "
                                     f"{self.opts['timeout']:g} s in all)"),

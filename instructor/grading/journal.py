@@ -15,7 +15,7 @@ from captioning.atomic import write_json
 
 HERE = Path(__file__).resolve().parent
 # the files whose code decides a score (a change in any of them invalidates every journal entry)
-SCORING_FILES = ("hidden_tests.py", "hidden_harness.py", "child.py", "wire.py", "job.py", "remote.py")
+SCORING_FILES = ("hidden_tests.py", "hidden_init_tests.py", "hidden_harness.py", "child.py", "wire.py", "job.py", "remote.py")
 
 
 def _hash_files(h, paths):

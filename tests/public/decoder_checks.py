@@ -387,6 +387,7 @@ def forward_on_input_device(part):
         if "copy out of meta" in text:
             return pc.warn(fwd, f"with encoder_out on another device than the CPU it copies into a CPU tensor "
                                 f"({pc.describe(e)}): {DEVICE_HINT}")
+        _forward_eval(part, pc.build(part), inp)  # fails on the CPU too: report that failure as it is
         return f"not checked: forward does not run on PyTorch's data-less 'meta' device ({pc.describe(e)})"
     for name in ("predictions", "alphas"):
         if name in out and torch.is_tensor(out[name]) and out[name].device.type != "meta":
