@@ -351,3 +351,24 @@ def test_a_second_training_into_the_same_checkpoints_stops_naming_the_first(shap
             fit(cfg)
     fit(cfg)  # once the first is done
     assert not list((tmp_path / "run").glob(".lock-*"))
+
+
+def test_a_write_failure_mid_hdf5_gives_the_message_and_no_crash(shapes_data, tmp_path):
+    """A full disk while the images HDF5 is written (here: a 64 KiB file-size limit, EFBIG) used to print the
+    right message and then segfault in HDF5 at exit (139)."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal, as a full disk gives ENOSPC
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "captioning", "prepare", "--dataset", "shapes", "--karpathy-json",
+                        str(shapes_data.karpathy_json), "--image-folder", str(shapes_data.karpathy_json.parent),
+                        "--output-folder", str(out), "--image-size", "64", "--min-word-freq", "1", "--workers", "1"],
+                       capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "error: writing into" in r.stderr and "Traceback" not in r.stderr
+    assert not [p.name for p in out.iterdir() if not p.name.startswith(".lock")]  # no half-written file left
