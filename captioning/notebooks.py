@@ -47,6 +47,23 @@ TRAINED_BY = {"rnn": "train1.ipynb", "attention": "train2.ipynb", "adaptive": "t
 
 
 # ---------------------------------------------------------------------------------------------- notebook setup
+def check_parameters(params):
+    """Stop at once when a parameter of the notebook's parameters cell is not allowed: a KitError naming it, its
+    value and what is allowed (the cfg keys by ``config.RULES``, as ``train`` checks them; the notebooks' own
+    parameters by the rules below). ``params``: the notebook's ``globals()``; other names are ignored."""
+    from captioning.config import _STR, RULES, _int, _number, _one_of, _optional
+
+    own = {"shapes_n_train": _int(1), "shapes_n_val": _int(1), "shapes_n_test": _int(1),
+           "shapes_image_size": _int(16), "shapes_seed": _int(0), "threads": _int(0), "beam_size": _int(1),
+           "length_penalty": _number(0), "max_images": _optional(_int(1)), "split": _one_of("TEST", "VAL"),
+           "data_folder": _optional(_STR), "data_name": _optional(_STR), "encoded_image_size": _optional(_int(1)),
+           "image": _optional(_STR)}
+    for key, (ok, allowed) in {**RULES, **own}.items():
+        if key in params and not ok(params[key]):
+            raise KitError(f"parameter {key} = {params[key]!r} is not allowed: {key} must be {allowed} (see the "
+                           f"parameters cell)")
+
+
 def setup(threads=1, seed=None):
     """First call of every notebook: quiet, reproducible defaults; returns facts for the metrics file.
 

@@ -372,3 +372,29 @@ def test_a_write_failure_mid_hdf5_gives_the_message_and_no_crash(shapes_data, tm
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "error: writing into" in r.stderr and "Traceback" not in r.stderr
     assert not [p.name for p in out.iterdir() if not p.name.startswith(".lock")]  # no half-written file left
+
+
+def test_notebooks_check_their_parameters_before_any_work(tmp_path):
+    """papermill -p epochs notanumber used to fail 34 s later in cell 8 with a TypeError not naming epochs."""
+    import nbformat
+    import papermill
+
+    from captioning.check import kit_root
+    from captioning.notebooks import check_parameters
+
+    for name in ("train1", "train2", "test", "caption"):
+        nb = nbformat.read(str(kit_root() / "notebooks" / f"{name}.ipynb"), 4)
+        defaults = {}
+        exec(nb.cells[1].source, defaults)  # the parameters cell
+        check_parameters(defaults)  # the defaults pass …
+        assert "nb.check_parameters(globals())" in nb.cells[2].source  # … and every notebook checks them first
+    for key, value in (("epochs", "notanumber"), ("shapes_n_train", 0), ("split", "TRAIN"), ("dropout", 1.5)):
+        with pytest.raises(KitError, match=f"parameter {key} = {value!r} is not allowed"):
+            check_parameters({key: value})
+    t0 = time.time()
+    with pytest.raises(papermill.PapermillExecutionError, match="parameter epochs = 'notanumber' is not allowed"):
+        papermill.execute_notebook(str(kit_root() / "notebooks" / "train1.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"epochs": "notanumber", "output_dir": str(tmp_path)},
+                                   cwd=str(kit_root() / "notebooks"), progress_bar=False, kernel_name="python3")
+    assert not (tmp_path / "data").exists()  # stopped before the data step
+    print(f"stopped after {time.time() - t0:.1f} s")
