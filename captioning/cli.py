@@ -58,7 +58,7 @@ def _cmd_test(a):
 
     out = a.out or a.checkpoint.replace(".pth.tar", "") + f".{a.split.lower()}.beam{a.beam_size}.json"
     r = evaluate(a.checkpoint, a.split, a.beam_size, data_folder=a.data_folder, data_name=a.data_name,
-                 device=a.device, max_images=a.max_images, out=out, length_penalty=a.length_penalty)
+                 device=a.device, max_images=a.max_images, out=out, length_penalty=a.length_penalty, coco=a.coco)
     print(f"{r['split']} split, {r['n_images']} images, beam {r['beam_size']}, decoder {r['decoder']}")
     for k in ("bleu1", "bleu2", "bleu3", "bleu4"):
         print(f"{k.upper().replace('BLEU', 'BLEU-')}: {r[k]:.4f}")
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--max-images", type=int, default=None)
     s.add_argument("--out", default=None, help="JSON file for the scores and captions")
+    s.add_argument("--coco", action="store_true",
+                   help="also the COCO toolkit's BLEU, METEOR, ROUGE-L and CIDEr-D (adds ~10 s at shapes sizes)")
     s.set_defaults(func=_cmd_test)
 
     s = sub.add_parser("caption", help="caption image files; saves a figure per image (attention per word)")

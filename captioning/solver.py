@@ -25,7 +25,7 @@ from captioning.decoding import beam_search
 from captioning.distributed import ProcessGroup
 from captioning.encoder import Encoder
 from captioning.errors import KitError
-from captioning.features import build_feature_cache
+from captioning.features import build_feature_cache, recalibrate_once
 from captioning.locks import training_lock
 from captioning.metrics import accuracy, bleu, strip_special
 from captioning.models import DecoderWithAttention, DecoderWithRNN
@@ -49,12 +49,7 @@ def build_encoder(cfg, state=None, progress=True):
     if state is not None:
         encoder.load_state_dict(state)
     elif weights is None and cfg["recalibrate_images"]:
-        data = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN")
-        n = min(cfg["recalibrate_images"], len(data))
-        batches = (normalize(data.images(i, min(n, i + 32))) for i in range(0, n, 32))
-        encoder.recalibrate(tqdm(batches, total=math.ceil(n / 32), desc="recalibrating BatchNorm",
-                                 disable=not progress))
-        data.close()
+        recalibrate_once(encoder, cfg["data_folder"], cfg["data_name"], cfg["recalibrate_images"], progress)
     encoder.fine_tune(cfg["fine_tune_encoder"])
     return encoder
 

@@ -398,3 +398,24 @@ def test_notebooks_check_their_parameters_before_any_work(tmp_path):
                                    cwd=str(kit_root() / "notebooks"), progress_bar=False, kernel_name="python3")
     assert not (tmp_path / "data").exists()  # stopped before the data step
     print(f"stopped after {time.time() - t0:.1f} s")
+
+
+def test_recalibrated_batchnorm_is_kept_with_the_cache(shapes_data, tmp_path, monkeypatch):
+    """A random encoder's BatchNorm statistics are computed once per data folder, then loaded (not recomputed)."""
+    from captioning.solver import build_encoder
+
+    data = copy_data(shapes_data, tmp_path / "data")
+    cfg = make_cfg(cfg_for(shapes_data, tmp_path / "out"), data_folder=str(data), encoder="resnet50",
+                   encoder_weights=None, recalibrate_images=16, encoded_image_size=2)
+    first = build_encoder(cfg, progress=False).state_dict()
+    assert len(list((data / "features").glob("BN_*.pt"))) == 1
+
+    def no(*a, **k):
+        raise AssertionError("recalibrated again")
+
+    monkeypatch.setattr(Encoder, "recalibrate", no)
+    again = build_encoder(cfg, progress=False).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    monkeypatch.undo()
+    build_encoder(dict(cfg, recalibrate_images=8), progress=False)  # other settings: computed and kept beside
+    assert len(list((data / "features").glob("BN_*.pt"))) == 2

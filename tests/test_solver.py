@@ -212,9 +212,12 @@ def test_cli_test_and_caption(trained, tmp_path, capsys):
     from captioning.cli import main
 
     ck = trained["attention"]["best_checkpoint"]
-    assert main(["test", "--checkpoint", ck, "--beam-size", "2", "--out", str(tmp_path / "r.json")]) == 0
+    assert main(["test", "--checkpoint", ck, "--beam-size", "2", "--out", str(tmp_path / "r.json"), "--coco"]) == 0
     out = capsys.readouterr().out
     assert "BLEU-4" in out and "COCO toolkit" in out and "CIDEr-D" in out
+    assert main(["test", "--checkpoint", ck, "--beam-size", "2", "--out", str(tmp_path / "r0.json")]) == 0
+    out = capsys.readouterr().out  # the default: the course's BLEU only (the COCO toolkit costs ~10 s)
+    assert "BLEU-4" in out and "COCO toolkit" not in out
     assert main(["test", "--checkpoint", ck, "--beam-size", "2", "--length-penalty", "1", "--out",
                  str(tmp_path / "r1.json")]) == 0
     assert json.loads((tmp_path / "r1.json").read_text())["length_penalty"] == 1.0
