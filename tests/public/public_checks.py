@@ -2,7 +2,8 @@
 files next to this one (``test_public_rnn.py``, ``test_public_attention.py``, ``test_public_attention_decoder.py``) run.
 
 Parts: ``rnn`` (DecoderWithRNN), ``attention`` (Attention), ``attention-decoder`` (DecoderWithAttention). This file
-holds the shared helpers and the ``attention`` checks; ``decoder_checks.py`` holds the checks of both decoders.
+holds the shared helpers and the ``attention`` checks; ``decoder_checks.py`` (``__init__``, ``one_step``) and
+``forward_checks.py`` (``forward``) hold those of both decoders.
 
 Each check ends in PASS, FAIL or WARN (passed, but something looks wrong: read the message; under pytest a WARN is a
 warning, not a failure). Every FAIL/WARN message starts with the TODO to look at, then says what is wrong and why.
@@ -34,6 +35,8 @@ REFERENCE_FILE = Path(__file__).with_name("reference_values.pt")
 PARTS = {"rnn": "DecoderWithRNN", "attention": "Attention", "attention-decoder": "DecoderWithAttention"}
 SQUEEZE_HINT = (" (a squeeze() without a dim also removes the batch dimension when N=1: name the dim, e.g. "
                 "squeeze(1))")
+RANDOM_IN_EVAL = ("in eval mode {} gives different numbers on every call: dropout must be off in eval mode (use "
+                  "self.dropout(h), or F.dropout(h, self.dropout_p, self.training))")
 
 _CHECKS = []  # (part, name, function)
 
@@ -59,6 +62,16 @@ def rel_error(got, expected):
 def close(got, expected):
     """Same shape and rel_error <= REL_TOL."""
     return torch.is_tensor(got) and got.shape == expected.shape and rel_error(got, expected) <= REL_TOL
+
+
+def differs(a, b):
+    """Two tensors of the same shape whose rel_error is over REL_TOL (anything else is some other check's job)."""
+    return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and rel_error(a, b) > REL_TOL
+
+
+def is_todo(e):
+    """An exception that says a TODO is not done yet (the stubs of the student edition raise these)."""
+    return isinstance(e, NotImplementedError) and str(e).startswith("TODO")
 
 
 def check(part):
@@ -130,7 +143,7 @@ def batch_of_one(todo, fn):
     except CheckFailed:
         raise
     except Exception as e:  # noqa: BLE001 - student code
-        if isinstance(e, NotImplementedError) and str(e).startswith("TODO"):
+        if is_todo(e):
             raise
         fail(todo, f"with a batch of one (N=1) it fails: {describe(e)}{SQUEEZE_HINT}")
 
@@ -157,6 +170,16 @@ def cfg():
 
 def key(part):
     return part.replace("-", "_")
+
+
+def ref(part):
+    """The reference values of ``part``."""
+    return reference()[key(part)]
+
+
+def todo(part, method):
+    """The TODO name of ``method`` of the class of ``part``, e.g. "DecoderWithRNN.one_step"."""
+    return f"{PARTS[part]}.{method}"
 
 
 def build(part, load=True):
@@ -222,7 +245,7 @@ def shape(todo, name, t, want, n1=False):
         fail(todo, f"{name} should be a tensor of shape {tuple(want)}, got {type(t).__name__}")
     if tuple(t.shape) != tuple(want):
         lost = n1 and tuple(t.shape) == tuple(d for d in want if d != 1)
-        fail(todo, (f"with a batch of one (N=1) " if n1 else "") + f"{name} has shape {tuple(t.shape)}, expected "
+        fail(todo, ("with a batch of one (N=1) " if n1 else "") + f"{name} has shape {tuple(t.shape)}, expected "
                    f"{tuple(want)}" + (SQUEEZE_HINT if lost else ""))
 
 
@@ -277,7 +300,7 @@ def check_shapes():
     z, alpha = _attend(att, _first(inp), n1=True)
     shape(ATT, "z", z, (1, c), n1=True)
     shape(ATT, "alpha", alpha, (1, p), n1=True)
-    return f"z (N, C) and alpha (N, P), also with a batch of one"
+    return "z (N, C) and alpha (N, P), also with a batch of one"
 
 
 @check("attention")
@@ -332,9 +355,9 @@ def _load_sibling(name, helpers):
 
 def _register_decoders():
     helpers = types.SimpleNamespace(**{k: v for k, v in globals().items() if not k.startswith("__")})
-    dec = _load_sibling("decoder_checks", helpers)
+    files = [_load_sibling("decoder_checks", helpers), _load_sibling("forward_checks", helpers)]
     for part in ("rnn", "attention-decoder"):
-        for name, fn in dec.checks(part):
+        for name, fn in [c for f in files for c in f.checks(part)]:
             check_fn = functools.partial(fn, part)
             check_fn.__name__ = check_fn.__qualname__ = name
             _CHECKS.append((part, name, check_fn))
