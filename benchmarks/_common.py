@@ -10,7 +10,9 @@ import os
 import platform
 import shlex
 import sys
+import subprocess
 import time
+from pathlib import Path
 
 
 def cpu_model():
@@ -82,3 +84,16 @@ def table(headers, rows, aligns=None):
     fmt = lambda r: "  ".join(f"{str(x):{a}{w}}" for x, a, w in zip(r, aligns, widths))  # noqa: E731
     lines = [fmt(headers), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
     return "\n".join(lines)
+
+
+def timed(cmd, log, cwd=None):
+    """(wall seconds, peak RSS MB) of the process ``cmd`` (start to exit); its output goes to ``log``."""
+    with open(log, "w") as f:
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, TQDM_DISABLE="1"))
+        _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage (and its waited-for children's)
+        wall = time.monotonic() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{Path(log).read_text()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024

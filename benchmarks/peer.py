@@ -21,12 +21,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_note  # noqa: E402
+from _common import load_note, timed  # noqa: E402
 
 PY = sys.executable
 NAME = "shapes_5_cap_per_img_5_min_word_freq"
@@ -34,17 +33,8 @@ SIZES = ["embed_dim=512", "attention_dim=512", "decoder_dim=512", "dropout=0.5",
          "decoder_lr=4e-4", "batch_size=32"]
 
 
-def timed(cmd, log):
-    """(wall seconds, peak RSS MB) of the process ``cmd`` (start to exit); its output goes to ``log``."""
-    with open(log, "w") as f:
-        t0 = time.monotonic()
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, TQDM_DISABLE="1"))
-        _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage (and its waited-for children's)
-        wall = time.monotonic() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{Path(log).read_text()[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
+def run(cmd, log):
+    return timed(cmd, log, cwd=ROOT)
 
 
 def prepare(work):
@@ -63,17 +53,17 @@ def one_rep(work, data, rep):
     ck = work / f"tutorial_{rep}.pth"
     tut = [PY, "benchmarks/tutorial_procedure.py", "--data-folder", str(data), "--data-name", NAME,
            "--checkpoint", str(ck), "--threads", "2"]
-    rows["epoch: tutorial"] = timed([*tut[:2], "train", *tut[2:]], work / f"tut_train_{rep}.log")
+    rows["epoch: tutorial"] = run([*tut[:2], "train", *tut[2:]], work / f"tut_train_{rep}.log")
     shutil.rmtree(data / "features", ignore_errors=True)  # the kit's first run builds its cache
     kit = [PY, "-m", "captioning", "train", f"data_folder={data}", f"data_name={NAME}", "encoder=resnet101",
            "encoder_weights=None", "epochs=1", *SIZES]
-    rows["epoch: kit, first (cache built)"] = timed([*kit, f"output_dir={work / f'kit_cold_{rep}'}"],
+    rows["epoch: kit, first (cache built)"] = run([*kit, f"output_dir={work / f'kit_cold_{rep}'}"],
                                                     work / f"kit_cold_{rep}.log")
-    rows["epoch: kit, later (cache found)"] = timed([*kit, f"output_dir={work / f'kit_warm_{rep}'}"],
+    rows["epoch: kit, later (cache found)"] = run([*kit, f"output_dir={work / f'kit_warm_{rep}'}"],
                                                     work / f"kit_warm_{rep}.log")
-    rows["test: tutorial"] = timed([*tut[:2], "eval", *tut[2:], "--beam-size", "5"], work / f"tut_eval_{rep}.log")
+    rows["test: tutorial"] = run([*tut[:2], "eval", *tut[2:], "--beam-size", "5"], work / f"tut_eval_{rep}.log")
     best = next((work / f"kit_warm_{rep}").glob("BEST_checkpoint_*.pth.tar"))
-    rows["test: kit"] = timed([PY, "-m", "captioning", "test", "--checkpoint", str(best), "--beam-size", "5",
+    rows["test: kit"] = run([PY, "-m", "captioning", "test", "--checkpoint", str(best), "--beam-size", "5",
                                "--out", str(work / f"kit_test_{rep}.json")], work / f"kit_test_{rep}.log")
     return rows
 
