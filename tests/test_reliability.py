@@ -185,13 +185,13 @@ def _prepare_child(shapes_data, out, kill_at):
         import os, signal
         import captioning.prepare as p
         if {kill_at!r} == "chunk":
-            real = p._write_images
+            real = p.write_images
             def write(tmp, items, *a, **k):
                 real(tmp, items, *a, **k)
                 pool = a[2]
                 open({str(out / "pids")!r}, "w").write(" ".join(str(x) for x in pool._processes))
                 os.kill(os.getpid(), signal.SIGKILL)
-            p._write_images = write
+            p.write_images = write
         else:
             real, n = os.replace, []
             def replace(a, b):
