@@ -407,3 +407,17 @@ def test_wire_format_round_trip_and_refusals():
         import pickle
 
         wire.Reader().feed(pickle.dumps({"x": 1}))
+
+
+def test_a_missing_sandbox_layer_is_refused_unless_allowed(monkeypatch, capsys):
+    from instructor.grading import sandbox
+
+    layers = {"bwrap": (False, "bubblewrap is not installed"), "cgroup-memory": (True, "x"), "cgroup-pids": (True, "y")}
+    monkeypatch.setattr(grader, "probe_layers", lambda: layers)
+    with pytest.raises(KitError, match=r"bwrap: bubblewrap is not installed.*apt-get install -y bubblewrap.*"
+                                       r"--allow-unsandboxed"):
+        grader.check_layers(False)
+    active, missing = grader.check_layers(True)
+    assert active == ["cgroup-memory", "cgroup-pids"] and set(missing) == {"bwrap"}
+    assert "WITHOUT these sandbox layers" in capsys.readouterr().err
+    assert sandbox.INSTALL_HINT == "apt-get install -y bubblewrap"
