@@ -421,3 +421,18 @@ def test_a_missing_sandbox_layer_is_refused_unless_allowed(monkeypatch, capsys):
     assert active == ["cgroup-memory", "cgroup-pids"] and set(missing) == {"bwrap"}
     assert "WITHOUT these sandbox layers" in capsys.readouterr().err
     assert sandbox.INSTALL_HINT == "apt-get install -y bubblewrap"
+
+
+def test_a_reference_method_is_served_only_after_the_students_own_was_graded():
+    from instructor.grading.hidden_harness import CALLS, GRADED, REMOTE_MODULES
+
+    served_by = {"attention": "Attention.forward"}
+    seen = set()
+    for name, (region, _) in TESTS.items():
+        cls, method = region.split(".")
+        if method != "__init__":
+            served = [f"{cls}.{m}" for m in CALLS[method] if m in GRADED[cls]]
+            served += [served_by[m] for m in REMOTE_MODULES.get(cls, ())]
+            later = [r for r in served if any(reg == r and t not in seen for t, (reg, _) in TESTS.items())]
+            assert not later, f"{name} is served the reference of {later} before they are graded"
+        seen.add(name)

@@ -10,7 +10,7 @@ time over two pipes (``wire.py`` messages), and sends back raw outputs, which th
 * ``build``: build a student class with its own ``__init__`` (sub-module classes named in ``record`` replaced by a
   recorder of their constructor arguments) and describe it: modules, their settings, weight names and shapes;
 * ``hybrid``: an object of the student's class whose layers are given by the grader (``modules`` + ``state``), whose
-  method under test is the student's, and whose other graded methods (``remote``) and ``attention`` sub-module
+  method under test is the student's, and whose graded methods it may call (``remote``) and ``attention`` sub-module
   call back to the grader, which answers them with the reference (so a bug costs only its own region);
 * ``call``: run a method of an object (train/eval mode, seeded, optionally on the ``meta`` device);
 * ``exit``.

@@ -3,7 +3,7 @@
 ``Context`` is what a test sees: the reference modules (the kit's own ``captioning.models``, with seeded weights),
 the inputs, and the student's code behind ``remote`` (their sandboxed process, ``remote.py``): ``build`` runs their
 ``__init__`` and returns a description; ``hybrid`` + ``call`` run one of their methods on the reference's layers and
-weights, their other graded methods answered by the reference over the pipe (``serve_refcall``). The child only
+weights, the graded methods it calls answered by the reference over the pipe (``serve_refcall``). The child only
 returns raw outputs; every comparison is made here.
 """
 from __future__ import annotations
@@ -24,6 +24,8 @@ P = S * S
 GRADED = {"DecoderWithRNN": ("forward", "one_step"), "Attention": ("forward",),
           "DecoderWithAttention": ("forward", "one_step")}
 REMOTE_MODULES = {"DecoderWithAttention": ("attention",)}
+# the graded methods each graded method may call: only these are answered with the reference
+CALLS = {"forward": ("one_step",), "one_step": ()}
 LENGTHS = (6, 9, 3, 7, 4)  # caption lengths incl. <start>/<end>, deliberately unsorted; T = 9
 SEEDS = {"DecoderWithRNN": 11, "Attention": 13, "DecoderWithAttention": 17}
 N_STEP = 5  # rows of the one_step inputs (differs from P, C, D so a wrong dimension shows)
@@ -118,7 +120,7 @@ def hybrid_spec(cls, ref, method, state):
                                                                                           {"encoder_dim": C}]
     return {"op": "hybrid", "cls": cls, "modules": modules, "attrs": attrs, "own": own,
             "state": {k: v for k, v in state.items() if not any(k.startswith(m + ".") for m in remote_mods)},
-            "remote": [m for m in GRADED[cls] if m != method]}
+            "remote": [m for m in CALLS.get(method, ()) if m in GRADED[cls]]}
 
 
 # ---------------------------------------------------------------------------------------------------- context
@@ -198,15 +200,15 @@ class Context:
 
     def hybrid(self, cls, method, state=None):
         """Id of an object of their ``cls`` with the reference's layers and weights (``state``), their ``method``
-        and the reference's other graded methods (answered by ``serve_refcall``)."""
+        and the reference's graded methods that ``method`` calls (answered by ``serve_refcall``)."""
         state = state if state is not None else self.state(cls)
         ref = self.reference(cls, state=state)
         try:
             oid = self._request(hybrid_spec(cls, ref, method, state))["id"]
         except StudentError as e:
             raise Failed(f"models.py: {cls} could not be set up for the test: {e.message}") from None
-        self._refs[oid] = {"module": ref, "paths": set(GRADED[cls]) - {method} | set(REMOTE_MODULES.get(cls, ())),
-                           "meta": None}
+        self._refs[oid] = {"module": ref, "paths": {m for m in CALLS.get(method, ()) if m in GRADED[cls]}
+                           | set(REMOTE_MODULES.get(cls, ())), "meta": None}
         return oid
 
     def call(self, oid, method, args, train=False, seed=None, device="cpu", cpu_args=()):

@@ -5,10 +5,15 @@ Each test belongs to one TODO region (``rubric.toml`` gives its points) and is a
 runs in their sandboxed process (``ctx.build`` / ``ctx.hybrid`` / ``ctx.call``); every number is compared here.
 
 Isolation: a test of method M of class K runs the STUDENT's M on an object with the reference's layers and seeded
-weights, whose other graded methods (and ``attention`` sub-module) are the REFERENCE's, answered by this process.
+weights, whose graded methods that M calls (forward calls one_step) and ``attention`` sub-module are the
+REFERENCE's, answered by this process.
 So a bug costs the points of its own region. Within a region, one cause fails one test where it can: most tests
 compare the student's code with itself (batch of one vs a batch, train vs eval mode, padding changed, gate
 closed), so that only the ``eval`` test compares everything with the reference.
+
+Order: a method's reference is served to the student's process only after their own version of it has been
+graded (Attention.forward before the decoders' one_step, one_step before forward), so no answer can be recorded
+from an earlier test and replayed.
 
 Numbers: rel_error(got, expected) = max|got - expected| / (max|expected| + 1e-8) <= 1e-4, as in the public checks.
 """
@@ -22,6 +27,51 @@ from instructor.grading.hidden_harness import (C, CFG, DROPOUT_SEED, LENGTHS, P,
 from instructor.grading.hidden_init_tests import EXPECTED_TYPES  # importing it registers the __init__ tests first
 
 __all__ = ["TESTS", "Context", "Failed", "EXPECTED_TYPES"]  # what the grader (job.py, the rubric check) uses
+
+# --------------------------------------------------------------------------------------------- attention tests
+def _attend(ctx, inp, oid=None):
+    oid = oid if oid is not None else ctx.hybrid("Attention", "forward")
+    return unpack(ctx.call(oid, "forward", [inp["encoder_out"], inp["h"]]), ["z", "alpha"])
+
+
+@test("Attention.forward")
+def test_attention_forward_eval(ctx):
+    with torch.no_grad():
+        want = unpack(ctx.reference("Attention")(ctx.att_in["encoder_out"], ctx.att_in["h"]), ["z", "alpha"])
+    got = _attend(ctx, ctx.att_in)
+    close("alpha", got["alpha"], want["alpha"],
+          "alpha = softmax over regions of att(relu(encoder_att(encoder_out) + decoder_att(h).unsqueeze(1)))")
+    close("z", got["z"], want["z"], "z = sum over regions of encoder_out * alpha")
+
+
+@test("Attention.forward")
+def test_attention_softmax_over_regions(ctx):
+    alpha = _attend(ctx, ctx.att_in)["alpha"]
+    n = ctx.att_in["h"].size(0)
+    if not is_tensor(alpha) or tuple(alpha.shape) != (n, P):
+        raise Failed(f"alpha should have shape (N, P) = {(n, P)}, got "
+                     f"{tuple(alpha.shape) if is_tensor(alpha) else type(alpha).__name__}")
+    s = alpha.sum(dim=1)
+    if (alpha < 0).any() or (s - 1).abs().max().item() > 1e-4:
+        raise Failed("alpha does not sum to 1 over the regions for each row: take the softmax over dim=1 (the P "
+                     "regions), not over the batch")
+
+
+@test("Attention.forward")
+def test_attention_batch_of_one(ctx):
+    oid = ctx.hybrid("Attention", "forward")
+    full = _attend(ctx, ctx.att_in, oid)
+    one = _attend(ctx, {k: v[:1] for k, v in ctx.att_in.items()}, oid)
+    for k, shape in (("z", (1, C)), ("alpha", (1, P))):
+        if not is_tensor(one[k]) or tuple(one[k].shape) != shape:
+            raise Failed(f"with a batch of one row, {k} should have shape {shape}, got "
+                         f"{tuple(one[k].shape) if is_tensor(one[k]) else type(one[k]).__name__}: squeeze a named "
+                         f"dimension (squeeze(2)), never all of them (squeeze())")
+        if is_tensor(full[k]) and full[k].dim() == 2 and rel_error(one[k][0], full[k][0]) > REL_TOL:
+            raise Failed(f"with a batch of one row, {k} differs from the same row in a batch of "
+                         f"{ctx.att_in['h'].size(0)}: the rows of a batch must not influence each other (an "
+                         f"operation over dim 0 mixes them)")
+
 
 # ---------------------------------------------------------------------------------------------- one_step tests
 def _step(ctx, cls, inp=None, train=False, seed=None, state=None, oid=None):
@@ -245,49 +295,3 @@ for _cls, _p in (("DecoderWithRNN", "rnn"), ("DecoderWithAttention", "att")):
 
         _t.__name__ = f"test_{_p}_forward_{_suffix}"
         test(f"{_cls}.forward")(_t)
-
-
-# --------------------------------------------------------------------------------------------- attention tests
-def _attend(ctx, inp, oid=None):
-    oid = oid if oid is not None else ctx.hybrid("Attention", "forward")
-    return unpack(ctx.call(oid, "forward", [inp["encoder_out"], inp["h"]]), ["z", "alpha"])
-
-
-@test("Attention.forward")
-def test_attention_forward_eval(ctx):
-    with torch.no_grad():
-        want = unpack(ctx.reference("Attention")(ctx.att_in["encoder_out"], ctx.att_in["h"]), ["z", "alpha"])
-    got = _attend(ctx, ctx.att_in)
-    close("alpha", got["alpha"], want["alpha"],
-          "alpha = softmax over regions of att(relu(encoder_att(encoder_out) + decoder_att(h).unsqueeze(1)))")
-    close("z", got["z"], want["z"], "z = sum over regions of encoder_out * alpha")
-
-
-@test("Attention.forward")
-def test_attention_softmax_over_regions(ctx):
-    alpha = _attend(ctx, ctx.att_in)["alpha"]
-    n = ctx.att_in["h"].size(0)
-    if not is_tensor(alpha) or tuple(alpha.shape) != (n, P):
-        raise Failed(f"alpha should have shape (N, P) = {(n, P)}, got "
-                     f"{tuple(alpha.shape) if is_tensor(alpha) else type(alpha).__name__}")
-    s = alpha.sum(dim=1)
-    if (alpha < 0).any() or (s - 1).abs().max().item() > 1e-4:
-        raise Failed("alpha does not sum to 1 over the regions for each row: take the softmax over dim=1 (the P "
-                     "regions), not over the batch")
-
-
-@test("Attention.forward")
-def test_attention_batch_of_one(ctx):
-    oid = ctx.hybrid("Attention", "forward")
-    full = _attend(ctx, ctx.att_in, oid)
-    one = _attend(ctx, {k: v[:1] for k, v in ctx.att_in.items()}, oid)
-    for k, shape in (("z", (1, C)), ("alpha", (1, P))):
-        if not is_tensor(one[k]) or tuple(one[k].shape) != shape:
-            raise Failed(f"with a batch of one row, {k} should have shape {shape}, got "
-                         f"{tuple(one[k].shape) if is_tensor(one[k]) else type(one[k]).__name__}: squeeze a named "
-                         f"dimension (squeeze(2)), never all of them (squeeze())")
-        if is_tensor(full[k]) and full[k].dim() == 2 and rel_error(one[k][0], full[k][0]) > REL_TOL:
-            raise Failed(f"with a batch of one row, {k} differs from the same row in a batch of "
-                         f"{ctx.att_in['h'].size(0)}: the rows of a batch must not influence each other (an "
-                         f"operation over dim 0 mixes them)")
-
