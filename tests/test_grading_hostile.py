@@ -24,6 +24,7 @@ import pytest
 
 from captioning.check import kit_root
 from instructor.grading import sandbox
+from instructor.grading.escapes import alive_with
 from test_grading import REFERENCE, STUDENT_EDITION, bug_text, mutate, read_grades, write_sub
 
 MISSING = sandbox.missing_layers()
@@ -40,18 +41,6 @@ def tree_digest(root):
             h.update(str(p).encode())
             h.update(p.read_bytes())
     return h.hexdigest()
-
-
-def alive_with(token):
-    found = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if token.encode() in (p / "cmdline").read_bytes():
-                    found.append(int(p.name))
-            except OSError:
-                pass
-    return found
 
 
 def leftover_groups():

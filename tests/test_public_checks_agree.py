@@ -1,5 +1,5 @@
 """The students' self-check agrees with the grading in both directions, on one-bug variants of the reference
-``models.py`` (string edits inside one solution region, like ``mutate`` in ``test_grading.py``) and on correct
+``models.py`` (string edits inside one solution region, with ``mutate`` of ``test_grading.py``) and on correct
 alternatives written in other styles.
 
 * a correct alternative: ``python -m captioning check all`` passes every check, no FAIL and no WARN;
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from instructor.regions import find_regions
+from test_grading import mutate
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = (ROOT / "captioning" / "models.py").read_text(encoding="utf-8")
@@ -163,17 +163,6 @@ ALTERNATIVES = {
                                        (f"{R}.one_step", "self.decode_step(embeddings, (h, c))",
                                         "self.decode_step(embeddings, hx=(h, c))")],
 }
-
-
-def mutate(text, region, old, new):
-    """Replace ``old`` (exactly once) inside the solution region ``region`` of ``text``."""
-    regs = [r for r in find_regions(text, "models.py") if r.name == region]
-    assert len(regs) == 1, f"no single region {region} in the reference models.py"
-    lines = text.splitlines(keepends=True)
-    body = "".join(lines[regs[0].begin:regs[0].end - 1])
-    assert body.count(old) == 1, f"{old!r} is not exactly once in region {region}: update the variant"
-    lines[regs[0].begin:regs[0].end - 1] = [body.replace(old, new)]
-    return "".join(lines)
 
 
 def variant_source(edits):

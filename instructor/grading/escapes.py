@@ -105,14 +105,14 @@ def check_sandbox(out=print):
         cg.kill_all()
         time.sleep(0.2)
         rows.append({"name": "children that called setsid() outlive the sandbox",
-                     "contained": not _alive_with(token)})
+                     "contained": not alive_with(token)})
         rows.append({"name": "another submission's file unchanged", "contained": victim.read_text() == "untouched"})
         rows.append({"name": "nothing written into the kit", "contained": not (root / "ESCAPED").exists()
                      and not (Path.cwd() / "ESCAPED").exists()})
     finally:
         listener.close()
         cg.remove()
-        for pid in _alive_with(token):
+        for pid in alive_with(token):
             os.kill(pid, 9)
         shutil.rmtree(work, ignore_errors=True)
     ok = True
@@ -144,7 +144,8 @@ def _run_probe(layers, sandbox, args, cg):
     return rows
 
 
-def _alive_with(token):
+def alive_with(token):
+    """Pids of the processes whose command line holds ``token``."""
     found = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
