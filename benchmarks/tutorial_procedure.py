@@ -9,8 +9,11 @@ What makes it the tutorial's procedure (and not the kit's):
   image per epoch), with no feature cache;
 * the attention decoder's step recomputes the encoder projection of every region at every word (the course's
   ``Attention.forward``, here the kit's reference ``DecoderWithAttention.one_step``);
+* the frozen encoder runs in train mode during training (its BatchNorm uses batch statistics), as the tutorial's
+  ``encoder.train()`` leaves it;
 * validation after the epoch with teacher forcing, BLEU-4 from the arg-max words;
-* ``eval``: beam search one image at a time (k copies of its features), encoder per image, BLEU-4.
+* ``eval``: beam search one image at a time (k copies of its features), encoder per image; like the tutorial's
+  ``eval.py``, which iterates its caption dataset with batch size 1, each image is decoded once per caption.
 Offline: torchvision's ResNet-101 with random weights (the tutorial downloads ImageNet weights). Loss, doubly
 stochastic regularisation (alpha_c 1), Adam at 4e-4, gradient clipping at 5 and batch size 32 as in the tutorial.
 """
@@ -62,15 +65,15 @@ def train(a):
     val = CaptionDataset(a.data_folder, a.data_name, "VAL")
     word_map = data.word_map
     torch.manual_seed(0)
-    encoder, decoder = TutorialEncoder().eval(), decoder_for(word_map, a)
+    encoder, decoder = TutorialEncoder(), decoder_for(word_map, a)
     opt = torch.optim.Adam(decoder.parameters(), lr=4e-4)
     loader = DataLoader(data, batch_size=32, shuffle=True, num_workers=a.workers)
     for epoch in range(a.epochs):
         decoder.train()
+        encoder.train()
         t0, n = time.time(), 0
         for imgs, caps, caplens in loader:
-            with torch.no_grad():
-                enc = encoder(imgs)  # every caption's image encoded again
+            enc = encoder(imgs)  # every caption's image encoded again (no parameter needs a gradient)
             scores, caps_sorted, lengths, alphas, _ = decoder(enc, caps, caplens)
             targets = caps_sorted[:, 1:]
             scores = pack_padded_sequence(scores, lengths, batch_first=True).data
@@ -89,6 +92,7 @@ def train(a):
 @torch.no_grad()
 def validate(encoder, decoder, val, word_map, workers):
     decoder.eval()
+    encoder.eval()
     refs, hyps = [], []
     for imgs, caps, caplens, allcaps in DataLoader(val, batch_size=32, num_workers=workers):
         scores, _, lengths, _, sort_ind = decoder(encoder(imgs), caps, caplens)
@@ -130,16 +134,18 @@ def beam_one_image(encoder, decoder, image, word_map, k=5, max_steps=50):
 def evaluate(a):
     test = CaptionDataset(a.data_folder, a.data_name, a.split)
     word_map = test.word_map
-    encoder, decoder = TutorialEncoder().eval(), decoder_for(word_map, a).eval()
+    encoder, decoder = TutorialEncoder(), decoder_for(word_map, a).eval()
     ck = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
     encoder.load_state_dict(ck["encoder"])
     decoder.load_state_dict(ck["decoder"])
     refs, hyps = [], []
-    for i in range(test.n_images):  # one image at a time, as the tutorial's eval.py
+    for k in range(len(test)):  # the caption dataset, batch size 1: each image once per caption, as eval.py
+        i = k // test.cpi
         seq = beam_one_image(encoder, decoder, test.image(i), word_map, k=a.beam_size)
         hyps.append(strip(seq, word_map))
         refs.append([strip(c, word_map) for c in test.captions[i * test.cpi:(i + 1) * test.cpi].tolist()])
-    print(f"{a.split} BLEU-4 {corpus_bleu(refs, hyps):.4f} on {test.n_images} images, beam {a.beam_size}")
+    print(f"{a.split} BLEU-4 {corpus_bleu(refs, hyps):.4f} on {test.n_images} images ({len(test)} decodings), "
+          f"beam {a.beam_size}")
 
 
 def main(argv=None):
