@@ -39,6 +39,8 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     """
     ckpt = load_checkpoint(checkpoint)
     encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
+    for key in ("encoder_state", "decoder_state", "encoder_optimizer", "decoder_optimizer"):
+        ckpt.pop(key, None)  # loaded into the models: the copies would only add to the peak memory
     data_folder = data_folder or data_folder_of(cfg, checkpoint)
     data_name = data_name or cfg["data_name"]
     data_wm = load_word_map(data_folder, data_name)
@@ -191,8 +193,9 @@ def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, len
 
     ckpt = load_checkpoint(checkpoint)
     encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
+    decoder_type, size = ckpt["decoder_type"], ckpt.get("image_size") or 256
+    del ckpt  # its state dicts are loaded into the models
     rev = {v: k for k, v in word_map.items()}
-    size = ckpt.get("image_size") or 256
     for path in images:
         path = os.fspath(path)
         if os.path.isdir(path):
@@ -209,4 +212,4 @@ def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, len
         enc = encoder(normalize(torch.from_numpy(pixels.copy())[None]).to(device))
         cap = beam_search(decoder, enc, word_map, beam_size, max_len, length_penalty=length_penalty)[0]
         yield {"path": path, "words": decode_words(cap.tokens, rev), "alphas": cap.alphas,
-               "pixels": pixels.transpose(1, 2, 0), "decoder": ckpt["decoder_type"], "finished": cap.finished}
+               "pixels": pixels.transpose(1, 2, 0), "decoder": decoder_type, "finished": cap.finished}

@@ -186,7 +186,7 @@ class Trainer:
         if self.use_cache:
             if self.rank == 0:  # one process writes the cache, the others wait and then read it
                 features = build_feature_cache(self.encoder, cfg["data_folder"], cfg["data_name"], split,
-                                               batch_size=32, device=cfg["device"], progress=self.progress)
+                                               device=cfg["device"], progress=self.progress)
             self.group.barrier()
             if self.rank != 0:
                 features = build_feature_cache(self.encoder, cfg["data_folder"], cfg["data_name"], split,
