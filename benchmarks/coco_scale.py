@@ -40,8 +40,13 @@ def prepare(json_path, images, out, workers, log):
 
 
 def subset_json(json_path, n, dest):
+    """The first images of each split, ``n`` in all, in the whole set's proportions."""
     data = json.loads(Path(json_path).read_text())
-    data["images"] = data["images"][:n]
+    by_split = {}
+    for rec in data["images"]:
+        by_split.setdefault(rec["split"], []).append(rec)
+    total = len(data["images"])
+    data["images"] = [rec for recs in by_split.values() for rec in recs[:max(1, round(n * len(recs) / total))]]
     dest.write_text(json.dumps(data))
     return dest
 

@@ -42,8 +42,8 @@ def build_feature_cache(encoder, data_folder, data_name, split, cache_folder=Non
     Resumable (an interrupted run continues after the last finished batch; an unreadable leftover is rebuilt) and
     invalidated when the images file, the encoder's weights or its architecture change. Peak memory is one batch.
     Two runs on one data folder: the second waits for the first's cache (``locks.folder_lock``).
-    ``batch_size``: images per encoder pass; None: 32 on a GPU, 8 on the CPU (as fast there, and the activations
-    of 32 ResNet-101 passes at 256 px cost ~0.4 GB more peak memory).
+    ``batch_size``: images per encoder pass; None: 32 on a GPU, 8 on the CPU (there, with ResNet-101 at 256 px,
+    8 was faster than 32 and took 0.45 GB less peak memory: ``benchmarks/cache_batch.py``).
     """
     if batch_size is None:
         batch_size = 32 if torch.device(device).type == "cuda" else 8
