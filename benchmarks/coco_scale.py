@@ -4,7 +4,8 @@ split: 123,287 images, 113,287 of them TRAIN, ~566k training captions).
 1. ``prepare`` on N images (default 20,000) with 1 and with 2 workers, each a separate process: images/s, peak RSS
    (and peak RSS on N/10 images: flat means it does not grow with the data), the files' size per image;
 2. the feature cache (random ResNet-101, 256 px, fp16 8×8×2048 before pooling) and one epoch at course sizes
-   (embed/attention/decoder 512, batch 32 captions) on a subset of S images (default 1,000) prepared the same way:
+   (embed/attention/decoder 512, batch 32 captions) on a subset of S images (default 2,000; min_word_freq 1, so
+   that its word map comes near COCO's size):
    cache seconds and bytes per image, training captions per second with the cache;
 3. the projections to COCO: time (this CPU) and disk, and whether images + cache fit a 64 GB disk.
 
@@ -32,10 +33,10 @@ DISK_GB = 64
 NAME = "coco_5_cap_per_img_5_min_word_freq"
 
 
-def prepare(json_path, images, out, workers, log):
+def prepare(json_path, images, out, workers, log, min_word_freq=5):
     cmd = [PY, "-m", "captioning", "prepare", "--dataset", "coco", "--karpathy-json", str(json_path),
            "--image-folder", str(images), "--output-folder", str(out), "--image-size", "256", "--workers",
-           str(workers)]
+           str(workers), "--min-word-freq", str(min_word_freq)]
     return timed(cmd, log, cwd=HERE.parent)
 
 
@@ -79,11 +80,13 @@ def measure_cache_and_epoch(work, json_path, subset):
     from captioning.features import build_feature_cache
     from captioning.solver import build_encoder, fit
 
+    # min_word_freq 1: the subset's word map then comes near COCO's size (the output layer's cost grows with it)
+    name = NAME.replace("_5_min_word_freq", "_1_min_word_freq")
     data = work / "prepared_subset"
-    if not (data / f"TRAIN_IMAGES_{NAME}.hdf5").exists():
+    if not (data / f"TRAIN_IMAGES_{name}.hdf5").exists():
         prepare(subset_json(json_path, subset, work / "subset.json"), work / "raw", data, 2,
-                work / "prepare_subset.log")
-    cfg = make_cfg(data_folder=str(data), data_name=NAME, encoder="resnet101", encoder_weights=None,
+                work / "prepare_subset.log", min_word_freq=1)
+    cfg = make_cfg(data_folder=str(data), data_name=name, encoder="resnet101", encoder_weights=None,
                    embed_dim=512, attention_dim=512, decoder_dim=512, dropout=0.5, batch_size=32, epochs=1,
                    output_dir=str(work / "train"), max_val_images=50, progress=False)
     shutil.rmtree(data / "features", ignore_errors=True)
@@ -91,14 +94,16 @@ def measure_cache_and_epoch(work, json_path, subset):
     encoder = build_encoder(cfg, progress=False)
     recal = time.monotonic() - t0
     t0 = time.monotonic()
-    path = build_feature_cache(encoder, str(data), NAME, "TRAIN", progress=False)
+    path = build_feature_cache(encoder, str(data), name, "TRAIN", progress=False)
     cache_s = time.monotonic() - t0
     from captioning.datasets import ImageCaptions
 
-    n_train = len(ImageCaptions(str(data), NAME, "TRAIN"))
+    from captioning.datasets import load_word_map
+
+    n_train = len(ImageCaptions(str(data), name, "TRAIN"))
     res = fit(cfg, progress=False)
     row = res["history"][-1]
-    return {"train_images": n_train, "recalibration_s": recal, "cache_s_per_image": cache_s / n_train,
+    return {"train_images": n_train, "vocabulary": len(load_word_map(str(data), name)), "recalibration_s": recal, "cache_s_per_image": cache_s / n_train,
             "cache_bytes_per_image": os.path.getsize(path) / n_train, "captions_per_s": row["train_captions_per_s"],
             "epoch_captions": row["train_captions"], "epoch_s": row["train_seconds"]}
 
@@ -125,14 +130,15 @@ def report(n, prep, ce):
     print(f"| feature cache build, this CPU | {ce['cache_s_per_image']:.2f} s | "
           f"{ce['cache_s_per_image'] * (COCO_TRAIN + KARPATHY_VAL) / 3600:.1f} h |")
     print(f"| BatchNorm recalibration (once per data folder) | | {ce['recalibration_s']:.0f} s |")
-    print(f"| training epoch with the cache, this CPU ({ce['epoch_captions']} captions measured) | "
+    print(f"| training epoch with the cache, this CPU ({ce['epoch_captions']} captions measured, word map of "
+          f"{ce['vocabulary']:,}; COCO's: 9,490) | "
           f"{ce['captions_per_s']:.1f} captions/s | {COCO_CAPTIONS / ce['captions_per_s'] / 3600:.1f} h |")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=20_000)
-    ap.add_argument("--subset", type=int, default=1_000, help="images for the cache and the epoch")
+    ap.add_argument("--subset", type=int, default=2_000, help="images for the cache and the epoch")
     ap.add_argument("--work", default="outputs/coco_scale")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -144,6 +150,8 @@ def main(argv=None):
         generate(work / "raw", a.images, workers=2)
         print(f"generated {a.images} JPEGs in {time.monotonic() - t0:.0f} s")
     prep = measure_prepare(work, json_path, a.images)
+    wm = json.loads(next((work / "prepared_w2").glob("WORDMAP_*.json")).read_text())
+    print(f"word map of the {a.images:,} images (min_word_freq 5): {len(wm):,} words (COCO's: 9,490)")
     ce = measure_cache_and_epoch(work, json_path, a.subset)
     print(json.dumps({"prepare": prep, "cache_and_epoch": ce}, default=str))
     report(a.images, prep, ce)
