@@ -118,8 +118,8 @@ def report(n, prep, ce):
     print(f"| images/s | {prep[1]['images_per_s']:.0f} | {w2['images_per_s']:.0f} |")
     print(f"| peak RSS | {prep[1]['peak_mb']:.0f} MB | {w2['peak_mb']:.0f} MB (N/10 images: "
           f"{prep['small_peak_mb']:.0f} MB) |")
-    print(f"| projected to {KARPATHY_TOTAL:,} images | {KARPATHY_TOTAL / prep[1]['images_per_s'] / 3600:.1f} h | "
-          f"{KARPATHY_TOTAL / w2['images_per_s'] / 3600:.1f} h |")
+    print(f"| projected to {KARPATHY_TOTAL:,} images | {KARPATHY_TOTAL / prep[1]['images_per_s'] / 60:.1f} min | "
+          f"{KARPATHY_TOTAL / w2['images_per_s'] / 60:.1f} min |")
     print("\n| at COCO size | measured per image | projected |\n|---|---|---|")
     print(f"| prepared files (256 px uint8 + captions) | {img_bytes / 1e3:.0f} KB | {images_gb:.1f} GB |")
     print(f"| feature cache (fp16 8×8×2048, TRAIN + VAL) | {ce['cache_bytes_per_image'] / 1e3:.0f} KB | "
