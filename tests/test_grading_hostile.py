@@ -44,11 +44,15 @@ def tree_digest(root):
 
 
 def leftover_groups():
+    """Groups whose grader is gone (another grading run on this machine may hold live ones)."""
     found = []
     for controller in ("memory", "pids"):
         base = sandbox._own_cgroup(controller)
         if base is not None:
-            found += [d.name for d in base.glob(sandbox.GROUP_PREFIX + "*")]
+            for d in base.glob(sandbox.GROUP_PREFIX + "*"):
+                pid = d.name.split("-")[2] if d.name.startswith("grade-check-") else d.name.split("-")[1]
+                if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+                    found.append(d.name)
     return found
 
 
@@ -104,7 +108,11 @@ def hostile_submissions(subs, out, port):
             """),
         "edits_the_kit": REFERENCE + textwrap.dedent(f"""
             import os as _os
-            for _d in (_os.readlink(f"/proc/{{_os.getppid()}}/cwd"), {str(kit)!r}):
+            try:
+                _cwd = _os.readlink(f"/proc/{{_os.getppid()}}/cwd")
+            except OSError:
+                _cwd = "/"
+            for _d in (_cwd, {str(kit)!r}):
                 for _f in ("instructor/grading/hidden_harness.py", "instructor/grading/rubric.toml"):
                     try:
                         open(_os.path.join(_d, _f), "a").write("\\nREL_TOL = 1e9\\n")
@@ -142,7 +150,8 @@ def hostile_submissions(subs, out, port):
                 _kids.append(_pid)
             print("CHILD-EXITS", [_os.waitstatus_to_exitcode(_os.waitpid(_k, 0)[1]) for _k in _kids], flush=True)
             """),
-        "kills_the_grader": REFERENCE + "\nimport os as _os, signal as _sg\n_os.kill(_os.getppid(), _sg.SIGKILL)\n",
+        "kills_the_grader": REFERENCE + "\nimport os as _os, signal as _sg\ntry:\n    _os.kill(_os.getppid(), _sg.SIGKILL)\n"
+                                        "except OSError:\n    pass\n",
         "raises_at_import": REFERENCE + "\nraise RuntimeError('boom at import')\n",
         "hangs_at_import": REFERENCE + "\nimport signal as _sg\n_sg.signal(_sg.SIGALRM, _sg.SIG_IGN)\nwhile True:\n"
                                        "    pass\n",
@@ -295,3 +304,17 @@ def test_notebooks_run_in_the_writable_sandbox(tmp_path):
     assert set(nb["bleu4"]) == {"train1"} and 0 <= nb["bleu4"]["train1"] <= 1
     _, rows = read_grades(out)
     assert rows["reference"]["notebooks_status"] == "ok" and rows["reference"]["bleu4_train1"]
+
+
+def test_stale_groups_are_removed_but_a_running_graders_are_kept():
+    base = sandbox._own_cgroup("pids")
+    live, dead = base / f"grade-{os.getpid()}-live", base / "grade-999999999-dead"
+    for d in (live, dead):
+        d.mkdir(exist_ok=True)
+    try:
+        sandbox.remove_stale_groups()
+        assert live.exists() and not dead.exists()
+    finally:
+        for d in (live, dead):
+            if d.exists():
+                d.rmdir()

@@ -7,6 +7,7 @@ submission's ``models.py``, the child script (``child.py`` as ``_grade_child.py`
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from pathlib import Path
 from instructor.grading import remote as rem
 from instructor.grading.hidden_harness import Context, Failed
 from instructor.grading.hidden_tests import TESTS
-from instructor.grading.sandbox import Cgroups, bwrap_args, child_env, preexec, site_packages, BASE_ADDRESS_SPACE_MB
+from instructor.grading.sandbox import (BASE_ADDRESS_SPACE_MB, SANDBOX_UID, Cgroups, bwrap_args, child_env, preexec,
+                                        site_packages)
 
 HERE = Path(__file__).resolve().parent
 MAX_RESTARTS = 3
@@ -194,6 +196,10 @@ class Job:
         if "bwrap" in self.layers:
             argv = bwrap_args([], sandbox, writable=True) + [sys.executable, *program]
             cwd, pypath = None, ["/sandbox"]
+            if os.geteuid() == 0:  # the notebooks write into their folder as the sandbox's user
+                for dirpath, _, filenames in os.walk(sandbox):
+                    for name in [dirpath, *(os.path.join(dirpath, f) for f in filenames)]:
+                        os.chown(name, SANDBOX_UID, SANDBOX_UID)
         else:
             argv, cwd, pypath = [sys.executable, *program], str(sandbox), [str(sandbox)]
         env = child_env("/tmp" if "bwrap" in self.layers else self.work / "home", pypath)

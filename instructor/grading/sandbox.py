@@ -3,10 +3,11 @@
 Layers (``probe_layers`` finds which this machine has; the grader refuses to run without one unless told to):
 
 * ``bwrap`` (bubblewrap, ``apt-get install bubblewrap``): own network namespace (no network; loopback only), own PID
-  namespace (every descendant dies with it; the grader is not visible), own user namespace as uid/gid 65534, a
-  root file system holding only read-only ``/usr``, ``/etc``, the Python installation and its site-packages, the
-  submission's folder at ``/sandbox`` and a private ``/tmp``; nothing of the kit (no reference solution, no hidden
-  tests), of the grader's output or of other submissions is in that view.
+  namespace (every descendant dies with it; the grader is not visible), the host's unprivileged user 65534
+  without capabilities (``setpriv``), a root file system holding only read-only ``/usr``, ``/etc``, the Python
+  installation and its site-packages, the submission's folder at ``/sandbox`` and a private ``/tmp``; nothing of
+  the kit (no reference solution, no hidden tests), of the grader's output or of other submissions is in that
+  view.
 * ``cgroup-memory`` / ``cgroup-pids`` (cgroup v1 controllers): one group per submission limits the memory and the
   number of tasks of ALL its processes together; at the end every process left in it is killed and the group
   removed.
@@ -106,25 +107,42 @@ def site_packages():
     return [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
 
 
+SANDBOX_UID = 65534  # "nobody"
+# the sandboxed program runs as the host's unprivileged user 65534, with no capabilities, and cannot regain any
+SETPRIV = ["setpriv", "--reuid", str(SANDBOX_UID), "--regid", str(SANDBOX_UID), "--clear-groups", "--no-new-privs",
+           "--inh-caps=-all", "--bounding-set=-all"]
+
+
 def bwrap_args(binds, sandbox, writable=False):
-    """The bwrap command line (before the program): read-only system and Python, ``sandbox`` at /sandbox
-    (writable only when ``writable``), extra ``binds`` [(host path, sandbox path)] read-only."""
-    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--uid", "65534", "--gid", "65534",
-            "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    """The command line before the program: bubblewrap (its own network, PID, IPC and UTS namespaces; a new root
+    holding read-only /usr, /etc, the Python installation and the venv, ``sandbox`` at /sandbox, read-only unless
+    ``writable``, extra read-only ``binds`` [(host path, sandbox path)], a private /tmp), then ``setpriv`` to uid
+    and gid 65534 without capabilities. As root no user namespace is needed, so 65534 is the host's unprivileged
+    user; the new root's own directories (0755) lead to a Python under /root (0700 on the host)."""
+    root = os.geteuid() == 0
+    args = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    if not root:  # unprivileged: a user namespace; the sandbox's user is then the grader's own user outside it
+        args[1:1] = ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
     for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
         p = Path("/") / name
         if p.is_symlink():
             args += ["--symlink", os.readlink(p), str(p)]
         elif p.is_dir():
             args += ["--ro-bind", str(p), str(p)]
+    made = set()
     for p in _python_paths():
+        for parent in reversed(p.parents):
+            if str(parent) != "/" and parent not in made:
+                made.add(parent)
+                args += ["--perms", "0755", "--dir", str(parent)]
         args += ["--ro-bind", str(p), str(p)]
-    args += ["--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
+    args += ["--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
     if sandbox is not None:
         args += ["--bind" if writable else "--ro-bind", str(sandbox), "/sandbox", "--chdir", "/sandbox"]
     for src, dst in binds:
         args += ["--ro-bind", str(src), str(dst)]
-    return args
+    return args + (SETPRIV if root else [])
 
 
 class Cgroups:
@@ -197,13 +215,19 @@ class Cgroups:
 
 
 def remove_stale_groups():
-    """Remove the groups a killed grading run left behind (their processes are killed first)."""
+    """Remove the groups a killed grading run left behind (their processes are killed first). A group's name holds
+    the pid of the grader that made it (``grade-PID-…``): groups of a grader still running are left alone."""
+    import re
+
     removed = 0
     for controller in ("memory", "pids"):
         base = _own_cgroup(controller)
         if base is None:
             continue
         for d in base.glob(GROUP_PREFIX + "*"):
+            m = re.match(GROUP_PREFIX + r"(?:check-|probe-)?(\d+)", d.name)
+            if m and Path(f"/proc/{m.group(1)}").exists():
+                continue  # its grader is alive (another grading run on this machine)
             if d.is_dir():
                 g = Cgroups.__new__(Cgroups)
                 g.dirs, g.memory = [d], None
