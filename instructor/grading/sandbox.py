@@ -130,14 +130,15 @@ def bwrap_args(binds, sandbox, writable=False):
             args += ["--symlink", os.readlink(p), str(p)]
         elif p.is_dir():
             args += ["--ro-bind", str(p), str(p)]
-    made = set()
+    # /tmp first: a venv under /tmp (a clone there) is bound on top of it, not hidden by it
+    args += ["--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
+    made = {Path("/tmp")}
     for p in _python_paths():
         for parent in reversed(p.parents):
             if str(parent) != "/" and parent not in made:
                 made.add(parent)
                 args += ["--perms", "0755", "--dir", str(parent)]
         args += ["--ro-bind", str(p), str(p)]
-    args += ["--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
     if sandbox is not None:
         args += ["--bind" if writable else "--ro-bind", str(sandbox), "/sandbox", "--chdir", "/sandbox"]
     for src, dst in binds:
