@@ -228,7 +228,9 @@ def test_invalid_decoder_stops_the_notebook_naming_it_and_the_choices(tmp_path):
                                                                       "decoder": "adaptve"},
                                    cwd=str(tmp_path), progress_bar=False, execution_timeout=300)
     assert info.value.ename == "KitError"
-    assert "decoder 'adaptve' is not one of 'rnn', 'attention', 'adaptive'" in info.value.evalue
+    # the parameters are checked first (notebooks.check_parameters), before the data step
+    assert ("parameter decoder = 'adaptve' is not allowed: decoder must be one of None, 'rnn', 'attention', "
+            "'adaptive'") in info.value.evalue
 
 
 def test_runner_adaptive_decoder_through_the_notebooks_without_student_todos(tmp_path):
