@@ -238,11 +238,23 @@ def remove_stale_groups():
 
 
 def preexec(address_space_bytes, procs_files):
-    """Runs in the child between fork and exec: join the cgroups first (so every descendant is in them), then
-    the per-process limits. No imports, no locks."""
+    """Runs in the child between fork and exec: die with the grader (``PR_SET_PDEATHSIG``, kept across the exec of
+    bwrap; a grader killed before this point makes the child exit here), join the cgroups (so every descendant is
+    in them), then the per-process limits. No imports, no locks: what it needs is loaded here, before the fork."""
+    import ctypes
     import resource
 
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        prctl = None
+    grader = os.getpid()
+
     def apply():
+        if prctl is not None:
+            prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            if os.getppid() != grader:  # the grader died between the fork and the line above
+                os._exit(1)
         for f in procs_files:
             fd = os.open(f, os.O_WRONLY)
             try:
