@@ -31,8 +31,7 @@
     it also projects one COCO epoch (113,287 images × 5 = 566,435 captions) for each row.
 
 Timed steps of the two sides are interleaved (round by round), so that load from other processes on the machine
-falls on both alike. Captions/s = captions trained / seconds spent in timed steps.
-"""
+falls on both alike. Captions/s = captions trained / seconds spent in timed steps."""
 from __future__ import annotations
 
 import argparse
