@@ -436,3 +436,13 @@ def test_a_reference_method_is_served_only_after_the_students_own_was_graded():
             later = [r for r in served if any(reg == r and t not in seen for t, (reg, _) in TESTS.items())]
             assert not later, f"{name} is served the reference of {later} before they are graded"
         seen.add(name)
+
+
+def test_a_sandbox_that_cannot_be_set_up_is_a_crashed_row_not_an_exception(tmp_path):
+    from instructor.grading.job import Job
+
+    sub = submissions.Submission("x", tmp_path, models=tmp_path / "missing.py")
+    opts = {"timeout": 10, "memory_mb": 100, "per_test": 1, "notebooks": None, "notebook_timeout": 1,
+            "rubric": RUBRIC}
+    r = Job(sub, tmp_path / "work", tmp_path / "no-edition", None, opts, [], "1").run()
+    assert r["status"] == "crashed" and "could not set up the sandbox" in r["message"] and r["total"] == 0
