@@ -33,7 +33,6 @@ from instructor.grading.rubric import RUBRIC, load_rubric
 from instructor.grading.sandbox import INSTALL_HINT, LAYERS, probe_layers, remove_stale_groups
 from instructor.grading.submissions import SubmissionError, discover, stage
 
-STATUSES = ("ok", "timeout", "memory", "import-error", "crashed", "no-models", "bad-submission")
 # What --notebooks runs (`python -m instructor.notebook_runs --only …`) and its small sizes on the shapes data;
 # the grader's key=value words after --notebooks (`--notebooks epochs=2`) override or add parameters.
 NOTEBOOK_RUNS = ("train1", "train2", "test_rnn", "test_attention")

@@ -254,8 +254,7 @@ class Server:
         if req.get("seed") is not None:
             torch.manual_seed(int(req["seed"]))
         with torch.set_grad_enabled(bool(req.get("grad"))):
-            out = fn(*args)
-        return _detach(torch, out)
+            return fn(*args)  # encoded at once (wire.encode detaches and copies the tensors)
 
 
 def _ref_module(nn, server, oid, path):
@@ -272,16 +271,6 @@ def _ref_method(server, oid, method):
 
     call.__name__ = method
     return call
-
-
-def _detach(torch, v, depth=0):
-    if depth > 6:
-        return v
-    if torch.is_tensor(v):
-        return v.detach().clone() if v.device.type != "meta" else v.detach()
-    if isinstance(v, (list, tuple)):
-        return type(v)(_detach(torch, x, depth + 1) for x in v) if type(v) in (list, tuple) else list(v)
-    return v
 
 
 def main():
