@@ -3,14 +3,14 @@ each side is a separate process, timed from start to exit, with its peak memory 
 
 Same prepared shapes data (300/50/50 images of 256 px), random ResNet-101, course sizes (embed, attention and
 decoder 512; dropout 0.5; alpha_c 1; Adam 4e-4; batch 32 captions), one epoch (1,500 captions + validation) and
-one test pass (beam 5 on the 50 TEST images); 2 threads each.
+one test pass (beam 5 on the 50 TEST images, or ``--test-images``); 2 threads each.
 
 * kit, first epoch: the feature cache and the BatchNorm recalibration are built in the run (fresh data folder);
 * kit, later epochs: a second run on the same data folder (cache and statistics found);
 * test: ``python -m captioning test`` (first: the TEST features encoded in the run; again: found) vs the
   tutorial's one-image-at-a-time beam search.
 
-    .venv/bin/python benchmarks/peer.py [--reps 1] [--load 0] [--work DIR]
+    .venv/bin/python benchmarks/peer.py [--reps 1] [--load 0] [--test-images 50] [--work DIR]
 
 ``--load N`` runs N busy processes (one thread each) during every run: the speed-ups under load.
 """
@@ -38,11 +38,12 @@ def run(cmd, log):
     return timed(cmd, log, cwd=ROOT)
 
 
-def prepare(work):
+def prepare(work, test_images):
     raw, data = work / "raw", work / "data"
     if not (data / f"TEST_IMAGES_{NAME}.hdf5").exists():
         subprocess.run([PY, "-m", "captioning", "shapes", "--out", str(raw), "--n-train", "300", "--n-val", "50",
-                        "--n-test", "50", "--image-size", "256"], cwd=ROOT, check=True, capture_output=True)
+                        "--n-test", str(test_images), "--image-size", "256"], cwd=ROOT, check=True,
+                       capture_output=True)
         subprocess.run([PY, "-m", "captioning", "prepare", "--dataset", "shapes", "--karpathy-json",
                         str(raw / "dataset_shapes.json"), "--image-folder", str(raw), "--output-folder", str(data),
                         "--image-size", "256"], cwd=ROOT, check=True, capture_output=True)
@@ -77,13 +78,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--load", type=int, default=0, help="busy processes running beside every measured run")
+    ap.add_argument("--test-images", type=int, default=50, help="TEST images of the prepared data (test passes)")
     ap.add_argument("--work", help="folder for data, checkpoints and logs (default: a temporary one)")
     a = ap.parse_args(argv)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="peer-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"$ {' '.join(sys.argv)}\nwork folder {work}; load average at start "
-          f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}; {a.load} busy processes beside")
-    data = prepare(work)
+          f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}; {a.load} busy processes beside; "
+          f"{a.test_images} TEST images")
+    data = prepare(work, a.test_images)
     busy = [subprocess.Popen([PY, "-c", "while True: pass"]) for _ in range(a.load)]
     try:
         reps = [one_rep(work, data, r) for r in range(a.reps)]

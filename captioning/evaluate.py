@@ -48,6 +48,8 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
         raise KitError(f"checkpoint '{checkpoint}' was trained with another word map than the data in "
                        f"'{data_folder}' ({data_name}): evaluate it on the data it was trained on")
     rev = {v: k for k, v in word_map.items()}
+    # folded once, and the unfolded weights freed: the copy stands for them in the cache key too
+    encoder = encoder.for_inference()
     cached = not cfg["fine_tune_encoder"]
     features = build_feature_cache(encoder, data_folder, data_name, split, device=device,
                                    progress=progress) if cached else None

@@ -113,7 +113,7 @@ def encode_batch(encoder, x, cached, device):
     if cached:
         return encoder.pool(x.float())
     x = normalize(x)
-    if device.type == "cuda":
+    if device.type == "cuda" or encoder.folded:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         return encoder(x).float()
@@ -203,7 +203,12 @@ class Trainer:
                           persistent_workers=False)
 
     def encode(self, x):
-        return encode_batch(self.encoder, x, self.use_cache, self.device)
+        encoder = self.encoder
+        if not (self.use_cache or self.cfg["fine_tune_encoder"]):
+            # frozen without the cache: the folded copy gives the same features faster; made once, kept
+            self._folded = getattr(self, "_folded", None) or self.encoder.for_inference()
+            encoder = self._folded
+        return encode_batch(encoder, x, self.use_cache, self.device)
 
     def _decide_fast(self, enc, caps, caplens):
         """The fast-path plug-in when there is one and it reproduces this decoder's scores, else None."""

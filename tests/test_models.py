@@ -1,5 +1,8 @@
 """The reference models: shapes, gradients, the forward/one_step contract, padding, attention invariants,
 and that each decoder can fit a handful of captions."""
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -200,3 +203,51 @@ def test_other_backbones_give_a_grid(arch, channels):
     assert enc(x).shape == (2, 3, 3, channels)
     enc.fine_tune(True)
     assert any(p.requires_grad for p in enc.parameters())
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+def test_the_kits_resnet_is_torchvisions(depth):
+    """Same parameter names and, for one seed, the same random weights and outputs: torchvision's state dicts
+    (ImageNet weights, a local .pth) load as they are, and caches keyed by the weights stay valid."""
+    import torchvision
+
+    from captioning.encoder import ResNet
+
+    torch.manual_seed(0)
+    ours = ResNet(depth).eval()
+    torch.manual_seed(0)
+    theirs = getattr(torchvision.models, f"resnet{depth}")(weights=None).eval()
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("arch", ["resnet101", "shapes_cnn", "efficientnet_b0"])
+def test_the_inference_copy_gives_the_same_features_and_leaves_the_encoder_alone(arch):
+    torch.manual_seed(0)
+    enc = Encoder(3, weights=None, arch=arch)
+    x = torch.randn(4, 3, 64, 64)
+    enc.recalibrate([x])  # statistics that are not 0/1, so folding them matters
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    digest = enc.weights_digest()
+    fast = enc.for_inference()
+    assert fast.folded and not enc.folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    with torch.no_grad():
+        ref = enc(x)
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert fast.weights_digest() == digest == enc.weights_digest()  # it finds the original's feature caches
+    after = enc.state_dict()
+    assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_resnet_encoder_does_not_import_torchvision():
+    """torchvision's import (1.5 s) is paid only for ImageNet weights or another backbone."""
+    code = ("import sys; import captioning.cli, captioning.evaluate; from captioning.encoder import Encoder; "
+            "Encoder(2, weights=None).for_inference(); assert 'torchvision' not in sys.modules, 'torchvision imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -66,13 +66,18 @@ def test_feature_cache_killed_mid_build_is_continued(shapes_data, tmp_path):
         torch.manual_seed(0)
         enc = Encoder(2, weights=None, arch="shapes_cnn")
         calls = []
-        real = enc.backbone
-        def backbone(x):
-            calls.append(1)
-            if len(calls) == 3:  # the probe, one batch written, then killed during the second
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(x)
-        enc.backbone = backbone
+        make_net = enc.for_inference  # the cache encodes with this copy: count its passes
+        def for_inference():
+            net = make_net()
+            real = net.backbone
+            def backbone(x):
+                calls.append(1)
+                if len(calls) == 3:  # the probe, one batch written, then killed during the second
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(x)
+            net.backbone = backbone
+            return net
+        enc.for_inference = for_inference
         build_feature_cache(enc, {str(data)!r}, {shapes_data.data_name!r}, "TRAIN", batch_size=16, progress=False)
     """)
     assert child.returncode == -signal.SIGKILL, child.stderr

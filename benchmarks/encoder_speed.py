@@ -1,0 +1,100 @@
+"""How fast the frozen encoder turns images into features, and what importing it costs, side by side in one run.
+
+* encoder throughput: ResNet-101 (random weights, BatchNorm recalibrated on the batch so the statistics are not
+  trivial) on batches of ``--batch`` images of 256 px, images per second for the plain module, for the same module
+  with ``channels_last`` input and weights, and for ``Encoder.for_inference()`` (BatchNorm folded into the convs,
+  ``channels_last``), which is what the feature cache, ``test`` and the uncached frozen training use. The largest
+  difference from the plain module's output is printed beside it;
+* import cost: a fresh interpreter importing torch alone, torch + torchvision, and the kit's encoder module
+  (which builds its ResNet itself and imports torchvision only for ImageNet weights or other backbones), each
+  ``--reps`` times, median wall seconds.
+
+    .venv/bin/python benchmarks/encoder_speed.py [--threads 2] [--batch 8] [--seconds 6] [--reps 5]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import load_note, setup  # noqa: E402
+
+
+def images_per_second(fn, x, seconds):
+    import torch
+
+    with torch.no_grad():
+        fn(x)  # warm-up: oneDNN picks its kernels on the first call
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            fn(x)
+            n += x.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def import_seconds(code, reps):
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2, as the CLI on 2 cores)")
+    ap.add_argument("--batch", type=int, default=8, help="images per pass (the CPU feature cache's default)")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--seconds", type=float, default=6.0, help="timed seconds per variant")
+    ap.add_argument("--reps", type=int, default=5, help="fresh interpreters per import row")
+    a = ap.parse_args(argv)
+    setup(a.threads, "frozen encoder: throughput and import cost")
+    import torch
+
+    from captioning.encoder import Encoder
+
+    torch.manual_seed(0)
+    enc = Encoder(14, weights=None, arch="resnet101")
+    x = torch.randn(a.batch, 3, a.size, a.size)
+    enc.recalibrate([x])
+    enc.eval()
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = enc.backbone(x)
+    fast = enc.for_inference()
+    rows = [("plain (fp32)", lambda t: enc.backbone(t), x)]
+    rows.append(("folded BatchNorm + channels_last: Encoder.for_inference()", lambda t: fast.backbone(t), x_cl))
+    results = []
+    for name, fn, inp in rows:
+        with torch.no_grad():
+            diff = ((fn(inp) - ref).abs().max() / ref.abs().max()).item()
+        results.append((name, images_per_second(fn, inp, a.seconds), diff))
+    # channels_last alone, last: converting the module in place changes `enc` for nothing after it
+    enc.resnet.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        diff = ((enc.backbone(x_cl) - ref).abs().max() / ref.abs().max()).item()
+    results.insert(1, ("channels_last only", images_per_second(lambda t: enc.backbone(t), x_cl, a.seconds), diff))
+    base = results[0][1]
+    print(f"ResNet-101, batches of {a.batch} at {a.size} px, {torch.get_num_threads()} threads")
+    print("| variant | images/s | vs plain | max relative difference |")
+    print("|---|---|---|---|")
+    for name, ips, diff in results:
+        print(f"| {name} | {ips:.1f} | {ips / base:.2f}x | {diff:.1e} |")
+
+    print(f"\nimport cost, fresh interpreter, median of {a.reps} (wall s, interpreter start included)")
+    print("| import | s |")
+    print("|---|---|")
+    for code in ("import torch", "import torch, torchvision",
+                 "import torch, captioning.encoder"):
+        print(f"| `{code}` | {import_seconds(code, a.reps):.2f} |")
+    print("\n" + load_note())
+
+
+if __name__ == "__main__":
+    main()
