@@ -86,11 +86,13 @@ def table(headers, rows, aligns=None):
     return "\n".join(lines)
 
 
-def timed(cmd, log, cwd=None):
-    """(wall seconds, peak RSS MB) of the process ``cmd`` (start to exit); its output goes to ``log``."""
+def timed(cmd, log, cwd=None, env=None):
+    """(wall seconds, peak RSS MB) of the process ``cmd`` (start to exit); its output goes to ``log``. ``env``:
+    variables added to this process's environment."""
     with open(log, "w") as f:
         t0 = time.monotonic()
-        p = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, TQDM_DISABLE="1"))
+        p = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, TQDM_DISABLE="1", **(env or {})))
         _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage (and its waited-for children's)
         wall = time.monotonic() - t0
         p.returncode = os.waitstatus_to_exitcode(status)

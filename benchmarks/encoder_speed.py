@@ -3,8 +3,9 @@
 * encoder throughput: ResNet-101 (random weights, BatchNorm recalibrated on the batch so the statistics are not
   trivial) on batches of ``--batch`` images of 256 px, images per second for the plain module, for the same module
   with ``channels_last`` input and weights, and for ``Encoder.for_inference()`` (BatchNorm folded into the convs,
-  ``channels_last``), which is what the feature cache, ``test`` and the uncached frozen training use. The largest
-  difference from the plain module's output is printed beside it;
+  ``channels_last``), which is what the feature cache, ``test`` and the uncached frozen training use, and that
+  copy under bf16 autocast (the GPU's setting). The largest difference from the plain module's output is printed
+  beside each;
 * import cost: a fresh interpreter importing torch alone, torch + torchvision, and the kit's encoder module
   (which builds its ResNet itself and imports torchvision only for ImageNet weights or other backbones), each
   ``--reps`` times, median wall seconds.
@@ -70,6 +71,12 @@ def main(argv=None):
     fast = enc.for_inference()
     rows = [("plain (fp32)", lambda t: enc.backbone(t), x)]
     rows.append(("folded BatchNorm + channels_last: Encoder.for_inference()", lambda t: fast.backbone(t), x_cl))
+
+    def bf16(t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fast.backbone(t).float()
+
+    rows.append(("the same under bf16 autocast (not used on the CPU: see the difference)", bf16, x_cl))
     results = []
     for name, fn, inp in rows:
         with torch.no_grad():

@@ -8,7 +8,12 @@ one test pass (beam 5 on the 50 TEST images, or ``--test-images``); 2 threads ea
 * kit, first epoch: the feature cache and the BatchNorm recalibration are built in the run (fresh data folder);
 * kit, later epochs: a second run on the same data folder (cache and statistics found);
 * test: ``python -m captioning test`` (first: the TEST features encoded in the run; again: found) vs the
-  tutorial's one-image-at-a-time beam search.
+  tutorial's one-image-at-a-time beam search;
+* "student edition": the same later epoch and test again with ``CAPTIONING_PLUGINS=off``, i.e. through the
+  decoder's own ``forward`` and ``one_step`` as a student's run goes (the instructor kit's fast path is a plug-in).
+
+Both sides train and decode the attention decoder (Show, Attend and Tell). After the table, where each kit run's
+wall time goes: the phases its progress bars timed (whole seconds), and the rest (start-up, loading, metrics).
 
     .venv/bin/python benchmarks/peer.py [--reps 1] [--load 0] [--test-images 50] [--work DIR]
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,8 +40,14 @@ SIZES = ["embed_dim=512", "attention_dim=512", "decoder_dim=512", "dropout=0.5",
          "decoder_lr=4e-4", "batch_size=32"]
 
 
-def run(cmd, log):
-    return timed(cmd, log, cwd=ROOT)
+STUDENT = {"CAPTIONING_PLUGINS": "off"}  # no fast path: the decoder's own forward and one_step
+BAR = re.compile(r"(?:^|[\r\n])(?P<desc>[^\r\n|]*?): +\d+%\|[^\r\n]*?\[(?P<elapsed>[\d:]+)<")
+LOGS = {"epoch: kit, first (cache built)": "kit_cold", "epoch: kit, later (cache found)": "kit_warm",
+        "test: kit, first (cache built)": "kit_test", "test: kit, again (cache found)": "kit_test2"}
+
+
+def run(cmd, log, env=None):
+    return timed(cmd, log, cwd=ROOT, env=env)
 
 
 def prepare(work, test_images):
@@ -57,12 +69,14 @@ def one_rep(work, data, rep):
            "--checkpoint", str(ck), "--threads", "2"]
     rows["epoch: tutorial"] = run([*tut[:2], "train", *tut[2:]], work / f"tut_train_{rep}.log")
     shutil.rmtree(data / "features", ignore_errors=True)  # the kit's first run builds its cache
-    kit = [PY, "-m", "captioning", "train", f"data_folder={data}", f"data_name={NAME}", "encoder=resnet101",
-           "encoder_weights=None", "epochs=1", *SIZES]
+    kit = [PY, "-m", "captioning", "train", f"data_folder={data}", f"data_name={NAME}", "decoder=attention",
+           "encoder=resnet101", "encoder_weights=None", "epochs=1", *SIZES]
     rows["epoch: kit, first (cache built)"] = run([*kit, f"output_dir={work / f'kit_cold_{rep}'}"],
                                                     work / f"kit_cold_{rep}.log")
     rows["epoch: kit, later (cache found)"] = run([*kit, f"output_dir={work / f'kit_warm_{rep}'}"],
                                                     work / f"kit_warm_{rep}.log")
+    rows["epoch: kit, later, student edition"] = run([*kit, f"output_dir={work / f'kit_student_{rep}'}"],
+                                                     work / f"kit_student_{rep}.log", STUDENT)
     rows["test: tutorial"] = run([*tut[:2], "eval", *tut[2:], "--beam-size", "5"], work / f"tut_eval_{rep}.log")
     best = next((work / f"kit_warm_{rep}").glob("BEST_checkpoint_*.pth.tar"))
     test = [PY, "-m", "captioning", "test", "--checkpoint", str(best), "--beam-size", "5", "--out"]
@@ -71,7 +85,18 @@ def one_rep(work, data, rep):
                                                  work / f"kit_test_{rep}.log")
     rows["test: kit, again (cache found)"] = run([*test, str(work / f"kit_test2_{rep}.json")],
                                                  work / f"kit_test2_{rep}.log")
+    rows["test: kit, again, student edition"] = run([*test, str(work / f"kit_test3_{rep}.json")],
+                                                    work / f"kit_test3_{rep}.log", STUDENT)
     return rows
+
+
+def phases(log):
+    """{progress bar: seconds} from a run's log: the elapsed time of each bar's last update."""
+    found = {}
+    for m in BAR.finditer(Path(log).read_text(errors="replace")):
+        parts = [int(p) for p in m["elapsed"].split(":")]
+        found[m["desc"].strip()] = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+    return found
 
 
 def main(argv=None):
@@ -101,9 +126,18 @@ def main(argv=None):
     print("|---|" + "---|" * a.reps)
     for label, tut, kit in (("first epoch", "epoch: tutorial", "epoch: kit, first (cache built)"),
                             ("later epochs", "epoch: tutorial", "epoch: kit, later (cache found)"),
+                            ("later epochs, student edition", "epoch: tutorial", "epoch: kit, later, student edition"),
                             ("first test pass", "test: tutorial", "test: kit, first (cache built)"),
-                            ("later test passes", "test: tutorial", "test: kit, again (cache found)")):
+                            ("later test passes", "test: tutorial", "test: kit, again (cache found)"),
+                            ("later test passes, student edition", "test: tutorial",
+                             "test: kit, again, student edition")):
         print(f"| {label} | " + " | ".join(f"{r[tut][0] / r[kit][0]:.1f}x" for r in reps) + " |")
+    print("\nwhere the kit's wall time goes (rep 0; progress bars in whole seconds):")
+    for name, stem in LOGS.items():
+        bars = phases(work / f"{stem}_0.log")
+        wall = reps[0][name][0]
+        print(f"- {name}, {wall:.1f} s: " + ", ".join(f"{k} {v} s" for k, v in bars.items())
+              + f"; the rest (start-up, loading, metrics, writing) {wall - sum(bars.values()):.1f} s")
     print("\n" + load_note())
 
 
