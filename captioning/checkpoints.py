@@ -50,10 +50,11 @@ REQUIRED = ("cfg", "kind", "decoder_type", "epoch", "word_map", "word_map_id", "
             "decoder_optimizer", "history", "best_bleu4", "epochs_since_improvement")
 
 
-def load_weights(module, state, what, path):
-    """``module.load_state_dict(state)``; a state of other shapes or names is a KitError naming the checkpoint."""
+def load_weights(module, state, what, path, assign=False):
+    """``module.load_state_dict(state, assign=assign)``; a state of other shapes or names is a KitError naming
+    the checkpoint. ``assign``: the module takes the state's tensors (a module built on the meta device)."""
     try:
-        module.load_state_dict(state)
+        module.load_state_dict(state, assign=assign)
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
         first = str(e).strip().splitlines()
         raise KitError(f"checkpoint '{path}': its {what} weights do not fit the {what} its cfg describes "

@@ -188,12 +188,22 @@ def parse_command_line(parser, argv=None):
 
 
 def main(argv=None) -> int:
+    from captioning import threads
+
+    threads.start()  # the idle CPUs are counted over the start-up (see run_command)
     return run_command(parse_command_line(build_parser(), argv))
+
+
+COMPUTE = {"train", "test", "caption", "pretrain-encoder"}  # the commands that run models
 
 
 def run_command(args) -> int:
     """Run a parsed subcommand (``args.func``); a KitError becomes "error: …" on stderr and exit status 2."""
     try:
+        if args.command in COMPUTE:
+            from captioning.threads import set_threads
+
+            set_threads(note=lambda line: print(line, file=sys.stderr))
         args.func(args)
     except KitError as e:
         print(f"error: {e}", file=sys.stderr)

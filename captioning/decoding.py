@@ -21,6 +21,8 @@ from captioning.errors import KitError
 
 from captioning import plugins
 
+ONE_STEP_BYTES = 64 * 2**20  # the most encoder output, copied per beam, that one_step reads at once
+
 
 @dataclass
 class Caption:
@@ -74,12 +76,19 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50, fast=Tr
     n_img = encoder_out.size(0)
     enc = encoder_out.reshape(n_img, -1, encoder_out.size(-1))  # (N, P, C)
     k = beam_size
+    fast = plugins.get("fast_path") if fast else None
+    fast_step = fast.beam_step(decoder, enc, k) if fast is not None else None
+    if decoder.has_attention and fast_step is None:
+        # one_step reads the encoder output of every beam, (N·k, P, C), and makes temporaries as large: decode
+        # in chunks of images whose copy fits ONE_STEP_BYTES (8 images at course sizes), not all N at once
+        chunk = max(1, ONE_STEP_BYTES // (k * enc[0].numel() * enc.element_size()))
+        if chunk < n_img:
+            return [cap for lo in range(0, n_img, chunk) for cap in beam_search(
+                decoder, enc[lo:lo + chunk], word_map, beam_size, max_len, False, length_penalty)]
     search = _Search(n_img, k, word_map["<start>"], word_map["<end>"], max_len, length_penalty, enc.device)
     h, c = decoder.init_hidden_state(enc)  # (N, D): same for every beam of an image
     h, c = h.repeat_interleave(k, 0), c.repeat_interleave(k, 0)  # (N·k, D)
-    fast = plugins.get("fast_path") if fast else None
-    fast_step = fast.beam_step(decoder, enc, k) if fast is not None else None
-    # one_step reads the encoder output of every beam: (N·k, P, C); the fast step keeps one per image
+    # the fast step keeps one encoder output per image
     enc_k = enc.repeat_interleave(k, 0) if decoder.has_attention and fast_step is None else None
     for t in range(max_len):
         logp, alpha, h, c = _step(decoder, search.seqs[:, :, -1].reshape(-1), enc_k, h, c, fast_step)

@@ -74,7 +74,7 @@ class Encoder(nn.Module):
         for m in self.resnet.modules():
             last_bn = getattr(m, "bn3", None) if hasattr(m, "conv3") else getattr(m, "bn2", None) \
                 if type(m).__name__ == "BasicBlock" else None
-            if last_bn is not None:
+            if last_bn is not None and not last_bn.weight.is_meta:
                 nn.init.constant_(last_bn.weight, gain)
 
     def backbone(self, images):
@@ -226,7 +226,7 @@ class ResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(2048, 1000)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:  # meta: built for a checkpoint's weights
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, images):

@@ -153,13 +153,14 @@ def _encode(encoder, images_path, partial, key, split, batch_size, device, progr
     with h5py.File(images_path, "r") as src:
         images = src["images"]
         n = images.shape[0]
-        shape = tuple(backbone(images[:1]).shape[1:])
-        with _open_partial(partial, key, n, shape) as dst:
+        bar = tqdm(total=n, desc=f"encoding {split} images", unit="img", disable=not progress)
+        first = backbone(images[:batch_size])  # its shape sizes the cache; written below unless resuming
+        with _open_partial(partial, key, n, tuple(first.shape[1:])) as dst:
             start = int(dst.attrs["n_done"])
-            bar = tqdm(total=n, initial=start, desc=f"encoding {split} images", unit="img", disable=not progress)
+            bar.update(start)
             for lo in range(start, n, batch_size):
                 hi = min(n, lo + batch_size)
-                fmap = backbone(images[lo:hi])
+                fmap = first if lo == 0 else backbone(images[lo:hi])
                 dst["features"][lo:hi] = fmap.float().cpu().numpy().astype(np.float16)
                 dst.attrs["n_done"] = hi  # resume point, written after the batch's data
                 dst.flush()  # on disk now: a kill after this batch leaves a file the next run continues

@@ -379,8 +379,9 @@ def models_from_checkpoint(ckpt, device="cpu", path="the checkpoint"):
     cfg = dict(ckpt["cfg"], checkpoint=None, device=str(device))
     cfg = make_cfg(cfg)
     if ckpt.get("encoder_state") is not None:
-        encoder = Encoder(cfg["encoded_image_size"], weights=None, arch=cfg["encoder"])
-        load_weights(encoder, ckpt["encoder_state"], "encoder", path)
+        with torch.device("meta"):  # shapes only: the weights are the checkpoint's (no random init to overwrite)
+            encoder = Encoder(cfg["encoded_image_size"], weights=None, arch=cfg["encoder"])
+        load_weights(encoder, ckpt["encoder_state"], "encoder", path, assign=True)
     else:
         encoder = Encoder(cfg["encoded_image_size"], weights=cfg["encoder_weights"], arch=cfg["encoder"])
     decoder = build_decoder(cfg, ckpt["vocab_size"], ckpt["encoder_dim"])

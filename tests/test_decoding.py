@@ -95,6 +95,24 @@ def test_batched_equals_one_image_at_a_time(cls):
 
 
 @torch.no_grad()
+def test_one_step_decodes_in_chunks_that_fit_its_memory_budget(monkeypatch):
+    """Through one_step (a student's decoder) each beam holds a copy of its image's encoder output: the images
+    are decoded in chunks whose copies fit ONE_STEP_BYTES, with the captions of one search over all of them."""
+    import captioning.decoding as decoding
+
+    dec = make(DecoderWithAttention)
+    enc = torch.randn(10, 3, 3, C)
+    whole = beam_search(dec, enc, WORD_MAP, beam_size=4, max_len=15, fast=False)
+    monkeypatch.setattr(decoding, "ONE_STEP_BYTES", 3 * 4 * 9 * C * enc.element_size())  # 3 images of 4 beams
+    rows, real = [], dec.one_step
+    monkeypatch.setattr(dec, "one_step", lambda emb, e, h, c: rows.append(e.size(0)) or real(emb, e, h, c))
+    chunked = beam_search(dec, enc, WORD_MAP, beam_size=4, max_len=15, fast=False)
+    assert max(rows) == 3 * 4
+    assert [c.tokens for c in chunked] == [c.tokens for c in whole]
+    assert [c.score for c in chunked] == pytest.approx([c.score for c in whole], abs=1e-5)
+
+
+@torch.no_grad()
 def test_beam_search_finds_at_least_greedy_score(cls):
     dec = make(cls, end_bias=0.0)
     enc = torch.randn(8, 3, 3, C)
