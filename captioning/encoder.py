@@ -208,7 +208,7 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """ResNet-50/101/152 for 1000 ImageNet classes: images (B, 3, H, W) → logits (B, 1000); the children before
     ``avgpool`` give the (B, 2048, H/32, W/32) feature map. Written here rather than taken from torchvision,
-    whose import costs 1.5 s at every start (``benchmarks/encoder_speed.py``); torchvision is still what downloads
+    whose import costs 1.4–1.5 s at every start (``benchmarks/encoder_speed.py``); torchvision is still what downloads
     the ImageNet weights, which load unchanged."""
 
     BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -263,7 +263,7 @@ def _fold_batchnorm(module, memory_format=torch.contiguous_format):
 
 
 def _torchvision_ctor(name):
-    import torchvision  # here, not at the top: its import takes 1.5 s that ResNet users need not wait
+    import torchvision  # here, not at the top: its import takes 1.4–1.5 s that ResNet users need not wait
 
     return getattr(torchvision.models, name)
 

@@ -247,7 +247,7 @@ def test_the_inference_copy_gives_the_same_features_and_leaves_the_encoder_alone
 
 
 def test_a_resnet_encoder_does_not_import_torchvision():
-    """torchvision's import (1.5 s) is paid only for ImageNet weights or another backbone."""
+    """torchvision's import (1.4–1.5 s) is paid only for ImageNet weights or another backbone."""
     code = ("import sys; import captioning.cli, captioning.evaluate; from captioning.encoder import Encoder; "
             "Encoder(2, weights=None).for_inference(); assert 'torchvision' not in sys.modules, 'torchvision imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
