@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ def main(argv=None):
     print("\n| images per pass | wall s | images/s | peak RSS MB |\n|---|---|---|---|")
     for b in a.batches:
         cache = work / f"cache_{b}"
+        shutil.rmtree(cache, ignore_errors=True)  # a cache left by an earlier run would be found, not built
         wall, rss = timed([py, "-c", BUILD, str(data), NAME, str(cache), str(b)], work / f"cache_{b}.log",
                           cwd=HERE.parent)
         print(f"| {b} | {wall:.1f} | {a.images / wall:.1f} | {rss:.0f} |")

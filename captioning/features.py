@@ -42,11 +42,11 @@ def build_feature_cache(encoder, data_folder, data_name, split, cache_folder=Non
     Resumable (an interrupted run continues after the last finished batch; an unreadable leftover is rebuilt) and
     invalidated when the images file, the encoder's weights or its architecture change. Peak memory is one batch.
     Two runs on one data folder: the second waits for the first's cache (``locks.folder_lock``).
-    ``batch_size``: images per encoder pass; None: 32 on a GPU, 8 on the CPU (there, with ResNet-101 at 256 px,
-    8 was faster than 32 and took 0.45 GB less peak memory: ``benchmarks/cache_batch.py``).
+    ``batch_size``: images per encoder pass; None: 32 on a GPU, 4 on the CPU (there, with ResNet-101 at 256 px,
+    the folded encoder was faster with 4 than with 8, 16 or 32, and took less memory: ``benchmarks/cache_batch.py``).
     """
     if batch_size is None:
-        batch_size = 32 if torch.device(device).type == "cuda" else 8
+        batch_size = 32 if torch.device(device).type == "cuda" else 4
     images_path = split_paths(data_folder, data_name, split)[0]
     _check_files([images_path])
     cache_folder = cache_folder or os.path.join(data_folder, "features")
