@@ -262,10 +262,10 @@ def _fold_batchnorm(module, memory_format=torch.contiguous_format):
     return twin
 
 
-def _torchvision_ctor(name):
+def _torchvision_models():
     import torchvision  # here, not at the top: its import takes 1.4–1.5 s that ResNet users need not wait
 
-    return getattr(torchvision.models, name)
+    return torchvision.models
 
 
 def _build_backbone(arch, ctor_name, weights_enum, weights):
@@ -274,7 +274,7 @@ def _build_backbone(arch, ctor_name, weights_enum, weights):
     elif isinstance(ctor_name, int):
         ctor = lambda weights=None: ResNet(ctor_name)  # noqa: E731
     else:
-        ctor = _torchvision_ctor(ctor_name)
+        ctor = getattr(_torchvision_models(), ctor_name)
     if weights is None:
         return ctor(weights=None)
     if weights == "imagenet" and weights_enum is None:
@@ -282,9 +282,7 @@ def _build_backbone(arch, ctor_name, weights_enum, weights):
                        f"(python -m captioning pretrain-encoder ...) and pass the .pth it writes as the encoder "
                        f"weights, or use random weights (encoder_weights=None)")
     if weights == "imagenet":
-        import torchvision
-
-        enum = getattr(torchvision.models, weights_enum).DEFAULT
+        enum = getattr(_torchvision_models(), weights_enum).DEFAULT
         try:
             net = ctor(weights=None)
             net.load_state_dict(enum.get_state_dict(progress=True, check_hash=True, weights_only=True))

@@ -172,6 +172,7 @@ class Trainer:
                                f"epochs = {cfg['epochs']} there is nothing left to train; set epochs to more than "
                                f"{self.start_epoch}")
         self.use_cache = cfg["feature_cache"] == "auto" and not cfg["fine_tune_encoder"]
+        self.folded = None  # frozen without the cache: the encoder's inference copy, made on the first batch
         self.image_size = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN").image_shape[-1]
         self.fast = False  # decided on the first batch: the fast-path plug-in or None
         self.kind = DECODER_NAMES[cfg["decoder"]]
@@ -205,9 +206,9 @@ class Trainer:
     def encode(self, x):
         encoder = self.encoder
         if not (self.use_cache or self.cfg["fine_tune_encoder"]):
-            # frozen without the cache: the folded copy gives the same features faster; made once, kept
-            self._folded = getattr(self, "_folded", None) or self.encoder.for_inference()
-            encoder = self._folded
+            # the folded copy gives the same features faster; the frozen weights never change, so one copy serves
+            self.folded = self.folded or self.encoder.for_inference()
+            encoder = self.folded
         return encode_batch(encoder, x, self.use_cache, self.device)
 
     def _decide_fast(self, enc, caps, caplens):
