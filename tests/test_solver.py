@@ -58,6 +58,16 @@ def test_resume_equals_uninterrupted(shapes_data, tmp_path):
         torch.testing.assert_close(sa[k], sb[k])
 
 
+def test_a_frozen_encoder_without_the_cache_trains_as_with_it(shapes_data, tmp_path):
+    """feature_cache=False encodes every batch through the encoder's folded inference copy: the same losses as
+    from the cache (which rounds the features to fp16)."""
+    cached = fit(tiny_cfg(shapes_data, tmp_path / "cached", decoder="attention", epochs=1))
+    direct = fit(tiny_cfg(shapes_data, tmp_path / "direct", decoder="attention", epochs=1, feature_cache=False))
+    for a, b in zip(cached["history"], direct["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-2)
+
+
 def test_checkpoint_for_other_decoder_or_word_map_is_refused(shapes_data, trained, tmp_path):
     with pytest.raises(KitError, match="holds a 'rnn' decoder"):
         Trainer(make_cfg(tiny_cfg(shapes_data, tmp_path, decoder="attention",
