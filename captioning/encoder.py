@@ -95,8 +95,11 @@ class Encoder(nn.Module):
         (``benchmarks/encoder_speed.py``). Only the folded convs are new tensors; the rest is shared, so this
         encoder is put in eval mode too (``train()`` it again if it trains). Feed the copy ``channels_last``
         images. Its :meth:`weights_digest` is the original's, so it finds the original's feature caches, and the
-        original can be dropped (``evaluate`` does: one set of weights in memory, not two).
+        original can be dropped (``evaluate`` does: one set of weights in memory, not two). An encoder that is
+        already folded is returned as it is.
         """
+        if self.folded:
+            return self
         self.eval()
         digest = self.weights_digest()
         twin = copy.copy(self)

@@ -242,6 +242,7 @@ def test_the_inference_copy_gives_the_same_features_and_leaves_the_encoder_alone
     assert got.shape == ref.shape
     assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
     assert fast.weights_digest() == digest == enc.weights_digest()  # it finds the original's feature caches
+    assert fast.for_inference() is fast  # evaluate folds, then the feature cache asks again: nothing to redo
     after = enc.state_dict()
     assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
 
