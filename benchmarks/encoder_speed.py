@@ -6,6 +6,8 @@
   ``channels_last``), which is what the feature cache, ``test`` and the uncached frozen training use, and that
   copy under bf16 autocast (the GPU's setting). The largest difference from the plain module's output is printed
   beside each;
+* pooling a cached batch of 8×8 maps to the 14×14 grid: ``nn.AdaptiveAvgPool2d`` plus the copy to (B, S, S, C)
+  against ``Encoder.pool`` (the same windows as one matrix product);
 * import cost: a fresh interpreter importing torch alone, torch + torchvision, and the kit's encoder module
   (which builds its ResNet itself and imports torchvision only for ImageNet weights or other backbones), each
   ``--reps`` times, median wall seconds.
@@ -50,7 +52,7 @@ def import_seconds(code, reps):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2, as the CLI on 2 cores)")
-    ap.add_argument("--batch", type=int, default=8, help="images per pass (the CPU feature cache's default)")
+    ap.add_argument("--batch", type=int, default=8, help="images per pass (8; the CPU feature cache takes 4)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=6.0, help="timed seconds per variant")
     ap.add_argument("--reps", type=int, default=5, help="fresh interpreters per import row")
@@ -93,6 +95,21 @@ def main(argv=None):
     print("|---|---|---|---|")
     for name, ips, diff in results:
         print(f"| {name} | {ips:.1f} | {ips / base:.2f}x | {diff:.1e} |")
+
+    # pooling the cached 8x8 map to the 14x14 grid happens for every batch of a cached epoch and of beam search
+    fmap = torch.randn(32, 2048, 8, 8).half()
+    pool_rows = [("nn.AdaptiveAvgPool2d, then (B, S, S, C) contiguous",
+                  lambda t: enc.adaptive_pool(t.float()).permute(0, 2, 3, 1).contiguous()),
+                 ("Encoder.pool (one matrix product)", enc.pool)]
+    ref_pool = pool_rows[0][1](fmap)
+    print(f"\npooling a cached batch: (32, 2048, 8, 8) fp16 -> (32, 14, 14, 2048) fp32, {a.seconds:g} s each")
+    print("| pooling | ms per batch | vs the pooling op | max difference |")
+    print("|---|---|---|---|")
+    base_ms = None
+    for name, fn in pool_rows:
+        ms = 1000 * fmap.shape[0] / images_per_second(fn, fmap, a.seconds)
+        base_ms = base_ms or ms
+        print(f"| {name} | {ms:.1f} | {base_ms / ms:.2f}x | {(fn(fmap) - ref_pool).abs().max().item():.1e} |")
 
     print(f"\nimport cost, fresh interpreter, median of {a.reps} (wall s, interpreter start included)")
     print("| import | s |")

@@ -247,6 +247,19 @@ def test_the_inference_copy_gives_the_same_features_and_leaves_the_encoder_alone
     assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("h,w,s", [(8, 8, 14), (7, 9, 14), (14, 14, 14), (16, 16, 14), (13, 11, 5), (1, 1, 3)])
+def test_pool_averages_the_windows_of_adaptive_avg_pool(h, w, s):
+    """Encoder.pool is one matrix product; it must pick nn.AdaptiveAvgPool2d's windows for any map size."""
+    enc = Encoder(s, weights=None, arch="shapes_cnn")
+    fmap = torch.randn(3, 5, h, w).half()  # the feature cache stores fp16
+    ref = enc.adaptive_pool(fmap.float()).permute(0, 2, 3, 1)
+    got = enc.pool(fmap)
+    assert got.shape == (3, s, s, 5) and got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the uncached GPU path pools inside autocast
+        assert torch.allclose(enc.pool(fmap), ref, rtol=1e-6, atol=1e-6)
+
+
 def test_a_resnet_encoder_does_not_import_torchvision():
     """torchvision's import (1.4–1.5 s) is paid only for ImageNet weights or another backbone."""
     code = ("import sys; import captioning.cli, captioning.evaluate; from captioning.encoder import Encoder; "
