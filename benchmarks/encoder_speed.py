@@ -4,8 +4,9 @@
   trivial) on batches of ``--batch`` images of 256 px, images per second for the plain module, for the same module
   with ``channels_last`` input and weights, and for ``Encoder.for_inference()`` (BatchNorm folded into the convs,
   ``channels_last``), which is what the feature cache, ``test`` and the uncached frozen training use, and that
-  copy under bf16 autocast (the GPU's setting). The largest difference from the plain module's output is printed
-  beside each;
+  copy under bf16 autocast (the GPU's setting), and two other fp32 routes on the folded copy (TorchScript
+  freezing, oneDNN tensors) that the kit does not use. The largest difference from the plain module's output is
+  printed beside each;
 * pooling a cached batch of 8×8 maps to the 14×14 grid: ``nn.AdaptiveAvgPool2d`` plus the copy to (B, S, S, C)
   against ``Encoder.pool`` (the same windows as one matrix product);
 * import cost: a fresh interpreter importing torch alone, torch + torchvision, and the kit's encoder module
@@ -49,6 +50,33 @@ def import_seconds(code, reps):
     return statistics.median(times)
 
 
+def other_fp32_routes(fast, x, x_cl):
+    """Rows for two other fp32 routes to a faster CPU encoder, applied to the folded copy: TorchScript freezing
+    with oneDNN weight prepacking, and oneDNN's own tensor layout. Not used by the kit; kept to show the ceiling."""
+    import copy
+    import warnings
+
+    import torch
+
+    rows = []
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(fast.resnet, x_cl)))
+        rows.append(("folded, then torch.jit.freeze + optimize_for_inference", frozen, x_cl))
+    except Exception as e:  # TorchScript may be gone from a later torch
+        print(f"torch.jit route skipped: {type(e).__name__}: {e}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch.utils import mkldnn
+            net = mkldnn.to_mkldnn(copy.deepcopy(fast.resnet))
+        rows.append(("folded, then torch.utils.mkldnn tensors", lambda t: net(t.to_mkldnn()).to_dense(), x))
+    except Exception as e:
+        print(f"mkldnn route skipped: {type(e).__name__}: {e}")
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2, as the CLI on 2 cores)")
@@ -78,7 +106,8 @@ def main(argv=None):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return fast.backbone(t).float()
 
-    rows.append(("the same under bf16 autocast (not used on the CPU: see the difference)", bf16, x_cl))
+    rows.extend(other_fp32_routes(fast, x, x_cl))
+    rows.append(("folded under bf16 autocast (not used on the CPU: see the difference)", bf16, x_cl))
     results = []
     for name, fn, inp in rows:
         with torch.no_grad():
