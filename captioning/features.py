@@ -119,24 +119,27 @@ def _valid(path, key):
         return False
 
 
-def _open_partial(partial, key, n, shape):
-    """The half-built cache to continue, or a new one: a .partial left by an interrupted run is continued when it
-    is readable and belongs to these images and this encoder, and replaced otherwise (a kill can leave it
-    unreadable)."""
+def _open_partial(partial, key, n, probe):
+    """The half-built cache to continue, or a new one, as ``(file, first)``: a .partial left by an interrupted run
+    is continued when it is readable and belongs to these images and this encoder (``first`` is then None: the
+    key fixes the map's shape, so nothing is encoded to size it), and replaced otherwise (a kill can leave it
+    unreadable) by a file sized by ``first = probe()``, the first batch's features, which the caller writes."""
     if os.path.exists(partial):
         try:
             dst = h5py.File(partial, "a")
-            if dst.attrs.get("key") == key and "features" in dst and tuple(dst["features"].shape) == (n, *shape):
-                return dst
+            if dst.attrs.get("key") == key and "features" in dst and dst["features"].shape[0] == n:
+                return dst, None
             dst.close()
         except OSError:
             pass
         os.remove(partial)
+    first = probe()
+    shape = tuple(first.shape[1:])
     dst = h5py.File(partial, "w")
     dst.create_dataset("features", shape=(n, *shape), dtype="float16", chunks=(1, *shape))
     dst.attrs["key"] = key
     dst.attrs["n_done"] = 0
-    return dst
+    return dst, first
 
 
 def _encode(encoder, images_path, partial, key, split, batch_size, device, progress):
@@ -154,13 +157,13 @@ def _encode(encoder, images_path, partial, key, split, batch_size, device, progr
         images = src["images"]
         n = images.shape[0]
         bar = tqdm(total=n, desc=f"encoding {split} images", unit="img", disable=not progress)
-        first = backbone(images[:batch_size])  # its shape sizes the cache; written below unless resuming
-        with _open_partial(partial, key, n, tuple(first.shape[1:])) as dst:
+        dst, first = _open_partial(partial, key, n, lambda: backbone(images[:batch_size]))
+        with dst:
             start = int(dst.attrs["n_done"])
             bar.update(start)
             for lo in range(start, n, batch_size):
                 hi = min(n, lo + batch_size)
-                fmap = first if lo == 0 else backbone(images[lo:hi])
+                fmap = first if lo == 0 and first is not None else backbone(images[lo:hi])
                 dst["features"][lo:hi] = fmap.float().cpu().numpy().astype(np.float16)
                 dst.attrs["n_done"] = hi  # resume point, written after the batch's data
                 dst.flush()  # on disk now: a kill after this batch leaves a file the next run continues

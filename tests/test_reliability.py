@@ -86,7 +86,20 @@ def test_feature_cache_killed_mid_build_is_continued(shapes_data, tmp_path):
     partial = cache_path(data / "features", shapes_data.data_name, "TRAIN", enc) + ".partial"
     with h5py.File(partial, "r") as f:
         assert f.attrs["n_done"] == 16  # the first batch survived the kill
+        n = f["features"].shape[0]
+    passes = []
+    make_net = enc.for_inference
+
+    def counting_for_inference():
+        net = make_net()
+        real = net.backbone
+        net.backbone = lambda x: passes.append(len(x)) or real(x)
+        return net
+
+    enc.for_inference = counting_for_inference
     path = build_feature_cache(enc, data, shapes_data.data_name, "TRAIN", batch_size=16, progress=False)
+    assert sum(passes) == n - 16  # the resumed run encodes only what is missing, not the first batch again
+    del enc.for_inference
     fresh = build_feature_cache(enc, data, shapes_data.data_name, "TRAIN", cache_folder=tmp_path / "fresh",
                                 batch_size=16, progress=False)
     with h5py.File(path, "r") as a, h5py.File(fresh, "r") as b:
