@@ -9,11 +9,14 @@
   printed beside each;
 * pooling a cached batch of 8×8 maps to the 14×14 grid: ``nn.AdaptiveAvgPool2d`` plus the copy to (B, S, S, C)
   against ``Encoder.pool`` (the same windows as one matrix product);
+* BatchNorm recalibration of a random encoder (what a first run without ImageNet weights pays once):
+  ``Encoder.recalibrate`` on ``--recal-images`` images in batches of 32, against the same batch-statistics pass
+  in the module's own (NCHW) layout, seconds and the largest difference of the running statistics;
 * import cost: a fresh interpreter importing torch alone, torch + torchvision, and the kit's encoder module
   (which builds its ResNet itself and imports torchvision only for ImageNet weights or other backbones), each
   ``--reps`` times, median wall seconds.
 
-    .venv/bin/python benchmarks/encoder_speed.py [--threads 2] [--batch 8] [--seconds 6] [--reps 5]
+    .venv/bin/python benchmarks/encoder_speed.py [--threads 2] [--batch 8] [--seconds 6] [--reps 5] [--recal-images 128]
 """
 from __future__ import annotations
 
@@ -77,6 +80,45 @@ def other_fp32_routes(fast, x, x_cl):
     return rows
 
 
+def recalibration_rows(n_images, size):
+    """Seconds of ``Encoder.recalibrate`` (channels_last inside) and of a plain NCHW pass giving the same running
+    statistics, on one fresh random ResNet-101 each, and the largest relative difference of their buffers."""
+    import copy
+
+    import torch
+
+    from captioning.encoder import Encoder
+
+    torch.manual_seed(0)
+    enc = Encoder(14, weights=None, arch="resnet101")
+    plain = copy.deepcopy(enc.resnet)
+    batches = [torch.randn(min(32, n_images - i), 3, size, size) for i in range(0, n_images, 32)]
+    with torch.no_grad():  # warm-up of both layouts' kernels on one small batch
+        enc.resnet.train()(batches[0][:2].contiguous(memory_format=torch.channels_last))
+        plain.train()(batches[0][:2])
+
+    def plain_pass():
+        for m in plain.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        with torch.no_grad():
+            for x in batches:
+                plain(x)
+
+    t0 = time.perf_counter()
+    plain_pass()
+    t_plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    enc.recalibrate(batches)
+    t_kit = time.perf_counter() - t0
+    got = dict(enc.resnet.named_buffers())
+    diff = max(((got[k].float() - v.float()).abs().max() / v.float().abs().max().clamp_min(1e-12)).item()
+               for k, v in plain.named_buffers() if v.is_floating_point())
+    return [("batch statistics in the module's NCHW layout", t_plain, diff),
+            ("Encoder.recalibrate (channels_last inside)", t_kit, diff)]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2, as the CLI on 2 cores)")
@@ -84,6 +126,8 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=6.0, help="timed seconds per variant")
     ap.add_argument("--reps", type=int, default=5, help="fresh interpreters per import row")
+    ap.add_argument("--recal-images", type=int, default=128,
+                    help="images of the recalibration rows (128, the recalibrate_images default)")
     a = ap.parse_args(argv)
     setup(a.threads, "frozen encoder: throughput and import cost")
     import torch
@@ -139,6 +183,13 @@ def main(argv=None):
         ms = 1000 * fmap.shape[0] / images_per_second(fn, fmap, a.seconds)
         base_ms = base_ms or ms
         print(f"| {name} | {ms:.1f} | {base_ms / ms:.2f}x | {(fn(fmap) - ref_pool).abs().max().item():.1e} |")
+
+    print(f"\nBatchNorm recalibration of a random ResNet-101: {a.recal_images} images of {a.size} px, batches of 32")
+    print("| pass | s | vs NCHW | max relative difference of the statistics |")
+    print("|---|---|---|---|")
+    recal = recalibration_rows(a.recal_images, a.size)
+    for name, secs, diff in recal:
+        print(f"| {name} | {secs:.1f} | {recal[0][1] / secs:.2f}x | {diff:.1e} |")
 
     print(f"\nimport cost, fresh interpreter, median of {a.reps} (wall s, interpreter start included)")
     print("| import | s |")

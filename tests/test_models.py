@@ -1,5 +1,6 @@
 """The reference models: shapes, gradients, the forward/one_step contract, padding, attention invariants,
 and that each decoder can fit a handful of captions."""
+import copy
 import subprocess
 import sys
 
@@ -171,6 +172,28 @@ def test_random_encoder_recalibration_keeps_activations_normal():
     with torch.no_grad():
         out = enc.eval()(x)
     assert out.abs().max() < 100, "recalibrated BatchNorm should keep activations O(1)"
+
+
+def test_recalibration_gives_the_statistics_of_a_plain_batch_statistics_pass():
+    torch.manual_seed(0)
+    enc = Encoder(encoded_image_size=2, weights=None)
+    ref = copy.deepcopy(enc.resnet)
+    batches = [torch.randn(3, 3, 64, 64), torch.randn(2, 3, 64, 64)]
+    bns = [m for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:  # what recalibrate means: running stats = the cumulative average of the batches' statistics
+        m.reset_running_stats()
+        m.momentum = None
+    ref.train()
+    with torch.no_grad():
+        for x in batches:
+            ref(x)
+    enc.eval()
+    enc.recalibrate(batches)  # runs channels_last inside, for speed
+    got = dict(enc.resnet.named_buffers())
+    for name, want in ref.named_buffers():
+        assert torch.allclose(got[name].float(), want.float(), rtol=1e-4, atol=1e-5), name
+    assert all(p.is_contiguous() for p in enc.resnet.parameters()), "the module's layout is put back"
+    assert not enc.training and not any(m.training for m in enc.resnet.modules())
 
 
 def test_encoder_weights_errors(tmp_path, monkeypatch):
