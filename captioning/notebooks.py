@@ -33,6 +33,12 @@ from captioning.errors import KitError
 from captioning.recipe import RECIPE
 from captioning.todos import require_todos  # noqa: F401  (the notebooks call nb.require_todos)
 
+# Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): an executed
+# notebook keeps a line or two per epoch instead of one per batch. tqdm reads its TQDM_* settings once, when it is
+# first imported, and `import torch` imports it; this module is a notebook's first kit import and imports neither.
+if "tqdm" not in sys.modules:
+    os.environ.setdefault("TQDM_MININTERVAL", "5")
+
 # The notebooks' default output_dir, relative to notebooks/ (where Jupyter and nbval run them).
 DEFAULT_OUTPUT_DIR = "../outputs/notebooks"
 # `make test` sets this so that nbval's re-execution of the notebooks at their defaults writes checkpoints and data
@@ -70,10 +76,6 @@ def setup(threads=1, seed=None):
     threads: PyTorch CPU threads (``torch.set_num_threads``); 1 is fastest on a busy shared machine and makes CPU
         runs repeatable; None or 0 keeps PyTorch's default. seed: ``torch.manual_seed`` if given.
     """
-    # Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): an
-    # executed notebook keeps a line or two per epoch instead of one per batch.
-    if "tqdm" not in sys.modules:
-        os.environ.setdefault("TQDM_MININTERVAL", "5")
     warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto falls back to text bars
     # nltk's advice to smooth when a caption shares no n-gram with its references: the score is 0 and shown as such
     warnings.filterwarnings("ignore", message=r"\s*The hypothesis contains 0 counts of", category=UserWarning)

@@ -75,7 +75,7 @@ def test_notebook_defaults_are_the_shapes_recipe():
     data = {"shapes_n_train": "n_train", "shapes_n_val": "n_val", "shapes_n_test": "n_test",
             "shapes_image_size": "image_size", "shapes_seed": "seed", "seed": "seed"}
     common = ("embed_dim", "decoder_dim", "dropout", "batch_size", "decoder_lr", "lr_decay_every",
-              "lr_decay_factor")
+              "lr_decay_factor", "length_penalty")
     for name, decoder, extra in (("train1", "rnn", ()), ("train2", "attention",
                                                          ("attention_dim", "alpha_c", "init_state"))):
         d = defaults(name)
@@ -103,6 +103,23 @@ def test_committed_notebook_carries_the_reference_outputs(name):
     assert "papermill" not in nb.metadata
     assert not any("papermill" in c.metadata or "execution" in c.metadata for c in nb.cells)
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    # progress bars redraw every 5 s in a notebook, not per batch (notebooks.py); 12 epochs of ~12 s keep ~100 lines
+    bar_updates = sum(o.output_type == "stream" and o.name == "stderr" for c in code for o in c.outputs)
+    assert bar_updates < 300, f"{name}.ipynb saved {bar_updates} progress-bar updates: the 5-s throttle is off"
+
+
+def test_progress_bars_are_throttled_in_the_notebooks_cell_order():
+    # the first derived cell imports captioning.notebooks, checks the parameters (which imports torch, and torch
+    # imports tqdm), then calls setup: the throttle must already hold for the bars the kit makes afterwards
+    code = ("import captioning.notebooks as nb\n"
+            "nb.check_parameters({'epochs': 1})\n"
+            "nb.setup(threads=1)\n"
+            "from tqdm.auto import tqdm\n"
+            "print(tqdm(total=1, disable=False).mininterval)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout.split()[-1]) == 5.0
 
 
 def test_unknown_parameter_is_reported_before_anything_runs(tmp_path):
