@@ -59,7 +59,8 @@ def _cmd_test(a):
     out = a.out or a.checkpoint.replace(".pth.tar", "") + f".{a.split.lower()}.beam{a.beam_size}.json"
     r = evaluate(a.checkpoint, a.split, a.beam_size, data_folder=a.data_folder, data_name=a.data_name,
                  device=a.device, max_images=a.max_images, out=out, length_penalty=a.length_penalty, coco=a.coco)
-    print(f"{r['split']} split, {r['n_images']} images, beam {r['beam_size']}, decoder {r['decoder']}")
+    print(f"{r['split']} split, {r['n_images']} images, beam {r['beam_size']} (length penalty "
+          f"{r['length_penalty']:g}), decoder {r['decoder']}")
     for k in ("bleu1", "bleu2", "bleu3", "bleu4"):
         print(f"{k.upper().replace('BLEU', 'BLEU-')}: {r[k]:.4f}")
     if r.get("coco"):
@@ -145,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--split", default="TEST", choices=["TRAIN", "VAL", "TEST"])
     s.add_argument("--beam-size", type=int, default=5)
-    s.add_argument("--length-penalty", type=float, default=0.0,
-                   help="rank finished beams by log-prob / length**this (0: the course's summed log-prob)")
+    s.add_argument("--length-penalty", type=float, default=None,
+                   help="rank finished beams by log-prob / length**this (0: the course's summed log-prob); "
+                        "default: the checkpoint's cfg length_penalty (the notebooks train with 1)")
     s.add_argument("--data-folder", default=None, help="default: the one the checkpoint was trained on")
     s.add_argument("--data-name", default=None)
     s.add_argument("--device", default="cpu")
@@ -160,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--beam-size", type=int, default=5)
-    s.add_argument("--length-penalty", type=float, default=0.0,
-                   help="rank finished beams by log-prob / length**this (0: the course's summed log-prob)")
+    s.add_argument("--length-penalty", type=float, default=None,
+                   help="rank finished beams by log-prob / length**this (0: the course's summed log-prob); "
+                        "default: the checkpoint's cfg length_penalty (the notebooks train with 1)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", default="outputs/captions", help="folder for the PNG figures")
     s.set_defaults(func=_cmd_caption)

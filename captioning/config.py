@@ -48,6 +48,9 @@ DEFAULT_CFG = {
     "lr_decay_every": 8,  # multiply learning rates by lr_decay_factor after each such run of epochs without gain
     "lr_decay_factor": 0.8,
     "val_beam_size": 1,  # free-running decoding for validation BLEU (1 = greedy)
+    # beam search's ranking of finished captions, log-prob / (words + 1)**length_penalty (0: the course's summed
+    # log-prob). Kept in the checkpoint: `test` and `caption` decode it so unless told otherwise
+    "length_penalty": 0.0,
     "max_decode_len": 50,
     "max_train_images": None,  # use only the first N training images (quick runs)
     "max_val_images": None,
@@ -118,6 +121,7 @@ RULES = {
     "fine_tune_encoder": _BOOL, "checkpoint": _optional(_STR), "output_dir": _STR,
     "feature_cache": _one_of("auto", False), "fast_decoder": _one_of("auto", False), "patience": _int(1),
     "lr_decay_every": _int(1), "lr_decay_factor": _number(0, 1, lo_open=True), "val_beam_size": _int(1),
+    "length_penalty": _number(0),
     "max_decode_len": _int(2), "max_train_images": _optional(_int(1)), "max_val_images": _optional(_int(1)),
     "progress": _BOOL,
 }

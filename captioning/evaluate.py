@@ -26,10 +26,11 @@ from captioning.solver import encode_batch, models_from_checkpoint
 @torch.no_grad()
 def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=None, device="cpu",
              batch_images=50, max_images=None, max_len=50, out=None, progress=True, coco=True,
-             length_penalty=0.0):
+             length_penalty=None):
     """Caption every image of ``split`` with beam search and score BLEU-1..4 against all its references.
 
-    ``length_penalty``: see :func:`decoding.beam_search` (0, the course's choice, favours short captions).
+    ``length_penalty``: see :func:`decoding.beam_search` (0, the course's choice, favours short captions); None:
+    the checkpoint's cfg ``length_penalty`` (0 unless it was trained with another).
 
     Returns a dict: ``bleu1`` … ``bleu4``, ``split``, ``beam_size``, ``length_penalty``, ``n_images``,
     ``decoder``, ``checkpoint``,
@@ -39,6 +40,7 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     """
     ckpt = load_checkpoint(checkpoint)
     encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
+    length_penalty = cfg["length_penalty"] if length_penalty is None else length_penalty
     for key in ("encoder_state", "decoder_state", "encoder_optimizer", "decoder_optimizer"):
         ckpt.pop(key, None)  # loaded into the models: the copies would only add to the peak memory
     data_folder = data_folder or data_folder_of(cfg, checkpoint)
@@ -173,8 +175,9 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
             "by_size": {k: {"rate": rate(v), "n": len(v)} for k, v in by_size.items()}}
 
 
-def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50, length_penalty=0.0):
+def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50, length_penalty=None):
     """Caption image files of any size/mode (JPEG, PNG, greyscale, RGBA…); the first unreadable one is a KitError.
+    ``length_penalty``: as in :func:`evaluate` (None: the checkpoint's).
 
     Returns per image a dict: ``path``, ``words`` (list of str), ``alphas`` ((len(words), P) tensor or None),
     ``pixels`` (uint8 (S, S, 3) as the model saw it), ``decoder``, ``finished``.
@@ -188,13 +191,14 @@ def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50, le
 
 
 @torch.no_grad()
-def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, length_penalty=0.0):
+def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, length_penalty=None):
     """As ``caption_images``, one image at a time; an image that cannot be read yields ``{"path", "error"}`` (the
     message names the file) and the others are still captioned."""
     from captioning.images import load_image
 
     ckpt = load_checkpoint(checkpoint)
     encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
+    length_penalty = cfg["length_penalty"] if length_penalty is None else length_penalty
     decoder_type, size = ckpt["decoder_type"], ckpt.get("image_size") or 256
     del ckpt  # its state dicts are loaded into the models
     rev = {v: k for k, v in word_map.items()}

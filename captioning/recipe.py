@@ -55,7 +55,7 @@ def notebook_parameters(recipe):
 def decoder_cfg(recipe, decoder):
     """The ``solver.fit`` cfg keys of ``recipe`` for ``decoder`` ("rnn" | "attention" | "adaptive")."""
     keys = ("embed_dim", "attention_dim", "decoder_dim", "dropout", "batch_size", "decoder_lr", "lr_decay_every",
-            "lr_decay_factor", "alpha_c", "init_state", "seed")
+            "lr_decay_factor", "alpha_c", "init_state", "seed", "length_penalty")
     epochs = recipe["epochs"]
     return {**{k: recipe[k] for k in keys}, "decoder": decoder,
             "epochs": epochs["rnn" if decoder == "rnn" else "attention"] if isinstance(epochs, dict) else epochs}

@@ -296,7 +296,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=self.fast or None)
                 loss = _loss(cfg, scores, targets, alphas)
-                decoded = beam_search(self.decoder, enc, self.word_map, beam_size, cfg["max_decode_len"])
+                decoded = beam_search(self.decoder, enc, self.word_map, beam_size, cfg["max_decode_len"],
+                                      length_penalty=cfg["length_penalty"])
             n = targets.numel()
             tot_loss += loss.item() * n
             tot_top5 += accuracy(scores.float(), targets, 5) * n

@@ -242,12 +242,47 @@ def test_cli_test_and_caption(trained, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_test_and_caption_decode_with_the_checkpoints_length_penalty_unless_told(trained, tmp_path, monkeypatch,
+                                                                                  capsys):
+    import captioning.evaluate
+    from PIL import Image
+
+    from captioning.checkpoints import save_checkpoint
+    from captioning.cli import main
+
+    ck = load_checkpoint(trained["attention"]["best_checkpoint"])
+    assert ck["cfg"]["length_penalty"] == 0.0  # the course's rule is the cfg default
+    ck["cfg"]["length_penalty"] = 1.0  # as the notebooks train
+    path = str(tmp_path / "lp1.pth.tar")
+    save_checkpoint(ck, path)
+    used = []
+    real = captioning.evaluate.beam_search
+    monkeypatch.setattr(captioning.evaluate, "beam_search",
+                        lambda *a, **kw: used.append(kw["length_penalty"]) or real(*a, **kw))
+    assert main(["test", "--checkpoint", path, "--beam-size", "2", "--out", str(tmp_path / "d.json")]) == 0
+    assert "(length penalty 1)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d.json").read_text())["length_penalty"] == 1.0 and set(used) == {1.0}
+    used.clear()
+    assert main(["test", "--checkpoint", path, "--beam-size", "2", "--length-penalty", "0", "--out",
+                 str(tmp_path / "z.json")]) == 0
+    assert json.loads((tmp_path / "z.json").read_text())["length_penalty"] == 0.0 and set(used) == {0.0}
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(img)
+    used.clear()
+    assert main(["caption", str(img), "--checkpoint", path, "--out", str(tmp_path / "figs")]) == 0
+    assert main(["caption", str(img), "--checkpoint", path, "--out", str(tmp_path / "figs"),
+                 "--length-penalty", "0"]) == 0
+    assert used == [1.0, 0.0]
+    with pytest.raises(KitError, match="length_penalty"):
+        make_cfg(length_penalty=-1)
+
+
 def test_cli_test_prints_the_pointing_game_with_its_misses_and_positions(monkeypatch, capsys):
     import captioning.evaluate
     from captioning.cli import main
 
-    result = {"split": "TEST", "n_images": 3, "beam_size": 5, "decoder": "attention", "bleu1": 0.5, "bleu2": 0.4,
-              "bleu3": 0.3, "bleu4": 0.2, "coco": None,
+    result = {"split": "TEST", "n_images": 3, "beam_size": 5, "length_penalty": 0.0, "decoder": "attention",
+              "bleu1": 0.5, "bleu2": 0.4, "bleu3": 0.3, "bleu4": 0.2, "coco": None,
               "grounding": {"all": 0.75, "n_words": 8, "chance": 0.1, "shape": 0.75, "color": 0.75,
                             "misses": {"other_object": 1, "background": 1, "next_to_named": 1},
                             "by_position": {"only_object": {"rate": 1.0, "n": 4},
