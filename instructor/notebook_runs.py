@@ -223,11 +223,27 @@ def clean_metadata(nb):
     return nb
 
 
-def refresh_committed(timeout=1800, names=NOTEBOOKS, progress=True):
+def check_fresh_output(folder, reuse=False):
+    """A KitError unless ``folder`` is missing or empty (or ``reuse``): the committed outputs should show what a
+    first run gives, not a run on data, an encoder and caches that an older version of the kit may have made."""
+    folder = Path(folder)
+    if reuse or not folder.is_dir() or not any(folder.iterdir()):
+        return
+    raise KitError(f"--refresh-committed saves what a first run of the notebooks shows, but '{folder}' holds the "
+                   f"data, encoder, caches or checkpoints of earlier runs, which the notebooks would reuse (an older "
+                   f"kit may have made them). Move it away first (mv '{folder}' '{folder}.old'), or pass "
+                   f"--reuse-outputs to refresh on it")
+
+
+def refresh_committed(timeout=1800, names=NOTEBOOKS, progress=True, reuse_outputs=False):
     """Maintainers: re-execute ``notebooks/*.ipynb`` in place at their default parameters (cwd ``notebooks/``), keep
-    the outputs, drop papermill's metadata. These outputs are the reference that nbval (`make test`) checks."""
+    the outputs, drop papermill's metadata. These outputs are the reference that nbval (`make test`) checks. The
+    notebooks' default output folder must be empty or missing unless ``reuse_outputs`` (``check_fresh_output``)."""
     import nbformat
 
+    from captioning.notebooks import DEFAULT_OUTPUT_DIR
+
+    check_fresh_output((NOTEBOOKS_DIR / DEFAULT_OUTPUT_DIR).resolve(), reuse_outputs)
     saved = os.environ.pop(NBVAL_ENV, None)
     try:
         with venv_kernel():
@@ -252,7 +268,7 @@ def _cmd_notebooks(a):
         if a.overrides or a.only or a.adaptive:
             raise KitError("--refresh-committed runs the notebooks at their committed defaults: drop the key=value "
                            "settings, --only and --adaptive")
-        refresh_committed(timeout=a.timeout)
+        refresh_committed(timeout=a.timeout, reuse_outputs=a.reuse_outputs)
         return
     params = parse_overrides(a.overrides)
     results = run_notebooks(a.out, params, timeout=a.timeout, only=a.only, adaptive=a.adaptive)
@@ -287,7 +303,9 @@ def register(subparsers):
                         "decoder=adaptive)")
     s.add_argument("--refresh-committed", action="store_true",
                    help="maintainers: re-execute notebooks/*.ipynb in place at their defaults, keeping the outputs "
-                        "that `make test` (nbval) compares against")
+                        "that `make test` (nbval) compares against; outputs/notebooks must be empty or missing")
+    s.add_argument("--reuse-outputs", action="store_true",
+                   help="with --refresh-committed: run on what outputs/notebooks already holds")
     s.set_defaults(func=_cmd_notebooks)
     return s
 

@@ -129,6 +129,17 @@ def test_progress_bars_are_throttled_in_the_notebooks_cell_order():
     assert float(r.stdout.split()[-1]) == 5.0
 
 
+def test_refreshing_the_committed_notebooks_wants_an_empty_output_folder(tmp_path):
+    from instructor.notebook_runs import check_fresh_output
+
+    check_fresh_output(tmp_path / "missing")
+    check_fresh_output(tmp_path)  # empty
+    (tmp_path / "data").mkdir()
+    with pytest.raises(KitError, match="Move it away first.*--reuse-outputs"):
+        check_fresh_output(tmp_path)
+    check_fresh_output(tmp_path, reuse=True)
+
+
 def test_unknown_parameter_is_reported_before_anything_runs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "instructor", "notebooks", "--out", str(tmp_path / "out"),
                         "bogus=1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
