@@ -49,7 +49,7 @@ DEFAULT_CFG = {
     "lr_decay_factor": 0.8,
     "val_beam_size": 1,  # free-running decoding for validation BLEU (1 = greedy)
     # beam search's ranking of finished captions, log-prob / (words + 1)**length_penalty (0: the course's summed
-    # log-prob). Kept in the checkpoint: `test` and `caption` decode it so unless told otherwise
+    # log-prob). Kept in the checkpoint: `test` and `caption` use it unless given --length-penalty
     "length_penalty": 0.0,
     "max_decode_len": 50,
     "max_train_images": None,  # use only the first N training images (quick runs)

@@ -172,7 +172,6 @@ def test_bleu_matches_known_values_and_strips_special_tokens():
         bleu(refs, [])
 
 
-
 def test_bleu_is_imported_without_scipy_stats_and_scipy_still_works_after():
     """nltk's package import would pull in scipy.stats (0.7 s of every train and test); the kit hides it."""
     import subprocess
@@ -183,6 +182,7 @@ def test_bleu_is_imported_without_scipy_stats_and_scipy_still_works_after():
             "import scipy.stats; assert scipy.stats.fisher_exact([[1, 2], [3, 4]]) is not None")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
+
 
 # ------------------------------------------------------------------------------------ the fast step (instructor)
 from captioning import decoding, plugins  # noqa: E402
