@@ -1,6 +1,7 @@
 """Training, checkpoints, resume, the fast path, bad input, evaluation and captioning on the tiny shapes data."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -25,7 +26,8 @@ def tiny_cfg(shapes_data, out, **kw):
 def trained(shapes_data, tmp_path_factory):
     """Both decoders trained for 2 epochs (module-scoped: several tests read the checkpoints)."""
     out = tmp_path_factory.mktemp("runs")
-    return {d: fit(tiny_cfg(shapes_data, out, decoder=d)) for d in ("rnn", "attention")}
+    yield {d: fit(tiny_cfg(shapes_data, out, decoder=d)) for d in ("rnn", "attention")}
+    shutil.rmtree(out, ignore_errors=True)  # 700 MB of checkpoints, not needed by the modules that follow
 
 
 def test_fit_writes_checkpoints_with_history(trained):
