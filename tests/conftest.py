@@ -54,5 +54,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("the disk is full", red=True)
         terminalreporter.write_line(
             f"{len(full)} test(s) failed with '{NO_SPACE}', the first: {full[0]}. Now {_free_space(config)}. "
-            "make test needs the free space the README gives (Running the tests): free some, or set TMPDIR to a "
-            "folder on a larger disk.")
+            "make test needs the free space the README gives (next to `make test`): free some, or set TMPDIR to "
+            "a folder on a larger disk.")
