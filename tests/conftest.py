@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole test suite."""
+"""Fixtures and hooks shared by the whole test suite."""
 from __future__ import annotations
 
 import shutil
@@ -32,8 +32,8 @@ def shapes_data(tmp_path_factory) -> PreparedData:
 
 # ------------------------------------------------------------------------------------------------ a full disk
 # The suite writes ResNet-101 checkpoints. When the disk fills up, dozens of unrelated tests fail with OSError at
-# random places (CI's run at 53610b3: 19 failed, 10 errors); the header says how much room there was, and the
-# summary names the cause once.
+# random places (CI's run at 53610b3: 19 failed, 10 errors). The header (shown without -q) says how much room
+# there was, and the summary names the cause once.
 NO_SPACE = "No space left on device"
 
 

@@ -1,4 +1,4 @@
-"""The kit's setup files agree with each other."""
+"""The kit's setup files agree with each other, and the test settings do what they say."""
 import os
 import re
 import subprocess
