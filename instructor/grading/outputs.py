@@ -1,20 +1,60 @@
 """The outputs of a grading run: ``grades.csv``, ``feedback/ID.md``, ``summary.md``, ``results.json`` and
-``logs/ID.log``, each written to a temporary name then renamed (``captioning.atomic``)."""
+``logs/ID.log``, each written to a temporary name then renamed (``captioning.atomic``).
+
+Text that comes from a submission (messages, notes, logs) is untrusted: it may hold lone surrogates, NUL, terminal
+escape sequences, HTML or Markdown that would fetch a remote image. ``plain`` makes it printable (control and
+format characters shown as ``\\xNN`` escapes, invalid UTF-8 as ``\\udcNN``), ``_md`` also escapes HTML and
+Markdown, so that feedback shows the text and never acts on it. Writing one file never stops the others.
+"""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
+import re
 import statistics
+import sys
 from pathlib import Path
 
 from captioning.atomic import write_text
 from instructor.grading.remote import LOG_TAIL
 
 
+# C0/C1 controls (NUL, ESC: terminal escape sequences), DEL, lone surrogates, and the invisible format characters
+# (zero-width, bidi overrides, line/paragraph separators) that can make shown text differ from what it is
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+                     "\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
+_UNSAFE_ALL = re.compile(_UNSAFE.pattern[:-1] + "\n\t]")
+
+
+def plain(text, newlines=False):
+    """``text`` (any object) as printable text that always encodes to UTF-8: control and invisible format
+    characters (ESC, NUL, bidi overrides) and lone surrogates become visible escapes (``\\x1b``, ``\\udcff``);
+    with ``newlines``, newlines and tabs stay."""
+    return (_UNSAFE if newlines else _UNSAFE_ALL).sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 256
+                                                      else f"\\u{ord(m[0]):04x}", str(text))
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
+
+
+def _md(text):
+    """Untrusted ``text`` on one line of Markdown (a table cell): shown, never rendered as HTML, link or image."""
+    text = plain(" ".join(str(text).split()))
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+
+
 def _atomic_write(path, text):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_text(text, path)
+    """Write ``text`` to ``path`` (atomically); an error is reported on stderr, never raised: one output that
+    cannot be written must not stop the others."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_text(plain(text, newlines=True), path)
+        return True
+    except (OSError, ValueError) as e:
+        print(f"error: could not write {plain(path)}: {plain(e)}", file=sys.stderr, flush=True)
+        return False
 
 
 def write_outputs(out, results, rubric, notebooks=False, sandbox=None):
@@ -39,13 +79,23 @@ def write_outputs(out, results, rubric, notebooks=False, sandbox=None):
         w.writerow(row)
     _atomic_write(out / "grades.csv", buf.getvalue())
     for r in results:
-        _atomic_write(out / "feedback" / f"{r['id']}.md", feedback_md(r, rubric))
-        _atomic_write(out / "logs" / f"{r['id']}.log", (r.get("log") or "") +
+        _atomic_write(out / "feedback" / f"{r['id']}.md", _or_error(feedback_md, r, rubric))
+        _atomic_write(out / "logs" / f"{r['id']}.log", plain(r.get("log") or "", newlines=True) +
                       (f"\n[{r['log_bytes']} bytes of output in all; last {LOG_TAIL} kept]\n"
                        if r.get("log_bytes", 0) > LOG_TAIL else ""))
-    _atomic_write(out / "summary.md", summary_md(results, rubric, sandbox))
+    _atomic_write(out / "summary.md", _or_error(summary_md, results, rubric, sandbox))
     public = [{k: v for k, v in r.items() if k != "log"} for r in results]
-    _atomic_write(out / "results.json", json.dumps(public, indent=1))
+    # ensure_ascii: lone surrogates and control characters become \\u escapes, valid JSON that any reader takes
+    _atomic_write(out / "results.json", json.dumps(public, indent=1, ensure_ascii=True, default=str))
+
+
+def _or_error(fn, *args):
+    """``fn(*args)``, or a page saying why it could not be made (a grader bug must not cost the other outputs)."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001
+        print(f"error: {fn.__name__} failed: {type(e).__name__}: {plain(e)}", file=sys.stderr, flush=True)
+        return f"# Grader error\n\nThis page could not be written ({_md(type(e).__name__)}: {_md(e)}).\n"
 
 
 def _num(x):
@@ -62,13 +112,17 @@ _STATUS_TEXT = {
     "crashed": "the grading process ended early",
     "no-models": "no models.py found in the submission",
     "bad-submission": "the submission could not be unpacked safely",
+    "protocol-error": "the grading process broke the message protocol (tampered output?); the tests that were "
+                      "left could not run",
+    "test-error": "a hidden test could not use what your code returned (see the test's message)",
+    "grader-error": "the grader failed on its own side, not because of your code: the instructor re-grades it",
 }
 
 
 def feedback_md(r, rubric):
-    lines = [f"# Feedback: {r['id']}", "",
+    lines = [f"# Feedback: {_md(r['id'])}", "",
              f"**Score: {_num(r['total'])} / {_num(r['max'])} points ({r['percent']:.1f} %)**", "",
-             f"Grading status: `{r['status']}` — {_STATUS_TEXT.get(r['status'], '')}"]
+             f"Grading status: `{_md(r['status'])}` — {_STATUS_TEXT.get(r['status'], '')}"]
     if r.get("message"):
         lines.append(f"\n> {_md(r['message'])}")
     for n in r.get("notes", []):
@@ -92,10 +146,6 @@ def feedback_md(r, rubric):
         lines += [f"- {run}: BLEU-4 {v:.4f}" for run, v in sorted((nb.get("bleu4") or {}).items())]
         lines.append("")
     return "\n".join(lines) + "\n"
-
-
-def _md(text):
-    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def summary_md(results, rubric, sandbox=None):
