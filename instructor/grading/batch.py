@@ -71,11 +71,12 @@ def grade(subs_dir, out, jobs=2, timeout=300.0, memory_mb=2048, notebooks=False,
     ``notebook_params`` ("key=value" strings), within ``notebook_timeout`` s; their BLEU-4 is recorded.
     """
     rubric = load_rubric(rubric_path)
-    layers, missing = check_layers(allow_unsandboxed)
     out = Path(out).resolve()
+    # the command line's own mistakes first: they need no sandbox to be reported
     subs = discover(subs_dir, out)
     if not subs:
         raise KitError(f"no submissions (folders or .zip files) in '{subs_dir}'")
+    layers, missing = check_layers(allow_unsandboxed)
     per_test = min(float(test_timeout or rubric["per_test_timeout_s"]), float(timeout))
     opts = {"timeout": float(timeout), "memory_mb": int(memory_mb), "per_test": per_test,
             "notebooks": _notebook_args(notebook_runs, notebook_params, notebook_timeout) if notebooks else None,
@@ -106,23 +107,14 @@ def _grade_all(subs, out, work, opts, rubric_path, layers, jobs, progress, keep)
     key_opts["layers"] = layers
     gkey = grader_key(rubric_path, kit_root() / "captioning" / "models.py", key_opts)
     journal = Journal(out / "journal")
-    edition = _edition(work / "edition", with_notebooks=opts["notebooks"] is not None)
+    # "_edition" cannot be a submission's folder: submission ids never start with "_" (submissions.discover)
+    edition = _edition(work / "_edition", with_notebooks=opts["notebooks"] is not None)
     results, todo = {}, []
     # Copy every submission out of its folder before any student code runs (one cannot delete another's files)
     for sub in subs:
-        staged = work / sub.id / "submission"
-        try:
-            stage(sub, staged, with_extras=opts["notebooks"] is not None)
-            err = None
-        except SubmissionError as e:
-            err = e
-        key = submission_key(gkey, staged) if staged.exists() else gkey
-        done = journal.get(sub.id, key)
-        if done is not None:
-            results[sub.id] = done
-        elif err is not None:
-            results[sub.id] = result_dict(sub, opts["rubric"], {}, err.status, str(err), 0.0)
-            journal.put(sub.id, key, results[sub.id])
+        res, key = _stage_one(sub, work / sub.id, gkey, journal, opts)
+        if res is not None:
+            results[sub.id] = res
         else:
             todo.append((sub, key))
     bar = tqdm(total=len(subs), initial=len(results), desc="grading", unit="submission", disable=not progress)
@@ -130,8 +122,13 @@ def _grade_all(subs, out, work, opts, rubric_path, layers, jobs, progress, keep)
     lock = threading.Lock()
 
     def one(sub, key):
-        res = Job(sub, work / sub.id, edition, reference, opts, layers, run_id).run()
-        journal.put(sub.id, key, res)
+        try:
+            res = Job(sub, work / sub.id, edition, reference, opts, layers, run_id).run()
+        except Exception as e:  # noqa: BLE001 - a grader bug: this row says so, the batch goes on
+            res = result_dict(sub, opts["rubric"], {}, "grader-error", f"the grader failed on this submission "
+                              f"({type(e).__name__}: {e}); it is not journaled: re-run the same command to grade "
+                              f"it again", 0.0)
+        _journal(journal, sub, key, res)
         if not keep:
             shutil.rmtree(work / sub.id, ignore_errors=True)
         with lock:
@@ -146,6 +143,33 @@ def _grade_all(subs, out, work, opts, rubric_path, layers, jobs, progress, keep)
     finally:
         bar.close()
     return [results[s.id] for s in subs]
+
+
+def _stage_one(sub, folder, gkey, journal, opts):
+    """(result, None) for a submission whose result is known now (journaled, or rejected while staging), else
+    (None, its journal key). A rejected submission's staged files are removed at once (a zip bomb's partial
+    output must not stay on disk for the whole run); it is not journaled (staging it again is cheap and gives
+    the same row)."""
+    staged = folder / "submission"
+    try:
+        stage(sub, staged, with_extras=opts["notebooks"] is not None)
+        key = submission_key(gkey, staged)
+    except (SubmissionError, OSError) as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        status = e.status if isinstance(e, SubmissionError) else "grader-error"
+        return result_dict(sub, opts["rubric"], {}, status, str(e), 0.0), None
+    done = journal.get(sub.id, key)
+    return done, key
+
+
+def _journal(journal, sub, key, res):
+    """Journal ``res`` unless the grader failed on its own side (that row must be graded again next run)."""
+    if res["status"] == "grader-error":
+        return
+    try:
+        journal.put(sub.id, key, res)
+    except (OSError, ValueError) as e:  # a full disk: the row stays in this run's outputs, graded again next run
+        res["notes"] = list(res.get("notes", [])) + [f"not journaled ({type(e).__name__}: {e})"]
 
 
 def _edition(dest, with_notebooks):

@@ -7,8 +7,10 @@ submission's ``models.py``, the child script (``child.py`` as ``_grade_child.py`
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -17,17 +19,28 @@ from pathlib import Path
 from instructor.grading import remote as rem
 from instructor.grading.hidden_harness import Context, Failed
 from instructor.grading.hidden_tests import TESTS
+from instructor.grading.outputs import plain
 from instructor.grading.sandbox import (BASE_ADDRESS_SPACE_MB, SANDBOX_UID, Cgroups, bwrap_args, child_env, preexec,
                                         site_packages)
 
 HERE = Path(__file__).resolve().parent
 MAX_RESTARTS = 3
+MAX_MESSAGE = 1500  # characters of one message (an exception's text may be megabytes): cut once, stored once
 NOTEBOOK_GLOBS = ("train*.ipynb", "test*.ipynb")  # the student's notebooks that replace the kit's
 NOT_RUN = {"import-error": "not run: models.py could not be imported",
            "timeout": "not run: grading stopped at the time limit",
            "memory": "not run: grading stopped after running out of memory",
            "crashed": "not run: the grading process ended early",
-           "no-models": "not run: no models.py", "bad-submission": "not run: submission rejected"}
+           "no-models": "not run: no models.py", "bad-submission": "not run: submission rejected",
+           "protocol-error": "not run: the grading process broke the message protocol",
+           "grader-error": "not run: the grader failed on its own side (re-run to grade it)"}
+
+
+def clip(text, limit=MAX_MESSAGE):
+    """``text`` (any object) printable (``outputs.plain``) and at most ``limit`` characters, saying how much was
+    cut: each message is cut here once, where it enters a result."""
+    text = plain(text, newlines=True)
+    return text if len(text) <= limit else text[:limit] + f" … [{len(text) - limit} more characters cut]"
 
 
 def build_sandbox(sub, folder, edition, with_notebooks=False):
@@ -94,6 +107,8 @@ class Job:
         """Kind of a ChildGone/ChildTimeout: timeout, memory (the cgroup's OOM killer) or crashed."""
         if isinstance(e, rem.ChildTimeout):
             return "timeout", f"did not answer within the time limit ({self.opts['per_test']:g} s per test)"
+        if isinstance(e, rem.ProtocolError):
+            return "protocol-error", f"the submission's process broke the message protocol: {e}"
         if self.cgroups is not None and self.cgroups.oom_killed():
             return "memory", "ran out of memory (all processes of the submission together)"
         rc = self.remote.proc.poll() if self.remote is not None else None
@@ -113,7 +128,7 @@ class Job:
                 (self.work / "home").mkdir(exist_ok=True)
                 self.cgroups = Cgroups(f"grade-{self.run_id}-{self.sub.id}", self.opts["memory_mb"], self.layers)
             except OSError as e:  # the grader's side (a full disk, cgroups): this row says so, the batch goes on
-                return self._result({}, "crashed", f"could not set up the sandbox: {e}", None,
+                return self._result({}, "grader-error", f"could not set up the sandbox: {e}", None,
                                     time.monotonic() - t0)
             status, message = self._run_tests(tests)
             nb = self._notebooks() if self.opts["notebooks"] is not None and status not in (
@@ -132,6 +147,8 @@ class Job:
         except (rem.ChildGone, rem.ChildTimeout) as e:
             kind, msg = self._problem(e)
             return ("import-error" if kind == "crashed" else kind), f"models.py could not be imported: {msg}"
+        if not isinstance(reply, dict):
+            return "protocol-error", "the import request was answered out of protocol"
         if not reply.get("ok"):
             kind = reply.get("kind")
             return {"memory": "memory", "timeout": "timeout"}.get(kind, "import-error"), \
@@ -167,11 +184,17 @@ class Job:
                 ok = False
                 self.problems.append(kind)
                 self._stop()
+            except Exception as e:  # noqa: BLE001 - the test could not use what the code returned (None, a
+                # wrong rank...): this test scores 0 and says why; the others run on
+                ok, kind = False, "test-error"
+                msg = (f"this test could not use what your code returned ({type(e).__name__}: {e}): check the "
+                       f"types, shapes and devices of the values your method returns")
+                self.problems.append(kind)
             if not ok and kind == "fail" and "did not finish within" in msg:
                 kind = "timeout"
             if not ok and kind == "fail" and msg.startswith("ran out of memory"):
                 kind = "memory"
-            tests[name] = {"region": region, "ok": ok, "kind": kind, "message": msg[:1500],
+            tests[name] = {"region": region, "ok": ok, "kind": kind, "message": clip(msg),
                            "seconds": round(time.monotonic() - t, 3)}
             if kind == "timeout":
                 stuck.setdefault(region, name)
@@ -180,7 +203,12 @@ class Job:
                                     f"{self.opts['timeout']:g} s in all)"),
                         ("memory", f"ran out of memory (limit: {self.opts['memory_mb']} MB beyond what torch "
                                    f"needs)"),
-                        ("crashed", "the submission's process ended during the tests")):
+                        ("crashed", "the submission's process ended during the tests"),
+                        ("protocol-error", "the submission's process sent a message outside the protocol (was "
+                                           "the grading process tampered with?); it was restarted for the tests "
+                                           "left"),
+                        ("test-error", "a hidden test could not use what the code returned: "
+                                       + "; ".join(n for n, t in tests.items() if t["kind"] == "test-error"))):
             if k in kinds:
                 return k, text
         return status, message
@@ -222,41 +250,86 @@ class Job:
             if self.cgroups is not None:
                 self.cgroups.kill_all()
             p.wait()
-        text = log.read_bytes()[-rem.LOG_TAIL:].decode("utf-8", "replace")
+        text = tail_of(log, rem.LOG_TAIL).decode("utf-8", "replace")
         self.logs.append("--- notebooks ---\n" + text)
         return notebook_result(sandbox / "notebook_outputs", text, rc, timed_out)
 
 
+MAX_METRICS_BYTES = 1 << 20  # a metrics file is a few hundred bytes
+
+
+def read_regular(path, limit):
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else None. The folder it is in was
+    writable by the student's process: a symbolic link is not followed (``O_NOFOLLOW``), a FIFO or device is not
+    opened for reading (``lstat`` first, ``O_NONBLOCK`` so that even a swapped-in FIFO cannot block the open) and
+    the size is checked on the open file."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        data = os.read(fd, limit + 1)
+        return data if len(data) <= limit else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def tail_of(path, n):
+    """The last ``n`` bytes of the file ``path`` (a log the student's process filled: never read whole)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - n))
+            return f.read(n)
+    except OSError:
+        return b""
+
+
 def notebook_result(out_dir, log, returncode, timed_out):
-    """{run: BLEU-4} from the ``<run>.metrics.json`` files the notebooks runner wrote, and how the run ended."""
+    """{run: BLEU-4} from the ``<run>.metrics.json`` files the notebooks runner wrote, and how the run ended.
+    ``out_dir`` was written by the student's process: only regular files are read, bounded (``read_regular``)."""
     found = {}
-    if out_dir.is_dir():
-        for p in sorted(out_dir.glob("*.metrics.json")):
-            try:
-                m = json.loads(p.read_text(encoding="utf-8")) if p.stat().st_size < 20 * 2 ** 20 else None
-            except (OSError, ValueError):
-                continue
-            if isinstance(m, dict):
-                v = m.get("bleu4", m.get("best_bleu4"))
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    found[p.name[:-len(".metrics.json")]] = float(v)
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(out_dir).st_mode)  # a link to another folder is not followed either
+        entries = sorted(e.name for e in os.scandir(out_dir)) if is_dir else []
+    except OSError:
+        entries = []
+    for name in entries[:1000]:
+        if not name.endswith(".metrics.json"):
+            continue
+        data = read_regular(os.path.join(out_dir, name), MAX_METRICS_BYTES)
+        try:
+            m = json.loads(data.decode("utf-8")) if data is not None else None
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(m, dict):
+            v = m.get("bleu4", m.get("best_bleu4"))
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                found[clip(name[:-len(".metrics.json")], 80)] = float(v)
     errors = [ln[len("error:"):].strip() for ln in log.splitlines() if ln.startswith("error:")]
     status = "timeout" if timed_out else ("ok" if returncode == 0 else "failed")
     message = errors[-1] if errors else ("" if status == "ok" else f"exit status {returncode}")
-    return {"status": status, "returncode": returncode, "bleu4": found, "message": message[:1500]}
+    return {"status": status, "returncode": returncode, "bleu4": found, "message": clip(message)}
 
 
 def result_dict(sub, rubric, ran, status, message, seconds, log="", log_bytes=0, nb=None):
     """The result of ``sub``: the points of the tests in ``ran`` ({name: {ok, kind, message, …}}) by the rubric;
     the tests that did not run score 0 with the reason."""
     tests, regions = {}, {}
+    message = clip(message)
     for region, pts in rubric["regions"].items():
         got = 0
         for name, p in pts.items():
             ev = ran.get(name)
             if ev is None:
-                msg = message if status in ("import-error", "no-models", "bad-submission") and message \
-                    else NOT_RUN.get(status, "not run")
+                # the submission's message is stored once, in the result; each test only points to it
+                msg = NOT_RUN.get(status, "not run") + (" (see the message above)" if message else "")
                 tests[name] = {"region": region, "ok": False, "kind": "not-run", "message": msg, "points": 0,
                                "max": p}
             else:
@@ -265,7 +338,7 @@ def result_dict(sub, rubric, ran, status, message, seconds, log="", log_bytes=0,
         regions[region] = [got, sum(pts.values())]
     total = sum(v[0] for v in regions.values())
     maximum = sum(v[1] for v in regions.values())
-    return {"id": sub.id, "source": str(sub.source), "status": status, "message": message,
-            "notes": list(sub.notes), "regions": regions, "tests": tests, "total": total, "max": maximum,
+    return {"id": sub.id, "source": plain(sub.source), "status": status, "message": message,
+            "notes": [clip(n, 300) for n in sub.notes], "regions": regions, "tests": tests, "total": total, "max": maximum,
             "percent": round(100.0 * total / maximum, 1) if maximum else 0.0, "seconds": round(seconds, 2),
             "log": log, "log_bytes": log_bytes, "notebooks": nb}

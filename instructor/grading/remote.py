@@ -14,6 +14,8 @@ import signal
 import subprocess
 import time
 
+import torch
+
 from instructor.grading import wire
 from instructor.grading.sandbox import BASE_ADDRESS_SPACE_MB, preexec
 
@@ -34,6 +36,11 @@ class ChildGone(Exception):
 
 class ChildTimeout(Exception):
     pass
+
+
+class ProtocolError(ChildGone):
+    """The child sent something outside the protocol (undecodable, out of turn, a reply of the wrong shape): it is
+    ended like a crashed one, and the submission's status says ``protocol-error``."""
 
 
 class Remote:
@@ -92,7 +99,7 @@ class Remote:
                 try:
                     self.pending.extend(self.reader.feed(data))
                 except wire.WireError as e:
-                    raise ChildGone(f"sent a malformed message ({e})") from None
+                    raise ProtocolError(f"sent a malformed message ({e})") from None
 
     def _write(self, value, until):
         buf = memoryview(wire.encode(value))
@@ -120,11 +127,11 @@ class Remote:
         while True:
             m = self.next_message(until)
             if isinstance(m, dict) and "reply" in m and isinstance(m["reply"], dict):
-                return m["reply"]
+                return checked_reply(msg, m["reply"])
             if isinstance(m, dict) and m.get("op") == "refcall" and self.refcall is not None:
-                self._write(self.refcall(m), until)
+                self._write(self.refcall(checked_refcall(m)), until)
                 continue
-            raise ChildGone("sent a message out of turn")
+            raise ProtocolError("sent a message out of turn")
 
     # ------------------------------------------------------------------------------------------------ the end
     def close(self, wait=2.0):
@@ -169,3 +176,85 @@ class Remote:
 
     def log_text(self):
         return bytes(self.log).decode("utf-8", "replace")
+
+
+# ------------------------------------------------------------------------------------------ checking what comes in
+MAX_TEXT = 20_000  # characters of an error message kept from a reply (clipped further where it is stored)
+
+
+def checked_refcall(m):
+    """The child's call of a reference method, its fields of the protocol's types (else ProtocolError)."""
+    if not isinstance(m.get("id"), (int, str)) or isinstance(m.get("id"), bool) or \
+            not isinstance(m.get("path"), str) or not isinstance(m.get("args", ()), (list, tuple)) or \
+            not isinstance(m.get("kwargs", {}), dict):
+        raise ProtocolError("sent a call to the reference whose id, path, args or kwargs are of the wrong type")
+    return m
+
+
+def checked_reply(request, reply):
+    """``reply`` to ``request`` checked against the protocol before any test uses it.
+
+    What only a tampered child sends (``ok`` not a bool, an error's kind or message not a string, an object id that
+    is not an int) raises ProtocolError. What a student's method may honestly return is made safe to compare or
+    turned into an error reply whose message says what is wrong: floating tensors of another precision are
+    converted to float32 (a decoder that keeps its state in float64 is compared by value), a tensor on the
+    ``meta`` device where the inputs were on the CPU is refused, and ``forward``'s decode_lengths must be a list
+    of ints (None is refused with a message)."""
+    ok = reply.get("ok")
+    if not isinstance(ok, bool):
+        raise ProtocolError("sent a reply without a true/false 'ok'")
+    if not ok:
+        kind, message = reply.get("kind", "error"), reply.get("message", "")
+        if not isinstance(kind, str) or not isinstance(message, str):
+            raise ProtocolError("sent an error reply whose kind or message is not a string")
+        return {"ok": False, "kind": kind[:40], "message": message[:MAX_TEXT]}
+    value, op = reply.get("value"), request.get("op")
+    if op == "hybrid" and not (isinstance(value, dict) and isinstance(value.get("id"), int)
+                               and not isinstance(value.get("id"), bool)):
+        raise ProtocolError(f"answered 'hybrid' with {type(value).__name__} instead of an object id")
+    if op == "build" and not isinstance(value, dict):
+        raise ProtocolError(f"answered 'build' with {type(value).__name__} instead of a description")
+    if op != "call":
+        return {"ok": True, "value": value}
+    method = request.get("method", "the method")
+    try:
+        value = _as_float32(value, on_cpu=request.get("device", "cpu") == "cpu")
+    except _Refused as e:
+        return {"ok": False, "kind": "error", "message": f"{method} returned {e}"}
+    if method == "forward" and isinstance(value, tuple) and len(value) >= 3:
+        lengths = value[2]
+        if isinstance(lengths, torch.Tensor) and lengths.dim() == 1 and not lengths.is_floating_point() \
+                and lengths.device.type == "cpu":
+            lengths = lengths.tolist()
+        if not (isinstance(lengths, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                           for d in lengths)):
+            return {"ok": False, "kind": "error",
+                    "message": f"forward returned decode_lengths of type {type(value[2]).__name__}: it should be "
+                               f"the list of ints (caption_lengths - 1).tolist(), one per caption"}
+        value = (*value[:2], list(lengths), *value[3:])
+    return {"ok": True, "value": value}
+
+
+class _Refused(Exception):
+    pass
+
+
+def _as_float32(v, on_cpu, depth=0):
+    """``v`` with floating tensors (float64, float16, bfloat16) as float32; raises _Refused for a tensor on the
+    meta device when the request ran on the CPU (its numbers do not exist: nothing could be compared)."""
+    if depth > wire.MAX_DEPTH + 2:
+        raise _Refused("values nested too deep")
+    if isinstance(v, torch.Tensor):
+        if on_cpu and v.device.type == "meta":
+            raise _Refused(f"a tensor of shape {tuple(v.shape)} on the meta device, although every input was on "
+                           f"the CPU: a module or tensor was moved to the meta device (.to('meta'))")
+        if v.is_floating_point() and v.dtype != torch.float32:
+            return v.to(torch.float32)
+        return v
+    if isinstance(v, tuple):
+        return tuple(_as_float32(x, on_cpu, depth + 1) for x in v)
+    if isinstance(v, list):
+        return [_as_float32(x, on_cpu, depth + 1) for x in v]
+    if isinstance(v, dict):
+        return {k: _as_float32(x, on_cpu, depth + 1) for k, x in v.items()}
+    return v

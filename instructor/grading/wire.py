@@ -86,8 +86,10 @@ def decode(head, data):
     try:
         msg = json.loads(head)
         specs, encoded = msg["t"], msg["v"]
+    except RecursionError:  # JSON nested 200,000 deep: json's own recursion limit stops it
+        raise WireError("malformed message (nested too deep)") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise WireError(f"malformed message ({e})") from None
+        raise WireError(f"malformed message ({str(e)[:200]})") from None
     if not isinstance(specs, list):
         raise WireError("malformed tensor list")
     tensors, offset = [], 0
@@ -110,7 +112,7 @@ def decode(head, data):
         if "__t" in v:
             return tuple(dec(x, depth + 1) for x in v["__t"])
         if "__d" in v:
-            return {str(k): dec(x, depth + 1) for k, x in v["__d"]}
+            return {str(k)[:200]: dec(x, depth + 1) for k, x in v["__d"]}
         if "__f" in v:
             return float(v["__f"])
         if "__u" in v:
@@ -119,8 +121,8 @@ def decode(head, data):
 
     try:
         return dec(encoded, 0)
-    except (TypeError, ValueError) as e:
-        raise WireError(f"malformed message ({e})") from None
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as e:
+        raise WireError(f"malformed message ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _dec_tensor(s, data, offset):
