@@ -195,11 +195,11 @@ def checked_reply(request, reply):
     """``reply`` to ``request`` checked against the protocol before any test uses it.
 
     What only a tampered child sends (``ok`` not a bool, an error's kind or message not a string, an object id that
-    is not an int) raises ProtocolError. What a student's method may honestly return is made safe to compare or
-    turned into an error reply whose message says what is wrong: floating tensors of another precision are
-    converted to float32 (a decoder that keeps its state in float64 is compared by value), a tensor on the
-    ``meta`` device where the inputs were on the CPU is refused, and ``forward``'s decode_lengths must be a list
-    of ints (None is refused with a message)."""
+    is not an int) raises ProtocolError. What a student's method may honestly return but no test can compare
+    becomes an error reply whose message says what is wrong (the test fails with it): a floating tensor that is
+    not float32 (a decoder that keeps its state in float64), a tensor on the ``meta`` device where the inputs were
+    on the CPU, ``forward``'s decode_lengths that are not a list of ints (None); a 1-d integer tensor of lengths
+    becomes a list."""
     ok = reply.get("ok")
     if not isinstance(ok, bool):
         raise ProtocolError("sent a reply without a true/false 'ok'")
@@ -218,7 +218,7 @@ def checked_reply(request, reply):
         return {"ok": True, "value": value}
     method = request.get("method", "the method")
     try:
-        value = _as_float32(value, on_cpu=request.get("device", "cpu") == "cpu")
+        value = _checked_tensors(value, on_cpu=request.get("device", "cpu") == "cpu")
     except _Refused as e:
         return {"ok": False, "kind": "error", "message": f"{method} returned {e}"}
     if method == "forward" and isinstance(value, tuple) and len(value) >= 3:
@@ -239,9 +239,10 @@ class _Refused(Exception):
     pass
 
 
-def _as_float32(v, on_cpu, depth=0):
-    """``v`` with floating tensors (float64, float16, bfloat16) as float32; raises _Refused for a tensor on the
-    meta device when the request ran on the CPU (its numbers do not exist: nothing could be compared)."""
+def _checked_tensors(v, on_cpu, depth=0):
+    """``v`` if every tensor in it can be compared with the reference's; raises _Refused naming the first that
+    cannot: a floating tensor that is not float32 (float64 state breaks the next step, whose layers are float32),
+    or a tensor on the meta device when the request ran on the CPU (its numbers do not exist)."""
     if depth > wire.MAX_DEPTH + 2:
         raise _Refused("values nested too deep")
     if isinstance(v, torch.Tensor):
@@ -249,12 +250,14 @@ def _as_float32(v, on_cpu, depth=0):
             raise _Refused(f"a tensor of shape {tuple(v.shape)} on the meta device, although every input was on "
                            f"the CPU: a module or tensor was moved to the meta device (.to('meta'))")
         if v.is_floating_point() and v.dtype != torch.float32:
-            return v.to(torch.float32)
+            raise _Refused(f"a {str(v.dtype).removeprefix('torch.')} tensor of shape {tuple(v.shape)}: the model "
+                           f"and its inputs are float32, keep every tensor float32 (a {v.dtype} state or score "
+                           f"breaks the next step's float32 layers; do not call .double() or .half())")
         return v
-    if isinstance(v, tuple):
-        return tuple(_as_float32(x, on_cpu, depth + 1) for x in v)
-    if isinstance(v, list):
-        return [_as_float32(x, on_cpu, depth + 1) for x in v]
-    if isinstance(v, dict):
-        return {k: _as_float32(x, on_cpu, depth + 1) for k, x in v.items()}
+    if isinstance(v, (tuple, list)):
+        for x in v:
+            _checked_tensors(x, on_cpu, depth + 1)
+    elif isinstance(v, dict):
+        for x in v.values():
+            _checked_tensors(x, on_cpu, depth + 1)
     return v
