@@ -171,7 +171,8 @@ def _stage_zip(source, dest, with_extras):
         zf = zipfile.ZipFile(source)
     except Exception as e:  # noqa: BLE001 - BadZipFile, a non-UTF-8 name (UnicodeDecodeError), a bad header...
         raise SubmissionError("bad-submission", f"not a readable zip file ({type(e).__name__}: "
-                                                f"{_printable(str(e))})") from None
+                                                f"{_printable(str(e))}): zip the folder again, with plain file "
+                                                f"names") from None
     with zf:
         infos = zf.infolist()
         if len(infos) > MAX_MEMBERS:
