@@ -374,8 +374,14 @@ def test_zip_staging_limits(tmp_path, monkeypatch):
         submissions.stage(submissions.Submission("nz", tmp_path / "notzip.zip"), tmp_path / "s_nz")
 
 
-def test_grade_cli_errors(tmp_path, capsys):
+@pytest.mark.parametrize("bwrap", [True, False], ids=["sandbox", "no-bwrap"])
+def test_grade_cli_errors(tmp_path, capsys, monkeypatch, bwrap):
+    """The command line's own mistakes are reported as such, whether or not the machine has bubblewrap."""
     from instructor.cli import main
+
+    if not bwrap:
+        monkeypatch.setattr(grader, "probe_layers", lambda: {"bwrap": (False, "bubblewrap is not installed"),
+                                                             "cgroup-memory": (True, "x"), "cgroup-pids": (True, "y")})
 
     assert main(["grade", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -438,11 +444,11 @@ def test_a_reference_method_is_served_only_after_the_students_own_was_graded():
         seen.add(name)
 
 
-def test_a_sandbox_that_cannot_be_set_up_is_a_crashed_row_not_an_exception(tmp_path):
+def test_a_sandbox_that_cannot_be_set_up_is_a_grader_error_row_not_an_exception(tmp_path):
     from instructor.grading.job import Job
 
     sub = submissions.Submission("x", tmp_path, models=tmp_path / "missing.py")
     opts = {"timeout": 10, "memory_mb": 100, "per_test": 1, "notebooks": None, "notebook_timeout": 1,
             "rubric": RUBRIC}
     r = Job(sub, tmp_path / "work", tmp_path / "no-edition", None, opts, [], "1").run()
-    assert r["status"] == "crashed" and "could not set up the sandbox" in r["message"] and r["total"] == 0
+    assert r["status"] == "grader-error" and "could not set up the sandbox" in r["message"] and r["total"] == 0
