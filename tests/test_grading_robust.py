@@ -119,7 +119,8 @@ def test_replies_are_checked_against_the_protocol():
     assert r["ok"]
     r = remote.checked_reply({"op": "call", "method": "forward"}, {"ok": True, "value": (1, 2, None, 4)})
     assert not r["ok"] and "decode_lengths of type NoneType" in r["message"]
-    r = remote.checked_reply({"op": "call", "method": "forward"}, {"ok": True, "value": (1, 2, torch.tensor([3, 1]), 4)})
+    r = remote.checked_reply({"op": "call", "method": "forward"},
+                             {"ok": True, "value": (1, 2, torch.tensor([3, 1]), 4)})
     assert r["ok"] and r["value"][2] == [3, 1]
 
 

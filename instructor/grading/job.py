@@ -339,6 +339,7 @@ def result_dict(sub, rubric, ran, status, message, seconds, log="", log_bytes=0,
     total = sum(v[0] for v in regions.values())
     maximum = sum(v[1] for v in regions.values())
     return {"id": sub.id, "source": plain(sub.source), "status": status, "message": message,
-            "notes": [clip(n, 300) for n in sub.notes], "regions": regions, "tests": tests, "total": total, "max": maximum,
+            "notes": [clip(n, 300) for n in sub.notes], "regions": regions, "tests": tests, "total": total,
+            "max": maximum,
             "percent": round(100.0 * total / maximum, 1) if maximum else 0.0, "seconds": round(seconds, 2),
             "log": log, "log_bytes": log_bytes, "notebooks": nb}

@@ -152,7 +152,8 @@ def _stage_folder(source, dest, with_extras):
             size = src.stat().st_size
             total += size
             if size > MAX_FILE_BYTES or total > MAX_TOTAL_BYTES:
-                raise SubmissionError("bad-submission", f"'{_printable(rel)}' is too large (limit {MAX_FILE_BYTES >> 20} "
+                raise SubmissionError("bad-submission", f"'{_printable(rel)}' is too large (limit "
+                                                        f"{MAX_FILE_BYTES >> 20} "
                                                         f"MiB per file, {MAX_TOTAL_BYTES >> 20} MiB in all)")
             try:
                 dst = _target(dest, rel)
