@@ -274,7 +274,7 @@ def test_enough_bugs_and_alternatives():
 
 def test_grades_csv_and_reference_full_marks(batch):
     header, rows = read_grades(batch["out"])
-    assert header["id"] == "max" and header["total"] == "50"
+    assert header["id"] == "max" and header["total"] == "53"
     ref = rows["reference"]
     assert ref["percent"] == "100.0" and ref["grading_status"] == "ok"
     assert "README" not in " ".join(rows)

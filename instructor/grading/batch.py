@@ -26,8 +26,9 @@ from pathlib import Path
 from captioning.errors import KitError
 from captioning.locks import folder_lock
 from captioning.recipe import GRADING, notebook_parameters
+from instructor.grading.canary import run_canary
 from instructor.grading.job import Job, result_dict
-from instructor.grading.journal import Journal, grader_key, submission_key
+from instructor.grading.journal import Journal, grader_key, run_seed, submission_key
 from instructor.grading.outputs import write_outputs
 from instructor.grading.rubric import RUBRIC, load_rubric
 from instructor.grading.sandbox import INSTALL_HINT, LAYERS, probe_layers, remove_stale_groups
@@ -103,12 +104,16 @@ def _grade_all(subs, out, work, opts, rubric_path, layers, jobs, progress, keep)
     from captioning import models as reference
     from captioning.check import kit_root
 
+    opts = dict(opts, seed=run_seed(out / "journal"))  # the run's secret seed (journal.run_seed); never sandboxed
     key_opts = {k: v for k, v in opts.items() if k != "rubric"}
     key_opts["layers"] = layers
     gkey = grader_key(rubric_path, kit_root() / "captioning" / "models.py", key_opts)
     journal = Journal(out / "journal")
     # "_edition" cannot be a submission's folder: submission ids never start with "_" (submissions.discover)
     edition = _edition(work / "_edition", with_notebooks=opts["notebooks"] is not None)
+    # --- the canary (canary.py): the reference solution, graded exactly as a submission is, must score 100 %
+    # before any student is graded; otherwise it stops here (KitError naming the cause) and nothing is written.
+    run_canary(edition, reference, dict(opts, notebooks=None), layers, work, f"{os.getpid()}")
     results, todo = {}, []
     # Copy every submission out of its folder before any student code runs (one cannot delete another's files)
     for sub in subs:

@@ -8,11 +8,16 @@ time over two pipes (``wire.py`` messages), and sends back raw outputs, which th
 
 * ``import``: import the student's ``captioning.models``;
 * ``build``: build a student class with its own ``__init__`` (sub-module classes named in ``record`` replaced by a
-  recorder of their constructor arguments) and describe it: modules, their settings, weight names and shapes;
+  stand-in that records its constructor arguments and builds the layers the grader's recipe makes of them) and
+  describe it: modules, their settings, weight names and shapes (a description used for hints only, never for
+  points);
+* ``load``: load the grader's weights into a built object by name, strictly, one top-level module at a time, and
+  say which did not load (the grader then judges the object by what its layers compute);
 * ``hybrid``: an object of the student's class whose layers are given by the grader (``modules`` + ``state``), whose
   method under test is the student's, and whose graded methods it may call (``remote``) and ``attention`` sub-module
   call back to the grader, which answers them with the reference (so a bug costs only its own region);
-* ``call``: run a method of an object (train/eval mode, seeded, optionally on the ``meta`` device);
+* ``call``: run a method or a sub-module (a dotted path) of an object (train/eval mode, seeded, optionally on the
+  ``meta`` device; optionally sending back the arguments as they are after the call, to show in-place changes);
 * ``exit``.
 
 Standard library and torch only before the student's code is imported; messages about the student's exceptions
@@ -34,12 +39,18 @@ SETTINGS = ("in_features", "out_features", "input_size", "hidden_size", "num_emb
 
 
 class TestTimeout(BaseException):
-    """Raised by SIGALRM when one request runs past its limit (a BaseException: ``except Exception`` in the
-    student's code does not swallow it)."""
+    """Raised when one request runs past its limit: SIGPROF after ``cpu_limit`` seconds of CPU time (so a busy
+    machine does not cost a correct submission its points), SIGALRM after ``limit`` seconds of wall-clock time (a
+    backstop for code that sleeps). A BaseException: ``except Exception`` in the student's code does not swallow
+    it. The grader kills the process if neither fires (the student's code may have changed the timers)."""
+
+    def __init__(self, clock="cpu"):
+        super().__init__(clock)
+        self.clock = clock
 
 
 def _on_alarm(signum, frame):
-    raise TestTimeout()
+    raise TestTimeout("cpu" if signum == signal.SIGPROF else "wall")
 
 
 def classify(e):
@@ -52,9 +63,11 @@ def classify(e):
     return "error"
 
 
-def describe(e, models_path, limit_s):
+def describe(e, models_path, limit_s, cpu_s=None):
     if isinstance(e, TestTimeout):
-        return f"did not finish within {limit_s:g} s (an endless loop?)"
+        if e.clock == "cpu" and cpu_s is not None:
+            return f"did not finish within {cpu_s:g} s of CPU time (an endless loop?)"
+        return f"did not finish within {limit_s:g} s (an endless loop, or waiting for something?)"
     if isinstance(e, SystemExit):
         return f"your code called sys.exit({e.code!r}); never exit from models.py"
     where = ""
@@ -115,20 +128,28 @@ class Server:
 
     def serve(self):
         signal.signal(signal.SIGALRM, _on_alarm)
+        signal.signal(signal.SIGPROF, _on_alarm)
         while True:
             req = self.receive()
             if not isinstance(req, dict) or req.get("op") == "exit":
                 return
-            limit = float(req.get("limit", 20))
+            limit = float(req.get("limit", 20))  # wall clock: the grader's backstop
+            cpu = float(req.get("cpu_limit", limit))  # CPU time of this process (all its threads)
             try:
+                signal.setitimer(signal.ITIMER_PROF, cpu)
                 signal.setitimer(signal.ITIMER_REAL, limit)
                 value = getattr(self, "op_" + str(req.get("op")))(req)
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                self._timers_off()
                 reply = {"ok": True, "value": value}
             except BaseException as e:  # noqa: BLE001 - anything the student's code does
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                reply = {"ok": False, "kind": classify(e), "message": describe(e, self.models_path, limit)}
+                self._timers_off()
+                reply = {"ok": False, "kind": classify(e), "message": describe(e, self.models_path, limit, cpu)}
             self.send({"reply": reply})
+
+    @staticmethod
+    def _timers_off():
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
     # ------------------------------------------------------------------------------------------------------ ops
     def op_import(self, req):
@@ -152,7 +173,7 @@ class Server:
         recorded, saved = [], {}
         for name in req.get("record", ()):
             saved[name] = getattr(self.stu, name, None)
-            setattr(self.stu, name, self._recorder(name, recorded))
+            setattr(self.stu, name, self._recorder(name, recorded, req.get("recipes", {}).get(name)))
         try:
             torch.manual_seed(0)
             obj = cls(*req.get("args", ()), **req.get("kwargs", {}))
@@ -165,13 +186,31 @@ class Server:
                 "state": {k: [list(v.shape), str(v.dtype).removeprefix("torch.")]
                           for k, v in obj.state_dict().items()}}
 
-    def _recorder(self, name, recorded):
+    def _recorder(self, name, recorded, recipe=None):
+        """A stand-in for the student's class ``name`` inside another class's ``__init__``: it records the
+        arguments and, with a ``recipe`` ({"params": [names], "layers": [[name, nn kind, {keyword: "$param" or a
+        value}]]}), builds the reference's layers from them, so that the grader's weights load into it only when
+        the arguments were right (a bug in the student's own ``name`` costs only its own region)."""
         nn = self.nn
 
         class Recorder(nn.Module):
             def __init__(self, *args, **kwargs):
                 super().__init__()
                 recorded.append({"cls": name, "args": tuple(args), "kwargs": dict(kwargs)})
+                if not recipe:
+                    return
+                params = list(recipe["params"])
+                bound = dict(zip(params, args))
+                if len(args) > len(params) or set(kwargs) - set(params) or set(bound) & set(kwargs):
+                    return  # arguments that do not fit: no layers (the grader says why)
+                bound.update(kwargs)
+                try:
+                    for lname, kind, kw in recipe["layers"]:
+                        kw = {k: bound[v[1:]] if isinstance(v, str) and v.startswith("$") else v
+                              for k, v in kw.items()}
+                        self.add_module(lname, getattr(nn, kind)(**kw))
+                except Exception:  # noqa: BLE001 - e.g. a missing argument, a float size
+                    pass
 
         Recorder.__name__ = Recorder.__qualname__ = name
         return Recorder
@@ -192,6 +231,28 @@ class Server:
                 settings["bias"] = getattr(m, "bias", None) is not None or getattr(m, "bias_ih", None) is not None
             out.append({"name": name, "type": type(m).__name__, "torch": torch_bases, "settings": settings})
         return out
+
+    def op_load(self, req):
+        """Load ``state`` into object ``id`` by name, strictly, one top-level module at a time (so that a wrong
+        sub-module does not hide the others): {"problems": {module: why}, "extra": [top-level modules holding
+        weights the grader did not send]}."""
+        obj = self.objects[req["id"]]
+        groups = {}
+        for key, value in req["state"].items():
+            top, _, rest = key.partition(".")
+            groups.setdefault(top, {})[rest] = value
+        problems = {}
+        for top, sub in groups.items():
+            m = obj._modules.get(top)
+            if m is None:
+                problems[top] = "missing"
+                continue
+            try:
+                m.load_state_dict(sub, strict=True)
+            except Exception as e:  # noqa: BLE001 - a wrong name, shape or layer kind
+                problems[top] = " ".join(str(e).split())[:400]
+        extra = sorted({k.partition(".")[0] for k in obj.state_dict()} - set(groups))
+        return {"problems": problems, "extra": extra}
 
     def op_hybrid(self, req):
         """The student's class, the grader's layers and weights, the reference's other methods over the pipe."""
@@ -250,11 +311,17 @@ class Server:
             keep = set(req.get("cpu_args", ()))
             args = [a.to("meta") if torch.is_tensor(a) and i not in keep else a for i, a in enumerate(args)]
         obj.train(bool(req.get("train")))
-        fn = obj if req.get("method", "__call__") == "__call__" else getattr(obj, req["method"])
+        fn = obj
+        for part in str(req.get("method", "__call__")).split("."):  # a method, or a sub-module by its path
+            if part != "__call__":
+                fn = getattr(fn, part)
         if req.get("seed") is not None:
             torch.manual_seed(int(req["seed"]))
         with torch.set_grad_enabled(bool(req.get("grad"))):
-            return fn(*args)  # encoded at once (wire.encode detaches and copies the tensors)
+            out = fn(*args)
+        if req.get("return_args"):
+            return out, tuple(args)  # the arguments as the call left them (an in-place layer changes them)
+        return out  # encoded at once (wire.encode detaches and copies the tensors)
 
 
 def _ref_module(nn, server, oid, path):

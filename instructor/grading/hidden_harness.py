@@ -9,6 +9,8 @@ returns raw outputs; every comparison is made here.
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
 import time
 
 import torch
@@ -27,9 +29,12 @@ REMOTE_MODULES = {"DecoderWithAttention": ("attention",)}
 # the graded methods each graded method may call: only these are answered with the reference
 CALLS = {"forward": ("one_step",), "one_step": ()}
 LENGTHS = (6, 9, 3, 7, 4)  # caption lengths incl. <start>/<end>, deliberately unsorted; T = 9
-SEEDS = {"DecoderWithRNN": 11, "Attention": 13, "DecoderWithAttention": 17}
+# Without a run seed (unit tests, the public checks' comparisons) the inputs and weights come from these fixed
+# seeds; a grading run passes its secret seed (``Context(seed=…)``), from which every one of them is derived.
+SEEDS = {"inputs": 2024, "padding": 5, "dropout": 77, "layers": 31,
+         "weights:DecoderWithRNN": 11, "weights:Attention": 13, "weights:DecoderWithAttention": 17}
 N_STEP = 5  # rows of the one_step inputs (differs from P, C, D so a wrong dimension shows)
-DROPOUT_SEED = 77
+DROPOUT_SEED = SEEDS["dropout"]
 
 TESTS = {}  # name -> (region, function)
 
@@ -42,12 +47,29 @@ class ChildProblem(Exception):
     """The student's process stopped answering (ended, hung past the alarm, broke the protocol)."""
 
 
-def test(region):
+def test(region, needs=None):
+    """Register ``fn(ctx)`` as a hidden test of ``region``. ``needs``: the region's correctness test (registered
+    before it) — this test then pays only when that one passed in this run, so a test that compares the student's
+    code with itself (batch of one, train vs eval, padding …) earns nothing for code that computes nothing (a
+    constant output is consistent with itself). Its own check still runs first, so its own hint shows."""
+
     def deco(fn):
         name = fn.__name__.removeprefix("test_")
         if name in TESTS:
             raise ValueError(f"duplicate hidden test {name}")
-        TESTS[name] = (region, fn)
+        if needs is not None and needs not in TESTS:
+            raise ValueError(f"hidden test {name} needs {needs}, which must be registered before it")
+
+        def run(ctx):
+            ctx.passed[name] = False
+            fn(ctx)
+            if needs is not None and not ctx.passed.get(needs):
+                raise Failed(f"this check passed, but it earns its points only when {needs} passes too (your "
+                             f"outputs must first match the reference's)")
+            ctx.passed[name] = True
+
+        run.__name__, run.__doc__, run.needs = fn.__name__, fn.__doc__, needs
+        TESTS[name] = (region, run)
         return fn
 
     return deco
@@ -127,11 +149,16 @@ def hybrid_spec(cls, ref, method, state):
 class Context:
     """What one submission's tests use: inputs, reference modules, and the student's process (``remote``)."""
 
-    def __init__(self, ref_module, remote=None):
-        self.ref, self.remote = ref_module, remote
-        self.deadline = None  # set per test by the runner
-        self._states, self._builds, self._refs = {}, {}, {}
-        g = torch.Generator().manual_seed(2024)
+    def __init__(self, ref_module, remote=None, seed=None):
+        """``seed``: the grading run's secret seed (a str; None: the fixed SEEDS). It never leaves this process:
+        the student's process gets only inputs and weights drawn from it, and a dropout seed derived from it."""
+        self.ref, self.remote, self.seed = ref_module, remote, seed
+        self.deadline = None  # set per test by the runner (wall clock: the backstop)
+        self.cpu_limit = None  # CPU seconds the student's process may use per request (None: as the deadline)
+        self.passed = {}  # test -> passed (for the tests that pay only when their region's correctness test passed)
+        self._states, self._builds, self._loads, self._refs = {}, {}, {}, {}
+        self.dropout_seed = self.derive("dropout")
+        g = torch.Generator().manual_seed(self.derive("inputs"))
         caps = torch.randint(1, CFG["vocab_size"], (len(LENGTHS), max(LENGTHS)), generator=g)
         for i, n in enumerate(LENGTHS):
             caps[i, n:] = 0
@@ -143,6 +170,16 @@ class Context:
                      "encoder_out": torch.randn(N_STEP, P, C, generator=g)}
         self.att_in = {"encoder_out": torch.randn(6, P, C, generator=g),
                        "h": torch.randn(6, CFG["decoder_dim"], generator=g)}
+
+    def derive(self, label):
+        """The seed for ``label`` (e.g. "inputs", "weights:Attention"): fixed without a run seed, else drawn from
+        the run's seed by SHA-256 (one seed cannot be told from another, nor the run's seed from any of them)."""
+        if self.seed is None:
+            return SEEDS[label]
+        return int.from_bytes(hashlib.sha256(f"{self.seed}\0{label}".encode()).digest()[:8], "little") % 2 ** 62
+
+    def generator(self, label):
+        return torch.Generator().manual_seed(self.derive(label))
 
     # ------------------------------------------------------------------------------------------ reference side
     @staticmethod
@@ -156,7 +193,7 @@ class Context:
         """Seeded weights of the reference ``cls`` (every parameter and BatchNorm statistic random)."""
         if cls not in self._states:
             mod = self._construct(self.ref, cls)
-            g = torch.Generator().manual_seed(SEEDS[cls])
+            g = self.generator(f"weights:{cls}")
             with torch.no_grad():
                 for name, t in sorted(mod.state_dict().items()):
                     if t.is_floating_point():
@@ -173,30 +210,70 @@ class Context:
     # --------------------------------------------------------------------------------------------- student side
     def _request(self, msg):
         limit = 20.0 if self.deadline is None else max(0.5, self.deadline - time.monotonic())
+        if self.cpu_limit is not None:  # the child stops itself after this much CPU time; ``limit`` is wall clock
+            msg = dict(msg, cpu_limit=min(float(self.cpu_limit), limit))
         reply = self.remote.request(msg, limit)
         if not reply.get("ok"):
             raise StudentError(reply.get("kind", "error"), reply.get("message", ""))
         return reply.get("value")
 
     def build(self, cls):
-        """Their ``cls`` built by their ``__init__``: {"modules": [...], "state": {name: [shape, dtype]},
-        "recorded": [constructor calls of sub-module classes]}."""
+        """Their ``cls`` built by their ``__init__``: {"id": object id, "modules": [...], "state": {name: [shape,
+        dtype]}, "recorded": [constructor calls of sub-module classes]}. The description (modules, state,
+        recorded) is what their process SAYS: it words hints, it never earns points (``load`` + ``call`` do)."""
         if cls not in self._builds:
             try:
                 if cls == "Attention":
                     args, kwargs = [C, CFG["decoder_dim"], CFG["attention_dim"]], {}
                 else:
                     args, kwargs = [dict(CFG)], {"encoder_dim": C}
+                record = ["Attention"] if cls == "DecoderWithAttention" else []
                 self._builds[cls] = self._request({"op": "build", "cls": cls, "args": args, "kwargs": kwargs,
-                                                   "record": ["Attention"] if cls == "DecoderWithAttention" else []})
+                                                   "record": record,
+                                                   "recipes": {r: self.recipe(r) for r in record}})
             except StudentError as e:
                 self._builds[cls] = e
         got = self._builds[cls]
         if isinstance(got, StudentError):
             raise Failed(f"{cls}(...) could not be built: {got.message}")
-        if not isinstance(got, dict):
+        if not isinstance(got, dict) or not isinstance(got.get("id"), int) or isinstance(got.get("id"), bool):
             raise Failed(f"{cls}(...) could not be described")
+        for key, kind in (("modules", list), ("state", dict), ("recorded", list)):
+            if not isinstance(got.get(key), kind):
+                got[key] = kind()
         return got
+
+    def recipe(self, cls):
+        """How the stand-in for ``cls`` inside another class's ``__init__`` builds the reference's layers from the
+        arguments it is given: {"params": [names], "layers": [[name, nn kind, {keyword: "$param" or value}]]}.
+        Read off the reference built with distinct sizes, so each size names the parameter it came from."""
+        init = getattr(self.ref, cls).__init__
+        params = [p for p in inspect.signature(init).parameters][1:]
+        values = {"encoder_dim": C, "decoder_dim": CFG["decoder_dim"], "attention_dim": CFG["attention_dim"]}
+        ref = self._construct(self.ref, cls)
+        by_value = {v: k for k, v in values.items() if k in params}
+        layers = []
+        for name, m in ref._modules.items():
+            kw = {k: (f"${by_value[v]}" if isinstance(v, int) and not isinstance(v, bool) and v in by_value else v)
+                  for k, v in _settings(m).items()}
+            layers.append([name, type(m).__name__, kw])
+        return {"params": params, "layers": layers}
+
+    def load(self, cls):
+        """Their ``cls`` (``build``) with the grader's weights ``state(cls)`` loaded by name, strictly, one
+        top-level module at a time: (object id, {module: why it did not load}, [modules with weights not sent])."""
+        built = self.build(cls)
+        if cls not in self._loads:
+            try:
+                rep = self._request({"op": "load", "id": built["id"], "state": self.state(cls)})
+            except StudentError as e:
+                raise Failed(f"the grader's weights could not be loaded into your {cls}: {e.message}") from None
+            if not isinstance(rep, dict):
+                rep = {}
+            problems = rep.get("problems") if isinstance(rep.get("problems"), dict) else {}
+            extra = rep.get("extra") if isinstance(rep.get("extra"), list) else []
+            self._loads[cls] = ({str(k): str(v) for k, v in problems.items()}, [str(x) for x in extra])
+        return (built["id"], *self._loads[cls])
 
     def hybrid(self, cls, method, state=None):
         """Id of an object of their ``cls`` with the reference's layers and weights (``state``), their ``method``
@@ -211,11 +288,13 @@ class Context:
                            | set(REMOTE_MODULES.get(cls, ())), "meta": None}
         return oid
 
-    def call(self, oid, method, args, train=False, seed=None, device="cpu", cpu_args=()):
-        """Their ``method`` of object ``oid`` on ``args``; what it returned (raises Failed with their error)."""
+    def call(self, oid, method, args, train=False, seed=None, device="cpu", cpu_args=(), return_args=False):
+        """Their ``method`` (or sub-module, a dotted path) of object ``oid`` on ``args``; what it returned (with
+        ``return_args``: (that, the args as the call left them)). Raises Failed with their error."""
         try:
             return self._request({"op": "call", "id": oid, "method": method, "args": list(args), "train": train,
-                                  "seed": seed, "device": device, "cpu_args": list(cpu_args)})
+                                  "seed": seed, "device": device, "cpu_args": list(cpu_args),
+                                  "return_args": return_args})
         except StudentError as e:
             raise Failed(e.message) from None
 

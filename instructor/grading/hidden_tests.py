@@ -11,6 +11,11 @@ So a bug costs the points of its own region. Within a region, one cause fails on
 compare the student's code with itself (batch of one vs a batch, train vs eval mode, padding changed, gate
 closed), so that only the ``eval`` test compares everything with the reference.
 
+Points only for behaviour: a test that compares the student's code with itself pays only when its region's
+correctness test (``…_eval``, the outputs against the reference's) passed in the same run (``test(region,
+needs=…)``): a constant output is consistent with itself. Every graded method also runs on the data-less ``meta``
+device (``…_device``), where a tensor made on the CPU mixes devices.
+
 Order: a method's reference is served to the student's process only after their own version of it has been
 graded (Attention.forward before the decoders' one_step, one_step before forward), so no answer can be recorded
 from an earlier test and replayed.
@@ -20,7 +25,7 @@ Numbers: rel_error(got, expected) = max|got - expected| / (max|expected| + 1e-8)
 from __future__ import annotations
 
 import torch
-from instructor.grading.hidden_harness import (C, CFG, DROPOUT_SEED, LENGTHS, P, REL_TOL, TESTS, Context, Failed,
+from instructor.grading.hidden_harness import (C, CFG, LENGTHS, P, REL_TOL, TESTS, Context, Failed,
                                                close, dropout_mask, forward_outputs, is_tensor, matches,
                                                one_step_args, one_step_names, ref_one_step, rel_error, test, unpack)
 
@@ -44,7 +49,7 @@ def test_attention_forward_eval(ctx):
     close("z", got["z"], want["z"], "z = sum over regions of encoder_out * alpha")
 
 
-@test("Attention.forward")
+@test("Attention.forward", needs="attention_forward_eval")
 def test_attention_softmax_over_regions(ctx):
     alpha = _attend(ctx, ctx.att_in)["alpha"]
     n = ctx.att_in["h"].size(0)
@@ -57,7 +62,7 @@ def test_attention_softmax_over_regions(ctx):
                      "regions), not over the batch")
 
 
-@test("Attention.forward")
+@test("Attention.forward", needs="attention_forward_eval")
 def test_attention_batch_of_one(ctx):
     oid = ctx.hybrid("Attention", "forward")
     full = _attend(ctx, ctx.att_in, oid)
@@ -73,10 +78,35 @@ def test_attention_batch_of_one(ctx):
                          f"operation over dim 0 mixes them)")
 
 
+def _on_meta(ctx, what, run, outputs):
+    """``run(device)`` on the CPU (a failure there is not a device problem: it fails with its own error) and on the
+    ``meta`` device; every tensor of ``outputs(result)`` must stay on meta."""
+    run("cpu")
+    try:
+        got = run("meta")
+    except Failed as e:
+        raise Failed(f"{what} fails when the model and its inputs are on another device than the CPU ({e}): create "
+                     f"new tensors on the inputs' device (device=x.device or x.new_zeros(...))") from None
+    for k, v in outputs(got).items():
+        if not is_tensor(v) or v.device.type != "meta":
+            raise Failed(f"{k} should stay on the inputs' device (meta in this test), got "
+                         f"{v.device if is_tensor(v) else type(v).__name__}")
+
+
+@test("Attention.forward", needs="attention_forward_eval")
+def test_attention_forward_device(ctx):
+    # no GPU when grading: the meta device (no data) stands in for it; a tensor made on the CPU mixes devices
+    oid = ctx.hybrid("Attention", "forward")
+    _on_meta(ctx, "Attention.forward",
+             lambda device: unpack(ctx.call(oid, "forward", [ctx.att_in["encoder_out"], ctx.att_in["h"]],
+                                            device=device), ["z", "alpha"]),
+             lambda got: got)
+
+
 # ---------------------------------------------------------------------------------------------- one_step tests
-def _step(ctx, cls, inp=None, train=False, seed=None, state=None, oid=None):
+def _step(ctx, cls, inp=None, train=False, seed=None, state=None, oid=None, device="cpu"):
     oid = oid if oid is not None else ctx.hybrid(cls, "one_step", state=state)
-    out = ctx.call(oid, "one_step", one_step_args(cls, inp or ctx.step), train=train, seed=seed)
+    out = ctx.call(oid, "one_step", one_step_args(cls, inp or ctx.step), train=train, seed=seed, device=device)
     return unpack(out, one_step_names(cls))
 
 
@@ -113,13 +143,13 @@ def _one_step_h_c(ctx, cls):
 def _one_step_dropout(ctx, cls):
     oid = ctx.hybrid(cls, "one_step")
     ev = _step(ctx, cls, oid=oid)
-    tr = _step(ctx, cls, oid=oid, train=True, seed=DROPOUT_SEED)
+    tr = _step(ctx, cls, oid=oid, train=True, seed=ctx.dropout_seed)
     ref = ctx.reference(cls)
     if not is_tensor(ev["h"]) or ev["h"].shape != ctx.step["h"].shape:
         raise Failed(f"h should be a tensor of shape {tuple(ctx.step['h'].shape)}")
     # the scores in train mode, from this very h: fc(dropout(h)) with the mask nn.Dropout draws from the seed
     with torch.no_grad():
-        want = ref.fc(ev["h"] * dropout_mask(ev["h"].shape, CFG["dropout"], DROPOUT_SEED, ev["h"].dtype))
+        want = ref.fc(ev["h"] * dropout_mask(ev["h"].shape, CFG["dropout"], ctx.dropout_seed, ev["h"].dtype))
     close("preds (train mode)", tr["preds"], want, "apply self.dropout once, to h, right before self.fc "
                                                    "(preds = self.fc(self.dropout(h))), and nowhere else")
 
@@ -127,12 +157,12 @@ def _one_step_dropout(ctx, cls):
 def _one_step_keeps_state(ctx, cls):
     oid = ctx.hybrid(cls, "one_step")
     ev = _step(ctx, cls, oid=oid)
-    tr = _step(ctx, cls, oid=oid, train=True, seed=DROPOUT_SEED)
+    tr = _step(ctx, cls, oid=oid, train=True, seed=ctx.dropout_seed)
     for k in ("h", "c"):
         if not is_tensor(tr[k]) or not is_tensor(ev[k]) or tr[k].shape != ev[k].shape:
             raise Failed(f"{k} should be a tensor of shape {tuple(ctx.step['h'].shape)} in train and eval mode")
         if rel_error(tr[k], ev[k]) > REL_TOL:
-            mask = dropout_mask(ev[k].shape, CFG["dropout"], DROPOUT_SEED, ev[k].dtype)
+            mask = dropout_mask(ev[k].shape, CFG["dropout"], ctx.dropout_seed, ev[k].dtype)
             if matches(tr[k], ev[k] * mask):
                 raise Failed(f"in train mode the returned {k} is dropped out: dropout was applied in place (to the "
                              f"state itself); use self.dropout(h) as the input of fc only, not in place")
@@ -156,17 +186,23 @@ def _one_step_batch_of_one(ctx, cls):
                          f"the rows of a batch must not influence each other")
 
 
+def _one_step_device(ctx, cls):
+    oid = ctx.hybrid(cls, "one_step")
+    _on_meta(ctx, f"{cls}.one_step", lambda device: _step(ctx, cls, oid=oid, device=device), lambda got: got)
+
+
 for _cls, _p in (("DecoderWithRNN", "rnn"), ("DecoderWithAttention", "att")):
     for _suffix, _fn in (("eval", _one_step_eval), ("h_c_order", _one_step_h_c), ("dropout_train", _one_step_dropout),
-                         ("train_keeps_state", _one_step_keeps_state), ("batch_of_one", _one_step_batch_of_one)):
+                         ("train_keeps_state", _one_step_keeps_state), ("batch_of_one", _one_step_batch_of_one),
+                         ("device", _one_step_device)):
         def _t(ctx, _fn=_fn, _cls=_cls):
             _fn(ctx, _cls)
 
         _t.__name__ = f"test_{_p}_one_step_{_suffix}"
-        test(f"{_cls}.one_step")(_t)
+        test(f"{_cls}.one_step", needs=None if _suffix == "eval" else f"{_p}_one_step_eval")(_t)
 
 
-@test("DecoderWithAttention.one_step")
+@test("DecoderWithAttention.one_step", needs="att_one_step_eval")
 def test_att_one_step_gate(ctx):
     cls = "DecoderWithAttention"
     state = dict(ctx.state(cls))
@@ -244,7 +280,7 @@ def _alone(ctx, cls):
 
 def _padding(ctx, cls):
     caps = ctx.fwd["captions"].clone()
-    g = torch.Generator().manual_seed(5)
+    g = ctx.generator("padding")
     for i, n in enumerate(LENGTHS):
         caps[i, n:] = torch.randint(1, CFG["vocab_size"], (caps.size(1) - n,), generator=g)
     oid = ctx.hybrid(cls, "forward")
@@ -294,4 +330,4 @@ for _cls, _p in (("DecoderWithRNN", "rnn"), ("DecoderWithAttention", "att")):
             _fn(ctx, _cls)
 
         _t.__name__ = f"test_{_p}_forward_{_suffix}"
-        test(f"{_cls}.forward")(_t)
+        test(f"{_cls}.forward", needs=None if _suffix == "eval" else f"{_p}_forward_eval")(_t)

@@ -20,8 +20,8 @@ from instructor.grading import remote as rem
 from instructor.grading.hidden_harness import Context, Failed
 from instructor.grading.hidden_tests import TESTS
 from instructor.grading.outputs import plain
-from instructor.grading.sandbox import (BASE_ADDRESS_SPACE_MB, SANDBOX_UID, Cgroups, bwrap_args, child_env, preexec,
-                                        site_packages)
+from instructor.grading.sandbox import (BASE_ADDRESS_SPACE_MB, SANDBOX_UID, WALL_BACKSTOP, Cgroups, bwrap_args,
+                                        child_env, preexec, site_packages)
 
 HERE = Path(__file__).resolve().parent
 MAX_RESTARTS = 3
@@ -140,7 +140,7 @@ class Job:
         return self._result(tests, status, message, nb, time.monotonic() - t0)
 
     def _run_tests(self, tests):
-        ctx = Context(self.ref_module)
+        ctx = Context(self.ref_module, seed=self.opts.get("seed"))
         status, message = "ok", ""
         try:
             reply = self._start(ctx)
@@ -161,7 +161,7 @@ class Job:
                     continue
                 self.restarts += 1
                 try:
-                    ctx = Context(self.ref_module)
+                    ctx = Context(self.ref_module, seed=self.opts.get("seed"))
                     self._start(ctx)
                     ctx.remote = self.remote
                 except (rem.ChildGone, rem.ChildTimeout) as e:
@@ -173,7 +173,9 @@ class Job:
                 tests[name] = {"region": region, "ok": False, "kind": "timeout", "seconds": 0.0,
                                "message": f"not run: {stuck[region]} did not finish within the time limit"}
                 continue
-            ctx.deadline = min(self.deadline, t + self.opts["per_test"])
+            # CPU time per test (the child's timer), a wall-clock backstop several times larger (a busy machine)
+            ctx.cpu_limit = self.opts["per_test"]
+            ctx.deadline = min(self.deadline, t + WALL_BACKSTOP * self.opts["per_test"])
             try:
                 fn(ctx)
                 ok, kind, msg = True, "pass", ""

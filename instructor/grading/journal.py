@@ -1,7 +1,11 @@
 """What makes a grading batch survive the grader's death: one journal entry per graded submission, written
 atomically as soon as it is graded, keyed by what decides its score (the submission's files, the hidden tests,
-the rubric, the reference and the limits). Re-running the same command grades only what has no valid entry and
-writes the same ``grades.csv``. ``.work/`` (sandbox folders) and the cgroups of a killed run are removed at the
+the rubric, the reference, the limits and the run's seed). Re-running the same command grades only what has no valid
+entry and writes the same ``grades.csv``.
+
+The hidden inputs and weights are drawn from a secret seed per output folder (``run_seed``): drawn from
+``os.urandom`` by the first run, kept in ``journal/seed`` so that a resumed run uses the same one (and an audit can
+reproduce every input: ``hidden_harness.Context(reference, seed=…)``), and never sent to a sandbox. ``.work/`` (sandbox folders) and the cgroups of a killed run are removed at the
 next start, under the run lock.
 """
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from captioning.atomic import write_json
+from captioning.atomic import write_json, write_text
 
 HERE = Path(__file__).resolve().parent
 # the files whose code decides a score (a change in any of them invalidates every journal entry)
@@ -49,6 +53,27 @@ def submission_key(grader, staged):
                     fh.update(chunk)
             h.update(fh.digest())
     return h.hexdigest()
+
+
+SEED_FILE = "seed"  # not "<id>.json": no submission's entry can have this name
+
+
+def run_seed(folder):
+    """The secret seed (64 hex digits) of the grading runs into the journal ``folder``: read from ``folder/seed``,
+    or drawn from ``os.urandom`` and written there (atomically) when there is none or it is not valid (every
+    journal entry is then graded again: the seed is part of their key)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        text = (folder / SEED_FILE).read_text(encoding="ascii").strip()
+        if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+            return text
+    except (OSError, UnicodeDecodeError):
+        pass
+    seed = os.urandom(32).hex()
+    write_text(seed + "\n", folder / SEED_FILE)
+    os.chmod(folder / SEED_FILE, 0o600)
+    return seed
 
 
 class Journal:

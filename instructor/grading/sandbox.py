@@ -8,6 +8,9 @@ Layers (``probe_layers`` finds which this machine has; the grader refuses to run
   installation and its site-packages, the submission's folder at ``/sandbox`` and a private ``/tmp``; nothing of
   the kit (no reference solution, no hidden tests), of the grader's output or of other submissions is in that
   view.
+* ``seccomp`` (with bwrap, on x86-64 and aarch64; ``seccomp.py``): the keyring system calls and new namespaces
+  (``unshare``, ``setns``, ``clone`` with a namespace flag; ``clone3``) fail, so nothing is shared between
+  sandboxes through the kernel keyring and no process gains capabilities in a user namespace of its own.
 * ``cgroup-memory`` / ``cgroup-pids`` (cgroup v1 controllers): one group per submission limits the memory and the
   number of tasks of ALL its processes together; at the end every process left in it is killed and the group
   removed.
@@ -27,6 +30,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+from instructor.grading import seccomp
+
 LAYERS = ("bwrap", "cgroup-memory", "cgroup-pids")
 INSTALL_HINT = "apt-get install -y bubblewrap"
 BASE_ADDRESS_SPACE_MB = 8192  # ceiling allowance for what Python + torch map at import (per process)
@@ -35,6 +40,9 @@ MAX_TASKS = 64  # processes + threads of one sandbox
 FILE_SIZE_LIMIT = 2 ** 30
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 GROUP_PREFIX = "grade-"
+# Limits are CPU time (the child's per-request timer, ITIMER_PROF), so a busy machine does not cost a correct
+# submission its points; wall-clock limits are only a backstop for code that sleeps or disables its timer.
+WALL_BACKSTOP = 5
 
 
 # --------------------------------------------------------------------------------------------------------- layers
@@ -143,6 +151,8 @@ def bwrap_args(binds, sandbox, writable=False):
         args += ["--bind" if writable else "--ro-bind", str(sandbox), "/sandbox", "--chdir", "/sandbox"]
     for src, dst in binds:
         args += ["--ro-bind", str(src), str(dst)]
+    if seccomp.supported():  # no keyring, no new namespaces (seccomp.py says why)
+        args = seccomp.wrap(args)
     return args + (SETPRIV if root else [])
 
 
