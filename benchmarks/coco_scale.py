@@ -9,7 +9,7 @@ split: 123,287 images, 113,287 of them TRAIN, ~566k training captions).
    cache seconds and bytes per image, training captions per second with the cache;
 3. the projections to COCO: time (this CPU) and disk, and whether images + cache fit a 64 GB disk.
 
-    .venv/bin/python benchmarks/coco_scale.py [--images 20000] [--subset 1000] [--work DIR] [--threads 2]
+    .venv/bin/python benchmarks/coco_scale.py [--images 20000] [--subset 2000] [--work DIR] [--threads 2]
 """
 from __future__ import annotations
 

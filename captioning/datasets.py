@@ -33,8 +33,9 @@ from captioning.manifest import check_prepared
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("TRAIN", "VAL", "TEST")
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+# CPU-side: what ``CaptionDataset.image`` normalises a CPU image with; ``normalize`` makes its own on the device
+_MEAN = torch.tensor(IMAGENET_MEAN, device="cpu").view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD, device="cpu").view(3, 1, 1)
 
 
 def _require(path: Path, data_name: str) -> Path:
@@ -64,8 +65,12 @@ def word_map_path(data_folder, data_name):
 
 
 def normalize(images_uint8):
-    """uint8 (B, 3, H, W) → float in [0, 1], then ImageNet mean/std normalised."""
-    return (images_uint8.float() / 255.0 - _MEAN) / _STD
+    """uint8 (B, 3, H, W) → float32 (B, 3, H, W) in [0, 1], then ImageNet mean/std normalised, on the images'
+    device (the solver moves the uint8 images to the GPU first: a quarter of the bytes of floats)."""
+    x = images_uint8.float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
 
 
 def _check_files(paths):
@@ -142,8 +147,9 @@ class CaptionDataset(_LazyH5, Dataset):
             raise KitError(f"{folder}: {self.h5_path.name} holds {self.n_images} images x {self.cpi} captions, but "
                            f"the CAPTIONS/CAPLENS files hold {len(captions)} / {len(caplens)}: the files come from "
                            "different runs. Run `python -m captioning prepare` again.")
-        self.captions = torch.tensor(captions, dtype=torch.long).view(len(captions), -1)
-        self.caplens = torch.tensor(caplens, dtype=torch.long)
+        # CPU-side: dataset items, moved to the device by the training loop
+        self.captions = torch.tensor(captions, dtype=torch.long, device="cpu").view(len(captions), -1)
+        self.caplens = torch.tensor(caplens, dtype=torch.long, device="cpu")
         self._image_ids = None
 
     def __len__(self) -> int:
@@ -216,9 +222,11 @@ class ImageCaptions(_LazyH5, Dataset):
                            f"{self.n_images} images × {self.cpi}: the files come from different runs; prepare again")
         if limit is not None:
             self.n_images = min(self.n_images, int(limit))
-        self.captions = torch.tensor(caps[: self.n_images * self.cpi], dtype=torch.long).view(self.n_images,
-                                                                                             self.cpi, -1)
-        self.caplens = torch.tensor(lens[: self.n_images * self.cpi], dtype=torch.long).view(self.n_images, self.cpi)
+        # CPU-side: dataset items, moved to the device by the training loop
+        self.captions = torch.tensor(caps[: self.n_images * self.cpi], dtype=torch.long,
+                                     device="cpu").view(self.n_images, self.cpi, -1)
+        self.caplens = torch.tensor(lens[: self.n_images * self.cpi], dtype=torch.long,
+                                    device="cpu").view(self.n_images, self.cpi)
         self.h5_path = self.features_path or self.images_path
 
     def __len__(self):

@@ -260,12 +260,12 @@ def pool_matrix(h, w, s, device):
     """(S·S, h·w): row i·S+j averages the cells of an h×w map that ``nn.AdaptiveAvgPool2d(S)`` puts in output
     cell (i, j): rows ⌊i·h/S⌋ to ⌈(i+1)·h/S⌉ (exclusive), columns likewise."""
     def windows(n):
-        m = torch.zeros(s, n)
+        m = [[0.0] * n for _ in range(s)]
         for i in range(s):
             lo, hi = i * n // s, -(-(i + 1) * n // s)
-            m[i, lo:hi] = 1.0 / (hi - lo)
-        return m
-    return torch.kron(windows(h), windows(w)).to(device)
+            m[i][lo:hi] = [1.0 / (hi - lo)] * (hi - lo)
+        return torch.tensor(m, device=device)  # built on the host, one copy to the device
+    return torch.kron(windows(h), windows(w))
 
 
 def _fold_batchnorm(module, memory_format=torch.contiguous_format):

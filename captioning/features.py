@@ -143,16 +143,23 @@ def _open_partial(partial, key, n, probe):
     return dst, first
 
 
-def _encode(encoder, images_path, partial, key, split, batch_size, device, progress):
+def encode_pixels(net, pixels, device):
+    """The feature cache's encode step: uint8 images (B, 3, H, W) as a numpy array → backbone feature map
+    (B, C, h, w) on ``device`` (bf16 under autocast on a GPU). The uint8 images go to the device before they are
+    normalised there (a quarter of the bytes of floats)."""
     dev = torch.device(device)
-    use_amp = dev.type == "cuda"
+    x = normalize(torch.from_numpy(pixels).to(dev, non_blocking=True))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        return net.backbone(x)
+
+
+def _encode(encoder, images_path, partial, key, split, batch_size, device, progress):
     was_training = encoder.training
     net = encoder.for_inference()  # BatchNorm folded, channels_last: the same features, 1.5x faster on a CPU
 
     def backbone(pixels):
-        x = normalize(torch.from_numpy(pixels)).to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            return net.backbone(x)
+        return encode_pixels(net, pixels, device)
 
     with h5py.File(images_path, "r") as src:
         images = src["images"]

@@ -107,48 +107,78 @@ class _Probe(nn.Module):
 
 
 def _weighted_ce(logits, target, weight):
-    """Cross-entropy over the cells, each weighted (0 where target is NONE); every object counts equally."""
+    """Cross-entropy over the cells, each weighted (0 where target is NONE); every object counts equally. A batch
+    without objects gives 0 (the clamp; no ``if``, which would read a value from the GPU at every batch)."""
     ce = F.cross_entropy(logits, target.clamp(min=0), reduction="none")  # (B, g, g)
-    return (ce * weight).sum() / weight.sum()
+    return (ce * weight).sum() / weight.sum().clamp(min=1e-12)
+
+
+def _pair_target(targets):
+    """(B, 3, g, g) targets → (B, g, g) shape-colour pair index per cell, NONE off objects."""
+    on_object = targets[:, 0] != NONE
+    return torch.where(on_object, targets[:, 0] * len(COLORS) + targets[:, 1], torch.full_like(targets[:, 0], NONE))
+
+
+def _loss(logits, tone_logits, targets, weights, dark):
+    """The summed pretraining loss, computed on the device without reading any value back."""
+    on_object = targets[:, 0] != NONE  # (B, g, g)
+    weights = weights * on_object  # an object's cells that another object covers are not its own
+    loss = F.binary_cross_entropy_with_logits(logits[:, 0], on_object.float())
+    start = 1
+    for h, (_key, names) in enumerate(HEADS.items()):
+        loss = loss + _weighted_ce(logits[:, start: start + len(names)], targets[:, h], weights)
+        start += len(names)
+    # shape and colour jointly as well: the cells then code which colour goes with which shape, so that their mean
+    # (all the decoder without attention sees) still tells "a red circle and a blue square" from the reverse
+    loss = loss + _weighted_ce(logits[:, start: start + N_PAIRS], _pair_target(targets), weights)
+    return loss + F.cross_entropy(tone_logits, dark)
 
 
 def _losses_and_hits(logits, tone_logits, targets, weights, dark):
     """Summed loss and, per head, (correct, counted): object cells for shape/colour/size/shape_color, all cells
     for "object", images for "background"."""
     on_object = targets[:, 0] != NONE  # (B, g, g)
-    weights = weights * on_object  # an object's cells that another object covers are not its own
-    loss = F.binary_cross_entropy_with_logits(logits[:, 0], on_object.float())
     hits = {"object": (int(((logits[:, 0] > 0) == on_object).sum()), int(on_object.numel()))}
     start = 1
     for h, (key, names) in enumerate(HEADS.items()):
-        part = logits[:, start: start + len(names)]
+        pred = logits[:, start: start + len(names)].argmax(dim=1)
         start += len(names)
-        if on_object.any():
-            loss = loss + _weighted_ce(part, targets[:, h], weights)
-        pred = part.argmax(dim=1)
         hits[key] = (int((pred == targets[:, h])[on_object].sum()), int(on_object.sum()))
-    # shape and colour jointly as well: the cells then code which colour goes with which shape, so that their mean
-    # (all the decoder without attention sees) still tells "a red circle and a blue square" from the reverse
-    pair = torch.where(on_object, targets[:, 0] * len(COLORS) + targets[:, 1], torch.full_like(targets[:, 0], NONE))
-    part = logits[:, start: start + N_PAIRS]
-    if on_object.any():
-        loss = loss + _weighted_ce(part, pair, weights)
-    hits["shape_color"] = (int((part.argmax(dim=1) == pair)[on_object].sum()), int(on_object.sum()))
-    loss = loss + F.cross_entropy(tone_logits, dark)
+    pair = _pair_target(targets)
+    hits["shape_color"] = (int((logits[:, start: start + N_PAIRS].argmax(dim=1) == pair)[on_object].sum()),
+                           int(on_object.sum()))
     hits["background"] = (int((tone_logits.argmax(1) == dark).sum()), int(dark.numel()))
-    return loss, hits
+    return _loss(logits, tone_logits, targets, weights, dark), hits
+
+
+def train_step(model, opt, images, targets, weights, dark, flip, device):
+    """One pretraining update on ``device``: images uint8 (B, 3, H, W), targets (B, 3, g, g), weights (B, g, g),
+    dark (B,) as ``_load`` gives them (CPU); ``flip`` mirrors images and labels together. Returns the loss (a
+    0-dim tensor on the device; the caller reads it, once per batch)."""
+    x = normalize(images.to(device, non_blocking=True))
+    t, w, d = targets.to(device), weights.to(device), dark.to(device)
+    if flip:
+        x, t, w = x.flip(-1), t.flip(-1), w.flip(-1)
+    logits, tone = model(x)
+    loss = _loss(logits, tone, t, w, d)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
 
 
 def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e-3, seed=0, progress=True,
-                     max_images=None):
-    """Train ``ShapesCNN`` on the TRAIN split's boxes, save its state dict to ``out``; returns a summary dict.
+                     max_images=None, device="cpu"):
+    """Train ``ShapesCNN`` on the TRAIN split's boxes (on ``device``), save its state dict to ``out``; returns a
+    summary dict.
 
     The summary holds ``path``, ``seconds`` and ``val_accuracy`` (per head: the share of object cells of the
     VAL split whose shape / colour / size is predicted right, and of images whose background tone is).
     """
     torch.manual_seed(seed)
     images, targets, weights, dark = _load(data_folder, data_name, "TRAIN", max_images)
-    model = _Probe()
+    device = torch.device(device)
+    model = _Probe().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = images.size(0)
     steps = epochs * -(-n // batch_size)
@@ -161,16 +191,10 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
             idx = order[i: i + batch_size]
-            x, t, w, d = normalize(images[idx]), targets[idx], weights[idx], dark[idx]
-            if torch.rand((), generator=gen) < 0.5:  # mirror image and labels together
-                x, t, w = x.flip(-1), t.flip(-1), w.flip(-1)
-            logits, tone = model(x)
-            loss, _ = _losses_and_hits(logits, tone, t, w, d)
-            if not torch.isfinite(loss):
+            flip = bool(torch.rand((), generator=gen) < 0.5)  # CPU-side generator: mirror image and labels
+            loss = train_step(model, opt, images[idx], targets[idx], weights[idx], dark[idx], flip, device)
+            if not torch.isfinite(loss):  # checked after the step: a diverged model is never saved
                 raise KitError(f"pretraining shapes_cnn: the loss became {loss.item()}; lower lr (now {lr})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
             sched.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # shown at the next timed redraw
@@ -182,9 +206,9 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
     totals = {}
     with torch.no_grad():
         for i in range(0, v_images.size(0), 64):
-            logits, tone = model(normalize(v_images[i: i + 64]))
-            _, hits = _losses_and_hits(logits, tone, v_targets[i: i + 64], v_weights[i: i + 64],
-                                       v_dark[i: i + 64])
+            logits, tone = model(normalize(v_images[i: i + 64].to(device)))
+            _, hits = _losses_and_hits(logits, tone, *(t[i: i + 64].to(device) for t in (v_targets, v_weights,
+                                                                                         v_dark)))
             for k, (c, m) in hits.items():
                 tc, tm = totals.get(k, (0, 0))
                 totals[k] = (tc + c, tm + m)
@@ -192,7 +216,7 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
 
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with atomic_path(out) as tmp:
-        torch.save(model.net.state_dict(), tmp)
+        torch.save({k: v.cpu() for k, v in model.net.state_dict().items()}, tmp)
     return {"path": out, "seconds": seconds, "epochs": epochs, "train_images": n, "val_accuracy": val_accuracy}
 
 

@@ -185,13 +185,10 @@ class Trainer:
         cfg = self.cfg
         features = None
         if self.use_cache:
-            if self.rank == 0:  # one process writes the cache, the others wait and then read it
-                features = build_feature_cache(self.encoder, cfg["data_folder"], cfg["data_name"], split,
-                                               device=cfg["device"], progress=self.progress)
-            self.group.barrier()
-            if self.rank != 0:
-                features = build_feature_cache(self.encoder, cfg["data_folder"], cfg["data_name"], split,
-                                               device=cfg["device"], progress=False)
+            # every rank asks; the cache's file lock lets the first build it while the others wait and then read
+            # it. Not a barrier of the process group: a COCO cache takes longer than NCCL's timeout.
+            features = build_feature_cache(self.encoder, cfg["data_folder"], cfg["data_name"], split,
+                                           device=cfg["device"], progress=self.progress)
         data = ImageCaptions(cfg["data_folder"], cfg["data_name"], split, features=features, limit=limit)
         gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch)
         batch_images = max(1, cfg["batch_size"] // data.cpi)

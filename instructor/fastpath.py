@@ -194,24 +194,34 @@ def _groups(img, running):
     return out
 
 
-def scores(decoder, encoder_out, captions, caplens, group=1):
+def plan(caplens, group=1):
+    """The bookkeeping of :func:`scores` that reads the caption lengths (one copy to the host on a GPU).
+
+    caplens (B·group,) → (order (N,) the length-sorted caption order, img (N,) the image of each sorted caption,
+    both on caplens' device; decode_lengths: list of N ints; running: list, per step, how many captions still run).
+    """
+    lengths, order = caplens.reshape(-1).sort(descending=True)
+    decode_lengths = (lengths - 1).tolist()
+    # how many captions are still running at each step (captions are sorted longest first)
+    running = [sum(1 for d in decode_lengths if d > t) for t in range(max(decode_lengths))]
+    return order, order // group, decode_lengths, running
+
+
+def scores(decoder, encoder_out, captions, caplens, group=1, planned=None):
     """Same contract as ``solver.decoder_scores`` after grouping.
 
     Args:
         encoder_out: (B, S, S, C) or (B, P, C), one row per image.
         captions: (B·group, T), the captions of image b at rows b·group … b·group + group − 1.
         caplens: (B·group,).
+        planned: ``plan(caplens, group)`` when already made (None: made here).
     Returns: scores (L, V) packed, targets (L,), alphas (B·group, T', P) in length-sorted order or None.
     """
     n_img = encoder_out.size(0)
     enc = encoder_out.reshape(n_img, -1, decoder.encoder_dim)  # (B, P, C)
-    lengths, order = caplens.reshape(-1).sort(descending=True)
-    img = order // group  # image of each sorted caption
+    order, img, decode_lengths, running = planned if planned is not None else plan(caplens, group)
     captions = captions[order]
-    decode_lengths = (lengths - 1).tolist()
-    steps = max(decode_lengths)
-    # how many captions are still running at each step (captions are sorted longest first)
-    running = [sum(1 for d in decode_lengths if d > t) for t in range(steps)]
+    steps = len(running)
 
     cell = decoder.decode_step
     w_ih, w_hh = cell.weight_ih, cell.weight_hh
@@ -260,7 +270,17 @@ def scores(decoder, encoder_out, captions, caplens, group=1):
             h, c = _lstm_step(gi_words[:n, t] + F.linear(h[:n], w_hh), c[:n])
             hs.append(h)
     scores_ = decoder.fc(decoder.dropout(torch.cat(hs, dim=0)))  # (L, V): packed order, step by step
-    return scores_, targets_of(captions, decode_lengths), alphas
+    return scores_, _packed_targets(captions, running), alphas
+
+
+def _packed_targets(captions, running):
+    """What ``targets_of`` gives, gathered with an index built on the host from ``running`` (one copy to the
+    device; ``pack_padded_sequence`` would copy the lengths to the host again): captions (N, T) sorted longest
+    first → (L,) the word after each step's input, step by step, rows :running[t] at step t."""
+    rows = [i for n in running for i in range(n)]
+    cols = [t + 1 for t, n in enumerate(running) for _ in range(n)]
+    index = torch.tensor([rows, cols], dtype=torch.long, device=captions.device)
+    return captions[index[0], index[1]]
 
 
 def _manual_backward(enc):
