@@ -29,7 +29,7 @@ from captioning.distributed import ProcessGroup
 from captioning.encoder import Encoder
 from captioning.errors import KitError
 from captioning.features import build_feature_cache, recalibrate_once
-from captioning.locks import training_lock
+from captioning.locks import data_lock, training_lock
 from captioning.metrics import accuracy, bleu, strip_special
 from captioning.models import DecoderWithAttention, DecoderWithRNN
 from captioning.optim import adam, load_optimizer_state, resume_learning_rate
@@ -529,7 +529,8 @@ def code_id(decoder):
 def fit(cfg=None, progress=True, **overrides):
     """Train a decoder as configured; returns ``{"history", "checkpoint", "best_checkpoint", "best_bleu4"}``."""
     cfg = make_cfg(cfg, **overrides)
-    with training_lock(cfg):  # a second run into the same checkpoints stops at once
+    # a second run into the same checkpoints stops at once; a prepare into the data folder stops while we read it
+    with training_lock(cfg), data_lock(cfg["data_folder"], cfg["data_name"]):
         return Trainer(cfg, progress=progress).fit()
 
 
