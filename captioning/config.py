@@ -41,6 +41,7 @@ DEFAULT_CFG = {
     "print_freq": 100,
     "fine_tune_encoder": False,
     "checkpoint": None,  # resume from this checkpoint
+    "overwrite": False,  # True: train from epoch 0 even where output_dir holds a run (by default continued or refused)
     "output_dir": "outputs",
     "feature_cache": "auto",  # "auto": cache encoder features when the encoder is frozen; False: never
     "fast_decoder": "auto",  # "auto": fast training path when it matches the decoder's forward; False: never
@@ -118,7 +119,7 @@ RULES = {
     "seed": _int(0), "epochs": _int(1), "batch_size": _int(1), "workers": _int(0),
     "encoder_lr": _number(0, lo_open=True), "decoder_lr": _number(0, lo_open=True),
     "grad_clip": _optional(_number(0)), "alpha_c": _number(0), "print_freq": _optional(_int(0)),
-    "fine_tune_encoder": _BOOL, "checkpoint": _optional(_STR), "output_dir": _STR,
+    "fine_tune_encoder": _BOOL, "checkpoint": _optional(_STR), "overwrite": _BOOL, "output_dir": _STR,
     "feature_cache": _one_of("auto", False), "fast_decoder": _one_of("auto", False), "patience": _int(1),
     "lr_decay_every": _int(1), "lr_decay_factor": _number(0, 1, lo_open=True), "val_beam_size": _int(1),
     "length_penalty": _number(0),

@@ -267,8 +267,10 @@ def _checkpoint_cfg(checkpoint):
 
     try:  # memory-mapped: only the cfg is read, not the ~170 MB of weights
         return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["cfg"]
-    except Exception:  # not a zip checkpoint, or not ours: let load_checkpoint explain
-        return load_checkpoint(checkpoint)["cfg"]
+    except Exception:  # missing, not a zip checkpoint, or not ours: load_checkpoint explains, below
+        pass
+    # outside the except block: its message then comes alone, not after the traceback of torch.load's error
+    return load_checkpoint(checkpoint)["cfg"]
 
 
 def checkpoint_decoder(checkpoint, decoder=None):

@@ -31,7 +31,7 @@ from pathlib import Path
 from captioning.errors import KitError
 from captioning.images import CHUNK, die_with_parent
 from captioning.images_h5 import write_images
-from captioning.locks import folder_lock
+from captioning.locks import DATA_LOCK, folder_lock
 from captioning.manifest import set_id_of, write_manifest
 
 SPLITS = ("TRAIN", "VAL", "TEST")
@@ -336,7 +336,9 @@ def create_input_files(dataset, karpathy_json_path, image_folder, captions_per_i
     word_map = build_word_map((c for it in items["TRAIN"] for c in it["captions"]), min_word_freq)
     _prepare_output_folder(output_folder)
     base = base_name(dataset, captions_per_image, min_word_freq)
-    with folder_lock(output_folder, f"prepare-{base}", wait=False, what=f"the output folder {output_folder}"):
+    with folder_lock(output_folder, f"prepare-{base}", wait=False, what=f"the output folder {output_folder}"), \
+            folder_lock(output_folder, DATA_LOCK.format(data_name=base), wait=False,
+                        what=f"the data '{base}' in {output_folder}"):  # a training run reading it, say
         _write_all(output_folder, base, items, word_map, captions_per_image, max_len, image_size, seed, workers,
                    with_objects=any("objects" in rec for rec in records))
     summary = {

@@ -6,8 +6,10 @@ every key can be overridden. Under ``torchrun`` each process trains on its shard
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import sys
 import time
 
 import torch
@@ -17,16 +19,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captioning import plugins
+from captioning.atomic import remove_stale_temporaries
 from captioning.adaptive import DecoderWithAdaptiveAttention
 from captioning.checkpoints import check_compatible, load_checkpoint, load_weights, save_checkpoint, word_map_id
-from captioning.config import DECODER_NAMES, make_cfg, make_output_dir
+from captioning.config import DECODER_NAMES, DEFAULT_CFG, make_cfg, make_output_dir
 from captioning.datasets import ImageCaptions, load_word_map, normalize
 from captioning.decoding import beam_search
 from captioning.distributed import ProcessGroup
 from captioning.encoder import Encoder
 from captioning.errors import KitError
 from captioning.features import build_feature_cache, recalibrate_once
-from captioning.locks import training_lock
+from captioning.locks import data_lock, training_lock
 from captioning.metrics import accuracy, bleu, strip_special
 from captioning.models import DecoderWithAttention, DecoderWithRNN
 from captioning.optim import adam, load_optimizer_state, resume_learning_rate
@@ -36,8 +39,11 @@ from captioning.optim import adam, load_optimizer_state, resume_learning_rate
 DIVERGED = 10
 
 
+_DECODER_CLASSES = {"rnn": DecoderWithRNN, "attention": DecoderWithAttention, "adaptive": DecoderWithAdaptiveAttention}
+
+
 def build_decoder(cfg, vocab_size, encoder_dim):
-    cls = {"rnn": DecoderWithRNN, "attention": DecoderWithAttention}.get(cfg["decoder"], DecoderWithAdaptiveAttention)
+    cls = _DECODER_CLASSES.get(cfg["decoder"], DecoderWithAdaptiveAttention)
     return cls(dict(cfg, vocab_size=vocab_size), encoder_dim=encoder_dim)
 
 
@@ -140,9 +146,16 @@ class Trainer:
         self.device = torch.device(cfg["device"])
         self.word_map = load_word_map(cfg["data_folder"], cfg["data_name"])
         self.rev_word_map = {v: k for k, v in self.word_map.items()}
-        ckpt = load_checkpoint(cfg["checkpoint"]) if cfg["checkpoint"] else None
-        if ckpt is not None:
-            check_compatible(ckpt, cfg, self.word_map, cfg["checkpoint"])
+        self.kind = DECODER_NAMES[cfg["decoder"]]
+        make_output_dir(cfg)
+        self.ckpt_path = os.path.join(cfg["output_dir"], f"checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
+        self.best_path = os.path.join(cfg["output_dir"], f"BEST_checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
+        if self.rank == 0:  # a run killed mid-save left these (~170 MB each with ResNet-101); we hold the folder
+            for gone in remove_stale_temporaries(cfg["output_dir"], {os.path.basename(self.ckpt_path),
+                                                                     os.path.basename(self.best_path)}):
+                tqdm.write(f"removed {gone}: a checkpoint that a stopped run had not finished writing")
+        self.code_id = code_id(cfg["decoder"])
+        ckpt, self.source = self._starting_point()
         self.encoder = build_encoder(cfg, state=ckpt and ckpt.get("encoder_state"), progress=self.progress)
         self.encoder.fine_tune(cfg["fine_tune_encoder"])
         torch.manual_seed(cfg["seed"] + 1)
@@ -157,7 +170,7 @@ class Trainer:
             self.enc_opt = adam([p for p in self.encoder.parameters() if p.requires_grad], lr=cfg["encoder_lr"])
         self.history, self.start_epoch, self.best_bleu4, self.since_improvement = [], 0, 0.0, 0
         if ckpt is not None:
-            load_weights(self.decoder, ckpt["decoder_state"], "decoder", cfg["checkpoint"])
+            load_weights(self.decoder, ckpt["decoder_state"], "decoder", self.source)
             load_optimizer_state(self.dec_opt, ckpt["decoder_optimizer"])
             if self.enc_opt is not None and ckpt.get("encoder_optimizer") is not None:
                 load_optimizer_state(self.enc_opt, ckpt["encoder_optimizer"])
@@ -167,18 +180,120 @@ class Trainer:
             self.start_epoch = ckpt["epoch"] + 1
             self.best_bleu4 = ckpt["best_bleu4"]
             self.since_improvement = ckpt["epochs_since_improvement"]
+            if self.rank == 0:
+                self._check_best(ckpt)
             if self.start_epoch >= cfg["epochs"]:
-                raise KitError(f"checkpoint '{cfg['checkpoint']}' already finished epoch {ckpt['epoch']}: with "
-                               f"epochs = {cfg['epochs']} there is nothing left to train; set epochs to more than "
-                               f"{self.start_epoch}")
+                if cfg["checkpoint"]:
+                    raise KitError(f"checkpoint '{cfg['checkpoint']}' already finished epoch {ckpt['epoch']}: with "
+                                   f"epochs = {cfg['epochs']} there is nothing left to train; set epochs to more "
+                                   f"than {self.start_epoch}")
+                tqdm.write(f"{self.ckpt_path} already holds this run with all its {cfg['epochs']} epochs (best "
+                           f"validation BLEU-4 {self.best_bleu4:.4f}): nothing left to train, nothing changed. To "
+                           f"train it again from epoch 0: overwrite=True or another output_dir")
         self.use_cache = cfg["feature_cache"] == "auto" and not cfg["fine_tune_encoder"]
         self.folded = None  # frozen without the cache: the encoder's inference copy, made on the first batch
         self.image_size = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN").image_shape[-1]
         self.fast = False  # decided on the first batch: the fast-path plug-in or None
-        self.kind = DECODER_NAMES[cfg["decoder"]]
-        make_output_dir(cfg)
-        self.ckpt_path = os.path.join(cfg["output_dir"], f"checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
-        self.best_path = os.path.join(cfg["output_dir"], f"BEST_checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
+
+    # -- where training starts: a fresh run, the run already in output_dir, or cfg["checkpoint"]
+    def _starting_point(self):
+        """(checkpoint dict or None, its path or None). Without cfg["checkpoint"], a run already in output_dir is
+        continued when its settings match and refused otherwise: a re-run never replaces a finished run unless
+        overwrite=True says so."""
+        cfg, out = self.cfg, self.cfg["output_dir"]
+        here = os.path.isfile(self.ckpt_path)
+        if cfg["checkpoint"]:
+            source = cfg["checkpoint"]
+            ckpt = load_checkpoint(source)
+            check_compatible(ckpt, cfg, self.word_map, source)
+            if here and not cfg["overwrite"] and not any(_same(source, p) for p in (self.ckpt_path, self.best_path)):
+                raise KitError(
+                    f"output_dir '{out}' already holds another run of the {cfg['decoder']} decoder "
+                    f"({self.ckpt_path}, {_done(load_checkpoint(self.ckpt_path))}); continuing '{source}' there would "
+                    f"replace it. Nothing was changed: choose another output_dir, or set overwrite=True to replace it")
+            return ckpt, source
+        if not here:
+            if os.path.isfile(self.best_path) and not cfg["overwrite"]:
+                raise KitError(f"output_dir '{out}' holds {os.path.basename(self.best_path)} but not the latest "
+                               f"checkpoint {os.path.basename(self.ckpt_path)}: training would replace it. Nothing "
+                               f"was changed: resume from it with checkpoint={self.best_path}, choose another "
+                               f"output_dir, or set overwrite=True to replace it")
+            return None, None
+        if cfg["overwrite"]:
+            tqdm.write(f"overwrite=True: training from epoch 0; the run in '{out}' is replaced as the new epochs "
+                       f"finish")
+            return None, None
+        try:
+            ckpt = load_checkpoint(self.ckpt_path)
+        except KitError as e:
+            raise KitError(f"{e}. (train found it in output_dir '{out}' to continue that run; start afresh with "
+                           f"overwrite=True or another output_dir)") from None
+        differ = self._differences(ckpt)
+        if differ:
+            raise KitError(
+                f"output_dir '{out}' already holds a run of the {cfg['decoder']} decoder ({self.ckpt_path}, "
+                f"{_done(ckpt)}) with other settings: {'; '.join(differ)}. Nothing was changed. To continue that run, "
+                f"give its settings; to keep it and train this one, choose another output_dir; to continue from it "
+                f"with these settings, checkpoint={self.ckpt_path}; to replace it, overwrite=True")
+        done = ckpt["epoch"] + 1
+        if done < cfg["epochs"]:
+            tqdm.write(f"resuming the run in '{out}' at epoch {done} of {cfg['epochs']}: {self.ckpt_path} holds "
+                       f"{_done(ckpt)} with these settings (overwrite=True starts afresh)")
+        elif cfg["epochs"] < ckpt["cfg"].get("epochs", cfg["epochs"]):
+            raise KitError(f"output_dir '{out}' already holds a longer run with these settings ({self.ckpt_path}, "
+                           f"{_done(ckpt)}); epochs = {cfg['epochs']} would not replace it. Nothing was changed: "
+                           f"choose another output_dir for a {cfg['epochs']}-epoch run, or set overwrite=True to "
+                           f"replace it")
+        return ckpt, self.ckpt_path
+
+    # settings that change neither the numbers a run computes nor which run it is
+    NOT_COMPARED = ("epochs", "checkpoint", "overwrite", "output_dir", "device", "workers", "progress", "print_freq",
+                    "feature_cache", "fast_decoder")
+
+    def _differences(self, ckpt):
+        """What makes the run in ``ckpt`` another run than this cfg's: settings, word map, model code."""
+        old, cfg = ckpt["cfg"], self.cfg
+        out = []
+        for key in DEFAULT_CFG:
+            if key in self.NOT_COMPARED:
+                continue
+            was, now = old.get(key, DEFAULT_CFG[key]), cfg[key]
+            if key == "data_folder":
+                was, now = os.path.abspath(was), os.path.abspath(now)
+            if was != now:
+                out.append(f"{key} = {was!r} there, {now!r} now")
+        if ckpt["word_map_id"] != word_map_id(self.word_map):
+            out.append(f"the word map of {cfg['data_folder']} is not the one it was trained with")
+        if ckpt.get("code_id") not in (None, self.code_id):
+            out.append(f"the model code (captioning/{_decoder_file(cfg['decoder'])} or encoder.py: your TODOs?) "
+                       f"changed since")
+        return out
+
+    def _check_best(self, ckpt):
+        """Make BEST hold the epoch the history marks best. A run stopped between writing the latest checkpoint
+        and BEST left an older BEST (repaired from the latest); a run continued into a new output_dir has no BEST
+        there (taken from the checkpoint it continues, or the BEST beside it)."""
+        best = [h["epoch"] for h in ckpt["history"] if h.get("best")]
+        if not best:
+            return
+        want, row = best[-1], next(h for h in ckpt["history"] if h["epoch"] == best[-1])
+        if _holds_epoch(self.best_path, want, row):
+            return
+        was = os.path.isfile(self.best_path)
+        src = self.source
+        if ckpt["epoch"] != want:  # the best epoch's weights: only a BEST beside the continued checkpoint has them
+            name = os.path.basename(src)
+            src = os.path.join(os.path.dirname(src), name if name.startswith("BEST_") else f"BEST_{name}")
+            if _same(src, self.best_path) or not _holds_epoch(src, want, row):
+                tqdm.write(f"warning: no checkpoint of epoch {want}, the best by the history of '{self.source}', "
+                           f"was found ({self.best_path} {'holds another epoch' if was else 'does not exist'}): "
+                           f"BEST_ will be written when a new epoch beats its BLEU-4 ({self.best_bleu4:.4f})")
+                return
+            ckpt = load_checkpoint(src)
+        save_checkpoint(ckpt, self.best_path)
+        tqdm.write(f"{'repaired' if was else 'wrote'} {self.best_path} from '{src}': epoch {want}, the best by the "
+                   f"history" + (" (it held another epoch: a run stopped between writing the two checkpoints)"
+                                 if was else ""))
 
     def loader(self, split, shuffle, epoch=0, limit=None):
         """Batches of whole images. Under torchrun each rank gets its own shard (rank::world_size)."""
@@ -314,11 +429,12 @@ class Trainer:
         enc_state = None
         if self.cfg["fine_tune_encoder"] or self.cfg["encoder_weights"] != "imagenet":
             enc_state = {k: v.cpu() for k, v in self.encoder.state_dict().items()}
-        cfg = {k: v for k, v in self.cfg.items() if k != "checkpoint"}
+        cfg = {k: v for k, v in self.cfg.items() if k not in ("checkpoint", "overwrite")}
         for key in ("data_folder", "output_dir"):  # readable from any working directory
             cfg[key] = os.path.abspath(cfg[key])
         return {
             "format": 1, "kind": self.kind, "decoder_type": self.cfg["decoder"], "epoch": epoch,
+            "code_id": self.code_id,
             "cfg": cfg, "word_map": self.word_map, "word_map_id": word_map_id(self.word_map),
             "vocab_size": len(self.word_map), "encoder_dim": self.encoder.encoder_dim,
             "image_size": self.image_size,
@@ -362,14 +478,56 @@ class Trainer:
             if improved:
                 save_checkpoint(state, self.best_path)
         self.group.barrier()
-        return {"history": self.history, "checkpoint": self.ckpt_path, "best_checkpoint": self.best_path,
+        return {"history": self.history, "checkpoint": self.ckpt_path,
+                "best_checkpoint": self.best_path if os.path.isfile(self.best_path) else None,
                 "best_bleu4": self.best_bleu4}
+
+
+def _same(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _done(ckpt):
+    """"4 of 10 epochs done, best validation BLEU-4 0.1130 at epoch 2" for a loaded checkpoint (epochs counted
+    from 0, as the per-epoch lines print them)."""
+    best = [h["epoch"] for h in ckpt["history"] if h.get("best")]
+    return (f"{ckpt['epoch'] + 1} of {ckpt['cfg'].get('epochs', '?')} epochs done, best validation BLEU-4 "
+            f"{ckpt['best_bleu4']:.4f}" + (f" at epoch {best[-1]}" if best else ""))
+
+
+def _holds_epoch(path, epoch, row):
+    """Does the checkpoint at ``path`` hold ``epoch`` with the history row ``row`` (the same run's)? Read memory-
+    mapped: only the entries, not the weights; the weights are checked when it is loaded."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return ck["epoch"] == epoch and ck["history"][-1] == row
+    except Exception:  # missing or unreadable: it does not
+        return False
+
+
+def _decoder_file(decoder):
+    return os.path.basename(sys.modules[_DECODER_CLASSES[decoder].__module__].__file__)
+
+
+def code_id(decoder):
+    """Identity (sha256, 16 hex digits) of the source files of ``decoder``'s class and the encoder: a run
+    continued after that code changed would mix two models, so a changed file makes a run already in output_dir
+    another run."""
+    h = hashlib.sha256()
+    for module in (_DECODER_CLASSES[decoder].__module__, Encoder.__module__):
+        with open(sys.modules[module].__file__, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:16]
 
 
 def fit(cfg=None, progress=True, **overrides):
     """Train a decoder as configured; returns ``{"history", "checkpoint", "best_checkpoint", "best_bleu4"}``."""
     cfg = make_cfg(cfg, **overrides)
-    with training_lock(cfg):  # a second run into the same checkpoints stops at once
+    # a second run into the same checkpoints stops at once; a prepare into the data folder stops while we read it
+    with training_lock(cfg), data_lock(cfg["data_folder"], cfg["data_name"]):
         return Trainer(cfg, progress=progress).fit()
 
 

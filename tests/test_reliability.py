@@ -176,7 +176,7 @@ def test_output_dir_under_a_file_and_bad_checkpoints(shapes_data, tmp_path):
     ck["decoder_state"]["fc.weight"] = ck["decoder_state"]["fc.weight"][:, :3]  # edited to a wrong shape
     save_checkpoint(ck, str(tmp_path / "wrong.pth.tar"))
     with pytest.raises(KitError, match="its decoder weights do not fit"):
-        fit(cfg_for(shapes_data, tmp_path / "run", epochs=2, checkpoint=str(tmp_path / "wrong.pth.tar")))
+        fit(cfg_for(shapes_data, tmp_path / "resumed", epochs=2, checkpoint=str(tmp_path / "wrong.pth.tar")))
     del ck["history"]
     save_checkpoint(ck, str(tmp_path / "cut.pth.tar"))
     with pytest.raises(KitError, match="lacks history"):
