@@ -183,3 +183,97 @@ def test_prepare_checks_its_hdf5_before_renaming_it(shapes_data, tmp_path, monke
         create_input_files("shapes", shapes_data.karpathy_json, shapes_data.karpathy_json.parent, captions_per_image=5,
                            min_word_freq=1, output_folder=out, image_size=64, workers=1)
     assert drop.dropped and [p.name for p in out.iterdir() if not p.name.startswith(".lock")] == []
+
+
+# -------------------------------------------------------------------------------------------- 5, 6: test, caption
+@pytest.fixture(scope="module")
+def trained(shapes_data, tmp_path_factory):
+    """A one-epoch attention checkpoint trained on a copy of the shapes data (so that tests may make that copy
+    read-only), with the TEST feature cache built: (checkpoint path, data folder)."""
+    from captioning.evaluate import evaluate
+    from captioning.solver import fit
+
+    root = tmp_path_factory.mktemp("trained")
+    data = copy_data(shapes_data, root / "data")
+    res = fit(dict(data_folder=str(data), data_name=shapes_data.data_name, encoder="shapes_cnn", encoder_weights=None,
+                   encoded_image_size=2, embed_dim=16, decoder_dim=24, attention_dim=16, dropout=0.0, batch_size=40,
+                   epochs=1, workers=0, decoder_lr=3e-3, print_freq=0, output_dir=str(root / "run"),
+                   recalibrate_images=20, progress=False, device="cpu", decoder="attention"))
+    evaluate(res["best_checkpoint"], "TEST", beam_size=1, progress=False, coco=False)  # builds the TEST cache
+    return res["best_checkpoint"], data
+
+
+def _test_images(shapes_data, n):
+    return sorted((shapes_data.karpathy_json.parent / "images").glob("test_*.jpg"))[:n]
+
+
+def test_test_out_into_a_missing_folder_creates_it(trained, tmp_path):
+    out = tmp_path / "missing" / "deeper" / "scores.json"
+    r = kit("test", "--checkpoint", trained[0], "--beam-size", "1", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(out.read_text())["n_images"] == 10
+
+
+def test_test_beside_a_read_only_checkpoint_stops_before_the_work(trained, tmp_path):
+    """It used to beam-search the whole split, then give a traceback without printing the scores."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ckpt = ro / os.path.basename(trained[0])
+    shutil.copy(trained[0], ckpt)
+    r = kit("test", "--checkpoint", ckpt, "--beam-size", "1", read_only=[ro])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"cannot write the scores file {ckpt.stem.replace('.pth', '')}.test.beam1.json (by default beside the " \
+           f"checkpoint) into {ro} (Read-only file system): choose another place with --out" in r.stderr, r.stderr
+    assert "BLEU" not in r.stdout and "test beam" not in r.stderr  # stopped before the beam search
+
+
+def test_test_on_a_full_disk_prints_the_scores_then_names_the_file(trained, tmp_path):
+    out = tmp_path / "scores.json"
+    r = kit("test", "--checkpoint", trained[0], "--beam-size", "1", "--out", out,
+            preexec_fn=_limit_file_size(1024))  # the scores JSON (captions of 10 images) is larger
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "BLEU-4: " in r.stdout
+    assert f"cannot write {out}: File too large (the file size limit was reached). The scores are printed above." \
+           in r.stderr, r.stderr
+    assert os.listdir(tmp_path) == []  # no half-written file, no temporary file
+
+
+def test_caption_on_a_full_disk_captions_every_image_and_says_which_figures_are_missing(trained, shapes_data,
+                                                                                       tmp_path):
+    images = _test_images(shapes_data, 2)
+    r = kit("caption", *images, "--checkpoint", trained[0], "--beam-size", "1", "--out", tmp_path / "figs",
+            preexec_fn=_limit_file_size(1024))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert [line.split(":")[0] for line in r.stdout.splitlines()] == [str(p) for p in images]  # both captioned
+    assert r.stdout.count("[figure not written]") == 2
+    assert r.stderr.count("File too large") == 1 and "2 figure(s) could not be written into" in r.stderr
+    assert os.listdir(tmp_path / "figs") == []
+
+
+def test_caption_into_a_read_only_folder_stops_before_the_work(trained, shapes_data, tmp_path):
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    r = kit("caption", *_test_images(shapes_data, 1), "--checkpoint", trained[0], "--out", figs, read_only=[figs])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"cannot write the caption figures into {figs} (Read-only file system): choose another place with --out" \
+           in r.stderr and r.stdout == ""
+
+
+def test_caption_gives_images_of_one_name_their_own_figures(trained, shapes_data, tmp_path):
+    """a/img.jpg, b/img.jpg and a/img.png all used to be saved as img.caption.png: one figure remained."""
+    from PIL import Image
+
+    first, second = _test_images(shapes_data, 2)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    shutil.copy(first, tmp_path / "a" / "img.jpg")
+    shutil.copy(second, tmp_path / "b" / "img.jpg")
+    Image.open(second).save(tmp_path / "a" / "img.png")
+    images = [tmp_path / "a" / "img.jpg", tmp_path / "b" / "img.jpg", tmp_path / "a" / "img.png"]
+    r = kit("caption", *images, "--checkpoint", trained[0], "--beam-size", "1", "--out", tmp_path / "figs")
+    assert r.returncode == 0, r.stderr[-2000:]
+    written = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert written == ["a_img.jpg.caption.png", "a_img.png.caption.png", "b_img.jpg.caption.png"]
+    for image, name in zip(images, ("a_img.jpg", "b_img.jpg", "a_img.png")):
+        assert f"{image}: " in r.stdout and f"[{tmp_path / 'figs' / name}.caption.png]" in r.stdout
+    assert "3 images share a file name" in r.stderr
