@@ -55,10 +55,15 @@ def _cmd_train(a):
 
 def _cmd_test(a):
     from captioning.evaluate import evaluate
+    from captioning.outputs import check_file, write_json
 
     out = a.out or a.checkpoint.replace(".pth.tar", "") + f".{a.split.lower()}.beam{a.beam_size}.json"
+    # the place is checked now, and the file written only after the scores are printed: neither an hour of beam
+    # search nor its scores are lost to a folder that cannot take the file
+    check_file(out, "--out", None if a.out else f"the scores file {os.path.basename(out)} (by default beside the "
+                                                 "checkpoint)")
     r = evaluate(a.checkpoint, a.split, a.beam_size, data_folder=a.data_folder, data_name=a.data_name,
-                 device=a.device, max_images=a.max_images, out=out, length_penalty=a.length_penalty, coco=a.coco)
+                 device=a.device, max_images=a.max_images, length_penalty=a.length_penalty, coco=a.coco)
     print(f"{r['split']} split, {r['n_images']} images, beam {r['beam_size']} (length penalty "
           f"{r['length_penalty']:g}), decoder {r['decoder']}")
     for k in ("bleu1", "bleu2", "bleu3", "bleu4"):
@@ -81,7 +86,34 @@ def _cmd_test(a):
                 print(f"  {title}: " + ", ".join(
                     f"{names.get(k, k)} {'—' if v['rate'] is None else format(v['rate'], '.2f')} ({v['n']} words)"
                     for k, v in split.items()))
+    write_json(r, out, "--out", done="The scores are printed above. ")
     print(f"wrote {out}")
+
+
+def figure_names(images):
+    """A figure name per image path, ``{stem}.caption.png``, unique among ``images``: images that share a stem
+    (``a/img.jpg``, ``b/img.jpg``, ``a/img.png``) are named by their path from the folder they have in common
+    (``a_img.jpg.caption.png``, …) so that no figure overwrites another. The same path twice gets one name."""
+    paths = list(dict.fromkeys(os.path.abspath(os.fspath(p)) for p in images))
+    stems = {}
+    for p in paths:
+        stems.setdefault(os.path.splitext(os.path.basename(p))[0], []).append(p)
+    names = {}
+    for stem, group in stems.items():
+        if len(group) == 1:
+            names[group[0]] = f"{stem}.caption.png"
+            continue
+        common = os.path.commonpath([os.path.dirname(p) for p in group])
+        for p in group:
+            names[p] = os.path.relpath(p, common).replace(os.sep, "_") + ".caption.png"
+    taken = set()
+    for p in paths:  # a name made of a path may still equal another image's plain name: number it
+        name, k = names[p], 2
+        while name in taken:
+            name, k = names[p].replace(".caption.png", f"-{k}.caption.png"), k + 1
+        names[p] = name
+        taken.add(name)
+    return {os.fspath(p): names[os.path.abspath(os.fspath(p))] for p in images}
 
 
 def _cmd_caption(a):
@@ -89,24 +121,44 @@ def _cmd_caption(a):
 
     matplotlib.use("Agg")
     from captioning.evaluate import iter_captions
-    from captioning.figures import caption_figure, save
+    from captioning.figures import caption_figure
+    from captioning.outputs import check_folder, save_figure
 
-    os.makedirs(a.out, exist_ok=True)
-    failed = []
+    check_folder(a.out, "--out", "the caption figures")  # before the checkpoint is loaded and any image captioned
+    names = figure_names(a.images)
+    shared = [p for p in a.images if names[p] != os.path.splitext(os.path.basename(p))[0] + ".caption.png"]
+    if shared:
+        print(f"note: {len(shared)} images share a file name; their figures are named by their folders and "
+              f"extensions (each figure is named below)", file=sys.stderr, flush=True)
+    failed, unwritten = [], []
     for r in iter_captions(a.checkpoint, a.images, beam_size=a.beam_size, device=a.device,
                            length_penalty=a.length_penalty):
         if "error" in r:  # reported now, the other images are still captioned
             failed.append(r["path"])
             print(f"error: {r['error']}", file=sys.stderr, flush=True)
             continue
-        name = os.path.splitext(os.path.basename(r["path"]))[0]
-        png = save(caption_figure(r), os.path.join(a.out, f"{name}.caption.png"))
-        print(f"{r['path']}: {' '.join(r['words'])}   [{png}]", flush=True)
+        png = os.path.join(a.out, names[r["path"]])
+        try:
+            where = save_figure(caption_figure(r), png)
+        except KitError as e:  # e.g. a full disk: the caption is still printed, the other images still captioned
+            if not unwritten:
+                print(f"error: {e}", file=sys.stderr, flush=True)
+            unwritten.append(png)
+            where = "figure not written"
+        print(f"{r['path']}: {' '.join(r['words'])}   [{where}]", flush=True)
         if r["decoder"] == "adaptive":  # last attention column = β, the sentinel's share (1: the image unused)
             print("  β per word: " + " ".join(f"{w} {float(row[-1]):.2f}" for w, row in zip(r["words"], r["alphas"])))
+    problems = []
     if failed:
-        raise KitError(f"{len(failed)} of {len(a.images)} images could not be captioned (each is named above): "
-                       + ", ".join(failed[:5]) + (" …" if len(failed) > 5 else ""))
+        problems.append(f"{len(failed)} of {len(a.images)} images could not be captioned (each is named above): "
+                        + ", ".join(failed[:5]) + (" …" if len(failed) > 5 else ""))
+    if unwritten:
+        problems.append(f"{len(unwritten)} figure(s) could not be written into {a.out} (the first error is above; "
+                        f"their captions are printed): " + ", ".join(unwritten[:5])
+                        + (" …" if len(unwritten) > 5 else "") + ". Free some space or choose another --out, and "
+                        "caption those images again")
+    if problems:
+        raise KitError("; ".join(problems))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 import h5py
 import numpy as np
@@ -13,13 +14,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from captioning.atomic import write_json
 from captioning.checkpoints import data_folder_of, load_checkpoint, word_map_id
 from captioning.datasets import ImageCaptions, load_word_map, normalize, split_paths
 from captioning.decoding import beam_search, decode_words
 from captioning.errors import KitError
 from captioning.features import build_feature_cache
 from captioning.metrics import bleu, strip_special
+from captioning.outputs import check_file, write_json
 from captioning.solver import encode_batch, models_from_checkpoint
 
 
@@ -36,8 +37,14 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     ``decoder``, ``checkpoint``,
     ``grounding`` (pointing-game scores when the data has object boxes and the decoder attends, else None),
     ``coco`` (pycocoevalcap BLEU/METEOR/ROUGE-L/CIDEr-D when ``coco``, see ``cocoeval``) and ``captions`` (per
-    image: ``image_id``, ``caption``, ``references``). Written to ``out`` as JSON if given.
+    image: ``image_id``, ``caption``, ``references``). Written to ``out`` as JSON if given: that place is checked
+    before the work starts, and the file read back before it is renamed into place (``outputs``).
+
+    On a data folder that cannot be written (and holds no feature cache for this encoder) the images are encoded
+    batch by batch instead of through the cache: the same scores up to the cache's fp16 rounding.
     """
+    if out:
+        check_file(out, "out")
     ckpt = load_checkpoint(checkpoint)
     encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
     length_penalty = cfg["length_penalty"] if length_penalty is None else length_penalty
@@ -53,8 +60,12 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     # folded once, and the unfolded weights freed: the copy stands for them in the cache key too
     encoder = encoder.for_inference()
     cached = not cfg["fine_tune_encoder"]
-    features = build_feature_cache(encoder, data_folder, data_name, split, device=device,
-                                   progress=progress) if cached else None
+    features = build_feature_cache(encoder, data_folder, data_name, split, device=device, progress=progress,
+                                   required=False) if cached else None
+    if cached and features is None:
+        print(f"note: no feature cache can be written in {data_folder} (not writable): encoding the {split} images "
+              f"batch by batch instead", file=sys.stderr, flush=True)
+        cached = False
     data = ImageCaptions(data_folder, data_name, split, features=features, limit=max_images)
     loader = DataLoader(data, batch_size=batch_images, shuffle=False, num_workers=0)
     refs, hyps, rows, all_alphas = [], [], [], []
@@ -86,7 +97,7 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
                                       {i: plain(row["caption"]) for i, row in enumerate(rows)})
     result["captions"] = rows
     if out:
-        write_json(result, out)
+        write_json(result, out, "out")
     return result
 
 

@@ -93,10 +93,18 @@ def training_curves(histories, labels=None):
 
 
 def save(fig, path):
-    """Save a figure as PNG (atomically) and free it."""
+    """Save a figure as PNG (atomically) and free it. The PNG is read back whole before it is renamed into place:
+    a write lost on the way (a full disk) raises OSError and leaves whatever was at ``path`` as it was."""
+    from PIL import Image
+
     try:
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=110, bbox_inches="tight")
+            try:
+                with Image.open(tmp) as im:
+                    im.load()  # decodes every row: a truncated or damaged PNG raises here
+            except (SyntaxError, ValueError) as e:  # how Pillow reports some broken PNG chunks
+                raise OSError(f"the PNG read back is damaged ({e})") from None
     finally:
         plt.close(fig)
     return path

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zlib
 from pathlib import Path
 
 import h5py
+import numpy as np
 from tqdm.auto import tqdm
 
+from captioning.errors import KitError
 from captioning.images import decoded_chunks
 
 
@@ -67,12 +70,14 @@ class _Sink:
 
 def write_images(tmp_path: Path, items: list[dict], size: int, cpi: int, pool, workers: int,
                   with_objects: bool, desc: str, set_id: str) -> None:
-    """Decode ``items`` (dicts with path, image_id, objects) into a new HDF5 file, streaming chunk by chunk."""
+    """Decode ``items`` (dicts with path, image_id, objects) into a new HDF5 file, streaming chunk by chunk; the
+    file is read back and checked (every image against the CRC32 of what was written, the ids) before the caller
+    renames it into place: a KitError when it differs."""
     with open(tmp_path, "w+b", buffering=0) as f:
         sink = _Sink(f)
         h = h5py.File(sink, "w")
         try:
-            _fill_images(h, items, size, cpi, pool, workers, with_objects, desc, set_id, sink)
+            crcs = _fill_images(h, items, size, cpi, pool, workers, with_objects, desc, set_id, sink)
         except BaseException:
             sink.failed = sink.failed or True  # the file is thrown away: close it without writing more
             h.close()
@@ -80,6 +85,35 @@ def write_images(tmp_path: Path, items: list[dict], size: int, cpi: int, pool, w
         h.close()
         if sink.failed:  # a write failed while HDF5 closed the file
             raise _write_error(sink, tmp_path)
+    _verify(tmp_path, items, crcs)
+
+
+def _verify(tmp_path, items, crcs):
+    """KitError unless ``tmp_path`` holds the images whose CRC32s are ``crcs`` and the ids of ``items``: a disk
+    (or network filesystem) that loses a write without reporting it must not give a file taken for good data."""
+    problem = None
+    try:
+        with h5py.File(tmp_path, "r") as h:
+            images, ids = h.get("images"), h.get("image_ids")
+            if images is None or ids is None or images.shape[0] != len(items) or ids.shape != (len(items),):
+                problem = "lacks images or their ids"
+            else:
+                for i, crc in enumerate(crcs):
+                    if _crc(images[i]) != crc:
+                        problem = f"holds other pixels than were written for image {i} ({items[i]['image_id']})"
+                        break
+                stored = [v.decode() if isinstance(v, bytes) else v for v in ids[:]]
+                if problem is None and stored != [it["image_id"] for it in items]:
+                    problem = "holds other image ids than were written"
+    except OSError as e:
+        problem = f"cannot be read back ({e})"
+    if problem is not None:
+        raise KitError(f"{tmp_path}, just written, {problem}: nothing was moved into place. Check the disk of "
+                       f"{tmp_path.parent} (free space, errors in the system log) and run prepare again")
+
+
+def _crc(image):
+    return zlib.crc32(np.ascontiguousarray(image).tobytes())
 
 
 def _write_error(sink, tmp_path):
@@ -90,7 +124,9 @@ def _write_error(sink, tmp_path):
 
 
 def _fill_images(h, items, size, cpi, pool, workers, with_objects, desc, set_id, sink):
+    """Stream the images into ``h``; returns the CRC32 of each image's pixels as written (for ``_verify``)."""
     n = len(items)
+    crcs = []
     h.attrs["captions_per_image"] = cpi
     h.attrs["set_id"] = set_id  # which prepare run wrote it (manifest.py)
     # One chunk per image: the DataLoader reads single images at random.
@@ -104,6 +140,7 @@ def _fill_images(h, items, size, cpi, pool, workers, with_objects, desc, set_id,
         for batch, originals in chunks:
             k = len(batch)
             images[start:start + k] = batch
+            crcs.extend(_crc(image) for image in batch)
             if objects is not None:
                 objects[start:start + k] = [
                     json.dumps(_rescale_objects(items[start + j]["objects"], originals[j], size))
@@ -112,3 +149,4 @@ def _fill_images(h, items, size, cpi, pool, workers, with_objects, desc, set_id,
             progress.update(k)
             if sink.failed:
                 raise _write_error(sink, Path(sink.f.name))
+    return crcs

@@ -1,0 +1,279 @@
+"""Outputs and values (issue 28): a command either does its whole job or leaves every earlier result as it was, and
+says what happened in one message naming the file, the value and what to do.
+
+Faults are injected, never left to timing: a write size limit in a child (``RLIMIT_FSIZE``: every write past it
+fails, as on a full disk), writes that HDF5 believes made but that never reach the file, and read-only folders
+(a read-only bind mount in a private mount namespace, since the tests run as root, for whom ``chmod`` stops
+nothing; skipped where ``unshare`` is not allowed). Tiny data: the session's shapes data and the shapes_cnn encoder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+from captioning.encoder import Encoder
+from captioning.errors import KitError
+from captioning.features import build_feature_cache, cache_path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def copy_data(shapes_data, dst):
+    dst.mkdir(parents=True)
+    for f in shapes_data.data_folder.iterdir():
+        if f.is_file():
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def _limit_file_size(limit):
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal, as a full disk gives ENOSPC
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+def run_python(code, preexec_fn=None, read_only=(), timeout=300):
+    """``code`` in a fresh Python. ``read_only``: folders that the child sees mounted read-only (skips the test
+    where a private mount namespace cannot be made); ``preexec_fn``: e.g. a file size limit."""
+    cmd = [sys.executable, "-c", textwrap.dedent(code)]
+    if read_only:
+        if shutil.which("unshare") is None:
+            pytest.skip("read-only folders need `unshare` (a private mount namespace): not installed")
+        mounts = " && ".join(f"mount --bind '{p}' '{p}' && mount -o remount,ro,bind '{p}' '{p}'" for p in read_only)
+        probe = subprocess.run(["unshare", "-m", "sh", "-c", mounts], capture_output=True, text=True)
+        if probe.returncode != 0:
+            pytest.skip(f"read-only folders need a private mount namespace: {probe.stderr.strip()[:200]}")
+        cmd = ["unshare", "-m", "sh", "-c", mounts + ' && exec "$@"', "sh", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, preexec_fn=preexec_fn)
+
+
+def kit(*args, **kw):
+    """``python -m captioning ARGS`` as run_python runs code."""
+    return run_python(f"import sys; from captioning.cli import main; sys.argv = ['captioning'] + {list(map(str, args))!r}; "
+                      "sys.exit(main(sys.argv[1:]))", **kw)
+
+
+# ---------------------------------------------------------------------------------------- 2: the feature cache
+def test_a_full_disk_during_the_cache_build_leaves_no_cache_and_names_the_space(shapes_data, tmp_path):
+    """It used to swallow HDF5's write errors, rename the file into place and crash (rc 139); the next run
+    trained on a cache whose rows were zeros."""
+    data = copy_data(shapes_data, tmp_path / "data")
+    code = f"""
+        import torch
+        from captioning.encoder import Encoder
+        from captioning.errors import KitError
+        from captioning.features import build_feature_cache
+        torch.manual_seed(0)
+        try:
+            build_feature_cache(Encoder(2, weights=None, arch="shapes_cnn"), {str(data)!r},
+                                {shapes_data.data_name!r}, "TRAIN", batch_size=8, progress=False)
+        except KitError as e:
+            print("error:", e)
+    """
+    r = run_python(code, preexec_fn=_limit_file_size(100 * 1024))  # 40 rows of 8 KiB do not fit
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "error: writing the TRAIN feature cache" in r.stdout and "MB free: free some space" in r.stdout, r.stdout
+    assert "Traceback" not in r.stderr and "HDF5-DIAG" not in r.stderr, r.stderr[-2000:]
+    assert os.listdir(data / "features") == []  # neither a cache nor a half-written file
+    torch.manual_seed(0)
+    enc = Encoder(2, weights=None, arch="shapes_cnn")
+    path = build_feature_cache(enc, data, shapes_data.data_name, "TRAIN", batch_size=8, progress=False)
+    with h5py.File(path, "r") as f:  # space again: built whole
+        assert f.attrs["n_done"] == 40 and all(abs(f["features"][i]).max() > 0 for i in range(40))
+
+
+def test_a_cache_that_cannot_fit_stops_before_encoding(shapes_data, tmp_path, monkeypatch):
+    import captioning.features as features
+
+    data = copy_data(shapes_data, tmp_path / "data")
+    free = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(features.shutil, "disk_usage", lambda p: free._replace(free=50_000))
+    with pytest.raises(KitError, match=r"the cache needs about 0 MB and .*features has 0 MB free: free some space"):
+        build_feature_cache(Encoder(2, weights=None, arch="shapes_cnn"), data, shapes_data.data_name, "TRAIN",
+                            batch_size=8, progress=False)
+    assert os.listdir(data / "features") == []
+
+
+class _Dropping:
+    """Stands for ``images_h5._Sink`` but silently loses the first write of ``size`` bytes: a disk that drops a
+    write without an error."""
+
+    def __init__(self, real, size):
+        self.real, self.size, self.dropped = real, size, False
+
+    def __call__(self, f):
+        sink = self.real(f)
+        outer = self
+
+        class Sink(type(sink)):
+            def write(self, b):
+                if not outer.dropped and len(memoryview(b).cast("B")) == outer.size:
+                    outer.dropped = True
+                    return len(memoryview(b).cast("B"))
+                return super().write(b)
+
+        sink.__class__ = Sink
+        return sink
+
+
+def test_a_cache_write_lost_without_an_error_is_never_renamed_into_place(shapes_data, tmp_path, monkeypatch):
+    import captioning.features as features
+
+    data = copy_data(shapes_data, tmp_path / "data")
+    drop = _Dropping(features._Sink, 256 * 4 * 4 * 2)  # one row of the shapes_cnn map (256, 4, 4) fp16
+    monkeypatch.setattr(features, "_Sink", drop)
+    enc = Encoder(2, weights=None, arch="shapes_cnn")
+    with pytest.raises(KitError, match=r"feature cache just written to .*\.partial is damaged: row \d+ does not"):
+        build_feature_cache(enc, data, shapes_data.data_name, "VAL", progress=False)
+    assert drop.dropped and os.listdir(data / "features") == []
+
+
+def test_a_damaged_cache_found_later_is_rebuilt(shapes_data, tmp_path, capsys):
+    data = copy_data(shapes_data, tmp_path / "data")
+    enc = Encoder(2, weights=None, arch="shapes_cnn")
+    path = build_feature_cache(enc, data, shapes_data.data_name, "VAL", progress=False)
+    with h5py.File(path, "r") as f:
+        good = f["features"][:]
+    with h5py.File(path, "r+") as f:
+        f["features"][3] = 0  # rows a full disk never wrote read as zeros
+    again = build_feature_cache(enc, data, shapes_data.data_name, "VAL", progress=False)
+    assert "feature cache" in capsys.readouterr().err and again == path
+    with h5py.File(path, "r") as f:
+        assert (f["features"][:] == good).all()
+
+
+def test_a_version_1_cache_without_checksums_is_rebuilt(shapes_data, tmp_path):
+    import captioning.features as features
+
+    data = copy_data(shapes_data, tmp_path / "data")
+    enc = Encoder(2, weights=None, arch="shapes_cnn")
+    path = build_feature_cache(enc, data, shapes_data.data_name, "VAL", progress=False)
+    images = os.path.join(data, f"VAL_IMAGES_{shapes_data.data_name}.hdf5")
+    old_key = json.loads(features.cache_key(images, enc))
+    with h5py.File(path, "r+") as f:  # as the kit before checksums wrote it
+        del f["crc32"]
+        f.attrs["key"] = json.dumps(dict(old_key, version=1), sort_keys=True)
+    build_feature_cache(enc, data, shapes_data.data_name, "VAL", progress=False)
+    with h5py.File(path, "r") as f:
+        assert "crc32" in f and json.loads(f.attrs["key"])["version"] == features.CACHE_VERSION
+
+
+# ----------------------------------------------------------------------------------------------- 2: prepare
+def test_prepare_checks_its_hdf5_before_renaming_it(shapes_data, tmp_path, monkeypatch):
+    import captioning.images_h5 as images_h5
+    from captioning.prepare import create_input_files
+
+    drop = _Dropping(images_h5._Sink, 3 * 64 * 64)  # one image chunk
+    monkeypatch.setattr(images_h5, "_Sink", drop)
+    out = tmp_path / "out"
+    with pytest.raises(KitError, match=r"IMAGES_.*\.hdf5, just written, holds other pixels than were written for "
+                                       r"image \d+ .*nothing was moved into place"):
+        create_input_files("shapes", shapes_data.karpathy_json, shapes_data.karpathy_json.parent, captions_per_image=5,
+                           min_word_freq=1, output_folder=out, image_size=64, workers=1)
+    assert drop.dropped and [p.name for p in out.iterdir() if not p.name.startswith(".lock")] == []
+
+
+# -------------------------------------------------------------------------------------------- 5, 6: test, caption
+@pytest.fixture(scope="module")
+def trained(shapes_data, tmp_path_factory):
+    """A one-epoch attention checkpoint trained on a copy of the shapes data (so that tests may make that copy
+    read-only), with the TEST feature cache built: (checkpoint path, data folder)."""
+    from captioning.evaluate import evaluate
+    from captioning.solver import fit
+
+    root = tmp_path_factory.mktemp("trained")
+    data = copy_data(shapes_data, root / "data")
+    res = fit(dict(data_folder=str(data), data_name=shapes_data.data_name, encoder="shapes_cnn", encoder_weights=None,
+                   encoded_image_size=2, embed_dim=16, decoder_dim=24, attention_dim=16, dropout=0.0, batch_size=40,
+                   epochs=1, workers=0, decoder_lr=3e-3, print_freq=0, output_dir=str(root / "run"),
+                   recalibrate_images=20, progress=False, device="cpu", decoder="attention"))
+    evaluate(res["best_checkpoint"], "TEST", beam_size=1, progress=False, coco=False)  # builds the TEST cache
+    return res["best_checkpoint"], data
+
+
+def _test_images(shapes_data, n):
+    return sorted((shapes_data.karpathy_json.parent / "images").glob("test_*.jpg"))[:n]
+
+
+def test_test_out_into_a_missing_folder_creates_it(trained, tmp_path):
+    out = tmp_path / "missing" / "deeper" / "scores.json"
+    r = kit("test", "--checkpoint", trained[0], "--beam-size", "1", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(out.read_text())["n_images"] == 10
+
+
+def test_test_beside_a_read_only_checkpoint_stops_before_the_work(trained, tmp_path):
+    """It used to beam-search the whole split, then give a traceback without printing the scores."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ckpt = ro / os.path.basename(trained[0])
+    shutil.copy(trained[0], ckpt)
+    r = kit("test", "--checkpoint", ckpt, "--beam-size", "1", read_only=[ro])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"cannot write the scores file {ckpt.stem.replace('.pth', '')}.test.beam1.json (by default beside the " \
+           f"checkpoint) into {ro} (Read-only file system): choose another place with --out" in r.stderr, r.stderr
+    assert "BLEU" not in r.stdout and "test beam" not in r.stderr  # stopped before the beam search
+
+
+def test_test_on_a_full_disk_prints_the_scores_then_names_the_file(trained, tmp_path):
+    out = tmp_path / "scores.json"
+    r = kit("test", "--checkpoint", trained[0], "--beam-size", "1", "--out", out,
+            preexec_fn=_limit_file_size(1024))  # the scores JSON (captions of 10 images) is larger
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "BLEU-4: " in r.stdout
+    assert f"cannot write {out}: File too large (the file size limit was reached). The scores are printed above." \
+           in r.stderr, r.stderr
+    assert os.listdir(tmp_path) == []  # no half-written file, no temporary file
+
+
+def test_caption_on_a_full_disk_captions_every_image_and_says_which_figures_are_missing(trained, shapes_data,
+                                                                                       tmp_path):
+    images = _test_images(shapes_data, 2)
+    r = kit("caption", *images, "--checkpoint", trained[0], "--beam-size", "1", "--out", tmp_path / "figs",
+            preexec_fn=_limit_file_size(1024))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert [line.split(":")[0] for line in r.stdout.splitlines()] == [str(p) for p in images]  # both captioned
+    assert r.stdout.count("[figure not written]") == 2
+    assert r.stderr.count("File too large") == 1 and "2 figure(s) could not be written into" in r.stderr
+    assert os.listdir(tmp_path / "figs") == []
+
+
+def test_caption_into_a_read_only_folder_stops_before_the_work(trained, shapes_data, tmp_path):
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    r = kit("caption", *_test_images(shapes_data, 1), "--checkpoint", trained[0], "--out", figs, read_only=[figs])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"cannot write the caption figures into {figs} (Read-only file system): choose another place with --out" \
+           in r.stderr and r.stdout == ""
+
+
+def test_caption_gives_images_of_one_name_their_own_figures(trained, shapes_data, tmp_path):
+    """a/img.jpg, b/img.jpg and a/img.png all used to be saved as img.caption.png: one figure remained."""
+    from PIL import Image
+
+    first, second = _test_images(shapes_data, 2)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    shutil.copy(first, tmp_path / "a" / "img.jpg")
+    shutil.copy(second, tmp_path / "b" / "img.jpg")
+    Image.open(second).save(tmp_path / "a" / "img.png")
+    images = [tmp_path / "a" / "img.jpg", tmp_path / "b" / "img.jpg", tmp_path / "a" / "img.png"]
+    r = kit("caption", *images, "--checkpoint", trained[0], "--beam-size", "1", "--out", tmp_path / "figs")
+    assert r.returncode == 0, r.stderr[-2000:]
+    written = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert written == ["a_img.jpg.caption.png", "a_img.png.caption.png", "b_img.jpg.caption.png"]
+    for image, name in zip(images, ("a_img.jpg", "b_img.jpg", "a_img.png")):
+        assert f"{image}: " in r.stdout and f"[{tmp_path / 'figs' / name}.caption.png]" in r.stdout
+    assert "3 images share a file name" in r.stderr
