@@ -31,10 +31,12 @@ UNTRUSTED = "bad \udcff \x00 \x1b[2J\x1b]0;pwned\x07 <script>alert(1)</script> !
 
 
 def _grade(subs, out, *extra):
+    """Grade ``subs`` into ``out``; {id: result}. Limits are generous (60 s per test, as the wall-clock limits are
+    today): these tests are about failures of the grader, not about time limits on a busy test machine."""
     from instructor.cli import main
 
-    rc = main(["grade", str(subs), "--out", str(out), "--jobs", "2", "--timeout", "240", "--memory-mb", "1024",
-               "--quiet", *extra] + (["--allow-unsandboxed"] if missing_layers() else []))
+    rc = main(["grade", str(subs), "--out", str(out), "--jobs", "2", "--timeout", "600", "--test-timeout", "60",
+               "--memory-mb", "1024", "--quiet", *extra] + (["--allow-unsandboxed"] if missing_layers() else []))
     assert rc == 0
     return {r["id"]: r for r in json.loads((out / "results.json").read_text(encoding="utf-8"))}
 
@@ -319,7 +321,7 @@ def test_small_chaos_batch(tmp_path):
     subs, out = tmp_path / "subs", tmp_path / "out"
     subs.mkdir()
     kinds = grade_speed.generate(subs, 12, chaos=True)
-    results = _grade(subs, out, "--test-timeout", "5")
+    results = _grade(subs, out)
     _, rows = read_grades(out)
     assert len(rows) == len(results) == len(list(subs.iterdir()))
     correct = [sid for sid, kind in kinds.items() if kind == "correct"]
