@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
@@ -30,10 +31,12 @@ UNTRUSTED = "bad \udcff \x00 \x1b[2J\x1b]0;pwned\x07 <script>alert(1)</script> !
 
 
 def _grade(subs, out, *extra):
+    """Grade ``subs`` into ``out``; {id: result}. Limits are generous (60 s per test, as the wall-clock limits are
+    today): these tests are about failures of the grader, not about time limits on a busy test machine."""
     from instructor.cli import main
 
-    rc = main(["grade", str(subs), "--out", str(out), "--jobs", "2", "--timeout", "240", "--memory-mb", "1024",
-               "--quiet", *extra] + (["--allow-unsandboxed"] if missing_layers() else []))
+    rc = main(["grade", str(subs), "--out", str(out), "--jobs", "2", "--timeout", "600", "--test-timeout", "60",
+               "--memory-mb", "1024", "--quiet", *extra] + (["--allow-unsandboxed"] if missing_layers() else []))
     assert rc == 0
     return {r["id"]: r for r in json.loads((out / "results.json").read_text(encoding="utf-8"))}
 
@@ -318,9 +321,48 @@ def test_small_chaos_batch(tmp_path):
     subs, out = tmp_path / "subs", tmp_path / "out"
     subs.mkdir()
     kinds = grade_speed.generate(subs, 12, chaos=True)
-    results = _grade(subs, out, "--test-timeout", "5")
+    results = _grade(subs, out)
     _, rows = read_grades(out)
     assert len(rows) == len(results) == len(list(subs.iterdir()))
     correct = [sid for sid, kind in kinds.items() if kind == "correct"]
     assert correct and all(results[sid]["percent"] == 100.0 for sid in correct), \
         {sid: results[sid]["message"] for sid in correct if results[sid]["percent"] != 100.0}
+
+
+FAKE_CHILD = r"""
+import os, sys
+sys.path.insert(0, sys.argv[3])
+import wire
+fd_in, fd_out = int(sys.argv[1]), int(sys.argv[2])
+reader = wire.Reader()
+def receive():
+    while True:
+        got = reader.feed(os.read(fd_in, 1 << 16))
+        if got:
+            return got[0]
+wire.write_message(fd_out, {"ready": True})
+req = receive()
+wire.write_message(fd_out, {"op": "refcall", "id": 1, "path": "one_step", "args": [], "kwargs": {}})
+# the alarm fires before the answer is read: the child replies "timeout" with the answer still in its pipe
+wire.write_message(fd_out, {"reply": {"ok": False, "kind": "timeout", "message": "did not finish"}})
+while True:
+    req = receive()
+    wire.write_message(fd_out, {"reply": {"ok": True, "value": req.get("op")}})
+"""
+
+
+def test_a_child_that_timed_out_during_a_reference_call_is_marked_unsure(tmp_path):
+    """Its next read would take the grader's late answer for a request (every later reply one off): the job
+    restarts such a process before the next test."""
+    (tmp_path / "child.py").write_text(FAKE_CHILD)
+    argv = [sys.executable, str(tmp_path / "child.py"), "{in}", "{out}", str(Path(wire.__file__).parent)]
+    r = remote.Remote(argv, None, dict(os.environ), 512, time.monotonic() + 60,
+                      refcall=lambda m: {"ok": True, "value": torch.zeros(3)})
+    try:
+        assert r.next_message(time.monotonic() + 30) == {"ready": True}
+        reply = r.request({"op": "call", "method": "forward"}, 5)
+        assert reply["kind"] == "timeout" and r.unsure
+        # why it must not be asked again: it reads the stale answer as a request and answers that (op None)
+        assert r.request({"op": "import"}, 5)["value"] is None
+    finally:
+        r.close()

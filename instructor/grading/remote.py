@@ -50,6 +50,10 @@ class Remote:
         self.deadline, self.cgroups, self.refcall = deadline, cgroups, refcall
         self.log, self.log_bytes, self.reader = bytearray(), 0, wire.Reader()
         self.pending, self.returncode, self.killed = [], None, False
+        # True once the child may hold a half-read message: its alarm fired while it waited for our answer to one
+        # of its reference calls (a slow grader). Its next read could take that answer for a request, shifting
+        # every later reply by one: the job restarts it before the next test instead.
+        self.unsure = False
         c_in, p_out = os.pipe()  # grader -> child
         p_in, c_out = os.pipe()  # child -> grader
         cmd = [c.replace("{in}", str(c_in)).replace("{out}", str(c_out)) for c in cmd]
@@ -124,12 +128,17 @@ class Remote:
         """Send ``msg`` (the child stops it after ``limit`` s); answer its reference calls; return its reply."""
         until = time.monotonic() + limit + GRACE_S
         self._write(dict(msg, limit=limit), until)
+        answered = False
         while True:
             m = self.next_message(until)
             if isinstance(m, dict) and "reply" in m and isinstance(m["reply"], dict):
-                return checked_reply(msg, m["reply"])
+                reply = checked_reply(msg, m["reply"])
+                if answered and not reply["ok"] and reply.get("kind") == "timeout":
+                    self.unsure = True
+                return reply
             if isinstance(m, dict) and m.get("op") == "refcall" and self.refcall is not None:
                 self._write(self.refcall(checked_refcall(m)), until)
+                answered = True
                 continue
             raise ProtocolError("sent a message out of turn")
 
