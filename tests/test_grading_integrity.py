@@ -260,6 +260,31 @@ def test_seccomp_filter_refuses_keyring_and_namespaces_allows_threads():
     assert lines[4:6] == ["unshare -1 1", "unshare_net -1 1"] and "thread" in lines and "child 0" in lines, lines
 
 
+@needs_bwrap
+def test_the_filter_takes_no_descriptor_the_child_is_given():
+    """The child's pipes keep their numbers (a fixed descriptor for the filter, 9, once replaced one of them)."""
+    script = textwrap.dedent("""
+        import fcntl, os, subprocess, sys
+        from instructor.grading.sandbox import bwrap_args
+        r0, w = os.pipe()
+        r = fcntl.fcntl(r0, fcntl.F_DUPFD, 30)
+        os.close(r0)
+        for fd in range(3, 10):  # the child is given descriptors 3..9 (9: the number that once collided)
+            if fd != w:
+                os.dup2(w, fd, inheritable=False)
+        code = "import os; [os.write(fd, b'%d ' % fd) for fd in range(3, 10)]"
+        p = subprocess.run(bwrap_args([], None) + [sys.executable, "-S", "-c", code], pass_fds=range(3, 10),
+                           capture_output=True)
+        for fd in range(3, 10):
+            os.close(fd)
+        print(p.returncode, os.read(r, 1000).decode(), p.stderr.decode()[-300:])
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    rc, *written = p.stdout.split()
+    assert rc == "0" and "9" in written and len(written) >= 6, p.stdout
+
+
 def test_seccomp_program_shape():
     for machine in ("x86_64", "aarch64"):
         prog = seccomp.program(machine)

@@ -1,10 +1,11 @@
 """The harness of the hidden tests (``hidden_tests.py``) — INSTRUCTOR-ONLY, runs in the grader's own process.
 
 ``Context`` is what a test sees: the reference modules (the kit's own ``captioning.models``, with seeded weights),
-the inputs, and the student's code behind ``remote`` (their sandboxed process, ``remote.py``): ``build`` runs their
-``__init__`` and returns a description; ``hybrid`` + ``call`` run one of their methods on the reference's layers and
-weights, the graded methods it calls answered by the reference over the pipe (``serve_refcall``). The child only
-returns raw outputs; every comparison is made here.
+the inputs (drawn from the run's secret seed, ``Context(seed=…)``), and the student's code behind ``remote``
+(their sandboxed process, ``remote.py``): ``build`` runs their ``__init__`` (its description words hints only),
+``load`` puts the grader's weights into it by name, strictly, and ``call`` runs its layers; ``hybrid`` + ``call``
+run one of their methods on the reference's layers and weights, the graded methods it calls answered by the
+reference over the pipe (``serve_refcall``). The child only returns raw outputs; every comparison is made here.
 """
 from __future__ import annotations
 

@@ -3,10 +3,11 @@ atomically as soon as it is graded, keyed by what decides its score (the submiss
 the rubric, the reference, the limits and the run's seed). Re-running the same command grades only what has no valid
 entry and writes the same ``grades.csv``.
 
+``.work/`` (sandbox folders) and the cgroups of a killed run are removed at the next start, under the run lock.
+
 The hidden inputs and weights are drawn from a secret seed per output folder (``run_seed``): drawn from
 ``os.urandom`` by the first run, kept in ``journal/seed`` so that a resumed run uses the same one (and an audit can
-reproduce every input: ``hidden_harness.Context(reference, seed=…)``), and never sent to a sandbox. ``.work/`` (sandbox folders) and the cgroups of a killed run are removed at the
-next start, under the run lock.
+reproduce every input: ``hidden_harness.Context(reference, seed=…)``), and never sent to a sandbox.
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import struct
+import sys
 import tempfile
 
 # linux/audit.h
@@ -84,7 +85,13 @@ def program(machine=None):
 
 
 _FILE = None
-FD = 9  # the descriptor number bubblewrap reads the filter from (``wrap``)
+# Opens the filter on the lowest free descriptor (never one the grader passes to the child: those are open) and
+# becomes bubblewrap with ``--seccomp <that descriptor>``. A fixed number (a shell's ``9<file``) could replace one of
+# the child's pipes.
+WRAPPER = ("import os, sys\n"
+           "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+           "os.set_inheritable(fd, True)\n"
+           "os.execvp(sys.argv[2], [sys.argv[2], '--seccomp', str(fd), *sys.argv[3:]])\n")
 
 
 def program_file():
@@ -102,9 +109,8 @@ def program_file():
 
 
 def wrap(bwrap_argv):
-    """``bwrap_argv`` (starting with "bwrap") with ``--seccomp FD`` added, run through ``/bin/sh`` which opens the
-    filter file on descriptor FD and then becomes bubblewrap (``exec``): every caller (the grader's Popen, the
-    probe, the escape checks) gets the filter without passing descriptors itself."""
+    """``bwrap_argv`` (starting with "bwrap") run through a tiny Python (``WRAPPER``: isolated mode, no site) that
+    opens the filter file and then becomes bubblewrap (``execvp``) with ``--seccomp FD``: every caller (the
+    grader's Popen, the probe, the escape checks) gets the filter without passing descriptors itself."""
     assert bwrap_argv[0] == "bwrap"
-    return ["/bin/sh", "-c", f'exec "$@" {FD}<"$0"', program_file(), bwrap_argv[0], "--seccomp", str(FD),
-            *bwrap_argv[1:]]
+    return [sys.executable, "-S", "-I", "-c", WRAPPER, program_file(), *bwrap_argv]
