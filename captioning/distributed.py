@@ -9,6 +9,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from captioning.errors import KitError
+
 
 class ProcessGroup:
     """``world`` processes (``WORLD_SIZE``), this one being ``rank`` (``RANK``); joined on construction."""
@@ -20,6 +22,12 @@ class ProcessGroup:
             cuda = cfg["device"].startswith("cuda")
             if cuda:
                 local = int(os.environ.get("LOCAL_RANK", "0"))
+                gpus = torch.cuda.device_count()
+                if local >= gpus:  # NCCL refuses two processes on one GPU, after a long wait
+                    raise KitError(f"torchrun process LOCAL_RANK={local} has no GPU of its own: this machine has "
+                                   f"{gpus} GPU(s) and NCCL needs one per process. Start at most {gpus} processes "
+                                   f"(torchrun --nproc_per_node {max(gpus, 1)}), or train on the CPU (device=cpu: "
+                                   "gloo)")
                 torch.cuda.set_device(local)
                 cfg["device"] = f"cuda:{local}"  # each process on its own GPU
             dist.init_process_group("nccl" if cuda else "gloo")

@@ -7,7 +7,8 @@ A ``fast_path`` plug-in provides ``supports(decoder)``, ``scores(decoder, encode
 ``decoding.beam_search``, or None). The solver uses it only after checking that it reproduces the decoder's own
 scores (``solver.fast_path_matches``); ``beam_step`` checks itself on a probe.
 
-``CAPTIONING_PLUGINS=off`` in the environment turns every plug-in off (what the student edition runs).
+``CAPTIONING_PLUGINS=off`` in the environment turns every plug-in off (what the student edition runs). A run from
+a plain checkout, with no distribution installed, finds no entry point: ``register`` names a plug-in explicitly.
 """
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def get(name):
                 warnings.warn(f"plug-in '{name}' ({ep.value}) could not be imported ({e}); running without it",
                               stacklevel=2)
     return _loaded[name]
+
+
+def register(name, module):
+    """Use ``module`` as the plug-in ``name`` in this process, as an installed entry point would declare it: for
+    a run from a plain checkout, where nothing is installed (``benchmarks/gpu_check.py`` registers the kit's fast
+    path this way). ``CAPTIONING_PLUGINS=off`` still turns it off."""
+    _loaded[name] = module
 
 
 def _declared(name):

@@ -141,3 +141,25 @@ def test_readme_notebooks_command(coco_workdir):
     assert caption["caption"] and Path(caption["image"]).name.startswith("test_image_0_"), caption
     test = json.loads((coco_workdir / "nb" / "test_attention.metrics.json").read_text())
     assert test, test
+
+
+def test_torchrun_ranks_wait_for_the_feature_cache_on_its_lock_not_in_a_barrier(shapes_data, tmp_path,
+                                                                              monkeypatch):
+    """Under torchrun a COCO feature cache takes longer to build than NCCL's timeout: no rank may wait for it in
+    a collective. Each rank asks build_feature_cache, whose file lock makes the others wait; a rank that is not
+    rank 0 gets the cache the first built."""
+    from captioning import solver
+
+    cfg = solver.make_cfg(data_folder=str(shapes_data.data_folder), data_name=shapes_data.data_name,
+                          encoder="shapes_cnn", encoder_weights=None, recalibrate_images=0, encoded_image_size=2,
+                          embed_dim=8, decoder_dim=12, attention_dim=10, device="cpu", workers=0,
+                          output_dir=str(tmp_path / "run"), progress=False)
+    trainer = solver.Trainer(cfg, progress=False)
+
+    def no_collective(*args, **kwargs):
+        raise AssertionError("a collective while the feature cache is built")
+
+    monkeypatch.setattr(trainer.group, "barrier", no_collective)
+    first = trainer.loader("TRAIN", shuffle=False).dataset.features_path
+    trainer.rank = 1  # as another rank sees it: the same cache, found built
+    assert trainer.loader("TRAIN", shuffle=False).dataset.features_path == first
