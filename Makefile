@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m instructor demo
 
 test: $(STAMP)
-	rm -f outputs/nbval/*.metrics.json
+	rm -f outputs/nbval/*.metrics.json outputs/nbval/*checkpoint_*.pth.tar  # train afresh: a kept run is continued
 	$(NBVAL_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider tests $(NBVAL)
 	$(NBVAL_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider tests/notebook_results.py
 

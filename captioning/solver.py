@@ -187,13 +187,17 @@ class Trainer:
                     raise KitError(f"checkpoint '{cfg['checkpoint']}' already finished epoch {ckpt['epoch']}: with "
                                    f"epochs = {cfg['epochs']} there is nothing left to train; set epochs to more "
                                    f"than {self.start_epoch}")
-                tqdm.write(f"{self.ckpt_path} already holds this run with all its {cfg['epochs']} epochs (best "
+                self._say(f"{self.ckpt_path} already holds this run with all its {cfg['epochs']} epochs (best "
                            f"validation BLEU-4 {self.best_bleu4:.4f}): nothing left to train, nothing changed. To "
                            f"train it again from epoch 0: overwrite=True or another output_dir")
         self.use_cache = cfg["feature_cache"] == "auto" and not cfg["fine_tune_encoder"]
         self.folded = None  # frozen without the cache: the encoder's inference copy, made on the first batch
         self.image_size = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN").image_shape[-1]
         self.fast = False  # decided on the first batch: the fast-path plug-in or None
+
+    def _say(self, text):
+        if self.rank == 0:
+            tqdm.write(text)
 
     # -- where training starts: a fresh run, the run already in output_dir, or cfg["checkpoint"]
     def _starting_point(self):
@@ -209,7 +213,7 @@ class Trainer:
             if here and not cfg["overwrite"] and not any(_same(source, p) for p in (self.ckpt_path, self.best_path)):
                 raise KitError(
                     f"output_dir '{out}' already holds another run of the {cfg['decoder']} decoder "
-                    f"({self.ckpt_path}, {_done(load_checkpoint(self.ckpt_path))}); continuing '{source}' there would "
+                    f"({self.ckpt_path}, {_describe(self.ckpt_path)}); continuing '{source}' there would "
                     f"replace it. Nothing was changed: choose another output_dir, or set overwrite=True to replace it")
             return ckpt, source
         if not here:
@@ -220,7 +224,7 @@ class Trainer:
                                f"output_dir, or set overwrite=True to replace it")
             return None, None
         if cfg["overwrite"]:
-            tqdm.write(f"overwrite=True: training from epoch 0; the run in '{out}' is replaced as the new epochs "
+            self._say(f"overwrite=True: training from epoch 0; the run in '{out}' is replaced as the new epochs "
                        f"finish")
             return None, None
         try:
@@ -234,10 +238,11 @@ class Trainer:
                 f"output_dir '{out}' already holds a run of the {cfg['decoder']} decoder ({self.ckpt_path}, "
                 f"{_done(ckpt)}) with other settings: {'; '.join(differ)}. Nothing was changed. To continue that run, "
                 f"give its settings; to keep it and train this one, choose another output_dir; to continue from it "
-                f"with these settings, checkpoint={self.ckpt_path}; to replace it, overwrite=True")
+                f"with these settings, checkpoint={self.ckpt_path}; to replace it, overwrite=True (in a notebook: "
+                f"cfg[\"overwrite\"] = True)")
         done = ckpt["epoch"] + 1
         if done < cfg["epochs"]:
-            tqdm.write(f"resuming the run in '{out}' at epoch {done} of {cfg['epochs']}: {self.ckpt_path} holds "
+            self._say(f"resuming the run in '{out}' at epoch {done} of {cfg['epochs']}: {self.ckpt_path} holds "
                        f"{_done(ckpt)} with these settings (overwrite=True starts afresh)")
         elif cfg["epochs"] < ckpt["cfg"].get("epochs", cfg["epochs"]):
             raise KitError(f"output_dir '{out}' already holds a longer run with these settings ({self.ckpt_path}, "
@@ -496,6 +501,13 @@ def _done(ckpt):
     best = [h["epoch"] for h in ckpt["history"] if h.get("best")]
     return (f"{ckpt['epoch'] + 1} of {ckpt['cfg'].get('epochs', '?')} epochs done, best validation BLEU-4 "
             f"{ckpt['best_bleu4']:.4f}" + (f" at epoch {best[-1]}" if best else ""))
+
+
+def _describe(path):
+    try:
+        return _done(load_checkpoint(path))
+    except KitError:
+        return "unreadable"
 
 
 def _holds_epoch(path, epoch, row):

@@ -92,7 +92,7 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
         encoder = {"encoder": "resnet101", "encoder_weights": None, "encoded_image_size": p["image_size"] // 32}
 
     common = {"data_folder": data_folder, "data_name": data_name, "print_freq": 0, "device": "cpu", "workers": 0,
-              "output_dir": os.path.join(out, "checkpoints"), **encoder}
+              "output_dir": os.path.join(out, "checkpoints"), "overwrite": True, **encoder}  # as its data: anew
     runs = {}
     for decoder in decoders:
         cfg = dict(decoder_cfg(p, decoder), **common)
