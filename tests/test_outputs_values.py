@@ -277,3 +277,131 @@ def test_caption_gives_images_of_one_name_their_own_figures(trained, shapes_data
     for image, name in zip(images, ("a_img.jpg", "b_img.jpg", "a_img.png")):
         assert f"{image}: " in r.stdout and f"[{tmp_path / 'figs' / name}.caption.png]" in r.stdout
     assert "3 images share a file name" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------- 10: unchecked values
+@pytest.mark.parametrize("args,message", [
+    (["test", "--beam-size", "0"], "argument --beam-size: 0 is not allowed: it must be an integer >= 1"),
+    (["test", "--beam-size", "-1"], "argument --beam-size: -1 is not allowed"),
+    (["test", "--max-images", "0"], "argument --max-images: 0 is not allowed: it must be an integer >= 1"),
+    (["test", "--max-images", "-5"], "argument --max-images: -5 is not allowed"),
+    (["test", "--device", "gpu"], "argument --device: 'gpu' is not allowed: it must be a device PyTorch knows"),
+    (["caption", "x.jpg", "--device", "gpu"], "argument --device: 'gpu' is not allowed"),
+    (["caption", "x.jpg", "--length-penalty", "inf"], "argument --length-penalty: inf is not allowed: it must be "
+                                                       "a number >= 0"),
+    (["caption", "x.jpg", "--beam-size", "0"], "argument --beam-size: 0 is not allowed"),
+])
+def test_test_and_caption_arguments_are_checked_before_anything_loads(args, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "captioning", *args, "--checkpoint", str(tmp_path / "none.pth.tar")],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "argument --batch-size: 0 is not allowed: it must be an integer >= 1"),
+    (["--lr", "-1"], "argument --lr: -1 is not allowed: it must be a number > 0"),
+    (["--epochs", "0"], "argument --epochs: 0 is not allowed: it must be an integer >= 1"),
+])
+def test_pretrain_arguments_are_checked(args, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "captioning", "pretrain-encoder", "--data-folder", str(tmp_path),
+                        "--data-name", "x", "--out", str(tmp_path / "enc.pth"), *args],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "enc.pth").exists()
+
+
+def test_pretrain_encoder_refuses_zero_epochs_instead_of_writing_an_untrained_encoder(shapes_data, tmp_path):
+    from captioning.pretrain import pretrain_encoder
+
+    for kw, message in ((dict(epochs=0), "epochs = 0 is not allowed: epochs must be an integer >= 1"),
+                        (dict(batch_size=0), "batch_size = 0 is not allowed"), (dict(lr=-1), "lr = -1 is not")):
+        with pytest.raises(KitError, match=message):
+            pretrain_encoder(shapes_data.data_folder, shapes_data.data_name, tmp_path / "enc.pth", **kw)
+    assert not (tmp_path / "enc.pth").exists()
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("device=gpu", "setting device = 'gpu' is not allowed: device must be a device PyTorch knows"),
+    ("seed=99999999999999999999", "seed = 99999999999999999999 is not allowed: seed must be an integer from 0 to "
+                                  "4294967295"),
+    ("embed_dim=100000000", "embed_dim = 100000000 is not allowed: embed_dim must be an integer from 1 to 8192"),
+    ("encoded_image_size=1000", "encoded_image_size = 1000 is not allowed: encoded_image_size must be an integer "
+                                "from 1 to 64"),
+    ("data_name=../d/x", "data_name = '../d/x' is not allowed: data_name must be a plain name without /"),
+])
+def test_train_settings_out_of_range_stop_at_once(setting, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "captioning", "train", setting, f"output_dir={tmp_path / 'o'}"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_library_calls_check_their_values():
+    from captioning.config import make_cfg
+    from captioning.decoding import beam_search
+    from captioning.evaluate import evaluate, iter_captions
+
+    with pytest.raises(KitError, match="setting length_penalty = inf is not allowed"):
+        make_cfg(device="cpu", length_penalty=float("inf"))
+    with pytest.raises(KitError, match="beam_size = 0 is not allowed: beam_size must be an integer >= 1"):
+        beam_search(None, torch.zeros(1, 4, 8), {"<start>": 1, "<end>": 2}, beam_size=0)
+    with pytest.raises(KitError, match="length_penalty must be a number >= 0"):
+        beam_search(None, torch.zeros(1, 4, 8), {"<start>": 1, "<end>": 2}, length_penalty=float("inf"))
+    with pytest.raises(KitError, match="setting device = 'gpu' is not allowed"):
+        evaluate("none.pth.tar", device="gpu")
+    with pytest.raises(KitError, match="max_images = -5 is not allowed"):
+        evaluate("none.pth.tar", device="cpu", max_images=-5)
+    with pytest.raises(KitError, match="setting device = 'gpu' is not allowed"):
+        next(iter_captions("none.pth.tar", ["x.jpg"], device="gpu"))
+
+
+def _karpathy(shapes_data, tmp_path, edit):
+    data = json.loads(shapes_data.karpathy_json.read_text())
+    edit(data["images"])
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _prepare(shapes_data, json_path, out, **kw):
+    from captioning.prepare import create_input_files
+
+    return create_input_files("shapes", json_path, shapes_data.karpathy_json.parent, **{
+        "captions_per_image": 5, "min_word_freq": 1, "output_folder": out, "image_size": 64, "workers": 1, **kw})
+
+
+def test_a_split_that_is_a_list_is_named(shapes_data, tmp_path):
+    path = _karpathy(shapes_data, tmp_path, lambda images: images[3].update(split=["train"]))
+    with pytest.raises(KitError, match=r"record 3 \(filename .*\) of \"images\" in .* has split \['train'\]; "
+                                       r"expected one of"):
+        _prepare(shapes_data, path, tmp_path / "out")
+
+
+def test_a_min_word_freq_that_keeps_no_word_is_refused(shapes_data, tmp_path):
+    with pytest.raises(KitError, match=r"min_word_freq = 100000 keeps no word of the training captions \(the most "
+                                       r"frequent, '\w+', occurs \d+ times.*Lower --min-word-freq"):
+        _prepare(shapes_data, shapes_data.karpathy_json, tmp_path / "out", min_word_freq=100000)
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------- 11: literal special tokens
+def test_literal_special_tokens_in_a_caption_become_unk(shapes_data, tmp_path, capsys):
+    from captioning.prepare import encode_caption
+
+    def edit(images):
+        train = [r for r in images if r["split"] == "train"]
+        for r in train:  # every caption of every training image, so that whichever 5 are drawn hold them
+            for s in r["sentences"]:
+                s["tokens"] = ["a", "<end>", "b", "<pad>", "<start>"] + s["tokens"]
+
+    wm = {"<pad>": 0, "a": 1, "b": 2, "<unk>": 3, "<start>": 4, "<end>": 5}
+    assert encode_caption(["a", "<end>", "b", "<pad>", "<start>"], wm, 6) == [4, 1, 3, 2, 3, 3, 5, 0]
+    out = tmp_path / "out"
+    s = _prepare(shapes_data, _karpathy(shapes_data, tmp_path, edit), out)
+    assert "training caption(s) contain a special token" in capsys.readouterr().err
+    wm = json.loads((out / f"WORDMAP_{s['data_name']}.json").read_text())
+    caps = json.loads((out / f"TRAIN_CAPTIONS_{s['data_name']}.json").read_text())
+    lens = json.loads((out / f"TRAIN_CAPLENS_{s['data_name']}.json").read_text())
+    for c, n in zip(caps, lens):
+        assert c[:6] == [wm["<start>"], wm["a"], wm["<unk>"], wm["b"], wm["<unk>"], wm["<unk>"]]
+        assert c[n - 1] == wm["<end>"] and wm["<end>"] not in c[:n - 1] and wm["<pad>"] not in c[:n]
