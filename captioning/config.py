@@ -159,12 +159,22 @@ RULES = {
 
 
 def make_output_dir(cfg):
-    """Create ``cfg["output_dir"]``; a KitError naming the setting when it cannot be created (e.g. under a file)."""
+    """Create ``cfg["output_dir"]`` and make sure files can be written in it; a KitError naming the setting when
+    it cannot be created (e.g. under a file) or is read-only (which used to surface as a traceback from the lock
+    file)."""
+    import tempfile
+
     try:
         os.makedirs(cfg["output_dir"], exist_ok=True)
     except OSError as e:
         raise KitError(f"setting output_dir = {cfg['output_dir']!r}: cannot create that folder ({e.strerror or e}); "
                        f"choose another output_dir") from None
+    try:
+        with tempfile.TemporaryFile(dir=cfg["output_dir"], prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise KitError(f"setting output_dir = {cfg['output_dir']!r}: cannot write in that folder ({e.strerror or e}); "
+                       f"choose another output_dir, or make it writable") from None
 
 
 def check_value(key, value, rule):

@@ -405,3 +405,57 @@ def test_literal_special_tokens_in_a_caption_become_unk(shapes_data, tmp_path, c
     for c, n in zip(caps, lens):
         assert c[:6] == [wm["<start>"], wm["a"], wm["<unk>"], wm["b"], wm["<unk>"], wm["<unk>"]]
         assert c[n - 1] == wm["<end>"] and wm["<end>"] not in c[:n - 1] and wm["<pad>"] not in c[:n]
+
+
+# ------------------------------------------------------------------------------------------- 8: read-only places
+def _train_code(data, out, **kw):
+    cfg = dict(data_folder=str(data), data_name="DATA_NAME", encoder="shapes_cnn", encoder_weights=None,
+               encoded_image_size=2, embed_dim=16, decoder_dim=24, attention_dim=16, dropout=0.0, batch_size=40,
+               epochs=1, workers=0, decoder_lr=3e-3, print_freq=0, output_dir=str(out), recalibrate_images=20,
+               progress=False, device="cpu", decoder="attention")
+    cfg.update(kw)
+    return f"""
+        from captioning.errors import KitError
+        from captioning.solver import fit
+        try:
+            print("best", fit({cfg!r})["best_bleu4"])
+        except KitError as e:
+            print("error:", e)
+    """
+
+
+def test_a_read_only_output_dir_is_named(trained, shapes_data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_python(_train_code(trained[1], out).replace("DATA_NAME", shapes_data.data_name), read_only=[out])
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"error: setting output_dir = '{out}': cannot write in that folder (Read-only file system); choose " \
+           "another output_dir" in r.stdout, r.stdout
+
+
+def test_training_on_a_read_only_data_folder_with_its_cache(trained, shapes_data, tmp_path):
+    """The cache (and the BatchNorm statistics) built by an earlier run are used as they are; settings that need
+    new statistics and so a new cache get a message (the statistics' save used to raise RuntimeError)."""
+    data = trained[1]
+    code = _train_code(data, tmp_path / "run").replace("DATA_NAME", shapes_data.data_name)
+    r = run_python(code, read_only=[data])
+    assert r.returncode == 0 and "Traceback" not in r.stderr and r.stdout.splitlines()[-1].startswith("best "), (r.stdout, r.stderr)
+    code = _train_code(data, tmp_path / "run2", recalibrate_images=8).replace("DATA_NAME", shapes_data.data_name)
+    r = run_python(code, read_only=[data])
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "error: the TRAIN feature cache" in r.stdout and "is not writable" in r.stdout \
+           and "feature_cache=False" in r.stdout, r.stdout
+
+
+def test_test_runs_on_a_read_only_data_folder(trained, shapes_data, tmp_path):
+    """Without a feature cache the images are encoded batch by batch; the scores match the cached run's but for
+    the cache's fp16 rounding."""
+    from captioning.evaluate import evaluate
+
+    data = copy_data(shapes_data, tmp_path / "data")  # no features/ folder: nothing cached
+    r = kit("test", "--checkpoint", trained[0], "--beam-size", "1", "--data-folder", data, "--out",
+            tmp_path / "scores.json", read_only=[data])
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "note: no feature cache can be written in" in r.stderr and not (data / "features").exists()
+    cached = evaluate(trained[0], "TEST", beam_size=1, progress=False, coco=False)
+    assert abs(json.loads((tmp_path / "scores.json").read_text())["bleu4"] - cached["bleu4"]) < 0.05
