@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from captioning.arguments import AT_LEAST_1, FINITE_AT_LEAST_0, checked
 from captioning.errors import KitError
 
 
@@ -161,37 +162,12 @@ def _cmd_caption(a):
         raise KitError("; ".join(problems))
 
 
-def checked(rule, convert=int):
-    """An argparse ``type`` that converts and then checks with a ``config`` rule: a value out of range stops at
-    once with argparse's message naming the option, the value and what is allowed (``--beam-size 0`` used to
-    reach the beam search, ``--length-penalty inf`` to rank every caption alike)."""
-    ok, allowed = rule
-
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: it must be {allowed}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{text} is not allowed: it must be {allowed}")
-        return value
-
-    parse.__name__ = convert.__name__  # argparse names the type in some messages
-    return parse
-
-
 def _device(text):
     from captioning.config import RULES
 
     if not RULES["device"][0](text):
         raise argparse.ArgumentTypeError(f"{text!r} is not allowed: it must be {RULES['device'][1]}")
     return text
-
-
-# the rules of config.RULES, without importing torch (prepare and shapes do not need it)
-AT_LEAST_1 = ((lambda v: v >= 1), "an integer >= 1")
-FINITE_AT_LEAST_0 = ((lambda v: 0 <= v < float("inf")), "a number >= 0")
-FINITE_ABOVE_0 = ((lambda v: 0 < v < float("inf")), "a number > 0")
 
 
 def build_parser() -> argparse.ArgumentParser:

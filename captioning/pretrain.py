@@ -244,7 +244,7 @@ def register(sub):
     p.add_argument("--data-folder", required=True, help="folder of the prepared files")
     p.add_argument("--data-name", required=True, help="e.g. shapes_5_cap_per_img_5_min_word_freq")
     p.add_argument("--out", required=True, help="where to write the .pth state dict")
-    from captioning.cli import AT_LEAST_1, FINITE_ABOVE_0, checked
+    from captioning.arguments import AT_LEAST_1, FINITE_ABOVE_0, checked
 
     p.add_argument("--epochs", type=checked(AT_LEAST_1), default=4)
     p.add_argument("--batch-size", type=checked(AT_LEAST_1), default=32)

@@ -24,7 +24,7 @@ import torch
 
 from captioning.encoder import Encoder
 from captioning.errors import KitError
-from captioning.features import build_feature_cache, cache_path
+from captioning.features import build_feature_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 
