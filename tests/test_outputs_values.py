@@ -340,6 +340,7 @@ def test_library_calls_check_their_values():
     from captioning.config import make_cfg
     from captioning.decoding import beam_search
     from captioning.evaluate import evaluate, iter_captions
+    from captioning.notebooks import check_parameters
 
     with pytest.raises(KitError, match="setting length_penalty = inf is not allowed"):
         make_cfg(device="cpu", length_penalty=float("inf"))
@@ -353,6 +354,8 @@ def test_library_calls_check_their_values():
         evaluate("none.pth.tar", device="cpu", max_images=-5)
     with pytest.raises(KitError, match="setting device = 'gpu' is not allowed"):
         next(iter_captions("none.pth.tar", ["x.jpg"], device="gpu"))
+    with pytest.raises(KitError, match="parameter device = 'gpu' is not allowed: device must be a device PyTorch"):
+        check_parameters({"device": "gpu"})  # the notebooks' parameters cell
 
 
 def _karpathy(shapes_data, tmp_path, edit):
@@ -459,3 +462,23 @@ def test_test_runs_on_a_read_only_data_folder(trained, shapes_data, tmp_path):
     assert "note: no feature cache can be written in" in r.stderr and not (data / "features").exists()
     cached = evaluate(trained[0], "TEST", beam_size=1, progress=False, coco=False)
     assert abs(json.loads((tmp_path / "scores.json").read_text())["bleu4"] - cached["bleu4"]) < 0.05
+
+
+def test_notebook_metrics_are_read_back_and_a_failure_names_the_file(tmp_path, monkeypatch):
+    import captioning.outputs as outputs
+    from captioning.notebooks import write_metrics
+
+    path = write_metrics(tmp_path / "m.metrics.json", {"bleu4": 0.5})
+    assert json.loads(Path(path).read_text()) == {"bleu4": 0.5}
+    real_open = open
+
+    def lossy_open(file, mode="r", *a, **k):  # a write that reports success but never reaches the file
+        fh = real_open(file, mode, *a, **k)
+        if "w" in mode:
+            fh.write = lambda text: len(text)
+        return fh
+
+    monkeypatch.setattr(outputs, "open", lossy_open, raising=False)
+    with pytest.raises(KitError, match=r"cannot write .*m\.metrics\.json: the file read back differs"):
+        write_metrics(tmp_path / "m.metrics.json", {"bleu4": 0.7})
+    assert json.loads(Path(path).read_text()) == {"bleu4": 0.5}  # the earlier file as it was
