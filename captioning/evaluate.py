@@ -43,10 +43,11 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     On a data folder that cannot be written (and holds no feature cache for this encoder) the images are encoded
     batch by batch instead of through the cache: the same scores up to the cache's fp16 rounding.
     """
-    from captioning.config import _int, _optional, check_device, check_value
+    from captioning.config import RULES, _int, _optional, check_device, check_value
 
     device = check_device(device)
     check_value("max_images", max_images, _optional(_int(1)))
+    check_value("data_name", data_name, _optional(RULES["data_name"]))
     check_value("beam_size", beam_size, _int(1))
     if out:
         check_file(out, "out")

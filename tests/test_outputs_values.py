@@ -44,14 +44,18 @@ def _limit_file_size(limit):
     return preexec
 
 
-def run_python(code, preexec_fn=None, read_only=(), timeout=300):
-    """``code`` in a fresh Python. ``read_only``: folders that the child sees mounted read-only (skips the test
-    where a private mount namespace cannot be made); ``preexec_fn``: e.g. a file size limit."""
+def run_python(code, preexec_fn=None, read_only=(), small_disk=None, timeout=300):
+    """``code`` in a fresh Python. ``read_only``: folders that the child sees mounted read-only; ``small_disk``:
+    a folder the child sees as an empty 512 KB file system (both skip the test where a private mount namespace
+    cannot be made); ``preexec_fn``: e.g. a file size limit."""
     cmd = [sys.executable, "-c", textwrap.dedent(code)]
-    if read_only:
+    mounts = [f"mount --bind '{p}' '{p}' && mount -o remount,ro,bind '{p}' '{p}'" for p in read_only]
+    if small_disk:
+        mounts.append(f"mount -t tmpfs -o size=512k tmpfs '{small_disk}'")
+    if mounts:
         if shutil.which("unshare") is None:
-            pytest.skip("read-only folders need `unshare` (a private mount namespace): not installed")
-        mounts = " && ".join(f"mount --bind '{p}' '{p}' && mount -o remount,ro,bind '{p}' '{p}'" for p in read_only)
+            pytest.skip("read-only folders and a small disk need `unshare` (a private mount namespace): not installed")
+        mounts = " && ".join(mounts)
         probe = subprocess.run(["unshare", "-m", "sh", "-c", mounts], capture_output=True, text=True)
         if probe.returncode != 0:
             pytest.skip(f"read-only folders need a private mount namespace: {probe.stderr.strip()[:200]}")
@@ -61,8 +65,7 @@ def run_python(code, preexec_fn=None, read_only=(), timeout=300):
 
 def kit(*args, **kw):
     """``python -m captioning ARGS`` as run_python runs code."""
-    return run_python(f"import sys; from captioning.cli import main; sys.argv = ['captioning'] + {list(map(str, args))!r}; "
-                      "sys.exit(main(sys.argv[1:]))", **kw)
+    return run_python(f"import sys; from captioning.cli import main; sys.exit(main({list(map(str, args))!r}))", **kw)
 
 
 # ---------------------------------------------------------------------------------------- 2: the feature cache
@@ -225,6 +228,16 @@ def test_test_beside_a_read_only_checkpoint_stops_before_the_work(trained, tmp_p
     assert f"cannot write the scores file {ckpt.stem.replace('.pth', '')}.test.beam1.json (by default beside the " \
            f"checkpoint) into {ro} (Read-only file system): choose another place with --out" in r.stderr, r.stderr
     assert "BLEU" not in r.stdout and "test beam" not in r.stderr  # stopped before the beam search
+
+
+def test_test_onto_a_full_disk_stops_before_the_work(trained, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    r = kit("test", "--checkpoint", trained[0], "--beam-size", "1", "--out", full / "s.json", small_disk=full)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"cannot write s.json into {full}: its disk is full (512 KB free). Free some space or choose another " \
+           "place with --out" in r.stderr, r.stderr
+    assert "BLEU" not in r.stdout and "test beam" not in r.stderr
 
 
 def test_test_on_a_full_disk_prints_the_scores_then_names_the_file(trained, tmp_path):
@@ -442,7 +455,8 @@ def test_training_on_a_read_only_data_folder_with_its_cache(trained, shapes_data
     data = trained[1]
     code = _train_code(data, tmp_path / "run").replace("DATA_NAME", shapes_data.data_name)
     r = run_python(code, read_only=[data])
-    assert r.returncode == 0 and "Traceback" not in r.stderr and r.stdout.splitlines()[-1].startswith("best "), (r.stdout, r.stderr)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stdout.splitlines()[-1].startswith("best "), r.stdout  # trained
     code = _train_code(data, tmp_path / "run2", recalibrate_images=8).replace("DATA_NAME", shapes_data.data_name)
     r = run_python(code, read_only=[data])
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
