@@ -240,8 +240,8 @@ def _space_error(split, partial, n, row_bytes, error=None):
     folder = os.path.dirname(os.path.abspath(partial))
     free = shutil.disk_usage(folder).free
     what = f"writing the {split} feature cache {partial} failed ({error}); " if error else ""
-    return KitError(f"{what}the cache needs about {n * row_bytes / 2**20:.0f} MB and {folder} has "
-                    f"{free / 2**20:.0f} MB free: free some space and run again (the cache is rebuilt), or set "
+    return KitError(f"{what}the cache needs about {n * row_bytes / 2**20:.1f} MB and {folder} has "
+                    f"{free / 2**20:.1f} MB free: free some space and run again (the cache is rebuilt), or set "
                     f"feature_cache=False (train; encodes the images at every epoch, slower)")
 
 
