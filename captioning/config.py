@@ -95,7 +95,7 @@ def check_device(device, setting="device"):
 # stops the run at once with the key's name instead of as a traceback (or a silent run) minutes later.
 def _int(lo, hi=None, why=""):
     """An integer >= lo (and <= hi); ``why`` says what the upper bound protects."""
-    text = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}{why}"
+    text = f"an integer >= {lo}" + ("" if hi is None else f" and <= {hi}{why}")
     return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)), text
 
 

@@ -249,7 +249,7 @@ def register(sub):
     p.add_argument("--epochs", type=checked(AT_LEAST_1), default=4)
     p.add_argument("--batch-size", type=checked(AT_LEAST_1), default=32)
     p.add_argument("--lr", type=checked(FINITE_ABOVE_0, float), default=2e-3)
-    p.add_argument("--seed", type=checked(((lambda v: 0 <= v < 2**32), "an integer from 0 to 4294967295")),
+    p.add_argument("--seed", type=checked(((lambda v: 0 <= v < 2**32), "an integer >= 0 and <= 4294967295")),
                    default=0)
     p.set_defaults(func=_cli)
 

@@ -335,11 +335,11 @@ def test_pretrain_encoder_refuses_zero_epochs_instead_of_writing_an_untrained_en
 
 @pytest.mark.parametrize("setting,message", [
     ("device=gpu", "setting device = 'gpu' is not allowed: device must be a device PyTorch knows"),
-    ("seed=99999999999999999999", "seed = 99999999999999999999 is not allowed: seed must be an integer from 0 to "
-                                  "4294967295"),
-    ("embed_dim=100000000", "embed_dim = 100000000 is not allowed: embed_dim must be an integer from 1 to 8192"),
+    ("seed=99999999999999999999", "seed = 99999999999999999999 is not allowed: seed must be an integer >= 0 and "
+                                  "<= 4294967295"),
+    ("embed_dim=100000000", "embed_dim = 100000000 is not allowed: embed_dim must be an integer >= 1 and <= 8192"),
     ("encoded_image_size=1000", "encoded_image_size = 1000 is not allowed: encoded_image_size must be an integer "
-                                "from 1 to 64"),
+                                ">= 1 and <= 64"),
     ("data_name=../d/x", "data_name = '../d/x' is not allowed: data_name must be a plain name without /"),
 ])
 def test_train_settings_out_of_range_stop_at_once(setting, message, tmp_path):
