@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from captioning.arguments import AT_LEAST_1, FINITE_AT_LEAST_0, checked
 from captioning.errors import KitError
 
 
@@ -161,7 +162,16 @@ def _cmd_caption(a):
         raise KitError("; ".join(problems))
 
 
+def _device(text):
+    from captioning.config import RULES
+
+    if not RULES["device"][0](text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: it must be {RULES['device'][1]}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
+    beam, penalty, images = checked(AT_LEAST_1), checked(FINITE_AT_LEAST_0, float), checked(AT_LEAST_1)
     p = argparse.ArgumentParser(prog="python -m captioning", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -197,14 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("test", help="beam-search a split with a checkpoint and print BLEU-1..4 (writes JSON)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--split", default="TEST", choices=["TRAIN", "VAL", "TEST"])
-    s.add_argument("--beam-size", type=int, default=5)
-    s.add_argument("--length-penalty", type=float, default=None,
+    s.add_argument("--beam-size", type=beam, default=5)
+    s.add_argument("--length-penalty", type=penalty, default=None,
                    help="rank finished beams by log-prob / length**this (0: the course's summed log-prob); "
                         "default: the checkpoint's cfg length_penalty (the notebooks train with 1)")
     s.add_argument("--data-folder", default=None, help="default: the one the checkpoint was trained on")
     s.add_argument("--data-name", default=None)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--max-images", type=int, default=None)
+    s.add_argument("--device", type=_device, default="cpu")
+    s.add_argument("--max-images", type=images, default=None)
     s.add_argument("--out", default=None, help="JSON file for the scores and captions")
     s.add_argument("--coco", action="store_true",
                    help="also the COCO toolkit's BLEU, METEOR, ROUGE-L and CIDEr-D (adds ~10 s at shapes sizes)")
@@ -213,11 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("caption", help="caption image files; saves a figure per image (attention per word)")
     s.add_argument("images", nargs="+")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--beam-size", type=int, default=5)
-    s.add_argument("--length-penalty", type=float, default=None,
+    s.add_argument("--beam-size", type=beam, default=5)
+    s.add_argument("--length-penalty", type=penalty, default=None,
                    help="rank finished beams by log-prob / length**this (0: the course's summed log-prob); "
                         "default: the checkpoint's cfg length_penalty (the notebooks train with 1)")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", type=_device, default="cpu")
     s.add_argument("--out", default="outputs/captions", help="folder for the PNG figures")
     s.set_defaults(func=_cmd_caption)
 

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -75,21 +76,33 @@ def make_cfg(cfg=None, **overrides):
     if out["decoder"] is None:
         out["decoder"] = "attention" if out["attention"] else "rnn"
     out["attention"] = out["decoder"] != "rnn"
-    out["device"] = str(out["device"])
-    if out["device"].startswith("cuda") and not torch.cuda.is_available():
-        raise KitError(f"cfg['device'] = {out['device']!r} but PyTorch sees no CUDA GPU here; use 'cpu'")
+    out["device"] = check_device(out["device"])
     return out
+
+
+def check_device(device, setting="device"):
+    """``device`` as a string when PyTorch can use it here, else a KitError naming ``setting`` and the value
+    (``device=gpu`` used to end in a traceback from deep inside PyTorch)."""
+    ok, allowed = RULES["device"]
+    if not ok(device):
+        raise KitError(f"setting {setting} = {device!r} is not allowed: {setting} must be {allowed}")
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise KitError(f"cfg['device'] = {device!r} but PyTorch sees no CUDA GPU here; use 'cpu'")
+    return device
 
 
 # What each key allows: (test, what to tell the user). Checked before any work starts, so that a typo in a value
 # stops the run at once with the key's name instead of as a traceback (or a silent run) minutes later.
-def _int(lo):
-    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"an integer >= {lo}"
+def _int(lo, hi=None, why=""):
+    """An integer >= lo (and <= hi); ``why`` says what the upper bound protects."""
+    text = f"an integer >= {lo}" + ("" if hi is None else f" and <= {hi}{why}")
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)), text
 
 
 def _number(lo, hi=None, lo_open=False, hi_open=False):
-    def ok(v):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+    def ok(v):  # never NaN or infinite: `length_penalty=inf` ranked every caption alike
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             return False
         return (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
     text = f"a number {'>' if lo_open else '>='} {lo}" + ("" if hi is None else f" and {'<' if hi_open else '<='} {hi}")
@@ -106,17 +119,35 @@ def _one_of(*choices):
         "one of " + ", ".join(repr(c) for c in choices)
 
 
+def _device_ok(v):
+    if not isinstance(v, (str, torch.device)) or str(v) == "":
+        return False
+    try:
+        return torch.device(str(v)).type in ("cpu", "cuda", "mps")
+    except (RuntimeError, ValueError):  # e.g. "gpu": not a device PyTorch knows
+        return False
+
+
 _STR = ((lambda v: isinstance(v, str) and v != ""), "a non-empty string")
 _BOOL = ((lambda v: isinstance(v, bool)), "True or False")
+# becomes part of file names (WORDMAP_{data_name}.json, checkpoints): a path in it would read or write elsewhere
+_NAME = ((lambda v: isinstance(v, str) and v not in ("", ".", "..") and not any(c in v for c in "/\\\0")),
+         "a plain name without / or \\ (it is part of file names), e.g. shapes_5_cap_per_img_5_min_word_freq")
+# Upper bounds where a typo would take all the memory (embed_dim=100000000, encoded_image_size=1000: killed by the
+# kernel at 22 GB, without a message) rather than train: far above what the course or any recipe uses.
+_DIM = _int(1, 8192, " (the course uses 512; memory grows with its square)")
 RULES = {
-    "data_folder": _STR, "data_name": _STR, "embed_dim": _int(1), "attention_dim": _int(1), "decoder_dim": _int(1),
+    "data_folder": _STR, "data_name": _NAME, "embed_dim": _DIM, "attention_dim": _DIM, "decoder_dim": _DIM,
     "dropout": _number(0, 1, hi_open=True),
     "init_state": (_one_of("mean", "learned")[0], "'mean' (h0/c0 from the mean feature, as in the course) or "
                    "'learned' (the attention decoder's h0/c0 do not depend on the image)"),
     "decoder": _one_of(None, "rnn", "attention", "adaptive"), "attention": _BOOL, "encoder": _STR,
-    "encoder_weights": _optional(_STR), "encoded_image_size": _int(1), "recalibrate_images": _int(0),
-    "device": ((lambda v: isinstance(v, (str, torch.device)) and str(v) != ""), "a device such as 'cpu' or 'cuda'"),
-    "seed": _int(0), "epochs": _int(1), "batch_size": _int(1), "workers": _int(0),
+    "encoder_weights": _optional(_STR),
+    "encoded_image_size": _int(1, 64, " (the side of the grid the decoder attends over, 14 in the course; a 256 px "
+                                      "image gives ResNet an 8x8 map, and memory grows with its square)"),
+    "recalibrate_images": _int(0),
+    "device": (_device_ok, "a device PyTorch knows: 'cpu', 'cuda', 'cuda:1', 'mps'"),
+    "seed": _int(0, 2**32 - 1), "epochs": _int(1), "batch_size": _int(1), "workers": _int(0),
     "encoder_lr": _number(0, lo_open=True), "decoder_lr": _number(0, lo_open=True),
     "grad_clip": _optional(_number(0)), "alpha_c": _number(0), "print_freq": _optional(_int(0)),
     "fine_tune_encoder": _BOOL, "checkpoint": _optional(_STR), "overwrite": _BOOL, "output_dir": _STR,
@@ -129,12 +160,31 @@ RULES = {
 
 
 def make_output_dir(cfg):
-    """Create ``cfg["output_dir"]``; a KitError naming the setting when it cannot be created (e.g. under a file)."""
+    """Create ``cfg["output_dir"]`` and make sure files can be written in it; a KitError naming the setting when
+    it cannot be created (e.g. under a file) or is read-only (which used to surface as a traceback from the lock
+    file)."""
+    import tempfile
+
     try:
         os.makedirs(cfg["output_dir"], exist_ok=True)
     except OSError as e:
         raise KitError(f"setting output_dir = {cfg['output_dir']!r}: cannot create that folder ({e.strerror or e}); "
                        f"choose another output_dir") from None
+    try:
+        with tempfile.TemporaryFile(dir=cfg["output_dir"], prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise KitError(f"setting output_dir = {cfg['output_dir']!r}: cannot write in that folder ({e.strerror or e}); "
+                       f"choose another output_dir, or make it writable") from None
+
+
+def check_value(key, value, rule):
+    """``value`` when ``rule`` (a pair of ``RULES``, e.g. ``_int(1)``) allows it, else a KitError naming ``key``,
+    the value and what is allowed: for the arguments of ``test``, ``caption`` and ``pretrain-encoder``."""
+    ok, allowed = rule
+    if not ok(value):
+        raise KitError(f"{key} = {value!r} is not allowed: {key} must be {allowed}")
+    return value
 
 
 def check_cfg(cfg):

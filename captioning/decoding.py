@@ -70,9 +70,11 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50, fast=Tr
 
     Returns: list of N :class:`Caption`.
     """
-    if not length_penalty >= 0:
+    if not 0 <= length_penalty < float("inf"):  # inf divided every score to 0 or nan: any caption could win
         raise KitError(f"length_penalty must be a number >= 0 (0: the course's summed log-probability), "
                        f"got {length_penalty!r}")
+    if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:
+        raise KitError(f"beam_size = {beam_size!r} is not allowed: beam_size must be an integer >= 1 (1: greedy)")
     n_img = encoder_out.size(0)
     enc = encoder_out.reshape(n_img, -1, encoder_out.size(-1))  # (N, P, C)
     k = beam_size

@@ -43,6 +43,12 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     On a data folder that cannot be written (and holds no feature cache for this encoder) the images are encoded
     batch by batch instead of through the cache: the same scores up to the cache's fp16 rounding.
     """
+    from captioning.config import RULES, _int, _optional, check_device, check_value
+
+    device = check_device(device)
+    check_value("max_images", max_images, _optional(_int(1)))
+    check_value("data_name", data_name, _optional(RULES["data_name"]))
+    check_value("beam_size", beam_size, _int(1))
     if out:
         check_file(out, "out")
     ckpt = load_checkpoint(checkpoint)
@@ -205,8 +211,11 @@ def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50, le
 def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, length_penalty=None):
     """As ``caption_images``, one image at a time; an image that cannot be read yields ``{"path", "error"}`` (the
     message names the file) and the others are still captioned."""
+    from captioning.config import _int, check_device, check_value
     from captioning.images import load_image
 
+    device = check_device(device)
+    check_value("beam_size", beam_size, _int(1))
     ckpt = load_checkpoint(checkpoint)
     encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
     length_penalty = cfg["length_penalty"] if length_penalty is None else length_penalty

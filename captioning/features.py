@@ -30,6 +30,7 @@ from captioning.locks import folder_lock
 CACHE_VERSION = 2
 FULL_CHECK_BYTES = 2**30  # caches up to this size are checked row by row when a run finds them, larger ones sampled
 _checked = {}  # (path, size, mtime_ns) -> True: a cache checked once per process, not at every epoch
+STALE = "belongs to other images or another encoder"  # replaced without a warning: the usual reason
 
 def cache_path(cache_folder, data_name, split, encoder):
     return os.path.join(cache_folder, f"{split}_FEATURES_{data_name}_{encoder.arch}.hdf5")
@@ -91,7 +92,7 @@ def build_feature_cache(encoder, data_folder, data_name, split, cache_folder=Non
         if problem is None:
             return path
         if os.path.exists(path):
-            if problem != "belongs to other images or another encoder":
+            if problem != STALE:
                 print(f"warning: the {split} feature cache {path} {problem}: building it again", file=sys.stderr,
                       flush=True)
             os.remove(path)  # stale (images or encoder changed) or failed its check
@@ -174,7 +175,7 @@ def _check(path, key, full=False):
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("key") != key:
-                return "belongs to other images or another encoder"
+                return STALE
             feats, crcs = f.get("features"), f.get("crc32")
             if feats is None or crcs is None or crcs.shape != (feats.shape[0],):
                 return "lacks its rows or their checksums"
@@ -239,8 +240,8 @@ def _space_error(split, partial, n, row_bytes, error=None):
     folder = os.path.dirname(os.path.abspath(partial))
     free = shutil.disk_usage(folder).free
     what = f"writing the {split} feature cache {partial} failed ({error}); " if error else ""
-    return KitError(f"{what}the cache needs about {n * row_bytes / 2**20:.0f} MB and {folder} has "
-                    f"{free / 2**20:.0f} MB free: free some space and run again (the cache is rebuilt), or set "
+    return KitError(f"{what}the cache needs about {n * row_bytes / 2**20:.1f} MB and {folder} has "
+                    f"{free / 2**20:.1f} MB free: free some space and run again (the cache is rebuilt), or set "
                     f"feature_cache=False (train; encodes the images at every epoch, slower)")
 
 

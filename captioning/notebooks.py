@@ -388,10 +388,13 @@ def _plain(obj):
 
 
 def write_metrics(path, metrics):
-    """Write ``metrics`` (a dict) as JSON atomically; returns the path."""
+    """Write ``metrics`` (a dict) as JSON atomically, read back before the rename; returns the path (a KitError
+    naming the file when it cannot be written)."""
     path = str(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_json(_plain(metrics), path)
+    from captioning.outputs import write_json as write_checked  # read back before the rename
+
+    write_checked(_plain(metrics), path, "output_dir")
     print(f"wrote {path}")
     return path
 

@@ -83,7 +83,7 @@ def _check_record(rec, index: int, path: Path) -> None:
         raise KitError(f"{where}: \"filepath\" must be a string, got {rec['filepath']!r}")
     if "split" not in rec:
         raise KitError(f"{where} has no \"split\" field (one of {sorted(SPLIT_OF)})")
-    if rec["split"] not in SPLIT_OF:
+    if not isinstance(rec["split"], str) or rec["split"] not in SPLIT_OF:
         raise KitError(f"{where} has split {rec['split']!r}; expected one of {sorted(SPLIT_OF)}")
     sentences = rec.get("sentences")
     if not isinstance(sentences, list):
@@ -126,10 +126,33 @@ def build_word_map(captions, min_word_freq: int) -> dict[str, int]:
 
 
 def encode_caption(tokens: list[str], word_map: dict[str, int], max_len: int) -> list[int]:
-    """[<start>, w1..wn, <end>, <pad>...] of length max_len + 2; unknown words become <unk>."""
+    """[<start>, w1..wn, <end>, <pad>...] of length max_len + 2; unknown words become <unk>, and so do the
+    special tokens written literally in a caption ("<end>", "<pad>", "<start>"): as their own indices they would
+    end the caption early, pad it, or restart it inside the training targets and the BLEU references."""
     unk = word_map["<unk>"]
-    return ([word_map["<start>"]] + [word_map.get(w, unk) for w in tokens] + [word_map["<end>"]]
-            + [word_map["<pad>"]] * (max_len - len(tokens)))
+    return ([word_map["<start>"]] + [unk if w in SPECIAL_TOKENS else word_map.get(w, unk) for w in tokens]
+            + [word_map["<end>"]] + [word_map["<pad>"]] * (max_len - len(tokens)))
+
+
+def _check_vocabulary(word_map, captions, min_word_freq):
+    """A KitError when ``min_word_freq`` keeps no word at all (every caption would be all <unk>), a warning when it
+    keeps fewer than 10; and a warning naming how many captions hold a special token literally."""
+    words = len(word_map) - len(SPECIAL_TOKENS)
+    freq = collections.Counter(w for c in captions for w in c if w not in SPECIAL_TOKENS)
+    top = freq.most_common(1)
+    if words == 0:
+        most = f"the most frequent, {top[0][0]!r}, occurs {top[0][1]} times" if top else "they hold no words"
+        raise KitError(f"min_word_freq = {min_word_freq} keeps no word of the training captions ({most}; a word is "
+                       f"kept when it occurs more than min_word_freq times): every caption would be <unk>. Lower "
+                       f"--min-word-freq (the course uses 5)")
+    if words < 10:
+        print(f"warning: min_word_freq = {min_word_freq} keeps only {words} word(s) of {len(freq)} "
+              f"({', '.join(w for w in word_map if w not in SPECIAL_TOKENS)}); the others become <unk>. Lower "
+              f"--min-word-freq for a useful vocabulary", file=sys.stderr, flush=True)
+    literal = sum(any(w in SPECIAL_TOKENS for w in c) for c in captions)
+    if literal:
+        print(f"warning: {literal} training caption(s) contain a special token ({', '.join(SPECIAL_TOKENS)}) as a "
+              f"word; it is stored as <unk>", file=sys.stderr, flush=True)
 
 
 def choose_captions(captions: list[list[str]], cpi: int, rng: random.Random) -> list[list[str]]:
@@ -334,6 +357,7 @@ def create_input_files(dataset, karpathy_json_path, image_folder, captions_per_i
     items, too_long, no_captions, missing = _group_by_split(records, image_folder, max_len)
     _check_splits(items, records, missing, skip_missing, json_path, image_folder, max_len)
     word_map = build_word_map((c for it in items["TRAIN"] for c in it["captions"]), min_word_freq)
+    _check_vocabulary(word_map, [c for it in items["TRAIN"] for c in it["captions"]], min_word_freq)
     _prepare_output_folder(output_folder)
     base = base_name(dataset, captions_per_image, min_word_freq)
     with folder_lock(output_folder, f"prepare-{base}", wait=False, what=f"the output folder {output_folder}"), \

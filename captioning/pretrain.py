@@ -175,6 +175,13 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
     The summary holds ``path``, ``seconds`` and ``val_accuracy`` (per head: the share of object cells of the
     VAL split whose shape / colour / size is predicted right, and of images whose background tone is).
     """
+    from captioning.config import _int, _number, _optional, check_value
+
+    # checked before any work: epochs=0 used to write an untrained encoder as if it were pretrained
+    for key, value, rule in (("epochs", epochs, _int(1)), ("batch_size", batch_size, _int(1)),
+                             ("lr", lr, _number(0, lo_open=True)), ("seed", seed, _int(0, 2**32 - 1)),
+                             ("max_images", max_images, _optional(_int(1)))):
+        check_value(key, value, rule)
     torch.manual_seed(seed)
     images, targets, weights, dark = _load(data_folder, data_name, "TRAIN", max_images)
     device = torch.device(device)
@@ -261,10 +268,13 @@ def register(sub):
     p.add_argument("--data-folder", required=True, help="folder of the prepared files")
     p.add_argument("--data-name", required=True, help="e.g. shapes_5_cap_per_img_5_min_word_freq")
     p.add_argument("--out", required=True, help="where to write the .pth state dict")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
+    from captioning.arguments import AT_LEAST_1, FINITE_ABOVE_0, checked
+
+    p.add_argument("--epochs", type=checked(AT_LEAST_1), default=4)
+    p.add_argument("--batch-size", type=checked(AT_LEAST_1), default=32)
+    p.add_argument("--lr", type=checked(FINITE_ABOVE_0, float), default=2e-3)
+    p.add_argument("--seed", type=checked(((lambda v: 0 <= v < 2**32), "an integer >= 0 and <= 4294967295")),
+                   default=0)
     p.set_defaults(func=_cli)
 
 

@@ -24,7 +24,7 @@ import torch
 
 from captioning.encoder import Encoder
 from captioning.errors import KitError
-from captioning.features import build_feature_cache, cache_path
+from captioning.features import build_feature_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,14 +44,18 @@ def _limit_file_size(limit):
     return preexec
 
 
-def run_python(code, preexec_fn=None, read_only=(), timeout=300):
-    """``code`` in a fresh Python. ``read_only``: folders that the child sees mounted read-only (skips the test
-    where a private mount namespace cannot be made); ``preexec_fn``: e.g. a file size limit."""
+def run_python(code, preexec_fn=None, read_only=(), small_disk=None, timeout=300):
+    """``code`` in a fresh Python. ``read_only``: folders that the child sees mounted read-only; ``small_disk``:
+    a folder the child sees as an empty 512 KB file system (both skip the test where a private mount namespace
+    cannot be made); ``preexec_fn``: e.g. a file size limit."""
     cmd = [sys.executable, "-c", textwrap.dedent(code)]
-    if read_only:
+    mounts = [f"mount --bind '{p}' '{p}' && mount -o remount,ro,bind '{p}' '{p}'" for p in read_only]
+    if small_disk:
+        mounts.append(f"mount -t tmpfs -o size=512k tmpfs '{small_disk}'")
+    if mounts:
         if shutil.which("unshare") is None:
-            pytest.skip("read-only folders need `unshare` (a private mount namespace): not installed")
-        mounts = " && ".join(f"mount --bind '{p}' '{p}' && mount -o remount,ro,bind '{p}' '{p}'" for p in read_only)
+            pytest.skip("read-only folders and a small disk need `unshare` (a private mount namespace): not installed")
+        mounts = " && ".join(mounts)
         probe = subprocess.run(["unshare", "-m", "sh", "-c", mounts], capture_output=True, text=True)
         if probe.returncode != 0:
             pytest.skip(f"read-only folders need a private mount namespace: {probe.stderr.strip()[:200]}")
@@ -61,8 +65,7 @@ def run_python(code, preexec_fn=None, read_only=(), timeout=300):
 
 def kit(*args, **kw):
     """``python -m captioning ARGS`` as run_python runs code."""
-    return run_python(f"import sys; from captioning.cli import main; sys.argv = ['captioning'] + {list(map(str, args))!r}; "
-                      "sys.exit(main(sys.argv[1:]))", **kw)
+    return run_python(f"import sys; from captioning.cli import main; sys.exit(main({list(map(str, args))!r}))", **kw)
 
 
 # ---------------------------------------------------------------------------------------- 2: the feature cache
@@ -100,7 +103,7 @@ def test_a_cache_that_cannot_fit_stops_before_encoding(shapes_data, tmp_path, mo
     data = copy_data(shapes_data, tmp_path / "data")
     free = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(features.shutil, "disk_usage", lambda p: free._replace(free=50_000))
-    with pytest.raises(KitError, match=r"the cache needs about 0 MB and .*features has 0 MB free: free some space"):
+    with pytest.raises(KitError, match=r"the cache needs about 0\.3 MB and .*features has 0\.0 MB free: free some space"):
         build_feature_cache(Encoder(2, weights=None, arch="shapes_cnn"), data, shapes_data.data_name, "TRAIN",
                             batch_size=8, progress=False)
     assert os.listdir(data / "features") == []
@@ -227,6 +230,16 @@ def test_test_beside_a_read_only_checkpoint_stops_before_the_work(trained, tmp_p
     assert "BLEU" not in r.stdout and "test beam" not in r.stderr  # stopped before the beam search
 
 
+def test_test_onto_a_full_disk_stops_before_the_work(trained, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    r = kit("test", "--checkpoint", trained[0], "--beam-size", "1", "--out", full / "s.json", small_disk=full)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"cannot write s.json into {full}: its disk is full (512 KB free). Free some space or choose another " \
+           "place with --out" in r.stderr, r.stderr
+    assert "BLEU" not in r.stdout and "test beam" not in r.stderr
+
+
 def test_test_on_a_full_disk_prints_the_scores_then_names_the_file(trained, tmp_path):
     out = tmp_path / "scores.json"
     r = kit("test", "--checkpoint", trained[0], "--beam-size", "1", "--out", out,
@@ -277,3 +290,209 @@ def test_caption_gives_images_of_one_name_their_own_figures(trained, shapes_data
     for image, name in zip(images, ("a_img.jpg", "b_img.jpg", "a_img.png")):
         assert f"{image}: " in r.stdout and f"[{tmp_path / 'figs' / name}.caption.png]" in r.stdout
     assert "3 images share a file name" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------- 10: unchecked values
+@pytest.mark.parametrize("args,message", [
+    (["test", "--beam-size", "0"], "argument --beam-size: 0 is not allowed: it must be an integer >= 1"),
+    (["test", "--beam-size", "-1"], "argument --beam-size: -1 is not allowed"),
+    (["test", "--max-images", "0"], "argument --max-images: 0 is not allowed: it must be an integer >= 1"),
+    (["test", "--max-images", "-5"], "argument --max-images: -5 is not allowed"),
+    (["test", "--device", "gpu"], "argument --device: 'gpu' is not allowed: it must be a device PyTorch knows"),
+    (["caption", "x.jpg", "--device", "gpu"], "argument --device: 'gpu' is not allowed"),
+    (["caption", "x.jpg", "--length-penalty", "inf"], "argument --length-penalty: inf is not allowed: it must be "
+                                                       "a number >= 0"),
+    (["caption", "x.jpg", "--beam-size", "0"], "argument --beam-size: 0 is not allowed"),
+])
+def test_test_and_caption_arguments_are_checked_before_anything_loads(args, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "captioning", *args, "--checkpoint", str(tmp_path / "none.pth.tar")],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "argument --batch-size: 0 is not allowed: it must be an integer >= 1"),
+    (["--lr", "-1"], "argument --lr: -1 is not allowed: it must be a number > 0"),
+    (["--epochs", "0"], "argument --epochs: 0 is not allowed: it must be an integer >= 1"),
+])
+def test_pretrain_arguments_are_checked(args, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "captioning", "pretrain-encoder", "--data-folder", str(tmp_path),
+                        "--data-name", "x", "--out", str(tmp_path / "enc.pth"), *args],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "enc.pth").exists()
+
+
+def test_pretrain_encoder_refuses_zero_epochs_instead_of_writing_an_untrained_encoder(shapes_data, tmp_path):
+    from captioning.pretrain import pretrain_encoder
+
+    for kw, message in ((dict(epochs=0), "epochs = 0 is not allowed: epochs must be an integer >= 1"),
+                        (dict(batch_size=0), "batch_size = 0 is not allowed"), (dict(lr=-1), "lr = -1 is not")):
+        with pytest.raises(KitError, match=message):
+            pretrain_encoder(shapes_data.data_folder, shapes_data.data_name, tmp_path / "enc.pth", **kw)
+    assert not (tmp_path / "enc.pth").exists()
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("device=gpu", "setting device = 'gpu' is not allowed: device must be a device PyTorch knows"),
+    ("seed=99999999999999999999", "seed = 99999999999999999999 is not allowed: seed must be an integer >= 0 and "
+                                  "<= 4294967295"),
+    ("embed_dim=100000000", "embed_dim = 100000000 is not allowed: embed_dim must be an integer >= 1 and <= 8192"),
+    ("encoded_image_size=1000", "encoded_image_size = 1000 is not allowed: encoded_image_size must be an integer "
+                                ">= 1 and <= 64"),
+    ("data_name=../d/x", "data_name = '../d/x' is not allowed: data_name must be a plain name without /"),
+])
+def test_train_settings_out_of_range_stop_at_once(setting, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "captioning", "train", setting, f"output_dir={tmp_path / 'o'}"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_library_calls_check_their_values():
+    from captioning.config import make_cfg
+    from captioning.decoding import beam_search
+    from captioning.evaluate import evaluate, iter_captions
+    from captioning.notebooks import check_parameters
+
+    with pytest.raises(KitError, match="setting length_penalty = inf is not allowed"):
+        make_cfg(device="cpu", length_penalty=float("inf"))
+    with pytest.raises(KitError, match="beam_size = 0 is not allowed: beam_size must be an integer >= 1"):
+        beam_search(None, torch.zeros(1, 4, 8), {"<start>": 1, "<end>": 2}, beam_size=0)
+    with pytest.raises(KitError, match="length_penalty must be a number >= 0"):
+        beam_search(None, torch.zeros(1, 4, 8), {"<start>": 1, "<end>": 2}, length_penalty=float("inf"))
+    with pytest.raises(KitError, match="setting device = 'gpu' is not allowed"):
+        evaluate("none.pth.tar", device="gpu")
+    with pytest.raises(KitError, match="max_images = -5 is not allowed"):
+        evaluate("none.pth.tar", device="cpu", max_images=-5)
+    with pytest.raises(KitError, match="setting device = 'gpu' is not allowed"):
+        next(iter_captions("none.pth.tar", ["x.jpg"], device="gpu"))
+    with pytest.raises(KitError, match="parameter device = 'gpu' is not allowed: device must be a device PyTorch"):
+        check_parameters({"device": "gpu"})  # the notebooks' parameters cell
+
+
+def _karpathy(shapes_data, tmp_path, edit):
+    data = json.loads(shapes_data.karpathy_json.read_text())
+    edit(data["images"])
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _prepare(shapes_data, json_path, out, **kw):
+    from captioning.prepare import create_input_files
+
+    return create_input_files("shapes", json_path, shapes_data.karpathy_json.parent, **{
+        "captions_per_image": 5, "min_word_freq": 1, "output_folder": out, "image_size": 64, "workers": 1, **kw})
+
+
+def test_a_split_that_is_a_list_is_named(shapes_data, tmp_path):
+    path = _karpathy(shapes_data, tmp_path, lambda images: images[3].update(split=["train"]))
+    with pytest.raises(KitError, match=r"record 3 \(filename .*\) of \"images\" in .* has split \['train'\]; "
+                                       r"expected one of"):
+        _prepare(shapes_data, path, tmp_path / "out")
+
+
+def test_a_min_word_freq_that_keeps_no_word_is_refused(shapes_data, tmp_path):
+    with pytest.raises(KitError, match=r"min_word_freq = 100000 keeps no word of the training captions \(the most "
+                                       r"frequent, '\w+', occurs \d+ times.*Lower --min-word-freq"):
+        _prepare(shapes_data, shapes_data.karpathy_json, tmp_path / "out", min_word_freq=100000)
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------- 11: literal special tokens
+def test_literal_special_tokens_in_a_caption_become_unk(shapes_data, tmp_path, capsys):
+    from captioning.prepare import encode_caption
+
+    def edit(images):
+        train = [r for r in images if r["split"] == "train"]
+        for r in train:  # every caption of every training image, so that whichever 5 are drawn hold them
+            for s in r["sentences"]:
+                s["tokens"] = ["a", "<end>", "b", "<pad>", "<start>"] + s["tokens"]
+
+    wm = {"<pad>": 0, "a": 1, "b": 2, "<unk>": 3, "<start>": 4, "<end>": 5}
+    assert encode_caption(["a", "<end>", "b", "<pad>", "<start>"], wm, 6) == [4, 1, 3, 2, 3, 3, 5, 0]
+    out = tmp_path / "out"
+    s = _prepare(shapes_data, _karpathy(shapes_data, tmp_path, edit), out)
+    assert "training caption(s) contain a special token" in capsys.readouterr().err
+    wm = json.loads((out / f"WORDMAP_{s['data_name']}.json").read_text())
+    caps = json.loads((out / f"TRAIN_CAPTIONS_{s['data_name']}.json").read_text())
+    lens = json.loads((out / f"TRAIN_CAPLENS_{s['data_name']}.json").read_text())
+    for c, n in zip(caps, lens):
+        assert c[:6] == [wm["<start>"], wm["a"], wm["<unk>"], wm["b"], wm["<unk>"], wm["<unk>"]]
+        assert c[n - 1] == wm["<end>"] and wm["<end>"] not in c[:n - 1] and wm["<pad>"] not in c[:n]
+
+
+# ------------------------------------------------------------------------------------------- 8: read-only places
+def _train_code(data, out, **kw):
+    cfg = dict(data_folder=str(data), data_name="DATA_NAME", encoder="shapes_cnn", encoder_weights=None,
+               encoded_image_size=2, embed_dim=16, decoder_dim=24, attention_dim=16, dropout=0.0, batch_size=40,
+               epochs=1, workers=0, decoder_lr=3e-3, print_freq=0, output_dir=str(out), recalibrate_images=20,
+               progress=False, device="cpu", decoder="attention")
+    cfg.update(kw)
+    return f"""
+        from captioning.errors import KitError
+        from captioning.solver import fit
+        try:
+            print("best", fit({cfg!r})["best_bleu4"])
+        except KitError as e:
+            print("error:", e)
+    """
+
+
+def test_a_read_only_output_dir_is_named(trained, shapes_data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_python(_train_code(trained[1], out).replace("DATA_NAME", shapes_data.data_name), read_only=[out])
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"error: setting output_dir = '{out}': cannot write in that folder (Read-only file system); choose " \
+           "another output_dir" in r.stdout, r.stdout
+
+
+def test_training_on_a_read_only_data_folder_with_its_cache(trained, shapes_data, tmp_path):
+    """The cache (and the BatchNorm statistics) built by an earlier run are used as they are; settings that need
+    new statistics and so a new cache get a message (the statistics' save used to raise RuntimeError)."""
+    data = trained[1]
+    code = _train_code(data, tmp_path / "run").replace("DATA_NAME", shapes_data.data_name)
+    r = run_python(code, read_only=[data])
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stdout.splitlines()[-1].startswith("best "), r.stdout  # trained
+    code = _train_code(data, tmp_path / "run2", recalibrate_images=8).replace("DATA_NAME", shapes_data.data_name)
+    r = run_python(code, read_only=[data])
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "error: the TRAIN feature cache" in r.stdout and "is not writable" in r.stdout \
+           and "feature_cache=False" in r.stdout, r.stdout
+
+
+def test_test_runs_on_a_read_only_data_folder(trained, shapes_data, tmp_path):
+    """Without a feature cache the images are encoded batch by batch; the scores match the cached run's but for
+    the cache's fp16 rounding."""
+    from captioning.evaluate import evaluate
+
+    data = copy_data(shapes_data, tmp_path / "data")  # no features/ folder: nothing cached
+    r = kit("test", "--checkpoint", trained[0], "--beam-size", "1", "--data-folder", data, "--out",
+            tmp_path / "scores.json", read_only=[data])
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "note: no feature cache can be written in" in r.stderr and not (data / "features").exists()
+    cached = evaluate(trained[0], "TEST", beam_size=1, progress=False, coco=False)
+    assert abs(json.loads((tmp_path / "scores.json").read_text())["bleu4"] - cached["bleu4"]) < 0.05
+
+
+def test_notebook_metrics_are_read_back_and_a_failure_names_the_file(tmp_path, monkeypatch):
+    import captioning.outputs as outputs
+    from captioning.notebooks import write_metrics
+
+    path = write_metrics(tmp_path / "m.metrics.json", {"bleu4": 0.5})
+    assert json.loads(Path(path).read_text()) == {"bleu4": 0.5}
+    real_open = open
+
+    def lossy_open(file, mode="r", *a, **k):  # a write that reports success but never reaches the file
+        fh = real_open(file, mode, *a, **k)
+        if "w" in mode:
+            fh.write = lambda text: len(text)
+        return fh
+
+    monkeypatch.setattr(outputs, "open", lossy_open, raising=False)
+    with pytest.raises(KitError, match=r"cannot write .*m\.metrics\.json: the file read back differs"):
+        write_metrics(tmp_path / "m.metrics.json", {"bleu4": 0.7})
+    assert json.loads(Path(path).read_text()) == {"bleu4": 0.5}  # the earlier file as it was
