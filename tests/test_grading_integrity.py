@@ -10,6 +10,8 @@ a correct submission that must still score 100 %:
 * ``inputs``: prints a checksum of the inputs it is given — they come from the run's secret seed (journal/seed),
   not the fixed seeds, and a resumed run keeps the seed;
 * ``busy``: ``Attention.forward`` spins forever — stopped by CPU time, loses that region only;
+* ``dies_alone``: its process ends in one test; after the restart the tests gated on the region's correctness
+  test (passed before) still pay;
 * ``attn_cpu_tensor``, ``rnn_step_cpu_tensor``: a tensor made on the CPU inside ``Attention.forward`` / ``one_step``
   — only the device test fails (every graded method also runs on the ``meta`` device);
 * the whole batch runs beside two busy processes (the correct ones still 100 %).
@@ -183,6 +185,10 @@ def batch(tmp_path_factory):
     write_sub(subs, "keyring", REFERENCE + KEYRING)
     write_sub(subs, "inputs", REFERENCE + INPUTS)
     write_sub(subs, "busy", REFERENCE + BUSY)
+    # the process dies in one test (a batch of one): after the restart the region's passed correctness test counts
+    write_sub(subs, "dies_alone", mutate(REFERENCE, "Attention.forward", "att1 = self.encoder_att(",
+                                         "if encoder_out.size(0) == 1:\n            import os; os._exit(3)\n"
+                                         "        att1 = self.encoder_att("))
     # a tensor made on the CPU inside Attention.forward / one_step: only their device test fails
     write_sub(subs, "attn_cpu_tensor", mutate(REFERENCE, "Attention.forward", "alpha = F.softmax(e, dim=1)",
                                               "alpha = F.softmax(e, dim=1) * torch.ones(e.size(1))"))
@@ -334,6 +340,11 @@ def test_every_graded_method_runs_on_the_meta_device(batch, name, test):
     r = batch["results"][name]
     assert set(_failed(r)) == {test}, _failed(r)
     assert "device" in r["tests"][test]["message"]
+
+
+def test_a_restart_keeps_the_correctness_outcomes(batch):
+    r = batch["results"]["dies_alone"]
+    assert r["status"] == "crashed" and set(_failed(r)) == {"attention_batch_of_one"}, _failed(r)
 
 
 # ---------------------------------------------------------------------------------------------------- the canary

@@ -144,7 +144,7 @@ class Job:
                     continue
                 self.restarts += 1
                 try:
-                    ctx = Context(self.ref_module, seed=self.opts.get("seed"))
+                    ctx = Context(self.ref_module, seed=self.opts.get("seed"), passed=ctx.passed)
                     self._start(ctx)
                     ctx.remote = self.remote
                 except (rem.ChildGone, rem.ChildTimeout) as e:
