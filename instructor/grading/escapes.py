@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from instructor.grading.sandbox import LAYERS, Cgroups, child_env, preexec, probe_layers, BASE_ADDRESS_SPACE_MB
+from instructor.grading.sandbox import (LAYERS, Cgroups, child_env, cpu_budget, preexec, probe_layers,
+                                        BASE_ADDRESS_SPACE_MB)
 
 PROBE = r'''
 import json, os, socket, sys, time
@@ -67,6 +68,13 @@ if pid == 0:  # in a child: a probe that got its own user namespace would see th
     r, detail = syscall(lambda: libc.unshare(0x10000000))  # CLONE_NEWUSER
     os._exit(0 if r == 0 else (ctypes.get_errno() or 255) & 255)
 code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+import resource
+soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+try:  # the per-request timers are the child's own; this limit is the one a spinning process cannot lift
+    resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    say("lift the CPU-time budget (RLIMIT_CPU)", False, f"was {hard}, raised to unlimited")
+except (ValueError, OSError) as e:
+    say("lift the CPU-time budget (RLIMIT_CPU)", True, f"{soft} s, then SIGKILL at {hard} s; raising it: {e}")
 say("create a user namespace (unshare CLONE_NEWUSER)", code != 0, "succeeded" if code == 0 else
     (f"returned -1, {errno.errorcode.get(code, code)}" if code > 0 else f"the child died of signal {-code}"))
 s = socket.socket()
@@ -161,7 +169,8 @@ def _run_probe(layers, sandbox, args, cg):
     argv, cwd, pypath = command(layers, sandbox, [f"{where}/probe.py", json.dumps(args)])
     env = child_env("/tmp" if "bwrap" in layers else sandbox, pypath)
     r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, timeout=120, start_new_session=True,
-                       preexec_fn=preexec((2048 + BASE_ADDRESS_SPACE_MB) * 2 ** 20, cg.procs_files))
+                       preexec_fn=preexec((2048 + BASE_ADDRESS_SPACE_MB) * 2 ** 20, cg.procs_files,
+                                          cpu_budget(20.0, 1)))
     rows = []
     for line in r.stdout.decode(errors="replace").splitlines():
         try:
