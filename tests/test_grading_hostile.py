@@ -291,6 +291,11 @@ def test_check_sandbox_reports_every_escape_contained():
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "every escape is contained" in r.stdout and "NOT CONTAINED" not in r.stdout
+    # the seccomp filter's rules, each tried and reported on its own line
+    for name in ("keyring shared by the sandboxes (add_key)", "keyring shared by the sandboxes (keyctl)",
+                 "create a user namespace (unshare CLONE_NEWUSER)"):
+        line = [ln for ln in r.stdout.splitlines() if name in ln]
+        assert len(line) == 1 and line[0].startswith("contained "), r.stdout
 
 
 def test_notebooks_run_in_the_writable_sandbox(tmp_path):

@@ -10,6 +10,10 @@ a correct submission that must still score 100 %:
 * ``inputs``: prints a checksum of the inputs it is given — they come from the run's secret seed (journal/seed),
   not the fixed seeds, and a resumed run keeps the seed;
 * ``busy``: ``Attention.forward`` spins forever — stopped by CPU time, loses that region only;
+* (own batch) ``untimed_spin``: ``Attention.forward`` cancels the child's timers and spins — ended by the kernel
+  (RLIMIT_CPU, the process's whole CPU budget), recorded as a timeout, loses that region only;
+* ``dies_alone``: its process ends in one test; after the restart the tests gated on the region's correctness
+  test (passed before) still pay;
 * ``attn_cpu_tensor``, ``rnn_step_cpu_tensor``: a tensor made on the CPU inside ``Attention.forward`` / ``one_step``
   — only the device test fails (every graded method also runs on the ``meta`` device);
 * the whole batch runs beside two busy processes (the correct ones still 100 %).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -34,10 +39,10 @@ import torch
 from captioning import models as reference
 from captioning.check import kit_root
 from captioning.errors import KitError
-from instructor.grading import batch as grader, seccomp
+from instructor.grading import batch as grader, job, seccomp
 from instructor.grading.hidden_harness import Context
 from instructor.grading.journal import run_seed
-from instructor.grading.sandbox import bwrap_args, missing_layers
+from instructor.grading.sandbox import bwrap_args, ended_by_cpu_budget, missing_layers, preexec
 from test_grading import REFERENCE, STUDENT_EDITION, mutate, write_sub
 
 MISSING = missing_layers()
@@ -165,6 +170,21 @@ def _spin(self, encoder_out, h):
 Attention.forward = _spin
 """
 
+UNTIMED_SPIN = """
+import signal as _signal
+
+
+def _untimed_spin(self, encoder_out, h):
+    _signal.setitimer(_signal.ITIMER_PROF, 0)  # the child's per-request CPU timer
+    _signal.setitimer(_signal.ITIMER_REAL, 0)  # and its wall-clock alarm
+    while True:
+        pass
+
+
+Attention.forward = _untimed_spin
+"""
+SMALL_CPU_BUDGET_S = 10  # per process; a correct submission's process used under 3 CPU s in all (import included)
+
 
 def _checksum(seed):
     x = Context(reference, seed=seed).att_in["encoder_out"]
@@ -183,6 +203,10 @@ def batch(tmp_path_factory):
     write_sub(subs, "keyring", REFERENCE + KEYRING)
     write_sub(subs, "inputs", REFERENCE + INPUTS)
     write_sub(subs, "busy", REFERENCE + BUSY)
+    # the process dies in one test (a batch of one): after the restart the region's passed correctness test counts
+    write_sub(subs, "dies_alone", mutate(REFERENCE, "Attention.forward", "att1 = self.encoder_att(",
+                                         "if encoder_out.size(0) == 1:\n            import os; os._exit(3)\n"
+                                         "        att1 = self.encoder_att("))
     # a tensor made on the CPU inside Attention.forward / one_step: only their device test fails
     write_sub(subs, "attn_cpu_tensor", mutate(REFERENCE, "Attention.forward", "alpha = F.softmax(e, dim=1)",
                                               "alpha = F.softmax(e, dim=1) * torch.ones(e.size(1))"))
@@ -336,6 +360,11 @@ def test_every_graded_method_runs_on_the_meta_device(batch, name, test):
     assert "device" in r["tests"][test]["message"]
 
 
+def test_a_restart_keeps_the_correctness_outcomes(batch):
+    r = batch["results"]["dies_alone"]
+    assert r["status"] == "crashed" and set(_failed(r)) == {"attention_batch_of_one"}, _failed(r)
+
+
 # ---------------------------------------------------------------------------------------------------- the canary
 def test_a_broken_environment_stops_the_batch_with_no_grades(tmp_path, monkeypatch):
     from instructor.grading import job
@@ -376,3 +405,37 @@ def test_a_grader_run_through_a_symlinked_venv_stops_at_the_canary(tmp_path):
                        timeout=600)
     assert r.returncode != 0 and "canary failed" in r.stderr, r.stderr[-2000:]
     assert f"is a symbolic link to {venv}" in r.stderr and not (out / "grades.csv").exists(), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("ignore_sigxcpu", [False, True])
+def test_the_kernel_ends_a_process_that_cancels_its_timer_and_spins(ignore_sigxcpu):
+    """RLIMIT_CPU set by preexec: SIGXCPU at the budget, SIGKILL a little later for a process that ignores it."""
+    code = ("import signal, sys\nsignal.setitimer(signal.ITIMER_PROF, 0)\n"
+            "if sys.argv[1:]:\n    signal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass\n")
+    p = subprocess.run([sys.executable, "-S", "-c", code, *(["ignore"] if ignore_sigxcpu else [])],
+                       preexec_fn=preexec(8 * 2 ** 30, [], 1), timeout=600)  # the timeout: a safety net only
+    assert p.returncode == (-signal.SIGKILL if ignore_sigxcpu else -signal.SIGXCPU)
+    assert ended_by_cpu_budget(p.returncode) is not ignore_sigxcpu
+    assert ended_by_cpu_budget(128 + signal.SIGXCPU) and not ended_by_cpu_budget(128 + signal.SIGKILL)  # bwrap
+
+
+def test_a_process_that_cancels_its_timers_is_stopped_by_its_cpu_budget(tmp_path, monkeypatch):
+    """Only the kernel can stop ``untimed_spin`` here: its own timers are cancelled and the wall-clock backstop is
+    made far longer than the grading, so the test holds on any machine load without timing anything."""
+    monkeypatch.setattr(job, "cpu_budget", lambda per_test, requests: SMALL_CPU_BUDGET_S)
+    monkeypatch.setattr(job, "WALL_BACKSTOP", 10_000)
+    subs = tmp_path / "submissions"
+    subs.mkdir()
+    write_sub(subs, "correct", REFERENCE)
+    write_sub(subs, "untimed_spin", REFERENCE + UNTIMED_SPIN)
+    results = {r["id"]: r for r in grader.grade(subs, tmp_path / "out", jobs=2, timeout=3600, memory_mb=1024,
+                                                test_timeout=TEST_CPU_S, progress=False,
+                                                allow_unsandboxed=bool(MISSING))}
+    assert results["correct"]["percent"] == 100.0, _failed(results["correct"])
+    r = results["untimed_spin"]
+    att = {t: v for t, v in r["tests"].items() if v["region"] == "Attention.forward"}
+    assert r["status"] == "timeout" and all(not v["ok"] for v in att.values()), att
+    assert any(v["kind"] == "timeout" and f"CPU-time budget ({SMALL_CPU_BUDGET_S} s" in v["message"]
+               for v in att.values()), att
+    others = [reg for reg in r["regions"] if reg != "Attention.forward"]
+    assert all(r["regions"][reg][0] == r["regions"][reg][1] for reg in others), _failed(r)

@@ -3,14 +3,18 @@
 ``python -m instructor grade SUBMISSIONS_DIR --out DIR [--jobs N] [--notebooks [key=value …]] [--timeout S] [--memory-mb M]``
 ``python -m instructor grade --check-sandbox``
 
-* ``batch.py`` — ``grade``: stages every submission, grades them a few at a time (``job.py``), journals each
-  result (``journal.py``) and writes the outputs (``outputs.py``: grades.csv, feedback/, summary.md, …);
+* ``batch.py`` — ``grade``: stages every submission, grades the reference first (``canary.py``: below 100 % it
+  stops and names the cause, no grades), then the submissions a few at a time (``job.py``), journals each result
+  and the run's secret seed (``journal.py``) and writes the outputs (``outputs.py``: grades.csv, feedback/,
+  summary.md, …);
 * ``job.py`` — one submission: its sandbox folder, its process, the hidden tests run against it, its result;
-* ``sandbox.py`` — the OS sandbox (bubblewrap namespaces, cgroup limits); ``escapes.py`` — ``--check-sandbox``;
+* ``sandbox.py`` — the OS sandbox (bubblewrap namespaces, cgroup limits, resource limits); ``seccomp.py`` — its
+  seccomp filter (no keyring, no new namespaces); ``escapes.py`` — ``--check-sandbox``;
 * ``remote.py`` — the grader's end of the pipes to a submission's process; ``wire.py`` — their message format;
 * ``child.py`` — runs inside the sandbox: does what the grader asks with the student's code, returns raw outputs;
-* ``hidden_tests.py`` — the hidden tests, one region each (``hidden_harness.py``: their registry, comparisons and
-  ``Context``); ``rubric.toml`` — their points; ``rubric.py`` loads and checks it;
+* ``hidden_tests.py`` — the hidden tests, one region each (``hidden_init_tests.py``: those of the ``__init__``
+  regions, scored by behaviour; ``hidden_harness.py``: their registry, comparisons and ``Context``);
+  ``rubric.toml`` — their points; ``rubric.py`` loads and checks it;
 * ``submissions.py`` — finds the submissions (folders / .zip) and copies out, checked, the files grading needs.
 """
 from __future__ import annotations

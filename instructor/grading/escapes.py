@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from instructor.grading.sandbox import LAYERS, Cgroups, child_env, preexec, probe_layers, BASE_ADDRESS_SPACE_MB
+from instructor.grading.sandbox import (LAYERS, Cgroups, child_env, cpu_budget, preexec, probe_layers,
+                                        BASE_ADDRESS_SPACE_MB)
 
 PROBE = r'''
 import json, os, socket, sys, time
@@ -40,6 +41,42 @@ except OSError as e:
 pids = [p for p in os.listdir("/proc") if p.isdigit()]
 say("see the grader's processes", len(pids) < 10, f"{len(pids)} processes visible")
 say("run as root", os.getuid() != 0, f"uid {os.getuid()}")
+# the seccomp filter's rules, tried with the kernel's own numbers (written out here, not taken from seccomp.py, so
+# that a wrong number there shows up as an open call here)
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+def syscall(fn):
+    ctypes.set_errno(0)
+    r = fn()
+    e = ctypes.get_errno()
+    return r, (f"returned {r}" + (f", {errno.errorcode.get(e, e)}" if r == -1 else ""))
+nr = {"x86_64": (248, 250), "aarch64": (217, 219)}.get(os.uname().machine)
+if nr is None:
+    for name in ("add_key", "keyctl"):
+        say(f"use the kernel keyring shared by the sandboxes ({name})", None,
+            f"not tried: system call numbers unknown for {os.uname().machine}")
+else:
+    # add_key("user", …) into the user keyring (KEY_SPEC_USER_KEYRING = -4: one per uid, so every sandbox's)
+    r, detail = syscall(lambda: libc.syscall(nr[0], b"user", args["token"].encode(), b"answers", 7, ctypes.c_int(-4)))
+    say("use the kernel keyring shared by the sandboxes (add_key)", r == -1, detail)
+    if r > 0:  # not contained: take the key out again (KEYCTL_UNLINK = 9)
+        libc.syscall(nr[1], 9, ctypes.c_int(r), ctypes.c_int(-4))
+    r, detail = syscall(lambda: libc.syscall(nr[1], 0, ctypes.c_int(-4), 0))  # KEYCTL_GET_KEYRING_ID
+    say("use the kernel keyring shared by the sandboxes (keyctl)", r == -1, detail)
+pid = os.fork()
+if pid == 0:  # in a child: a probe that got its own user namespace would see the rest differently
+    r, detail = syscall(lambda: libc.unshare(0x10000000))  # CLONE_NEWUSER
+    os._exit(0 if r == 0 else (ctypes.get_errno() or 255) & 255)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+import resource
+soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+try:  # the per-request timers are the child's own; this limit is the one a spinning process cannot lift
+    resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    say("lift the CPU-time budget (RLIMIT_CPU)", False, f"was {hard}, raised to unlimited")
+except (ValueError, OSError) as e:
+    say("lift the CPU-time budget (RLIMIT_CPU)", True, f"{soft} s, then SIGKILL at {hard} s; raising it: {e}")
+say("create a user namespace (unshare CLONE_NEWUSER)", code != 0, "succeeded" if code == 0 else
+    (f"returned -1, {errno.errorcode.get(code, code)}" if code > 0 else f"the child died of signal {-code}"))
 s = socket.socket()
 s.settimeout(3)
 try:
@@ -132,7 +169,8 @@ def _run_probe(layers, sandbox, args, cg):
     argv, cwd, pypath = command(layers, sandbox, [f"{where}/probe.py", json.dumps(args)])
     env = child_env("/tmp" if "bwrap" in layers else sandbox, pypath)
     r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, timeout=120, start_new_session=True,
-                       preexec_fn=preexec((2048 + BASE_ADDRESS_SPACE_MB) * 2 ** 20, cg.procs_files))
+                       preexec_fn=preexec((2048 + BASE_ADDRESS_SPACE_MB) * 2 ** 20, cg.procs_files,
+                                          cpu_budget(20.0, 1)))
     rows = []
     for line in r.stdout.decode(errors="replace").splitlines():
         try:

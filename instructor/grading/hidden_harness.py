@@ -150,13 +150,15 @@ def hybrid_spec(cls, ref, method, state):
 class Context:
     """What one submission's tests use: inputs, reference modules, and the student's process (``remote``)."""
 
-    def __init__(self, ref_module, remote=None, seed=None):
+    def __init__(self, ref_module, remote=None, seed=None, passed=None):
         """``seed``: the grading run's secret seed (a str; None: the fixed SEEDS). It never leaves this process:
-        the student's process gets only inputs and weights drawn from it, and a dropout seed derived from it."""
+        the student's process gets only inputs and weights drawn from it, and a dropout seed derived from it.
+        ``passed``: the outcomes so far (kept when the runner restarts a crashed process with a new Context)."""
         self.ref, self.remote, self.seed = ref_module, remote, seed
         self.deadline = None  # set per test by the runner (wall clock: the backstop)
         self.cpu_limit = None  # CPU seconds the student's process may use per request (None: as the deadline)
-        self.passed = {}  # test -> passed (for the tests that pay only when their region's correctness test passed)
+        # test -> passed (for the tests that pay only when their region's correctness test passed)
+        self.passed = {} if passed is None else passed
         self._states, self._builds, self._loads, self._refs = {}, {}, {}, {}
         self.dropout_seed = self.derive("dropout")
         g = torch.Generator().manual_seed(self.derive("inputs"))

@@ -21,7 +21,8 @@ from instructor.grading.hidden_harness import Context, Failed
 from instructor.grading.hidden_tests import TESTS
 from instructor.grading.outputs import plain
 from instructor.grading.sandbox import (BASE_ADDRESS_SPACE_MB, SANDBOX_UID, WALL_BACKSTOP, Cgroups, bwrap_args,
-                                        child_env, preexec, site_packages)
+                                        child_env, cpu_budget, ended_by_cpu_budget, exit_status, preexec,
+                                        site_packages)
 
 HERE = Path(__file__).resolve().parent
 MAX_RESTARTS = 3
@@ -80,6 +81,8 @@ class Job:
         self.ref_module, self.run_id = ref_module, run_id
         self.remote, self.cgroups, self.logs, self.log_bytes = None, None, [], 0
         self.restarts, self.problems = 0, []
+        # RLIMIT_CPU of each process: every test (and the import) at its full CPU limit, plus start-up
+        self.cpu_seconds = cpu_budget(opts["per_test"], len(TESTS) + 1)
 
     # ---------------------------------------------------------------------------------------------- process
     def _start(self, ctx):
@@ -89,7 +92,7 @@ class Job:
                                                            str(self.opts["memory_mb"])])
         env = child_env("/tmp" if "bwrap" in self.layers else self.work / "home", pypath)
         self.remote = rem.Remote(argv, cwd, env, self.opts["memory_mb"], self.deadline, self.cgroups,
-                                 refcall=ctx.serve_refcall)
+                                 refcall=ctx.serve_refcall, cpu_seconds=self.cpu_seconds)
         ready = self.remote.next_message(time.monotonic() + min(120.0, self.opts["timeout"]))
         if not isinstance(ready, dict) or not ready.get("ready"):
             raise rem.ChildGone(f"grader problem: {ready.get('fatal') if isinstance(ready, dict) else ready}")
@@ -111,7 +114,11 @@ class Job:
             return "protocol-error", f"the submission's process broke the message protocol: {e}"
         if self.cgroups is not None and self.cgroups.oom_killed():
             return "memory", "ran out of memory (all processes of the submission together)"
-        rc = self.remote.proc.poll() if self.remote is not None else None
+        rc = exit_status(self.remote.proc) if self.remote is not None else None
+        if ended_by_cpu_budget(rc):  # RLIMIT_CPU: the kernel ended it (it had stopped or outrun its own timers)
+            return "timeout", f"used its whole CPU-time budget ({self.cpu_seconds} s for the process) and was " \
+                              f"stopped by the kernel: does models.py cancel the grader's timers (signal.setitimer) " \
+                              f"or spin in a thread?"
         how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}"
         return "crashed", f"the submission's process ended ({how}{'; ' + str(e) if str(e) else ''}): does " \
                           f"models.py call os._exit, kill its process or crash the interpreter?"
@@ -161,7 +168,7 @@ class Job:
                     continue
                 self.restarts += 1
                 try:
-                    ctx = Context(self.ref_module, seed=self.opts.get("seed"))
+                    ctx = Context(self.ref_module, seed=self.opts.get("seed"), passed=ctx.passed)
                     self._start(ctx)
                     ctx.remote = self.remote
                 except (rem.ChildGone, rem.ChildTimeout) as e:

@@ -44,7 +44,7 @@ class ProtocolError(ChildGone):
 
 
 class Remote:
-    def __init__(self, cmd, cwd, env, memory_mb, deadline, cgroups=None, refcall=None):
+    def __init__(self, cmd, cwd, env, memory_mb, deadline, cgroups=None, refcall=None, cpu_seconds=None):
         """``cmd``: the command line with ``{in}``/``{out}`` for the pipe numbers; ``deadline``: time.monotonic()
         after which everything is killed; ``refcall(msg)`` answers the child's calls to the reference."""
         self.deadline, self.cgroups, self.refcall = deadline, cgroups, refcall
@@ -62,7 +62,7 @@ class Remote:
                 cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 pass_fds=(c_in, c_out), close_fds=True, start_new_session=True,
                 preexec_fn=preexec((memory_mb + BASE_ADDRESS_SPACE_MB) * 2 ** 20,
-                                   cgroups.procs_files if cgroups else []))
+                                   cgroups.procs_files if cgroups else [], cpu_seconds))
         except BaseException:
             for fd in (p_in, p_out):
                 os.close(fd)

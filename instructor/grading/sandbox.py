@@ -16,7 +16,7 @@ Layers (``probe_layers`` finds which this machine has; the grader refuses to run
   removed.
 
 Plus, always: a new session (process group), resource limits set between fork and exec (address space per
-process, no core dumps, 1 GiB files) and a minimal environment.
+process, no core dumps, 1 GiB files, a CPU-time budget: ``cpu_budget``) and a minimal environment.
 """
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ GROUP_PREFIX = "grade-"
 # Limits are CPU time (the child's per-request timer, ITIMER_PROF), so a busy machine does not cost a correct
 # submission its points; wall-clock limits are only a backstop for code that sleeps or disables its timer.
 WALL_BACKSTOP = 5
+# The timer lives in the submission's process, which can cancel it; RLIMIT_CPU (set from outside, in ``preexec``)
+# cannot be raised from inside: the kernel stops a process that spins past its whole budget (see ``cpu_budget``).
+CPU_STARTUP_S = 60  # CPU seconds for Python, torch and models.py's module level, beyond the tests' own
+CPU_HARD_EXTRA_S = 2  # SIGXCPU at the budget; SIGKILL this much later, for a process that ignores SIGXCPU
 
 
 # --------------------------------------------------------------------------------------------------------- layers
@@ -247,10 +251,35 @@ def remove_stale_groups():
     return removed
 
 
-def preexec(address_space_bytes, procs_files):
+def cpu_budget(per_test_s, requests):
+    """CPU seconds (an int) one process of a submission may use in all: ``requests`` requests at their full
+    per-request CPU limit ``per_test_s``, plus start-up. A process that keeps to its per-request timers never
+    reaches it; one that cancels them and spins is ended by the kernel (RLIMIT_CPU: SIGXCPU, then SIGKILL)."""
+    return int(requests * per_test_s + CPU_STARTUP_S + 1)
+
+
+def exit_status(proc, wait=5.0):
+    """``proc``'s return code, waiting up to ``wait`` s for it (its pipe closes a moment before bubblewrap exits);
+    None if it still runs."""
+    try:
+        return proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def ended_by_cpu_budget(returncode):
+    """Whether a sandboxed program ended by SIGXCPU (RLIMIT_CPU's soft limit): -SIGXCPU run directly, 128 + SIGXCPU
+    through bubblewrap, which exits with that status when its program is killed by a signal. (SIGKILL at the hard
+    limit, for a program that ignores SIGXCPU, cannot be told from any other SIGKILL.)"""
+    return returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU)
+
+
+def preexec(address_space_bytes, procs_files, cpu_seconds=None):
     """Runs in the child between fork and exec: die with the grader (``PR_SET_PDEATHSIG``, kept across the exec of
     bwrap; a grader killed before this point makes the child exit here), join the cgroups (so every descendant is
-    in them), then the per-process limits. No imports, no locks: what it needs is loaded here, before the fork."""
+    in them), then the per-process limits; ``cpu_seconds``: RLIMIT_CPU (``cpu_budget``; every process the
+    submission starts inherits it and has its own). No imports, no locks: what it needs is loaded here, before
+    the fork."""
     import ctypes
     import resource
 
@@ -274,6 +303,8 @@ def preexec(address_space_bytes, procs_files):
         resource.setrlimit(resource.RLIMIT_AS, (address_space_bytes, address_space_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+        if cpu_seconds is not None:
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + CPU_HARD_EXTRA_S))
 
     return apply
 
