@@ -6,10 +6,8 @@ every key can be overridden. Under ``torchrun`` each process trains on its shard
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import sys
 import time
 
 import torch
@@ -19,10 +17,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captioning import plugins
-from captioning.atomic import remove_stale_temporaries
 from captioning.adaptive import DecoderWithAdaptiveAttention
-from captioning.checkpoints import check_compatible, load_checkpoint, load_weights, save_checkpoint, word_map_id
-from captioning.config import DECODER_NAMES, DEFAULT_CFG, make_cfg, make_output_dir
+from captioning.checkpoints import load_checkpoint, load_weights, save_checkpoint, word_map_id
+from captioning.config import DECODER_NAMES, make_cfg, make_output_dir
 from captioning.datasets import ImageCaptions, load_word_map, normalize
 from captioning.decoding import beam_search
 from captioning.distributed import ProcessGroup
@@ -33,17 +30,15 @@ from captioning.locks import data_lock, training_lock
 from captioning.metrics import accuracy, bleu, strip_special
 from captioning.models import DecoderWithAttention, DecoderWithRNN
 from captioning.optim import adam, load_optimizer_state, resume_learning_rate
+from captioning.runs import RunFolder
 
 
 # A training loss this many times above ln(V) (a uniform guess) and the first epoch's mean has diverged: stop.
 DIVERGED = 10
 
 
-_DECODER_CLASSES = {"rnn": DecoderWithRNN, "attention": DecoderWithAttention, "adaptive": DecoderWithAdaptiveAttention}
-
-
 def build_decoder(cfg, vocab_size, encoder_dim):
-    cls = _DECODER_CLASSES.get(cfg["decoder"], DecoderWithAdaptiveAttention)
+    cls = {"rnn": DecoderWithRNN, "attention": DecoderWithAttention}.get(cfg["decoder"], DecoderWithAdaptiveAttention)
     return cls(dict(cfg, vocab_size=vocab_size), encoder_dim=encoder_dim)
 
 
@@ -148,14 +143,11 @@ class Trainer:
         self.rev_word_map = {v: k for k, v in self.word_map.items()}
         self.kind = DECODER_NAMES[cfg["decoder"]]
         make_output_dir(cfg)
-        self.ckpt_path = os.path.join(cfg["output_dir"], f"checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
-        self.best_path = os.path.join(cfg["output_dir"], f"BEST_checkpoint_{self.kind}_{cfg['data_name']}.pth.tar")
-        if self.rank == 0:  # a run killed mid-save left these (~170 MB each with ResNet-101); we hold the folder
-            for gone in remove_stale_temporaries(cfg["output_dir"], {os.path.basename(self.ckpt_path),
-                                                                     os.path.basename(self.best_path)}):
-                tqdm.write(f"removed {gone}: a checkpoint that a stopped run had not finished writing")
-        self.code_id = code_id(cfg["decoder"])
-        ckpt, self.source = self._starting_point()
+        self.run = RunFolder(cfg, self.kind, self.word_map, say=tqdm.write if self.rank == 0 else (lambda text: None))
+        self.ckpt_path, self.best_path, self.code_id = self.run.ckpt_path, self.run.best_path, self.run.code_id
+        if self.rank == 0:
+            self.run.remove_stale()
+        ckpt, self.source = self.run.starting_point()  # continuing the run in output_dir, or refused
         self.encoder = build_encoder(cfg, state=ckpt and ckpt.get("encoder_state"), progress=self.progress)
         self.encoder.fine_tune(cfg["fine_tune_encoder"])
         torch.manual_seed(cfg["seed"] + 1)
@@ -181,124 +173,13 @@ class Trainer:
             self.best_bleu4 = ckpt["best_bleu4"]
             self.since_improvement = ckpt["epochs_since_improvement"]
             if self.rank == 0:
-                self._check_best(ckpt)
+                self.run.check_best(ckpt, self.source, self.best_bleu4)
             if self.start_epoch >= cfg["epochs"]:
-                if cfg["checkpoint"]:
-                    raise KitError(f"checkpoint '{cfg['checkpoint']}' already finished epoch {ckpt['epoch']}: with "
-                                   f"epochs = {cfg['epochs']} there is nothing left to train; set epochs to more "
-                                   f"than {self.start_epoch}")
-                self._say(f"{self.ckpt_path} already holds this run with all its {cfg['epochs']} epochs (best "
-                           f"validation BLEU-4 {self.best_bleu4:.4f}): nothing left to train, nothing changed. To "
-                           f"train it again from epoch 0: overwrite=True or another output_dir")
+                self.run.nothing_left(ckpt, self.best_bleu4)
         self.use_cache = cfg["feature_cache"] == "auto" and not cfg["fine_tune_encoder"]
         self.folded = None  # frozen without the cache: the encoder's inference copy, made on the first batch
         self.image_size = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN").image_shape[-1]
         self.fast = False  # decided on the first batch: the fast-path plug-in or None
-
-    def _say(self, text):
-        if self.rank == 0:
-            tqdm.write(text)
-
-    # -- where training starts: a fresh run, the run already in output_dir, or cfg["checkpoint"]
-    def _starting_point(self):
-        """(checkpoint dict or None, its path or None). Without cfg["checkpoint"], a run already in output_dir is
-        continued when its settings match and refused otherwise: a re-run never replaces a finished run unless
-        overwrite=True says so."""
-        cfg, out = self.cfg, self.cfg["output_dir"]
-        here = os.path.isfile(self.ckpt_path)
-        if cfg["checkpoint"]:
-            source = cfg["checkpoint"]
-            ckpt = load_checkpoint(source)
-            check_compatible(ckpt, cfg, self.word_map, source)
-            if here and not cfg["overwrite"] and not any(_same(source, p) for p in (self.ckpt_path, self.best_path)):
-                raise KitError(
-                    f"output_dir '{out}' already holds another run of the {cfg['decoder']} decoder "
-                    f"({self.ckpt_path}, {_describe(self.ckpt_path)}); continuing '{source}' there would "
-                    f"replace it. Nothing was changed: choose another output_dir, or set overwrite=True to replace it")
-            return ckpt, source
-        if not here:
-            if os.path.isfile(self.best_path) and not cfg["overwrite"]:
-                raise KitError(f"output_dir '{out}' holds {os.path.basename(self.best_path)} but not the latest "
-                               f"checkpoint {os.path.basename(self.ckpt_path)}: training would replace it. Nothing "
-                               f"was changed: resume from it with checkpoint={self.best_path}, choose another "
-                               f"output_dir, or set overwrite=True to replace it")
-            return None, None
-        if cfg["overwrite"]:
-            self._say(f"overwrite=True: training from epoch 0; the run in '{out}' is replaced as the new epochs "
-                       f"finish")
-            return None, None
-        try:
-            ckpt = load_checkpoint(self.ckpt_path)
-        except KitError as e:
-            raise KitError(f"{e}. (train found it in output_dir '{out}' to continue that run; start afresh with "
-                           f"overwrite=True or another output_dir)") from None
-        differ = self._differences(ckpt)
-        if differ:
-            raise KitError(
-                f"output_dir '{out}' already holds a run of the {cfg['decoder']} decoder ({self.ckpt_path}, "
-                f"{_done(ckpt)}) with other settings: {'; '.join(differ)}. Nothing was changed. To continue that run, "
-                f"give its settings; to keep it and train this one, choose another output_dir; to continue from it "
-                f"with these settings, checkpoint={self.ckpt_path}; to replace it, overwrite=True (in a notebook: "
-                f"cfg[\"overwrite\"] = True)")
-        done = ckpt["epoch"] + 1
-        if done < cfg["epochs"]:
-            self._say(f"resuming the run in '{out}' at epoch {done} of {cfg['epochs']}: {self.ckpt_path} holds "
-                       f"{_done(ckpt)} with these settings (overwrite=True starts afresh)")
-        elif cfg["epochs"] < ckpt["cfg"].get("epochs", cfg["epochs"]):
-            raise KitError(f"output_dir '{out}' already holds a longer run with these settings ({self.ckpt_path}, "
-                           f"{_done(ckpt)}); epochs = {cfg['epochs']} would not replace it. Nothing was changed: "
-                           f"choose another output_dir for a {cfg['epochs']}-epoch run, or set overwrite=True to "
-                           f"replace it")
-        return ckpt, self.ckpt_path
-
-    # settings that change neither the numbers a run computes nor which run it is
-    NOT_COMPARED = ("epochs", "checkpoint", "overwrite", "output_dir", "device", "workers", "progress", "print_freq",
-                    "feature_cache", "fast_decoder")
-
-    def _differences(self, ckpt):
-        """What makes the run in ``ckpt`` another run than this cfg's: settings, word map, model code."""
-        old, cfg = ckpt["cfg"], self.cfg
-        out = []
-        for key in DEFAULT_CFG:
-            if key in self.NOT_COMPARED:
-                continue
-            was, now = old.get(key, DEFAULT_CFG[key]), cfg[key]
-            if key == "data_folder":
-                was, now = os.path.abspath(was), os.path.abspath(now)
-            if was != now:
-                out.append(f"{key} = {was!r} there, {now!r} now")
-        if ckpt["word_map_id"] != word_map_id(self.word_map):
-            out.append(f"the word map of {cfg['data_folder']} is not the one it was trained with")
-        if ckpt.get("code_id") not in (None, self.code_id):
-            out.append(f"the model code (captioning/{_decoder_file(cfg['decoder'])} or encoder.py: your TODOs?) "
-                       f"changed since")
-        return out
-
-    def _check_best(self, ckpt):
-        """Make BEST hold the epoch the history marks best. A run stopped between writing the latest checkpoint
-        and BEST left an older BEST (repaired from the latest); a run continued into a new output_dir has no BEST
-        there (taken from the checkpoint it continues, or the BEST beside it)."""
-        best = [h["epoch"] for h in ckpt["history"] if h.get("best")]
-        if not best:
-            return
-        want, row = best[-1], next(h for h in ckpt["history"] if h["epoch"] == best[-1])
-        if _holds_epoch(self.best_path, want, row):
-            return
-        was = os.path.isfile(self.best_path)
-        src = self.source
-        if ckpt["epoch"] != want:  # the best epoch's weights: only a BEST beside the continued checkpoint has them
-            name = os.path.basename(src)
-            src = os.path.join(os.path.dirname(src), name if name.startswith("BEST_") else f"BEST_{name}")
-            if _same(src, self.best_path) or not _holds_epoch(src, want, row):
-                tqdm.write(f"warning: no checkpoint of epoch {want}, the best by the history of '{self.source}', "
-                           f"was found ({self.best_path} {'holds another epoch' if was else 'does not exist'}): "
-                           f"BEST_ will be written when a new epoch beats its BLEU-4 ({self.best_bleu4:.4f})")
-                return
-            ckpt = load_checkpoint(src)
-        save_checkpoint(ckpt, self.best_path)
-        tqdm.write(f"{'repaired' if was else 'wrote'} {self.best_path} from '{src}': epoch {want}, the best by the "
-                   f"history" + (" (it held another epoch: a run stopped between writing the two checkpoints)"
-                                 if was else ""))
 
     def loader(self, split, shuffle, epoch=0, limit=None):
         """Batches of whole images. Under torchrun each rank gets its own shard (rank::world_size)."""
@@ -488,58 +369,10 @@ class Trainer:
                 "best_bleu4": self.best_bleu4}
 
 
-def _same(a, b):
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _done(ckpt):
-    """"4 of 10 epochs done, best validation BLEU-4 0.1130 at epoch 2" for a loaded checkpoint (epochs counted
-    from 0, as the per-epoch lines print them)."""
-    best = [h["epoch"] for h in ckpt["history"] if h.get("best")]
-    return (f"{ckpt['epoch'] + 1} of {ckpt['cfg'].get('epochs', '?')} epochs done, best validation BLEU-4 "
-            f"{ckpt['best_bleu4']:.4f}" + (f" at epoch {best[-1]}" if best else ""))
-
-
-def _describe(path):
-    try:
-        return _done(load_checkpoint(path))
-    except KitError:
-        return "unreadable"
-
-
-def _holds_epoch(path, epoch, row):
-    """Does the checkpoint at ``path`` hold ``epoch`` with the history row ``row`` (the same run's)? Read memory-
-    mapped: only the entries, not the weights; the weights are checked when it is loaded."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return ck["epoch"] == epoch and ck["history"][-1] == row
-    except Exception:  # missing or unreadable: it does not
-        return False
-
-
-def _decoder_file(decoder):
-    return os.path.basename(sys.modules[_DECODER_CLASSES[decoder].__module__].__file__)
-
-
-def code_id(decoder):
-    """Identity (sha256, 16 hex digits) of the source files of ``decoder``'s class and the encoder: a run
-    continued after that code changed would mix two models, so a changed file makes a run already in output_dir
-    another run."""
-    h = hashlib.sha256()
-    for module in (_DECODER_CLASSES[decoder].__module__, Encoder.__module__):
-        with open(sys.modules[module].__file__, "rb") as fh:
-            h.update(fh.read())
-    return h.hexdigest()[:16]
-
-
 def fit(cfg=None, progress=True, **overrides):
     """Train a decoder as configured; returns ``{"history", "checkpoint", "best_checkpoint", "best_bleu4"}``."""
     cfg = make_cfg(cfg, **overrides)
-    # a second run into the same checkpoints stops at once; a prepare into the data folder stops while we read it
-    with training_lock(cfg), data_lock(cfg["data_folder"], cfg["data_name"]):
+    with training_lock(cfg), data_lock(cfg["data_folder"], cfg["data_name"]):  # no other train, nor prepare
         return Trainer(cfg, progress=progress).fit()
 
 

@@ -93,7 +93,7 @@ def test_a_run_killed_while_writing_best_resumes_and_repairs_best(shapes_data, t
         saves, real_save = [], torch.save
         def save(obj, f):
             saves.append(isinstance(obj, dict) and "epoch" in obj)  # a checkpoint, not BatchNorm statistics
-            if sum(saves) == 4 and saves[-1]:  # epoch 1: the latest is written, BEST is half written when the kill comes
+            if sum(saves) == 4 and saves[-1]:  # epoch 1: the latest written, BEST half written when the kill comes
                 f = open(f, "wb") if isinstance(f, str) else f
                 f.write(b"half a checkpoint" * 1000)
                 f.flush()
