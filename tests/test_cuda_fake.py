@@ -20,6 +20,7 @@ import sys
 import pytest
 import torch
 from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException,
+                                           FakeTensorDeviceMismatchError,
                                            FakeTensorMode, UnsupportedOperatorException,
                                            unset_fake_temporarily)
 
@@ -69,16 +70,14 @@ class _DtypeProbe:
 
 
 def test_fake_cuda_works_here(fake_cuda):
+    """This CPU-only torch makes fake cuda tensors, runs autocast on them, and reports a device mismatch."""
     with fake_cuda:
         x = torch.ones(2, 3, device=CUDA)
-        lin = torch.nn.Linear(3, 4)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert (x @ torch.ones(3, 4, device=CUDA)).dtype == torch.bfloat16  # autocast is live
+        with pytest.raises(FakeTensorDeviceMismatchError):
+            x + torch.ones(2, 3)
     assert x.device.type == "cuda"
-    with fake_cuda:
-        lin2 = torch.nn.Linear(3, 4)
-    del lin, lin2
-    with fake_cuda, torch.autocast("cuda", dtype=torch.bfloat16):
-        w = torch.ones(4, 3, device=CUDA)
-        assert (x @ w.t()).dtype == torch.bfloat16  # autocast is live on the fake device
 
 
 def test_normalize_on_the_device(fake_cuda):

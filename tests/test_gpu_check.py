@@ -64,6 +64,31 @@ def test_gpu_check_dry_run_from_a_copy_without_the_kit_installed(tmp_path):
     assert probe.returncode != 0 and "captioning" in probe.stderr
     r = subprocess.run([str(python), "benchmarks/gpu_check.py", str(out), "--dry-run", "--work", str(work)],
                        capture_output=True, text=True, timeout=2400, cwd=repo, env=env)
+    log = (out / "gpu_check.log").read_text() if (out / "gpu_check.log").is_file() else ""
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + log[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "gpu_check.md"]
+    assert Path(report["captioning"]) == repo / "captioning"  # the copy's kit, not the installed one
+    assert report["preflight"]["missing"] == {}
+    assert report["fast_path"] == {"found": "instructor.fastpath",
+                                   "how": "registered from the checkout (no entry point installed)"}
+    steps = report["steps"]
+    assert list(steps) == list(gpu_check.STEPS)
+    assert all(s["status"] == "ok" for s in steps.values()), steps
+    for name in ("train_smoke", "uncached", "rnn", "fine_tune"):
+        assert steps[name]["fast_path"] == "instructor.fastpath", (name, steps[name])
+    assert steps["uncached"]["folded_encoder"] is True
+    assert steps["fine_tune"]["test_images"] == 10
+    assert steps["caption"]["words"] > 0
+    assert steps["train_step"]["speed_up"] > 0
+    assert steps["nccl"]["backend"] == "gloo" and steps["papermill"]["device"] == "cpu"
+    assert steps["papermill"]["fast_path"] == "the decoder's own forward (no entry point installed)"
+    assert steps["torchrun"]["world"] == 2 and steps["torchrun"]["backend"] == "gloo"
+    assert steps["torchrun"]["fast_path"] == "instructor.fastpath"
+    assert "| coco_epoch | ok |" in (out / "gpu_check.md").read_text()
+    assert (work / "data").is_dir()  # the runs' files went to the work folder
+
+
 def test_prepare_device_commands():
     versions = {name: "1.0" for name in gpu_check.DEVICE_WHEELS}
     reqs = gpu_check.wheel_requirements(versions)
