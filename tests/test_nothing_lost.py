@@ -275,6 +275,28 @@ def test_prepare_stops_while_a_training_run_reads_its_data(shapes_data, tmp_path
         {k: v for k, v in before.items() if not k.startswith(".lock")}
 
 
+def test_training_waits_for_a_prepare_that_is_writing(tmp_path, capsys):
+    import threading
+
+    from captioning.locks import DATA_LOCK, data_lock, folder_lock
+
+    held, release = threading.Event(), threading.Event()
+
+    def prepare():  # holds the data exclusively, as create_input_files does while it writes
+        with folder_lock(tmp_path, DATA_LOCK.format(data_name="d"), wait=False):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=prepare)
+    t.start()
+    held.wait(30)
+    threading.Timer(1.0, release.set).start()
+    with data_lock(tmp_path, "d"):  # waits until the prepare is done
+        assert release.is_set()
+    t.join()
+    assert f"waiting for a prepare run to finish writing 'd' in {tmp_path} (pid {os.getpid()}" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------ 11: the notebooks' message comes first
 def test_a_missing_checkpoint_message_comes_alone(tmp_path):
     from captioning.notebooks import checkpoint_decoder
