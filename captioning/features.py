@@ -32,6 +32,7 @@ FULL_CHECK_BYTES = 2**30  # caches up to this size are checked row by row when a
 _checked = {}  # (path, size, mtime_ns) -> True: a cache checked once per process, not at every epoch
 STALE = "belongs to other images or another encoder"  # replaced without a warning: the usual reason
 
+
 def cache_path(cache_folder, data_name, split, encoder):
     return os.path.join(cache_folder, f"{split}_FEATURES_{data_name}_{encoder.arch}.hdf5")
 
@@ -189,7 +190,7 @@ def _check(path, key, full=False):
             for i in rows:
                 if _row_crc(feats[i]) != int(stored[i]):
                     return f"is damaged: row {i} does not match its checksum (a write that never reached the disk)"
-    except OSError as e:  # not an HDF5 file, or damaged beyond reading
+    except (OSError, KeyError, RuntimeError, ValueError) as e:  # not an HDF5 file, or damaged beyond reading
         return f"is not a readable HDF5 file ({e})"
     _checked[stamp] = True
     return None
