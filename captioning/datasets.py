@@ -241,3 +241,31 @@ class ImageCaptions(_LazyH5, Dataset):
         """uint8 images lo..hi-1 (n, 3, H, W) of the split (also when the items are cached features)."""
         with h5py.File(self.images_path, "r") as f:
             return torch.from_numpy(f["images"][lo:hi])
+
+
+def save_prepared_image(data_folder, data_name, split, index, folder):
+    """Image ``index`` (modulo the split's size) of a prepared split as it was prepared (S×S), written once as
+    ``folder/test_image_<index>_<its file name>.png``; returns the path. What caption.ipynb captions by default
+    on data whose source image folder the prepared files do not record (COCO, Flickr)."""
+    import re
+
+    from PIL import Image
+
+    from captioning.atomic import atomic_path
+
+    h5_path = split_paths(data_folder, data_name, split)[0]
+    if not os.path.isfile(h5_path):
+        raise KitError(f"there is no {split} images file {h5_path}: prepare the data, or set image to the path of "
+                       "an image file")
+    with h5py.File(h5_path, "r") as f:
+        if not f["images"].shape[0]:
+            raise KitError(f"{h5_path} holds no image: set image to the path of an image file")
+        i = index % f["images"].shape[0]
+        pixels = f["images"][i]  # uint8 (3, S, S)
+        name = f["image_ids"].asstr()[i] if "image_ids" in f else str(i)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(name))[0])[:80]
+    out = os.path.join(folder, f"{split.lower()}_image_{i}_{stem}.png")
+    if not os.path.isfile(out):
+        with atomic_path(out) as tmp:
+            Image.fromarray(pixels.transpose(1, 2, 0)).save(tmp, format="PNG")
+    return out

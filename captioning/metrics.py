@@ -1,7 +1,7 @@
 """Scores: top-k accuracy for training logs and BLEU-1..4 (nltk ``corpus_bleu``, all references per image).
 
 nltk is imported on the first BLEU, not with this module: the kit (training, the fast path, the GPU check's
-imports) then loads on a machine without nltk, and says what is missing only where BLEU is computed."""
+imports) then loads on a machine without nltk, and only computing BLEU needs it."""
 from __future__ import annotations
 
 import sys
@@ -31,17 +31,12 @@ _corpus_bleu = None
 
 
 def corpus_bleu(*args, **kwargs):
-    """nltk's ``corpus_bleu``, imported on first use (a KitError naming the package when it is missing)."""
+    """nltk's ``corpus_bleu``, imported on first use."""
     global _corpus_bleu
     if _corpus_bleu is None:
-        try:
-            _corpus_bleu = _import_corpus_bleu()
-        except ImportError as e:
-            from captioning.errors import KitError
-
-            raise KitError(f"BLEU needs the package nltk, which cannot be imported here ({e}): install it (pip "
-                           "install nltk; `pip install -e .` installs every dependency of the kit)") from None
+        _corpus_bleu = _import_corpus_bleu()
     return _corpus_bleu(*args, **kwargs)
+
 
 SPECIAL = ("<start>", "<end>", "<pad>")
 

@@ -294,48 +294,22 @@ def default_image(checkpoint, index=0):
     raw = os.path.join(data_folder, "shapes_raw")
     path = os.path.join(raw, "dataset_shapes.json")
     if not os.path.isfile(path):
-        return _prepared_test_image(checkpoint, data_folder, cfg["data_name"], index)
-    with open(path) as fh:
-        tests = [r for r in json.load(fh)["images"] if r["split"] == "test"]
-    if not tests:
-        raise KitError(f"{path} has no test image: set image to the path of an image file")
-    rec = tests[index % len(tests)]
-    path = os.path.join(raw, rec["filepath"], rec["filename"])
-    return _short(path)
+        from captioning.datasets import save_prepared_image
 
-
-def _short(path):
+        path = save_prepared_image(data_folder, cfg["data_name"], "TEST", index,
+                                   os.path.dirname(os.path.abspath(checkpoint)))
+    else:
+        with open(path) as fh:
+            tests = [r for r in json.load(fh)["images"] if r["split"] == "test"]
+        if not tests:
+            raise KitError(f"{path} has no test image: set image to the path of an image file")
+        rec = tests[index % len(tests)]
+        path = os.path.join(raw, rec["filepath"], rec["filename"])
     rel = os.path.relpath(path)  # the same text in every clone when the data lies below the working directory
     return path if rel.startswith(os.pardir + os.sep + os.pardir) else rel
 
 
-def _prepared_test_image(checkpoint, data_folder, data_name, index):
-    """TEST image ``index`` of prepared data as ``<checkpoint folder>/test_image_<index>_<name>.png``."""
-    import h5py
-    from PIL import Image
-
-    from captioning.atomic import atomic_path
-    from captioning.datasets import split_paths
-
-    h5_path = split_paths(data_folder, data_name, "TEST")[0]
-    if not os.path.isfile(h5_path):
-        raise KitError(f"checkpoint '{checkpoint}': its data has no TEST images file {h5_path}: set image to the "
-                       f"path of an image file")
-    with h5py.File(h5_path, "r") as f:
-        n = f["images"].shape[0]
-        if not n:
-            raise KitError(f"{h5_path} holds no image: set image to the path of an image file")
-        i = index % n
-        pixels = f["images"][i]  # uint8 (3, S, S)
-        name = f["image_ids"].asstr()[i] if "image_ids" in f else str(i)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(name))[0])[:80]
-    out = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"test_image_{i}_{stem}.png")
-    if not os.path.isfile(out):
-        with atomic_path(out) as tmp:
-            Image.fromarray(pixels.transpose(1, 2, 0)).save(tmp, format="PNG")
-    return _short(out)
-
-
+# ----------------------------------------------------------------------------------------------------- tables
 def history_table(history):
     """The per-epoch numbers of ``fit`` as a fixed-width table."""
     lines = ["epoch | train loss | train top-5 | val loss | val top-5 | val BLEU-4",

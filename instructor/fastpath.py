@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pack_padded_sequence
 
-from captioning.adaptive import DecoderWithAdaptiveAttention
 from captioning.models import DecoderWithAttention, DecoderWithRNN
+from instructor.fastbeam import BeamStep, beam_step, beam_supports  # noqa: F401  (the plug-in's beam step)
 
 
 def supports(decoder):
@@ -195,16 +194,11 @@ def _groups(img, running):
 
 
 def plan(caplens, group=1):
-    """The bookkeeping of :func:`scores` that reads the caption lengths (one copy to the host on a GPU).
-
-    caplens (B·group,) → (order (N,) the length-sorted caption order, img (N,) the image of each sorted caption,
-    both on caplens' device; decode_lengths: list of N ints; running: list, per step, how many captions still run).
-    """
+    """caplens (B·group,) → (order (N,): length-sorted caption order, img (N,): each sorted caption's image, both
+    on caplens' device; running: per step, how many captions still run). Reads the lengths (a copy to the host)."""
     lengths, order = caplens.reshape(-1).sort(descending=True)
-    decode_lengths = (lengths - 1).tolist()
-    # how many captions are still running at each step (captions are sorted longest first)
-    running = [sum(1 for d in decode_lengths if d > t) for t in range(max(decode_lengths))]
-    return order, order // group, decode_lengths, running
+    decode = (lengths - 1).tolist()
+    return order, order // group, [sum(d > t for d in decode) for t in range(max(decode))]
 
 
 def scores(decoder, encoder_out, captions, caplens, group=1, planned=None):
@@ -219,7 +213,7 @@ def scores(decoder, encoder_out, captions, caplens, group=1, planned=None):
     """
     n_img = encoder_out.size(0)
     enc = encoder_out.reshape(n_img, -1, decoder.encoder_dim)  # (B, P, C)
-    order, img, decode_lengths, running = planned if planned is not None else plan(caplens, group)
+    order, img, running = planned if planned is not None else plan(caplens, group)
     captions = captions[order]
     steps = len(running)
 
@@ -233,13 +227,13 @@ def scores(decoder, encoder_out, captions, caplens, group=1, planned=None):
         h, c = (x[img] for x in decoder.init_hidden_state(enc))  # (N, D)
         att = decoder.attention
         # the word part of the gates, only where a word is read: (L, 4D) in packed order, one matrix product
-        words = pack_padded_sequence(captions[:, :steps], decode_lengths, batch_first=True).data
+        words = _packed(captions, running)
         gi = F.linear(decoder.embedding(words), w_ih[:, :e_dim], bias)
         hs, alphas = _AttentionLSTM.apply(
             att.encoder_att(enc), enc, gi, h, c, att.decoder_att.weight, att.decoder_att.bias,
             att.att.weight, att.att.bias, decoder.f_beta.weight, decoder.f_beta.bias, w_ih[:, e_dim:], w_hh, img,
             running)
-        return decoder.fc(decoder.dropout(hs)), targets_of(captions, decode_lengths), alphas
+        return decoder.fc(decoder.dropout(hs)), _packed(captions, running, 1), alphas
 
     emb = decoder.embedding(captions)  # (N, T, E)
     gi_words = F.linear(emb[:, :steps], w_ih[:, :e_dim], bias)  # (N, steps, 4D): all steps at once
@@ -270,15 +264,14 @@ def scores(decoder, encoder_out, captions, caplens, group=1, planned=None):
             h, c = _lstm_step(gi_words[:n, t] + F.linear(h[:n], w_hh), c[:n])
             hs.append(h)
     scores_ = decoder.fc(decoder.dropout(torch.cat(hs, dim=0)))  # (L, V): packed order, step by step
-    return scores_, _packed_targets(captions, running), alphas
+    return scores_, _packed(captions, running, 1), alphas
 
 
-def _packed_targets(captions, running):
-    """What ``targets_of`` gives, gathered with an index built on the host from ``running`` (one copy to the
-    device; ``pack_padded_sequence`` would copy the lengths to the host again): captions (N, T) sorted longest
-    first → (L,) the word after each step's input, step by step, rows :running[t] at step t."""
+def _packed(captions, running, shift=0):
+    """captions (N, T) sorted longest first → (L,) word t + shift of rows :running[t], step by step, as
+    ``pack_padded_sequence`` packs them; the index is built on the host (no copy of the lengths back to it)."""
     rows = [i for n in running for i in range(n)]
-    cols = [t + 1 for t, n in enumerate(running) for _ in range(n)]
+    cols = [t + shift for t, n in enumerate(running) for _ in range(n)]
     index = torch.tensor([rows, cols], dtype=torch.long, device=captions.device)
     return captions[index[0], index[1]]
 
@@ -287,134 +280,3 @@ def _manual_backward(enc):
     """The hand-written backward (``_AttentionLSTM``) on a CPU in fp32; elsewhere autograd through the loop."""
     return enc.device.type == "cpu" and enc.dtype in (torch.float32, torch.float64) \
         and not torch.is_autocast_enabled("cpu")
-
-
-def targets_of(captions, decode_lengths):
-    return pack_padded_sequence(captions[:, 1:], decode_lengths, batch_first=True).data
-
-
-# ------------------------------------------------------------------------------------------------- beam search
-def beam_supports(decoder):
-    """Only the kit's own attention decoders, exactly (a subclass may change ``one_step``)."""
-    return type(decoder) in (DecoderWithAttention, DecoderWithAdaptiveAttention)
-
-
-class BeamStep:
-    """``one_step`` of a beam search over N images × k beams, with the image side computed once per *image*.
-
-    ``one_step`` receives the encoder output repeated for every beam and projects it again at every word
-    (``encoder_att`` on (N·k, P, C), or the adaptive decoder's ``_project``). Here the projection is computed once
-    when the search starts and each image's P regions are kept once; the k beams of an image read them by
-    broadcasting (attention scores) and a matrix product per image (the attended context). Everything else is the
-    decoder's own layers in ``one_step``'s order.
-
-    Call ``step(emb, h, c)`` with (n·k, ·) rows, beam-major within each image, as ``one_step(emb, enc_k, h, c)``;
-    ``keep(mask)`` drops retired images.
-
-    On a CPU the per-image work runs image by image through a reused (k, P, A) buffer: the (n, k, P, A) tensor of
-    the whole batch would be tens of MB, written and read again by every element-wise op, far slower than
-    cache-sized pieces. Retired images are then only dropped from the list of live images, not copied out.
-    """
-
-    def __init__(self, decoder, enc, k):
-        self.decoder, self.k = decoder, k
-        self.adaptive = type(decoder) is not DecoderWithAttention
-        if self.adaptive:
-            self.parts = decoder._project(enc)  # v (N, P, D), v_att (N, P, A), v_g (N, E)
-        else:
-            self.parts = (enc, decoder.attention.encoder_att(enc))  # enc (N, P, C), att1 (N, P, A)
-        self.loop = enc.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-        self.live = list(range(enc.size(0)))  # the images of the step's rows, in order (CPU loop only)
-
-    def keep(self, mask):
-        """Keep the images where ``mask`` (n,) is true."""
-        if self.loop:
-            self.live = [i for i, m in zip(self.live, mask.tolist()) if m]
-        else:
-            self.parts = tuple(x[mask] for x in self.parts)
-
-    def __call__(self, emb, h, c):
-        return (self._adaptive if self.adaptive else self._attention)(emb, h, c)
-
-    def _scores(self, proj, q, lin, act):
-        """lin(act(proj_i + q_ib)) for each live image i and beam b: proj (N, P, A), q (n·k, A) → (n·k, P)."""
-        k, (_, p, a) = self.k, proj.shape
-        n = q.size(0) // k
-        q = q.view(n, k, 1, a)
-        if not self.loop:
-            return lin(act(proj.unsqueeze(1) + q)).view(n * k, p)
-        buf = torch.empty(k, p, a, dtype=torch.result_type(proj, q), device=proj.device)
-        out = buf.new_empty(n, k, p)
-        w = lin.weight.view(-1)
-        for j, i in enumerate(self.live):
-            torch.add(proj[i], q[j], out=buf)
-            act(buf, inplace=True)
-            torch.mv(buf.view(k * p, a), w, out=out[j].view(k * p))
-        out = out.view(n * k, p)
-        return out if lin.bias is None else out + lin.bias
-
-    def _context(self, weights, x):
-        """Σ_p weights_ibp · x_ip for each live image i and beam b: weights (n·k, P), x (N, P, C) → (n·k, C)."""
-        k = self.k
-        n = weights.size(0) // k
-        weights = weights.reshape(n, k, -1)
-        if not self.loop:
-            return torch.bmm(weights, x).view(n * k, -1)
-        out = x.new_empty(n, k, x.size(2))
-        for j, i in enumerate(self.live):
-            torch.mm(weights[j], x[i], out=out[j])
-        return out.view(n * k, -1)
-
-    def _attention(self, emb, h, c):
-        d, (enc, att1) = self.decoder, self.parts
-        att = d.attention
-        alpha = F.softmax(self._scores(att1, att.decoder_att(h), att.att, F.relu), dim=1)  # (n·k, P)
-        z = d.sigmoid(d.f_beta(h)) * self._context(alpha, enc)  # (n·k, C)
-        h, c = d.decode_step(torch.cat([emb, z], dim=1), (h, c))
-        return d.fc(d.dropout(h)), alpha, h, c
-
-    def _adaptive(self, emb, h, c):
-        d, (v, v_att, v_g) = self.decoder, self.parts
-        k = self.k
-        v_g = v_g[self.live] if self.loop else v_g
-        x = torch.cat([emb, v_g.repeat_interleave(k, 0)], dim=1)  # (n·k, 2E)
-        gate = torch.sigmoid(d.sentinel_x(x) + d.sentinel_h(h))
-        h, c = d.decode_step(x, (h, c))
-        s = gate * torch.tanh(c)
-        g = d.att_g(h)  # (n·k, A)
-        z = self._scores(v_att, g, d.att, _tanh)  # (n·k, P)
-        z_s = d.att(torch.tanh(d.att_s(s) + g))  # (n·k, 1)
-        alpha_hat = F.softmax(torch.cat([z, z_s], dim=1), dim=1)  # (n·k, P + 1)
-        beta = alpha_hat[:, -1:]
-        context = beta * s + self._context(alpha_hat[:, :-1], v)  # (n·k, D)
-        return d.fc(d.dropout(context + h)), alpha_hat, h, c
-
-
-def _tanh(x, inplace=False):
-    return x.tanh_() if inplace else torch.tanh(x)
-
-
-@torch.no_grad()
-def beam_step(decoder, enc, k, rtol=1e-4, atol=1e-5):
-    """A :class:`BeamStep` for ``enc`` (N, P, C), or None when the decoder is not one of ours, is in training
-    mode, or the step does not reproduce ``decoder.one_step`` on a probe (image 0, two different beams)."""
-    if not beam_supports(decoder) or decoder.training or enc.size(0) == 0:
-        return None
-    try:
-        with torch.autocast(enc.device.type, enabled=False):  # the probe compares in fp32
-            e1 = enc[:1].float()
-            probe = BeamStep(decoder, e1, 2)
-            h, c = decoder.init_hidden_state(e1)
-            h, c = torch.cat([h, 0.5 * h.flip(1)]), torch.cat([c, c.flip(1) - 0.1])
-            words = torch.arange(2, device=enc.device) % decoder.vocab_size
-            emb = decoder.embedding(words).float()
-            ref = decoder.one_step(emb, e1.expand(2, -1, -1), h, c)
-            got = probe(emb, h, c)
-        step = BeamStep(decoder, enc, k)
-    except Exception:  # noqa: BLE001  (a decoder of another shape: not ours to speed up)
-        return None
-    if len(ref) != len(got) or not all(
-            a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol)
-            for a, b in zip(ref, got)):
-        return None
-    return step

@@ -225,16 +225,16 @@ def test_fast_path_scores_and_loss(fake_cuda, kind):
     dec = _decoder(kind)
     b = 3
     caps_cpu, lens_cpu = _captions(b)
-    order, img, decode_lengths, running = fastpath.plan(lens_cpu.reshape(-1), CPI)
+    order, img, running = fastpath.plan(lens_cpu.reshape(-1), CPI)
     with fake_cuda:
         dec.to(CUDA).train()
         enc = torch.randn(b, S, S, C).to(CUDA)
         caps, lens = caps_cpu.to(CUDA).view(b * CPI, T), lens_cpu.to(CUDA).view(b * CPI)
-        planned = (order.to(CUDA), img.to(CUDA), decode_lengths, running)
+        planned = (order.to(CUDA), img.to(CUDA), running)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             scores, targets, alphas = fastpath.scores(dec, enc, caps, lens, group=CPI, planned=planned)
-        _on_cuda(scores, (sum(decode_lengths), V), torch.bfloat16)
-        _on_cuda(targets, (sum(decode_lengths),), torch.long)
+        _on_cuda(scores, (sum(running), V), torch.bfloat16)
+        _on_cuda(targets, (sum(running),), torch.long)
         if kind == "attention":
             _on_cuda(alphas, (b * CPI, len(running), S * S))
         _on_cuda(_loss({"decoder": kind, "alpha_c": 1.0}, scores, targets, alphas), (), torch.float32)
@@ -391,7 +391,8 @@ FACTORIES = {"tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", 
              "eye", "rand", "randn", "randint", "randperm", "normal", "empty_strided", "scalar_tensor",
              "tril_indices", "triu_indices", "sparse_coo_tensor"}
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
-SCANNED = sorted((ROOT / "captioning").glob("*.py")) + [ROOT / "instructor" / "fastpath.py"]
+SCANNED = sorted((ROOT / "captioning").glob("*.py")) + [ROOT / "instructor" / n for n in ("fastpath.py",
+                                                                                            "fastbeam.py")]
 # (file, enclosing function): why its factories without ``device=`` make CPU tensors on purpose
 CPU_SIDE = {
     ("captioning/pretrain.py", "cell_targets"): "per-image labels built by the data loading, moved by train_step",
