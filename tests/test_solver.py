@@ -279,9 +279,11 @@ def test_test_and_caption_decode_with_the_checkpoints_length_penalty_unless_told
         make_cfg(length_penalty=-1)
 
 
-def test_cli_test_prints_the_pointing_game_with_its_misses_and_positions(monkeypatch, capsys):
+def test_cli_test_prints_the_pointing_game_with_its_misses_and_positions(monkeypatch, capsys, tmp_path):
     import captioning.evaluate
     from captioning.cli import main
+
+    monkeypatch.chdir(tmp_path)  # test writes its JSON (unused.json) after printing the scores
 
     result = {"split": "TEST", "n_images": 3, "beam_size": 5, "length_penalty": 0.0, "decoder": "attention",
               "bleu1": 0.5, "bleu2": 0.4, "bleu3": 0.3, "bleu4": 0.2, "coco": None,
