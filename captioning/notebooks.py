@@ -30,6 +30,7 @@ import warnings
 
 from captioning.atomic import write_json
 from captioning.errors import KitError
+from captioning.outputs import write_json as write_checked  # read back before the rename
 from captioning.recipe import RECIPE
 from captioning.todos import require_todos  # noqa: F401  (the notebooks call nb.require_todos)
 
@@ -267,9 +268,8 @@ def _checkpoint_cfg(checkpoint):
 
     try:  # memory-mapped: only the cfg is read, not the ~170 MB of weights
         return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["cfg"]
-    except Exception:  # missing, not a zip checkpoint, or not ours: load_checkpoint explains, below
-        pass
-    # outside the except block: its message then comes alone, not after the traceback of torch.load's error
+    except Exception:  # missing, not a zip checkpoint, or not ours: load_checkpoint explains, below, outside the
+        pass  # except block, so that its message comes alone, not after the traceback of torch.load's error
     return load_checkpoint(checkpoint)["cfg"]
 
 
@@ -284,9 +284,8 @@ def checkpoint_decoder(checkpoint, decoder=None):
 
 
 def default_image(checkpoint, index=0):
-    """Test image number ``index`` of the data the checkpoint was trained on (for caption.ipynb): for the shapes
-    data, its JPEG; for other prepared data (COCO, Flickr), whose source folder the prepared files do not record,
-    the TEST image as prepared (S×S), written once as a PNG beside the checkpoint."""
+    """Test image number ``index`` of the data the checkpoint was trained on (caption.ipynb): the shapes' JPEG, or
+    for other data (whose source folder prepare does not record) the TEST image as prepared, as a PNG beside it."""
     from captioning.checkpoints import data_folder_of
 
     cfg = _checkpoint_cfg(checkpoint)
@@ -362,12 +361,9 @@ def _plain(obj):
 
 
 def write_metrics(path, metrics):
-    """Write ``metrics`` (a dict) as JSON atomically, read back before the rename; returns the path (a KitError
-    naming the file when it cannot be written)."""
+    """Write ``metrics`` (a dict) as JSON, read back before the rename; returns the path (KitError naming it)."""
     path = str(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    from captioning.outputs import write_json as write_checked  # read back before the rename
-
     write_checked(_plain(metrics), path, "output_dir")
     print(f"wrote {path}")
     return path
