@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check  # noqa: E402
+import gpu_check_setup  # noqa: E402
 
 sys.path.remove(str(ROOT / "benchmarks"))
 
@@ -90,31 +91,32 @@ def test_gpu_check_dry_run_from_a_copy_without_the_kit_installed(tmp_path):
 
 
 def test_prepare_device_commands():
-    versions = {name: "1.0" for name in gpu_check.DEVICE_WHEELS}
-    reqs = gpu_check.wheel_requirements(versions)
-    assert reqs[0] == "nltk==1.0" and len(reqs) == len(gpu_check.DEVICE_WHEELS)
-    cmd = gpu_check.download_command("W", reqs, python="py")
+    versions = {name: "1.0" for name in gpu_check_setup.DEVICE_WHEELS}
+    reqs = gpu_check_setup.wheel_requirements(versions)
+    assert reqs[0] == "nltk==1.0" and len(reqs) == len(gpu_check_setup.DEVICE_WHEELS)
+    cmd = gpu_check_setup.download_command("W", reqs, python="py")
     assert cmd[:5] == ["py", "-m", "pip", "download", "--dest"]
     for flag in ("--no-deps", "--only-binary=:all:", "--python-version"):
         assert flag in cmd
     assert cmd[cmd.index("--python-version") + 1] == "3.12"
     assert any(cmd[i] == "--platform" and cmd[i + 1].startswith("manylinux") for i in range(len(cmd) - 1))
     assert cmd[-len(reqs):] == reqs
-    device = gpu_check.device_command(out="$OUT")
-    assert "pip install --no-index --no-deps" in device and f"--target {gpu_check.DEVICE_TARGET}" in device
-    assert f"PYTHONPATH=$PWD:{gpu_check.DEVICE_TARGET} python3 benchmarks/gpu_check.py $OUT" in device
+    device = gpu_check_setup.device_command(out="$OUT")
+    assert "pip install --no-index --no-deps" in device and f"--target {gpu_check_setup.DEVICE_TARGET}" in device
+    assert f"PYTHONPATH=$PWD:{gpu_check_setup.DEVICE_TARGET} python3 benchmarks/gpu_check.py $OUT" in device
     # the image's torch (and what it brings) is used as it is: never downloaded
-    assert not {"torch", "torchvision", "numpy", "h5py", "pillow", "tqdm", "matplotlib"} & set(gpu_check.DEVICE_WHEELS)
+    on_device = {"torch", "torchvision", "numpy", "h5py", "pillow", "tqdm", "matplotlib"}
+    assert not on_device & set(gpu_check_setup.DEVICE_WHEELS)
     # every listed package is installed here, so its tested version is known
-    assert len(gpu_check.wheel_requirements()) == len(gpu_check.DEVICE_WHEELS)
-    ignored = subprocess.run(["git", "check-ignore", "-q", gpu_check.WHEELS_DIR + "/x.whl"], cwd=ROOT)
-    assert ignored.returncode == 0, f"{gpu_check.WHEELS_DIR}/ must be git-ignored"
+    assert len(gpu_check_setup.wheel_requirements()) == len(gpu_check_setup.DEVICE_WHEELS)
+    ignored = subprocess.run(["git", "check-ignore", "-q", gpu_check_setup.WHEELS_DIR + "/x.whl"], cwd=ROOT)
+    assert ignored.returncode == 0, f"{gpu_check_setup.WHEELS_DIR}/ must be git-ignored"
 
 
 def test_preflight_names_what_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_check, "STEP_MODULES", {"papermill": ("no_such_module_for_the_check",)})
-    report = gpu_check.Report(tmp_path, dry_run=True)
-    missing = gpu_check.preflight(report)
+    monkeypatch.setattr(gpu_check_setup, "STEP_MODULES", {"papermill": ("no_such_module_for_the_check",)})
+    report = gpu_check_setup.Report(tmp_path, dry_run=True)
+    missing = gpu_check_setup.preflight(report)
     assert list(missing) == ["no_such_module_for_the_check"]
     assert "no_such_module_for_the_check" in (tmp_path / "gpu_check.log").read_text()
     assert "--prepare-device" in (tmp_path / "gpu_check.log").read_text()
