@@ -87,7 +87,8 @@ def main():
     rows = []
     for variant in ("paper", "no_global"):
         cfg = dict(decoder_cfg(RECIPE, "adaptive"), data_folder=data["data_folder"], data_name=data["data_name"],
-                   output_dir=os.path.join(a.out, variant), workers=0, print_freq=0, device="cpu", **enc)
+                   output_dir=os.path.join(a.out, variant), overwrite=True, workers=0, print_freq=0, device="cpu",
+                   **enc)
         if a.epochs:
             cfg["epochs"] = a.epochs
         restore = zero_global(DecoderWithAdaptiveAttention) if variant == "no_global" else None

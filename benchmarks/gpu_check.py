@@ -19,16 +19,17 @@ Everything else (data, checkpoints, executed notebooks) goes to a work folder ou
 new temporary folder). Before a step starts it is recorded as "running": if the run is cut off (the device tool's
 10-minute limit), OUT still holds every finished step and names the one that was running. Each step has a time
 budget (``BUDGETS``); ``faulthandler`` dumps every thread's traceback to the log when a step passes its budget, and a
-watchdog ends the run at twice the budget (recording the step as killed); a step is not started when the total budget (``TOTAL_BUDGET_S``) could not hold
-it. The imports are checked first, naming what is missing; a step whose imports are missing is skipped, the others
-run. The exit status is 1 when any step failed or was skipped.
+watchdog ends the run at twice the budget (recording the step as killed); a step is not started when the total
+budget (``TOTAL_BUDGET_S``) could not hold it. The imports are checked first, naming what is missing; a step whose
+imports are missing is skipped, the others run. The exit status is 1 when any step failed or was skipped.
 
 Steps:
 
 * ``train_smoke`` — ``Trainer.fit`` on the tiny shapes data (attention): bf16 autocast, ``channels_last``, pinned
   memory and ``non_blocking`` copies, DataLoader workers, the feature cache built on the device; records whether
   the fast path ran (``fast_path``);
-* ``encoder`` — ResNet-101 (random weights; the dry run: shapes_cnn) at 256 px, bf16 autocast and ``channels_last``: images/s, inference
+* ``encoder`` — ResNet-101 (random weights; the dry run: shapes_cnn) at 256 px, bf16 autocast and
+  ``channels_last``: images/s, inference
   and fine-tuning (forward + backward);
 * ``train_step`` — the attention decoder at course sizes: the kit's step and the course procedure's, side by side
   (``train_speed.py``'s functions): captions/s, ratio;

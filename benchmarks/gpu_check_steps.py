@@ -203,7 +203,8 @@ def step_fine_tune(a, device, sizes, data, results):
 
 def step_uncached(a, device, sizes, data, results):
     res, trainer = _fit(a, device, sizes, data, "uncached", feature_cache=False)
-    return {"train_loss": round(res["history"][-1]["train_loss"], 3), "val_bleu4": round(res["history"][-1]["bleu4"], 4),
+    last = res["history"][-1]
+    return {"train_loss": round(last["train_loss"], 3), "val_bleu4": round(last["bleu4"], 4),
             "folded_encoder": trainer.folded is not None, "fast_path": _ran_with(trainer)}
 
 

@@ -57,7 +57,7 @@ def main():
     demo_init = cfg.get("init_state", "mean")  # checkpoints from before the option were "mean"
     other = "mean" if demo_init == "learned" else "learned"
     cfg = dict(cfg, init_state=other, output_dir=a.out or os.path.join(a.demo_dir, f"init_{other}"), checkpoint=None,
-               progress=True)
+               overwrite=True, progress=True)
     test = dict(split="TEST", beam_size=settings["beam_size"], length_penalty=settings["length_penalty"], coco=False)
 
     results = {demo_init: evaluate(demo_ckpt, **test)}

@@ -61,7 +61,8 @@ def demo_cfg(data_folder, data_name, out, image_size, recal):
     return {"data_folder": data_folder, "data_name": data_name, "encoder_weights": None,
             "encoded_image_size": image_size // 32, "epochs": 1, "batch_size": 64, "embed_dim": 256,
             "decoder_dim": 384, "attention_dim": 256, "dropout": 0.3, "decoder_lr": 2e-3, "seed": 0,
-            "print_freq": 0, "output_dir": out, "device": "cpu", "workers": 0, "decoder": "attention",
+            "print_freq": 0, "output_dir": out, "overwrite": True, "device": "cpu", "workers": 0,
+            "decoder": "attention",
             "recalibrate_images": recal, "progress": False}
 
 

@@ -120,7 +120,7 @@ def main():
                    attention_dim=g("attention_dim", 256), dropout=g(dec + "_dropout", 0.3), alpha_c=g("alpha_c", 0.0),
                    init_state=kv.get("init_state", "learned"), decoder_lr=g("decoder_lr", 4e-3),
                    lr_decay_every=g("lr_decay_every", 2), lr_decay_factor=g("lr_decay_factor", 0.5), seed=seed,
-                   print_freq=0, output_dir=os.path.join(out, "ckpt"), device="cpu", workers=0,
+                   print_freq=0, output_dir=os.path.join(out, "ckpt"), overwrite=True, device="cpu", workers=0,
                    epochs=g(dec + "_epochs", 14), progress=False, decoder=dec)
         t = time.time()
         r = fit(cfg, progress=False)
