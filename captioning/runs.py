@@ -97,8 +97,8 @@ class RunFolder:
                 f"output_dir '{out}' already holds a run of the {cfg['decoder']} decoder ({self.ckpt_path}, "
                 f"{done(ckpt)}) with other settings: {'; '.join(differ)}. Nothing was changed. To continue that run, "
                 f"give its settings; to keep it and train this one, choose another output_dir; to continue from it "
-                f"with these settings, checkpoint={self.ckpt_path}; to replace it, overwrite=True (in a notebook: "
-                f"cfg[\"overwrite\"] = True)")
+                f"with these settings, checkpoint={self.ckpt_path}; to replace it, overwrite=True (in a training "
+                f"notebook: overwrite = True in its parameters cell)")
         if ckpt["epoch"] + 1 < cfg["epochs"]:
             self.say(f"resuming the run in '{out}' at epoch {ckpt['epoch'] + 1} of {cfg['epochs']}: {self.ckpt_path} "
                      f"holds {done(ckpt)} with these settings (overwrite=True starts afresh)")
