@@ -8,9 +8,10 @@ compute, with the same layers (hence the same weights and gradients), reorganise
 * on a CPU, the attention decoder's recurrence is one autograd function with a hand-written backward
   (``_AttentionLSTM``): autograd's per-step bookkeeping cost more than the arithmetic.
 
-The ``fast_path`` plug-in of ``captioning.plugins`` (pyproject.toml): the solver uses it only after
+The ``fast_path`` plug-in of ``captioning.internals.plugins`` (pyproject.toml): the solver uses it only after
 ``solver.fast_path_matches`` checked, on the first batch, that it reproduces the decoder's own ``forward``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -87,8 +88,8 @@ class _AttentionLSTM(torch.autograd.Function):
             torch.addmm(gi[sl], z, w_iz.t(), out=gates)
             gates.addmm_(hp, w_hh.t())
             gates[:, : 2 * d_dim].sigmoid_()
-            gates[:, 2 * d_dim: 3 * d_dim].tanh_()
-            gates[:, 3 * d_dim:].sigmoid_()
+            gates[:, 2 * d_dim : 3 * d_dim].tanh_()
+            gates[:, 3 * d_dim :].sigmoid_()
             ig, fg, gg, og = gates.chunk(4, dim=1)
             c = fg * cp + ig * gg
             tc = torch.tanh(c, out=tc_all[sl])
@@ -96,14 +97,48 @@ class _AttentionLSTM(torch.autograd.Function):
             alphas[:n, t] = alpha
             off += n
         ctx.groups, ctx.running, ctx.n_cap = groups, running, n_cap
-        ctx.save_for_backward(att1, enc, w_da, w_att, b_att, w_fb, w_iz, w_hh,
-                              hp_all, cp_all, a2_all, al_all, ctx_all, g_all, z_all, gates_all, tc_all)
+        ctx.save_for_backward(
+            att1,
+            enc,
+            w_da,
+            w_att,
+            b_att,
+            w_fb,
+            w_iz,
+            w_hh,
+            hp_all,
+            cp_all,
+            a2_all,
+            al_all,
+            ctx_all,
+            g_all,
+            z_all,
+            gates_all,
+            tc_all,
+        )
         return hs, alphas
 
     @staticmethod
     def backward(ctx, d_hs, d_alphas):
-        (att1, enc, w_da, w_att, b_att, w_fb, w_iz, w_hh,
-         hp_all, cp_all, a2_all, al_all, ctx_all, g_all, z_all, gates_all, tc_all) = ctx.saved_tensors
+        (
+            att1,
+            enc,
+            w_da,
+            w_att,
+            b_att,
+            w_fb,
+            w_iz,
+            w_hh,
+            hp_all,
+            cp_all,
+            a2_all,
+            al_all,
+            ctx_all,
+            g_all,
+            z_all,
+            gates_all,
+            tc_all,
+        ) = ctx.saved_tensors
         groups, running = ctx.groups, ctx.running
         need = ctx.needs_input_grad
         total, d_dim = hp_all.shape
@@ -167,10 +202,14 @@ class _AttentionLSTM(torch.autograd.Function):
             dhp.addmm_(da2, w_da)
             dh_next, dc_next = dhp, dcp
         grads = {
-            5: lambda: da2_all.t() @ hp_all, 6: lambda: da2_all.sum(0),
-            7: lambda: d_w_att.view_as(w_att), 8: lambda: d_b_att.reshape(b_att.shape),
-            9: lambda: dgp_all.t() @ hp_all, 10: lambda: dgp_all.sum(0),
-            11: lambda: dg_all.t() @ z_all, 12: lambda: dg_all.t() @ hp_all,
+            5: lambda: da2_all.t() @ hp_all,
+            6: lambda: da2_all.sum(0),
+            7: lambda: d_w_att.view_as(w_att),
+            8: lambda: d_b_att.reshape(b_att.shape),
+            9: lambda: dgp_all.t() @ hp_all,
+            10: lambda: dgp_all.sum(0),
+            11: lambda: dg_all.t() @ z_all,
+            12: lambda: dg_all.t() @ hp_all,
         }
         dh0 = dc0 = None
         if need[3] or need[4]:
@@ -188,8 +227,7 @@ def _groups(img, running):
         rows.setdefault(i, []).append(j)
     out = []
     for n in running:
-        out.append([(i, torch.tensor([j for j in r if j < n], device=img.device))
-                    for i, r in rows.items() if r[0] < n])
+        out.append([(i, torch.tensor([j for j in r if j < n], device=img.device)) for i, r in rows.items() if r[0] < n])
     return out
 
 
@@ -230,9 +268,22 @@ def scores(decoder, encoder_out, captions, caplens, group=1, planned=None):
         words = _packed(captions, running)
         gi = F.linear(decoder.embedding(words), w_ih[:, :e_dim], bias)
         hs, alphas = _AttentionLSTM.apply(
-            att.encoder_att(enc), enc, gi, h, c, att.decoder_att.weight, att.decoder_att.bias,
-            att.att.weight, att.att.bias, decoder.f_beta.weight, decoder.f_beta.bias, w_ih[:, e_dim:], w_hh, img,
-            running)
+            att.encoder_att(enc),
+            enc,
+            gi,
+            h,
+            c,
+            att.decoder_att.weight,
+            att.decoder_att.bias,
+            att.att.weight,
+            att.att.bias,
+            decoder.f_beta.weight,
+            decoder.f_beta.bias,
+            w_ih[:, e_dim:],
+            w_hh,
+            img,
+            running,
+        )
         return decoder.fc(decoder.dropout(hs)), _packed(captions, running, 1), alphas
 
     emb = decoder.embedding(captions)  # (N, T, E)
@@ -278,5 +329,8 @@ def _packed(captions, running, shift=0):
 
 def _manual_backward(enc):
     """The hand-written backward (``_AttentionLSTM``) on a CPU in fp32; elsewhere autograd through the loop."""
-    return enc.device.type == "cpu" and enc.dtype in (torch.float32, torch.float64) \
+    return (
+        enc.device.type == "cpu"
+        and enc.dtype in (torch.float32, torch.float64)
         and not torch.is_autocast_enabled("cpu")
+    )

@@ -23,6 +23,7 @@ time over two pipes (``wire.py`` messages), and sends back raw outputs, which th
 Standard library and torch only before the student's code is imported; messages about the student's exceptions
 name their line in models.py and never quote another file.
 """
+
 import os
 import re
 import resource
@@ -31,11 +32,29 @@ import sys
 import time
 import traceback
 
-_ALLOC = re.compile(r"can't allocate memory|not enough memory|DefaultCPUAllocator|bad_alloc|out of memory|"
-                    r"Cannot allocate memory|failed to map segment", re.IGNORECASE)
-SETTINGS = ("in_features", "out_features", "input_size", "hidden_size", "num_embeddings", "embedding_dim",
-            "padding_idx", "num_features", "eps", "momentum", "affine", "track_running_stats", "p", "inplace", "dim",
-            "normalized_shape")
+_ALLOC = re.compile(
+    r"can't allocate memory|not enough memory|DefaultCPUAllocator|bad_alloc|out of memory|"
+    r"Cannot allocate memory|failed to map segment",
+    re.IGNORECASE,
+)
+SETTINGS = (
+    "in_features",
+    "out_features",
+    "input_size",
+    "hidden_size",
+    "num_embeddings",
+    "embedding_dim",
+    "padding_idx",
+    "num_features",
+    "eps",
+    "momentum",
+    "affine",
+    "track_running_stats",
+    "p",
+    "inplace",
+    "dim",
+    "normalized_shape",
+)
 
 
 class TestTimeout(BaseException):
@@ -94,10 +113,9 @@ def _vm_bytes():
 
 class Server:
     def __init__(self, fd_in, fd_out, models_path):
+        import _wire
         import torch
         from torch import nn
-
-        import _wire
 
         self.torch, self.nn, self.wire = torch, nn, _wire
         self.fd_in, self.fd_out, self.models_path = fd_in, fd_out, models_path
@@ -118,12 +136,22 @@ class Server:
 
     def refcall(self, oid, path, args, kwargs, train):
         """Ask the grader to run the reference's ``path`` (a method or sub-module of object ``oid``)."""
-        self.send({"op": "refcall", "id": oid, "path": path, "args": tuple(args), "kwargs": dict(kwargs),
-                   "train": bool(train)})
+        self.send(
+            {
+                "op": "refcall",
+                "id": oid,
+                "path": path,
+                "args": tuple(args),
+                "kwargs": dict(kwargs),
+                "train": bool(train),
+            }
+        )
         answer = self.receive()
         if not isinstance(answer, dict) or not answer.get("ok"):
-            raise RuntimeError(f"the reference {path} could not run on these inputs: "
-                               f"{answer.get('message') if isinstance(answer, dict) else answer}")
+            raise RuntimeError(
+                f"the reference {path} could not run on these inputs: "
+                f"{answer.get('message') if isinstance(answer, dict) else answer}"
+            )
         return answer["value"]
 
     def serve(self):
@@ -182,9 +210,12 @@ class Server:
                 setattr(self.stu, name, v)
         oid = len(self.objects)
         self.objects[oid] = obj
-        return {"id": oid, "modules": self._describe(obj), "recorded": recorded,
-                "state": {k: [list(v.shape), str(v.dtype).removeprefix("torch.")]
-                          for k, v in obj.state_dict().items()}}
+        return {
+            "id": oid,
+            "modules": self._describe(obj),
+            "recorded": recorded,
+            "state": {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in obj.state_dict().items()},
+        }
 
     def _recorder(self, name, recorded, recipe=None):
         """A stand-in for the student's class ``name`` inside another class's ``__init__``: it records the
@@ -206,8 +237,7 @@ class Server:
                 bound.update(kwargs)
                 try:
                     for lname, kind, kw in recipe["layers"]:
-                        kw = {k: bound[v[1:]] if isinstance(v, str) and v.startswith("$") else v
-                              for k, v in kw.items()}
+                        kw = {k: bound[v[1:]] if isinstance(v, str) and v.startswith("$") else v for k, v in kw.items()}
                         self.add_module(lname, getattr(nn, kind)(**kw))
                 except Exception:  # noqa: BLE001 - e.g. a missing argument, a float size
                     pass
@@ -350,21 +380,21 @@ def main():
 
     torch.set_num_threads(1)
     server = Server(fd_in, fd_out, models_path)
-    import captioning.errors  # noqa: F401  (the sandbox's package, not an installed one)
+    import captioning.internals.errors  # noqa: F401  (the sandbox's package, not an installed one)
 
-    if os.path.dirname(os.path.abspath(captioning.errors.__file__)) != os.path.join(here, "captioning"):
-        server.send({"fatal": f"captioning was imported from {captioning.errors.__file__}, not the sandbox"})
+    if os.path.dirname(os.path.abspath(captioning.internals.errors.__file__)) != os.path.join(here, "captioning"):
+        server.send({"fatal": f"captioning was imported from {captioning.internals.errors.__file__}, not the sandbox"})
         return
     # From here on the student's code may run: tighten the address-space limit to what is mapped now plus the
     # submission's allowance (one process; the sandbox's cgroup limits all of them together).
     vm = _vm_bytes()
     if memory_mb > 0 and vm:
-        limit = vm + memory_mb * 2 ** 20
+        limit = vm + memory_mb * 2**20
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    server.send({"ready": True, "vm_mb": None if vm is None else round(vm / 2 ** 20), "t": time.time()})
+    server.send({"ready": True, "vm_mb": None if vm is None else round(vm / 2**20), "t": time.time()})
     server.serve()
     os._exit(0)  # skip atexit handlers the student's code may have registered
 

@@ -1,4 +1,4 @@
-"""Optional speed-ups installed beside the kit, found at run time through the ``captioning.plugins`` entry-point
+"""Optional speed-ups installed beside the kit, found at run time through the ``captioning.internals.plugins`` entry-point
 group. The instructor kit declares one, ``fast_path`` (pyproject.toml); the student edition declares none and
 trains and decodes with the student's own ``forward`` / ``one_step``. Nothing here names a plug-in's module.
 
@@ -10,6 +10,7 @@ scores (``solver.fast_path_matches``); ``beam_step`` checks itself on a probe.
 ``CAPTIONING_PLUGINS=off`` in the environment turns every plug-in off (what the student edition runs). A run from
 a plain checkout, with no distribution installed, finds no entry point: ``register`` names a plug-in explicitly.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -33,8 +34,9 @@ def get(name):
                 _loaded[name] = ep.load()
                 break
             except ImportError as e:  # declared but not importable here (e.g. a copy of the student package)
-                warnings.warn(f"plug-in '{name}' ({ep.value}) could not be imported ({e}); running without it",
-                              stacklevel=2)
+                warnings.warn(
+                    f"plug-in '{name}' ({ep.value}) could not be imported ({e}); running without it", stacklevel=2
+                )
     return _loaded[name]
 
 
