@@ -4,6 +4,9 @@ Runs the public checks (``tests/public/public_checks.py``) of one part in this p
 or WARN line per check, with a message that names the TODO, the tensor, the expected and actual shape or the
 relative error, and the cause where the check can tell it. A WARN passed but points at something that looks wrong
 (it does not change the exit status). See that file for the relative-error measure.
+
+``require_todos`` is the TODO check the training notebooks run first: it stops with a message naming the first
+unfinished TODO of ``models.py`` (or an output of the wrong shape), and prints which ``models.py`` it checked.
 """
 
 from __future__ import annotations
@@ -80,10 +83,7 @@ def register(subparsers):
     s.set_defaults(func=_cmd_check)
 
 
-# ---- The TODO check of the training notebooks ------------------------------------------------------------
-# The TODO check the training notebooks run first: ``require_todos`` stops with a message naming the first
-# unfinished TODO of ``models.py`` (or an output of the wrong shape), and prints which ``models.py`` it checked.
-#
+# ------------------------------------------------------------------- the TODO check the training notebooks run
 
 _KIT_MODULES = ("captioning.models", "captioning.solver", "captioning.evaluation.evaluate")
 

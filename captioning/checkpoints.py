@@ -1,5 +1,11 @@
-"""Checkpoints: written atomically and checked before the rename, carrying a checksum of their contents that
-``load_checkpoint`` verifies, and loaded without ever executing code from the file (``weights_only=True``)."""
+"""Checkpoints and the run folder they live in.
+
+* Checkpoints are written atomically and checked before the rename, carry a checksum of their contents that
+  ``load_checkpoint`` verifies, and are loaded without ever executing code from the file (``weights_only=True``).
+* ``RunFolder`` — the run in ``output_dir``: where ``train`` starts (afresh, continuing the run already there, or
+  from ``checkpoint=``), what it refuses (replacing a run it was not asked to replace), and BEST kept in step with
+  the history. A re-run never replaces a finished run unless ``overwrite=True`` says so.
+"""
 
 from __future__ import annotations
 
@@ -14,88 +20,13 @@ from tqdm.auto import tqdm
 from captioning.config import DEFAULT_CFG
 from captioning.datasets import word_map_path
 from captioning.internals.atomic import NO_ROOM, atomic_path, no_room_message, remove_stale_temporaries
+from captioning.internals.checksums import CHECKSUM, ErrorKeepingWriter, checksum, read_back_check, tensor_bytes
 from captioning.internals.errors import KitError
 
 
 def word_map_id(word_map):
     """Identity of a word map (sha256 of its canonical JSON), stored in checkpoints."""
     return hashlib.sha256(json.dumps(word_map, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# The sha256 over every value of a checkpoint (tensor bytes included) is stored under this key; ``load_checkpoint``
-# recomputes it. A file damaged after it was written (a bad copy, a failing disk) then stops with a message naming
-# it instead of loading weights that caption "a with a a a a" with BLEU-4 0.000.
-CHECKSUM = "sha256"
-
-
-def checksum(state):
-    """sha256 (hex) over ``state`` without its ``CHECKSUM`` entry: each tensor's dtype, shape and raw bytes, and the
-    repr of every other value, walked in a fixed order (dict keys sorted), each under its key path."""
-    h = hashlib.sha256()
-
-    def walk(x, where):
-        if isinstance(x, torch.Tensor):
-            t = x.detach().cpu().contiguous()
-            h.update(f"{where}:{t.dtype}:{tuple(t.shape)};".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy())
-        elif isinstance(x, dict):
-            for k in sorted(x, key=repr):
-                if not (where == "" and k == CHECKSUM):
-                    walk(x[k], f"{where}/{k!r}")
-        elif isinstance(x, (list, tuple)):
-            h.update(f"{where}:{type(x).__name__}{len(x)};".encode())
-            for i, v in enumerate(x):
-                walk(v, f"{where}/{i}")
-        else:
-            h.update(f"{where}={type(x).__name__}:{x!r};".encode())
-
-    walk(state, "")
-    return h.hexdigest()
-
-
-def _tensor_bytes(x):
-    if isinstance(x, torch.Tensor):
-        return x.numel() * x.element_size()
-    if isinstance(x, dict):
-        return sum(_tensor_bytes(v) for v in x.values())
-    if isinstance(x, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in x)
-    return 0
-
-
-class _Writer:
-    """A binary file for ``torch.save`` that keeps the first OSError of a write: torch turns it into a bare
-    ``RuntimeError: … unexpected pos``, which says nothing of the disk."""
-
-    def __init__(self, fh):
-        self.fh, self.error = fh, None
-
-    def write(self, data):
-        try:
-            return self.fh.write(data)
-        except OSError as e:
-            self.error = self.error or e
-            raise
-
-    def flush(self):
-        self.fh.flush()
-
-
-def _verify(digest, path):
-    def verify(tmp):
-        try:
-            back = torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
-            ok = checksum(back) == digest
-        except Exception:  # unreadable: as bad as different
-            ok = False
-        if not ok:
-            raise KitError(
-                f"checkpoint '{path}' did not read back as written (a full or failing disk?): it was not "
-                f"replaced; check the disk of {os.path.dirname(os.path.abspath(path))} or choose another "
-                f"output_dir"
-            ) from None
-
-    return verify
 
 
 def save_checkpoint(state, path):
@@ -108,9 +39,9 @@ def save_checkpoint(state, path):
     state[CHECKSUM] = digest
     writer = None
     try:
-        with atomic_path(path, verify=_verify(digest, path)) as tmp:
+        with atomic_path(path, verify=read_back_check(digest, path)) as tmp:
             with open(tmp, "wb") as fh:
-                writer = _Writer(fh)
+                writer = ErrorKeepingWriter(fh)
                 torch.save(state, writer)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -121,7 +52,7 @@ def save_checkpoint(state, path):
         kept = f"; '{path}' still holds the previous checkpoint" if os.path.isfile(path) else ""
         if error.errno in NO_ROOM:
             raise KitError(
-                no_room_message(path, error, _tensor_bytes(state), "choose another output_dir") + kept
+                no_room_message(path, error, tensor_bytes(state), "choose another output_dir") + kept
             ) from None
         raise KitError(
             f"cannot write checkpoint '{path}': {error.strerror or error}; choose another output_dir" + kept
@@ -238,11 +169,12 @@ def check_compatible(ckpt, cfg, word_map, path):
             raise KitError(f"checkpoint '{path}' has {key} = {ckpt['cfg'].get(key)!r} but cfg has {cfg.get(key)!r}")
 
 
-# ---- The run in output_dir -------------------------------------------------------------------------------
-# The run in ``output_dir``: where ``train`` starts (afresh, continuing the run already there, or from
-# ``checkpoint=``), what it refuses (replacing a run it was not asked to replace), and BEST kept in step with the
-# history. A re-run never replaces a finished run unless ``overwrite=True`` says so.
-#
+def history_of(path):
+    """The per-epoch metric history stored in a checkpoint."""
+    return load_checkpoint(path)["history"]
+
+
+# ---------------------------------------------------------------------------------------- the run in output_dir
 
 
 def model_files(decoder):

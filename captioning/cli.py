@@ -215,11 +215,36 @@ def _device(text):
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    beam, penalty, images = checked(AT_LEAST_1), checked(FINITE_AT_LEAST_0, float), checked(AT_LEAST_1)
-    p = argparse.ArgumentParser(prog="python -m captioning", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+DESCRIPTION = """Image captioning: make the data, train a decoder, test it with beam search, caption images.
+Run `python -m captioning COMMAND --help` for the options of one command."""
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m captioning", description=DESCRIPTION)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub)
+    _add_model_commands(sub)
+    # subcommands that live with their feature: each module has register(subparsers)
+    from captioning import check
+    from captioning.data import pretrain
+
+    for module in (pretrain, check):
+        module.register(sub)
+    return p
+
+
+def _add_decoding_options(s):
+    s.add_argument("--beam-size", type=checked(AT_LEAST_1), default=5)
+    s.add_argument(
+        "--length-penalty",
+        type=checked(FINITE_AT_LEAST_0, float),
+        default=None,
+        help="rank finished beams by log-prob / length**this (0: the course's summed log-prob); "
+        "default: the checkpoint's cfg length_penalty (the notebooks train with 1)",
+    )
+
+
+def _add_data_commands(sub):
     s = sub.add_parser("shapes", help="generate the built-in shapes caption dataset (Karpathy-format JSON + images)")
     s.add_argument("--out", required=True, help="folder to write dataset_shapes.json and images/ into")
     s.add_argument("--n-train", type=int, default=1000)
@@ -243,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="processes for decoding/resizing (default: all cores)")
     s.set_defaults(func=_cmd_prepare)
 
+
+def _add_model_commands(sub):
     s = sub.add_parser(
         "train",
         help="train a decoder; cfg keys as key=value (see captioning/config.py DEFAULT_CFG)",
@@ -255,18 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("test", help="beam-search a split with a checkpoint and print BLEU-1..4 (writes JSON)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--split", default="TEST", choices=["TRAIN", "VAL", "TEST"])
-    s.add_argument("--beam-size", type=beam, default=5)
-    s.add_argument(
-        "--length-penalty",
-        type=penalty,
-        default=None,
-        help="rank finished beams by log-prob / length**this (0: the course's summed log-prob); "
-        "default: the checkpoint's cfg length_penalty (the notebooks train with 1)",
-    )
+    _add_decoding_options(s)
     s.add_argument("--data-folder", default=None, help="default: the one the checkpoint was trained on")
     s.add_argument("--data-name", default=None)
     s.add_argument("--device", type=_device, default="cpu")
-    s.add_argument("--max-images", type=images, default=None)
+    s.add_argument("--max-images", type=checked(AT_LEAST_1), default=None)
     s.add_argument("--out", default=None, help="JSON file for the scores and captions")
     s.add_argument(
         "--coco",
@@ -278,25 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("caption", help="caption image files; saves a figure per image (attention per word)")
     s.add_argument("images", nargs="+")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--beam-size", type=beam, default=5)
-    s.add_argument(
-        "--length-penalty",
-        type=penalty,
-        default=None,
-        help="rank finished beams by log-prob / length**this (0: the course's summed log-prob); "
-        "default: the checkpoint's cfg length_penalty (the notebooks train with 1)",
-    )
+    _add_decoding_options(s)
     s.add_argument("--device", type=_device, default="cpu")
     s.add_argument("--out", default="outputs/captions", help="folder for the PNG figures")
     s.set_defaults(func=_cmd_caption)
-
-    # subcommands that live with their feature: each module has register(subparsers)
-    from captioning import check
-    from captioning.data import pretrain
-
-    for module in (pretrain, check):
-        module.register(sub)
-    return p
 
 
 def parse_command_line(parser, argv=None):

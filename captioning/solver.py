@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captioning.adaptive import DecoderWithAdaptiveAttention
-from captioning.checkpoints import RunFolder, load_checkpoint, load_weights, save_checkpoint, word_map_id
+from captioning.checkpoints import RunFolder, load_weights, save_checkpoint, word_map_id
 from captioning.config import DECODER_NAMES, make_cfg, make_output_dir
 from captioning.data.features import build_feature_cache, recalibrate_once
 from captioning.datasets import ImageCaptions, load_word_map, normalize
@@ -77,32 +77,6 @@ def decoder_scores(decoder, encoder_out, captions, caplens, fast=None):
     scores = pack_padded_sequence(predictions, decode_lengths, batch_first=True).data
     targets = pack_padded_sequence(caps_sorted[:, 1:], decode_lengths, batch_first=True).data
     return scores, targets, alphas
-
-
-@torch.no_grad()
-def fast_path_matches(fast, decoder, encoder_out, captions, caplens, rtol=1e-4, atol=1e-5):
-    """Does the plug-in ``fast`` give the decoder's own ``forward`` scores on this batch (eval mode)?
-
-    Args: encoder_out (B, S, S, C); captions (B, cpi, T); caplens (B, cpi). Returns: (ok, reason).
-    """
-    was = decoder.training
-    decoder.eval()
-    try:
-        ref, ref_t, ref_a = decoder_scores(decoder, encoder_out.float(), captions, caplens)
-        got, got_t, got_a = decoder_scores(decoder, encoder_out.float(), captions, caplens, fast=fast)
-    except Exception as e:  # a decoder of another shape: not the plug-in's to speed up
-        return False, f"{type(e).__name__}: {e}"
-    finally:
-        decoder.train(was)
-    if ref.shape != got.shape or not torch.equal(ref_t, got_t):
-        return False, "different output shapes"
-    if not torch.allclose(ref, got, rtol=rtol, atol=atol):
-        return False, f"scores differ by up to {(ref - got).abs().max().item():.3g}"
-    if (ref_a is None) != (got_a is None) or (
-        ref_a is not None and not torch.allclose(ref_a.sum(dim=1), got_a.sum(dim=1), rtol=rtol, atol=atol)
-    ):
-        return False, "attention weights differ"
-    return True, ""
 
 
 def encode_batch(encoder, x, cached, device):
@@ -221,7 +195,7 @@ class Trainer:
         fast = plugins.get("fast_path") if self.cfg["fast_decoder"] == "auto" else None
         if fast is None or not fast.supports(self.decoder):
             return None
-        ok, why = fast_path_matches(fast, self.decoder, enc[:2], caps[:2], caplens[:2])
+        ok, why = plugins.fast_path_matches(decoder_scores, fast, self.decoder, enc[:2], caps[:2], caplens[:2])
         if not ok:
             tqdm.write(f"note: training with the decoder's own forward (the fast path differs: {why})")
         return fast if ok else None
@@ -406,6 +380,7 @@ class Trainer:
 def fit(cfg=None, progress=True, **overrides):
     """Train a decoder as configured; returns ``{"history", "checkpoint", "best_checkpoint", "best_bleu4"}``."""
     cfg = make_cfg(cfg, **overrides)
+    make_output_dir(cfg)
     with training_lock(cfg), data_lock(cfg["data_folder"], cfg["data_name"]):  # no other train, nor prepare
         return Trainer(cfg, progress=progress).fit()
 
@@ -423,8 +398,3 @@ def models_from_checkpoint(ckpt, device="cpu", path="the checkpoint"):
     decoder = build_decoder(cfg, ckpt["vocab_size"], ckpt["encoder_dim"])
     load_weights(decoder, ckpt["decoder_state"], "decoder", path)
     return encoder.to(device).eval(), decoder.to(device).eval(), ckpt["word_map"], cfg
-
-
-def history_of(path):
-    """The per-epoch metric history stored in a checkpoint."""
-    return load_checkpoint(path)["history"]

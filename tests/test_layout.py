@@ -110,3 +110,30 @@ def test_one_override_syntax(cmd):
     res = subprocess.run([sys.executable, "-m", *cmd, "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "key=value" in res.stdout and " -p " not in res.stdout
+
+
+def test_the_infrastructure_imports_nothing_of_the_course_layer():
+    """``captioning.internals`` is the machinery students never read: it may import only itself (and the standard
+    library / third-party packages), never the course layer (models, solver, datasets…) nor ``data`` /
+    ``evaluation``, at any depth of the file (lazy imports count)."""
+    offenders = [
+        f"{p.relative_to(ROOT)}: {m}"
+        for p, src in _sources(("captioning",))
+        if "internals" in p.relative_to(ROOT).parts
+        for m in _imports(p, src)
+        if m.split(".")[0] in ("captioning", "instructor") and not m.startswith("captioning.internals")
+    ]
+    assert not offenders, offenders
+
+
+def test_the_top_of_the_package_holds_what_the_course_names():
+    """What a student opens first: the course's files at the top, everything else in three subpackages."""
+    top = sorted(p.stem for p in (ROOT / "captioning").glob("*.py"))
+    assert top == sorted(
+        "__init__ __main__ adaptive check checkpoints cli config datasets decoding encoder models notebooks solver".split()
+    ), top
+    assert sorted(p.name for p in (ROOT / "captioning").iterdir() if (p / "__init__.py").is_file()) == [
+        "data",
+        "evaluation",
+        "internals",
+    ]

@@ -457,9 +457,11 @@ def test_the_demo_validates_its_training_settings_like_train(tmp_path):
 
 
 def test_a_second_training_into_the_same_checkpoints_stops_naming_the_first(shapes_data, tmp_path):
+    from captioning.config import make_output_dir
     from captioning.internals.locks import training_lock
 
     cfg = make_cfg(cfg_for(shapes_data, tmp_path / "run"))
+    make_output_dir(cfg)
     with training_lock(cfg):  # the first run, still training
         with pytest.raises(KitError, match=r"training the attention decoder into .* is in use by another run \(pid"):
             fit(cfg)

@@ -9,8 +9,9 @@ import torch
 
 from captioning.evaluation.evaluate import caption_images, evaluate
 from captioning.internals.errors import KitError
+from captioning.internals.plugins import fast_path_matches
 from captioning.models import DecoderWithAttention, DecoderWithRNN
-from captioning.solver import Trainer, decoder_scores, fast_path_matches, fit, load_checkpoint, make_cfg
+from captioning.solver import Trainer, decoder_scores, fit, load_checkpoint, make_cfg
 from instructor import fastpath
 
 
@@ -184,7 +185,7 @@ def test_fast_path_gives_the_same_loss_and_gradients(cls, manual, init_state, mo
     caps = torch.randint(1, 30, (4, 5, 11))
     lens = torch.randint(3, 12, (4, 5))
     lens[0, 0], lens[1, 2] = 11, 2  # the longest caption, and one with a single word to predict
-    ok, why = fast_path_matches(fastpath, dec, enc, caps, lens)
+    ok, why = fast_path_matches(decoder_scores, fastpath, dec, enc, caps, lens)
     assert ok, why
     grads = []
     for fast in (None, fastpath):
@@ -230,7 +231,12 @@ def test_fast_path_is_refused_for_a_decoder_that_computes_something_else():
     )
     dec.one_step = lambda emb, enc, h, c: DecoderWithAttention.one_step(dec, emb * 2, enc, h, c)
     ok, why = fast_path_matches(
-        fastpath, dec, torch.randn(2, 3, 3, 6), torch.randint(1, 30, (2, 5, 9)), torch.randint(3, 10, (2, 5))
+        decoder_scores,
+        fastpath,
+        dec,
+        torch.randn(2, 3, 3, 6),
+        torch.randint(1, 30, (2, 5, 9)),
+        torch.randint(3, 10, (2, 5)),
     )
     assert not ok and "differ" in why
 

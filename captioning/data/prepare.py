@@ -31,13 +31,12 @@ from pathlib import Path
 
 from captioning.data.images import CHUNK, die_with_parent
 from captioning.data.images_h5 import write_images
+from captioning.data.karpathy import SPLIT_OF, check_duplicates, load_records, relative_path
 from captioning.data.manifest import set_id_of, write_manifest
 from captioning.internals.errors import KitError
 from captioning.internals.locks import DATA_LOCK, folder_lock
 
 SPLITS = ("TRAIN", "VAL", "TEST")
-# Karpathy's "restval" is the part of COCO val2014 that is not in his 5k val / 5k test: it is training data.
-SPLIT_OF = {"train": "TRAIN", "restval": "TRAIN", "val": "VAL", "test": "TEST"}
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<start>", "<end>")
 TMP_PREFIX = ".tmp-"
 MAX_EXAMPLES = 5  # how many offending file names an error message lists
@@ -48,77 +47,7 @@ def base_name(dataset: str, captions_per_image: int, min_word_freq: int) -> str:
     return f"{dataset}_{captions_per_image}_cap_per_img_{min_word_freq}_min_word_freq"
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Reading and checking the Karpathy JSON
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _load_karpathy_json(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise KitError(
-            f"Karpathy JSON file {path} does not exist. Download caption_datasets.zip (dataset_coco.json, "
-            "dataset_flickr8k.json, ...) or generate one with `python -m captioning shapes --out DIR`."
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise KitError(
-            f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (character {e.pos}). "
-            "The file is probably truncated or edited by hand; download or generate it again."
-        ) from e
-    except UnicodeDecodeError as e:
-        raise KitError(f"{path} is not UTF-8 text (byte {e.start}); is it really the Karpathy JSON?") from e
-    except OSError as e:
-        raise KitError(f"cannot read {path}: {e.strerror or e}") from e
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise KitError(
-            f'{path} has no top-level "images" list; expected the Karpathy format '
-            '{"images": [{"filename": ..., "split": ..., "sentences": [{"tokens": [...]}]}, ...]}'
-        )
-    return data["images"]
-
-
-def _check_record(rec, index: int, path: Path) -> None:
-    """Raise KitError naming the record and field if ``rec`` is not a usable Karpathy image record."""
-    if not isinstance(rec, dict):
-        raise KitError(f'record {index} of "images" in {path} is a {type(rec).__name__}, not an object')
-    name = rec.get("filename")
-    where = f'record {index} (filename {name!r}) of "images" in {path}'
-    if not isinstance(name, str) or not name:
-        raise KitError(f'record {index} of "images" in {path} has no "filename" string (got {name!r})')
-    if "filepath" in rec and not isinstance(rec["filepath"], str):
-        raise KitError(f'{where}: "filepath" must be a string, got {rec["filepath"]!r}')
-    if "split" not in rec:
-        raise KitError(f'{where} has no "split" field (one of {sorted(SPLIT_OF)})')
-    if not isinstance(rec["split"], str) or rec["split"] not in SPLIT_OF:
-        raise KitError(f"{where} has split {rec['split']!r}; expected one of {sorted(SPLIT_OF)}")
-    sentences = rec.get("sentences")
-    if not isinstance(sentences, list):
-        raise KitError(f'{where} has no "sentences" list (got {sentences!r:.60})')
-    for k, s in enumerate(sentences):
-        tokens = s.get("tokens") if isinstance(s, dict) else None
-        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            raise KitError(f'{where}: sentence {k} has no "tokens" list of strings (got {s!r:.80})')
-    objects = rec.get("objects", [])
-    if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
-        raise KitError(f'{where}: "objects" must be a list of objects, got {objects!r:.80}')
-    for o in objects:
-        box = o.get("bbox")
-        if box is not None and (
-            not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box)
-        ):
-            raise KitError(f"{where}: object bbox must be [x0, y0, x1, y1] numbers, got {box!r:.80}")
-
-
-def _relative_path(rec: dict) -> str:
-    # COCO records say which folder (train2014 / val2014) the file is in; Flickr records have no filepath.
-    return f"{rec['filepath']}/{rec['filename']}" if rec.get("filepath") else rec["filename"]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Word map and caption encoding
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------- word map and caption encoding
 
 
 def build_word_map(captions, min_word_freq: int) -> dict[str, int]:
@@ -187,9 +116,7 @@ def choose_captions(captions: list[list[str]], cpi: int, rng: random.Random) -> 
     return rng.sample(captions, cpi)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Writing
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------ writing
 
 
 def _write_json(tmp_path: Path, obj) -> None:
@@ -245,9 +172,9 @@ def _group_by_split(records, image_folder, max_len):
     whose file is missing)."""
     items = {s: [] for s in SPLITS}
     too_long, no_captions, missing = 0, [], []
-    split_of = _check_duplicates(records)
+    split_of = check_duplicates(records)
     for rec in records:
-        rel = _relative_path(rec)
+        rel = relative_path(rec)
         if split_of.pop(rel, None) is None:  # a later record of an image already taken: stored once
             continue
         tokens = [s["tokens"] for s in rec["sentences"]]
@@ -264,32 +191,6 @@ def _group_by_split(records, image_folder, max_len):
             {"path": str(path), "image_id": rel, "captions": kept, "objects": rec.get("objects", [])}
         )
     return items, too_long, no_captions, missing
-
-
-def _check_duplicates(records):
-    """{image path: its first split}. An image listed twice is stored once (the first record); one listed in two
-    splits leaks the test (or validation) data into training: both are reported on stderr, not silently kept."""
-    first, repeats, leaks = {}, [], []
-    for rec in records:
-        rel, split = _relative_path(rec), SPLIT_OF[rec["split"]]
-        if rel not in first:
-            first[rel] = split
-        elif first[rel] == split:
-            repeats.append(rel)
-        else:
-            leaks.append(f"{rel} ({first[rel]} and {split})")
-    for what, names in (
-        ("is listed more than once; only its first record is used", repeats),
-        (
-            "is in two splits (a leak: the model is tested on an image it trained on, or validated "
-            "on one); only its first record is used",
-            leaks,
-        ),
-    ):
-        if names:
-            shown = ", ".join(names[:MAX_EXAMPLES]) + (" …" if len(names) > MAX_EXAMPLES else "")
-            print(f"warning: {len(names)} image(s) {what}: {shown}", file=sys.stderr, flush=True)
-    return first
 
 
 def _check_splits(items, records, missing, skip_missing, json_path, image_folder, max_len):
@@ -383,9 +284,7 @@ def _write_all(output_folder, base, items, word_map, cpi, max_len, image_size, s
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Public entry point
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------- public entry point
 
 
 def create_input_files(
@@ -423,14 +322,7 @@ def create_input_files(
     t0 = time.time()
     workers = _check_arguments(dataset, captions_per_image, min_word_freq, max_len, image_size, workers)
     json_path, image_folder, output_folder = Path(karpathy_json_path), Path(image_folder), Path(output_folder)
-    records = _load_karpathy_json(json_path)
-    for i, rec in enumerate(records):
-        _check_record(rec, i, json_path)
-    if not image_folder.is_dir():
-        raise KitError(
-            f"image folder {image_folder} does not exist or is not a folder. Pass the folder that the "
-            f'"filepath"/"filename" entries of {json_path.name} are relative to.'
-        )
+    records = load_records(json_path, image_folder)
     items, too_long, no_captions, missing = _group_by_split(records, image_folder, max_len)
     _check_splits(items, records, missing, skip_missing, json_path, image_folder, max_len)
     word_map = build_word_map((c for it in items["TRAIN"] for c in it["captions"]), min_word_freq)

@@ -77,9 +77,7 @@ def cells_in_box(bbox, image_size: float, side: int) -> np.ndarray:
     return ((centres >= y0) & (centres < y1))[:, None] & ((centres >= x0) & (centres < x1))[None, :]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Scene layout (main process, one seeded random.Random for the whole dataset)
-# ----------------------------------------------------------------------------------------------------------------
+# ---------------------------------------- scene layout (main process, one seeded random.Random for the whole dataset)
 
 
 def _place_objects(rng: random.Random, size: int, n_objects: int) -> list[dict]:
@@ -130,9 +128,7 @@ def _background(rng: random.Random) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Captions
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------- captions
 
 
 def _groups(objects: list[dict]) -> list[list[dict]]:
@@ -255,9 +251,7 @@ def _captions(rng: random.Random, objects: list[dict], tone: str, image_size: in
     raise AssertionError(f"could not draw {CAPTIONS_PER_IMAGE} distinct captions for {objects}")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Drawing (worker processes; pure function of the job tuple)
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------- drawing (worker processes; pure function of the job tuple)
 
 
 def _polygon(shape: str, box) -> list[tuple[float, float]]:
@@ -321,9 +315,7 @@ def _render(job) -> None:
     out.save(path, "JPEG", quality=95, subsampling=0)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Public entry point
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------- public entry point
 
 
 def generate_shapes(out_dir, n_train=1000, n_val=100, n_test=100, image_size=256, seed=0) -> pathlib.Path:

@@ -64,37 +64,14 @@ def evaluate(
     check_value("beam_size", beam_size, _int(1))
     if out:
         check_file(out, "out")
-    ckpt = load_checkpoint(checkpoint)
-    encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
+    ckpt, encoder, decoder, word_map, cfg = _checked_models(checkpoint, device, data_folder, data_name)
     length_penalty = cfg["length_penalty"] if length_penalty is None else length_penalty
-    for key in ("encoder_state", "decoder_state", "encoder_optimizer", "decoder_optimizer"):
-        ckpt.pop(key, None)  # loaded into the models: the copies would only add to the peak memory
     data_folder = data_folder or data_folder_of(cfg, checkpoint)
     data_name = data_name or cfg["data_name"]
-    data_wm = load_word_map(data_folder, data_name)
-    if word_map_id(data_wm) != ckpt["word_map_id"]:
-        raise KitError(
-            f"checkpoint '{checkpoint}' was trained with another word map than the data in "
-            f"'{data_folder}' ({data_name}): evaluate it on the data it was trained on"
-        )
     rev = {v: k for k, v in word_map.items()}
     # folded once, and the unfolded weights freed: the copy stands for them in the cache key too
     encoder = encoder.for_inference()
-    cached = not cfg["fine_tune_encoder"]
-    features = (
-        build_feature_cache(encoder, data_folder, data_name, split, device=device, progress=progress, required=False)
-        if cached
-        else None
-    )
-    if cached and features is None:
-        print(
-            f"note: no feature cache can be written in {data_folder} (not writable): encoding the {split} images "
-            f"batch by batch instead",
-            file=sys.stderr,
-            flush=True,
-        )
-        cached = False
-    data = ImageCaptions(data_folder, data_name, split, features=features, limit=max_images)
+    data, cached = _split_data(encoder, cfg, data_folder, data_name, split, device, max_images, progress)
     loader = DataLoader(data, batch_size=batch_images, shuffle=False, num_workers=0)
     refs, hyps, rows, all_alphas = [], [], [], []
     for x, caps, _ in tqdm(loader, desc=f"{split.lower()} beam {beam_size}", disable=not progress):
@@ -128,19 +105,59 @@ def evaluate(
     if decoder.has_attention and any(objects):
         image_size = data.image_shape[-1]
         result["grounding"] = grounding(hyps, all_alphas, objects, rev, image_size)
-    result["coco"] = None
-    if coco:
-        from captioning.evaluation.cocoeval import coco_metrics
-
-        plain = lambda text: text.replace("<unk>", "unk")  # noqa: E731  (keep the tokenizer off '<', '>')
-        result["coco"] = coco_metrics(
-            {i: [plain(r) for r in row["references"]] for i, row in enumerate(rows)},
-            {i: plain(row["caption"]) for i, row in enumerate(rows)},
-        )
+    result["coco"] = _coco(rows) if coco else None
     result["captions"] = rows
     if out:
         write_json(result, out, "out")
     return result
+
+
+def _checked_models(checkpoint, device, data_folder, data_name):
+    """(ckpt without its weights, encoder, decoder, word_map, cfg); a KitError when the data's word map is not
+    the checkpoint's."""
+    ckpt = load_checkpoint(checkpoint)
+    encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
+    for key in ("encoder_state", "decoder_state", "encoder_optimizer", "decoder_optimizer"):
+        ckpt.pop(key, None)  # loaded into the models: the copies would only add to the peak memory
+    data_folder = data_folder or data_folder_of(cfg, checkpoint)
+    data_name = data_name or cfg["data_name"]
+    if word_map_id(load_word_map(data_folder, data_name)) != ckpt["word_map_id"]:
+        raise KitError(
+            f"checkpoint '{checkpoint}' was trained with another word map than the data in "
+            f"'{data_folder}' ({data_name}): evaluate it on the data it was trained on"
+        )
+    return ckpt, encoder, decoder, word_map, cfg
+
+
+def _split_data(encoder, cfg, data_folder, data_name, split, device, max_images, progress):
+    """(ImageCaptions of ``split``, whether it reads the feature cache). The cache is built on first use when the
+    encoder is frozen; a data folder that cannot be written means encoding batch by batch."""
+    cached = not cfg["fine_tune_encoder"]
+    features = None
+    if cached:
+        features = build_feature_cache(
+            encoder, data_folder, data_name, split, device=device, progress=progress, required=False
+        )
+    if cached and features is None:
+        print(
+            f"note: no feature cache can be written in {data_folder} (not writable): encoding the {split} images "
+            f"batch by batch instead",
+            file=sys.stderr,
+            flush=True,
+        )
+        cached = False
+    return ImageCaptions(data_folder, data_name, split, features=features, limit=max_images), cached
+
+
+def _coco(rows):
+    """pycocoevalcap's scores of the generated captions against the references (``cocoeval``)."""
+    from captioning.evaluation.cocoeval import coco_metrics
+
+    plain = lambda text: text.replace("<unk>", "unk")  # noqa: E731  (keep the tokenizer off '<', '>')
+    return coco_metrics(
+        {i: [plain(r) for r in row["references"]] for i, row in enumerate(rows)},
+        {i: plain(row["caption"]) for i, row in enumerate(rows)},
+    )
 
 
 def _image_records(images_path, n):

@@ -80,12 +80,10 @@ def folder_lock(folder, name, wait=True, what="this folder"):
 
 def training_lock(cfg):
     """One training run per decoder, data and output folder: a second ``fit`` that would overwrite the first's
-    checkpoints stops at once, naming it. Under torchrun only rank 0 (the one that writes) takes it."""
+    checkpoints stops at once, naming it. Under torchrun only rank 0 (the one that writes) takes it. The caller
+    has made ``cfg["output_dir"]`` (``config.make_output_dir``)."""
     if int(os.environ.get("RANK", "0")) != 0:
         return contextlib.nullcontext()
-    from captioning.config import make_output_dir  # here: prepare imports this module, and need not load torch
-
-    make_output_dir(cfg)
     return folder_lock(
         cfg["output_dir"],
         f"train-{cfg['decoder']}-{cfg['data_name']}",

@@ -18,6 +18,8 @@ import os
 import warnings
 from importlib.metadata import distributions
 
+import torch
+
 GROUP = "captioning.plugins"
 DISABLE_ENV = "CAPTIONING_PLUGINS"
 _loaded = {}
@@ -63,3 +65,30 @@ def reload():
     for name, module in list(_loaded.items()):
         if module is not None:
             _loaded[name] = importlib.reload(module)
+
+
+@torch.no_grad()
+def fast_path_matches(decoder_scores, fast, decoder, encoder_out, captions, caplens, rtol=1e-4, atol=1e-5):
+    """Does the plug-in ``fast`` give the decoder's own ``forward`` scores on this batch (eval mode)?
+    ``decoder_scores`` is ``captioning.solver.decoder_scores`` (passed in: nothing here imports the course layer).
+
+    Args: encoder_out (B, S, S, C); captions (B, cpi, T); caplens (B, cpi). Returns: (ok, reason).
+    """
+    was = decoder.training
+    decoder.eval()
+    try:
+        ref, ref_t, ref_a = decoder_scores(decoder, encoder_out.float(), captions, caplens)
+        got, got_t, got_a = decoder_scores(decoder, encoder_out.float(), captions, caplens, fast=fast)
+    except Exception as e:  # a decoder of another shape: not the plug-in's to speed up
+        return False, f"{type(e).__name__}: {e}"
+    finally:
+        decoder.train(was)
+    if ref.shape != got.shape or not torch.equal(ref_t, got_t):
+        return False, "different output shapes"
+    if not torch.allclose(ref, got, rtol=rtol, atol=atol):
+        return False, f"scores differ by up to {(ref - got).abs().max().item():.3g}"
+    if (ref_a is None) != (got_a is None) or (
+        ref_a is not None and not torch.allclose(ref_a.sum(dim=1), got_a.sum(dim=1), rtol=rtol, atol=atol)
+    ):
+        return False, "attention weights differ"
+    return True, ""
