@@ -2,7 +2,7 @@
 
 * ``CaptionDataset`` — the course's API: one item per caption (below).
 * ``ImageCaptions`` — what training reads: one item per *image* with all its captions, the image side read either
-  from the prepared HDF5 (pixels, when the encoder is fine-tuned) or from the feature cache (``features.py``).
+  from the prepared HDF5 (pixels, when the encoder is fine-tuned) or from the feature cache (``data/features.py``).
 
 One item per caption (N images x cpi captions); item i belongs to image i // cpi::
 
