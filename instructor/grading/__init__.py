@@ -8,6 +8,7 @@
   and the run's secret seed (``journal.py``) and writes the outputs (``outputs.py``: grades.csv, feedback/,
   summary.md, …);
 * ``job.py`` — one submission: its sandbox folder, its process, the hidden tests run against it, its result;
+  ``sandbox_outputs.py`` — what comes back from its sandbox (messages, log tails, notebook numbers), made safe;
 * ``sandbox.py`` — the OS sandbox (bubblewrap namespaces, cgroup limits, resource limits); ``seccomp.py`` — its
   seccomp filter (no keyring, no new namespaces); ``escapes.py`` — ``--check-sandbox``;
 * ``remote.py`` — the grader's end of the pipes to a submission's process; ``wire.py`` — their message format;

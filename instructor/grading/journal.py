@@ -28,6 +28,7 @@ SCORING_FILES = (
     "child.py",
     "wire.py",
     "job.py",
+    "sandbox_outputs.py",
     "remote.py",
 )
 
