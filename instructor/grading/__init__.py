@@ -13,6 +13,7 @@
   seccomp filter (no keyring, no new namespaces); ``escapes.py`` — ``--check-sandbox``;
 * ``remote.py`` — the grader's end of the pipes to a submission's process; ``wire.py`` — their message format;
 * ``child.py`` — runs inside the sandbox: does what the grader asks with the student's code, returns raw outputs;
+  ``child_errors.py`` — its names for what went wrong (timeouts, memory, the student's exceptions);
 * ``hidden_tests.py`` — the hidden tests, one region each (``hidden_init_tests.py``: those of the ``__init__``
   regions, scored by behaviour; ``hidden_harness.py``: their registry, comparisons and ``Context``);
   ``rubric.toml`` — their points; ``rubric.py`` loads and checks it;

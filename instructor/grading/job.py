@@ -1,8 +1,9 @@
 """Grading ONE submission: its sandbox folder, its process, the hidden tests run against it, its result.
 
 The sandbox folder holds only what students have anyway: the student edition's ``captioning/`` package with the
-submission's ``models.py``, the child script (``child.py`` as ``_grade_child.py``) and the message format
-(``wire.py`` as ``_wire.py``). The hidden tests and the reference run here, in the grader's process.
+submission's ``models.py``, the child script (``child.py`` as ``_grade_child.py``, with ``child_errors.py`` as
+``_child_errors.py``) and the message format (``wire.py`` as ``_wire.py``). The hidden tests and the reference run
+here, in the grader's process.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def build_sandbox(sub, folder, edition, with_notebooks=False):
     shutil.copyfile(sub.models, folder / "captioning" / "models.py")
     shutil.copyfile(HERE / "child.py", folder / "_grade_child.py")
     shutil.copyfile(HERE / "wire.py", folder / "_wire.py")
+    shutil.copyfile(HERE / "child_errors.py", folder / "_child_errors.py")
     if with_notebooks:
         shutil.copytree(edition / "notebooks", folder / "notebooks")
         (folder / "instructor").mkdir()

@@ -26,6 +26,7 @@ SCORING_FILES = (
     "hidden_init_tests.py",
     "hidden_harness.py",
     "child.py",
+    "child_errors.py",
     "wire.py",
     "job.py",
     "sandbox_outputs.py",
