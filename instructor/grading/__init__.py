@@ -15,7 +15,8 @@
 * ``child.py`` — runs inside the sandbox: does what the grader asks with the student's code, returns raw outputs;
   ``child_errors.py`` — its names for what went wrong (timeouts, memory, the student's exceptions);
 * ``hidden_tests.py`` — the hidden tests, one region each (``hidden_init_tests.py``: those of the ``__init__``
-  regions, scored by behaviour; ``hidden_harness.py``: their registry, comparisons and ``Context``);
+  regions, scored by behaviour; ``hidden_attention_tests.py``: those of ``Attention.forward``;
+  ``hidden_harness.py``: their registry, comparisons and ``Context``; ``hidden_checks.py``: what they share);
   ``rubric.toml`` — their points; ``rubric.py`` loads and checks it;
 * ``submissions.py`` — finds the submissions (folders / .zip) and copies out, checked, the files grading needs.
 """
