@@ -334,7 +334,8 @@ def main():
     server = Server(fd_in, fd_out, models_path)
     import captioning.internals.errors  # noqa: F401  (the sandbox's package, not an installed one)
 
-    if os.path.dirname(os.path.abspath(captioning.internals.errors.__file__)) != os.path.join(here, "captioning"):
+    sandbox_errors = os.path.join(here, "captioning", "internals")  # where the sandbox holds errors.py
+    if os.path.dirname(os.path.abspath(captioning.internals.errors.__file__)) != sandbox_errors:
         server.send({"fatal": f"captioning was imported from {captioning.internals.errors.__file__}, not the sandbox"})
         return
     # From here on the student's code may run: tighten the address-space limit to what is mapped now plus the
