@@ -60,12 +60,10 @@ def demo_settings(overrides):
 
 def run_demo(out="outputs/demo", progress=True, **overrides):
     """Run the whole demo; returns the summary dict (also written to ``out/summary.json``/``summary.md``)."""
-    from captioning.checkpoints import history_of
-    from captioning.data.prepare import create_input_files
-    from captioning.data.shapes import generate_shapes
     from captioning.evaluation.evaluate import caption_images, evaluate
     from captioning.evaluation.figures import caption_figure, save, training_curves
     from captioning.internals.atomic import write_json
+    from captioning.checkpoints import history_of
     from captioning.solver import fit
 
     p = demo_settings(overrides)
@@ -73,48 +71,9 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
     os.makedirs(out, exist_ok=True)
     t_start = time.time()
 
-    _log(
-        f"1/{STEPS} generating the shapes dataset ({p['n_train']}/{p['n_val']}/{p['n_test']} images, "
-        f"{p['image_size']} px)"
-    )
-    raw = os.path.join(out, "shapes")
-    karpathy = generate_shapes(
-        raw, n_train=p["n_train"], n_val=p["n_val"], n_test=p["n_test"], image_size=p["image_size"], seed=p["seed"]
-    )
-    _log(f"2/{STEPS} preparing HDF5/JSON input files")
-    data_folder = os.path.join(out, "data")
-    info = create_input_files(
-        "shapes",
-        karpathy,
-        raw,
-        captions_per_image=5,
-        min_word_freq=5,
-        output_folder=data_folder,
-        max_len=50,
-        image_size=p["image_size"],
-        seed=p["seed"],
-    )
+    raw, karpathy, data_folder, info = _make_data(out, p)
     data_name = info["data_name"]
-
-    pretraining = None
-    if p["encoder"] == "shapes_cnn":
-        from captioning.data.pretrain import STRIDE, ensure_encoder
-
-        _log(
-            f"3/{STEPS} pretraining the shapes_cnn encoder on the boxes of {p['pretrain_images']} TRAIN images "
-            f"({p['pretrain_epochs']} epochs)"
-        )
-        pretraining = ensure_encoder(
-            data_folder, data_name, p["pretrain_epochs"], seed=p["seed"], images=p["pretrain_images"], progress=progress
-        )
-        encoder = {
-            "encoder": "shapes_cnn",
-            "encoder_weights": pretraining["path"],
-            "encoded_image_size": p["image_size"] // STRIDE,
-        }
-    else:
-        _log(f"3/{STEPS} random-initialised ResNet-101 (BatchNorm recalibrated when training starts)")
-        encoder = {"encoder": "resnet101", "encoder_weights": None, "encoded_image_size": p["image_size"] // 32}
+    pretraining, encoder = _make_encoder(p, data_folder, data_name, progress)
 
     common = {
         "data_folder": data_folder,
@@ -155,12 +114,81 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
     )
 
     _log(f"7/{STEPS} writing the report")
+    summary = _summary(p, info, pretraining, runs, tests, examples, (time.time() - t_start) / 60)
+    from instructor.report import make_report
+
+    summary["report"] = make_report([out], os.path.join(out, "report"))
+    write_json(summary, os.path.join(out, "summary.json"))
+    table = summary_table(summary)
+    with open(os.path.join(out, "summary.md"), "w") as fh:
+        fh.write(table + "\n")
+    print(table)
+    return summary
+
+
+def _make_data(out, p):
+    """Steps 1-2: the shapes dataset under ``out/shapes`` and its input files under ``out/data``; (raw folder, its
+    Karpathy-style split file, data folder, ``create_input_files``'s info)."""
+    from captioning.data.prepare import create_input_files
+    from captioning.data.shapes import generate_shapes
+
+    _log(
+        f"1/{STEPS} generating the shapes dataset ({p['n_train']}/{p['n_val']}/{p['n_test']} images, "
+        f"{p['image_size']} px)"
+    )
+    raw = os.path.join(out, "shapes")
+    karpathy = generate_shapes(
+        raw, n_train=p["n_train"], n_val=p["n_val"], n_test=p["n_test"], image_size=p["image_size"], seed=p["seed"]
+    )
+    _log(f"2/{STEPS} preparing HDF5/JSON input files")
+    data_folder = os.path.join(out, "data")
+    info = create_input_files(
+        "shapes",
+        karpathy,
+        raw,
+        captions_per_image=5,
+        min_word_freq=5,
+        output_folder=data_folder,
+        max_len=50,
+        image_size=p["image_size"],
+        seed=p["seed"],
+    )
+    return raw, karpathy, data_folder, info
+
+
+def _make_encoder(p, data_folder, data_name, progress):
+    """Step 3: the encoder every decoder shares; (the shapes_cnn pretraining's record or None, the encoder's
+    settings for the training configs)."""
+    pretraining = None
+    if p["encoder"] == "shapes_cnn":
+        from captioning.data.pretrain import STRIDE, ensure_encoder
+
+        _log(
+            f"3/{STEPS} pretraining the shapes_cnn encoder on the boxes of {p['pretrain_images']} TRAIN images "
+            f"({p['pretrain_epochs']} epochs)"
+        )
+        pretraining = ensure_encoder(
+            data_folder, data_name, p["pretrain_epochs"], seed=p["seed"], images=p["pretrain_images"], progress=progress
+        )
+        encoder = {
+            "encoder": "shapes_cnn",
+            "encoder_weights": pretraining["path"],
+            "encoded_image_size": p["image_size"] // STRIDE,
+        }
+    else:
+        _log(f"3/{STEPS} random-initialised ResNet-101 (BatchNorm recalibrated when training starts)")
+        encoder = {"encoder": "resnet101", "encoder_weights": None, "encoded_image_size": p["image_size"] // 32}
+    return pretraining, encoder
+
+
+def _summary(p, info, pretraining, runs, tests, examples, total_minutes):
+    """The demo's summary dict (without its report): settings, data, and per decoder its training and TEST scores."""
     summary = {
         "settings": p,
-        "data_name": data_name,
+        "data_name": info["data_name"],
         "encoder_pretraining": pretraining,
         "vocab_size": info.get("vocab_size"),
-        "total_minutes": (time.time() - t_start) / 60,
+        "total_minutes": total_minutes,
         "decoders": {},
         "examples": examples,
     }
@@ -174,14 +202,6 @@ def run_demo(out="outputs/demo", progress=True, **overrides):
             "grounding": t["grounding"],
             "checkpoint": run["fit"]["best_checkpoint"],
         }
-    from instructor.report import make_report
-
-    summary["report"] = make_report([out], os.path.join(out, "report"))
-    write_json(summary, os.path.join(out, "summary.json"))
-    table = summary_table(summary)
-    with open(os.path.join(out, "summary.md"), "w") as fh:
-        fh.write(table + "\n")
-    print(table)
     return summary
 
 

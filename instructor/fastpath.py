@@ -164,41 +164,19 @@ class _AttentionLSTM(torch.autograd.Function):
                 m = dh_next.size(0)
                 dh[:m] += dh_next
                 dc[:m] += dc_next
-            ig, fg, gg, og = gates_all[sl].chunk(4, dim=1)
-            tc, cp = tc_all[sl], cp_all[sl]
             dgates = dg_all[sl]
-            d_i, d_f, d_g, d_o = dgates.chunk(4, dim=1)
-            torch.mul(dh, tc, out=d_o).mul_(og * (1 - og))
-            dc.addcmul_(dh, og * (1 - tc * tc))
-            torch.mul(dc, gg, out=d_i).mul_(ig * (1 - ig))
-            torch.mul(dc, cp, out=d_f).mul_(fg * (1 - fg))
-            torch.mul(dc, ig, out=d_g).mul_(1 - gg * gg)
-            dcp = dc.mul_(fg)
+            dcp = _lstm_cell_backward(dh, dc, gates_all[sl], tc_all[sl], cp_all[sl], dgates)
             dz = dgates @ w_iz  # (n, C)
             dhp = dgates @ w_hh  # (n, D)
             g, cv, alpha = g_all[sl], ctx_all[sl], al_all[sl]
             torch.mul(dz, cv, out=dgp_all[sl]).mul_(g * (1 - g))
             dhp.addmm_(dgp_all[sl], w_fb)
             dctx = dz.mul_(g)
-            d_alpha = new(n, p_dim)
-            for i, idx in groups[t]:
-                d_alpha[idx] = dctx[idx] @ enc[i].t()
-                if d_enc is not None:
-                    d_enc[i].addmm_(alpha[idx].t(), dctx[idx])
-            if d_alphas is not None:
-                d_alpha += d_alphas[:n, t]
-            de = (d_alpha - (d_alpha * alpha).sum(dim=1, keepdim=True)).mul_(alpha)  # softmax backward
-            d_b_att += de.sum()
-            a2, da2 = a2_all[sl], da2_all[sl]
-            for i, idx in groups[t]:
-                m = idx.numel()
-                x = torch.add(att1[i], a2[idx].unsqueeze(1), out=buf[:m]).relu_()  # recomputed
-                de_i = de[idx]
-                d_w_att.addmv_(x.view(m * p_dim, a_dim).t(), de_i.reshape(-1))
-                x = x.sign_().mul_(w).mul_(de_i.unsqueeze(2))  # d pre-activation (m, P, A)
-                if d_att1 is not None:
-                    d_att1[i] += x.sum(dim=0)
-                da2[idx] = x.sum(dim=1)
+            d_alpha_t = d_alphas[:n, t] if d_alphas is not None else None
+            da2 = da2_all[sl]
+            _attention_backward(
+                groups[t], dctx, d_alpha_t, alpha, a2_all[sl], att1, enc, w, buf, da2, (d_att1, d_enc, d_w_att, d_b_att)
+            )
             dhp.addmm_(da2, w_da)
             dh_next, dc_next = dhp, dcp
         grads = {
@@ -218,6 +196,53 @@ class _AttentionLSTM(torch.autograd.Function):
         out = [d_att1, d_enc, dg_all if need[2] else None, dh0, dc0]
         out += [grads[k]() if need[k] else None for k in range(5, 13)]
         return (*out, None, None)
+
+
+def _lstm_cell_backward(dh, dc, gates, tc, cp, dgates):
+    """Backward of one LSTM step for its n running captions (nn.LSTMCell's gate order i, f, g, o).
+
+    dh, dc (n, D): the gradients of the step's h and c (``dc`` is updated in place and returned as the gradient of
+    the previous cell state); gates (n, 4D): the activated gates; tc (n, D) = tanh(c); cp (n, D): the previous cell
+    state. Writes into ``dgates`` (n, 4D) the gradient of the gate pre-activations."""
+    ig, fg, gg, og = gates.chunk(4, dim=1)
+    d_i, d_f, d_g, d_o = dgates.chunk(4, dim=1)
+    torch.mul(dh, tc, out=d_o).mul_(og * (1 - og))
+    dc.addcmul_(dh, og * (1 - tc * tc))
+    torch.mul(dc, gg, out=d_i).mul_(ig * (1 - ig))
+    torch.mul(dc, cp, out=d_f).mul_(fg * (1 - fg))
+    torch.mul(dc, ig, out=d_g).mul_(1 - gg * gg)
+    return dc.mul_(fg)
+
+
+def _attention_backward(groups_t, dctx, d_alpha_t, alpha, a2, att1, enc, w, buf, da2, acc):
+    """Backward of one step's attention, ctx = Σ_p α_p enc_p with α = softmax(att(relu(att1 + a2))), for its n
+    running captions, image by image (``groups_t``: (image, caption rows) pairs).
+
+    dctx (n, C): the gradient of the context; d_alpha_t (n, P) or None: that of α; alpha (n, P), a2 (n, A): the
+    step's saved activations; att1 (B, P, A), enc (B, P, C); w (A,) = att's weight; buf: scratch (≥ m, P, A).
+    Writes into ``da2`` (n, A) the gradient of a2; adds into ``acc`` = (d_att1 (B, P, A) or None, d_enc (B, P, C)
+    or None, d_w_att (A,), d_b_att ()), accumulated over the steps."""
+    d_att1, d_enc, d_w_att, d_b_att = acc
+    n, p_dim = alpha.shape
+    a_dim = att1.size(2)
+    d_alpha = dctx.new_empty(n, p_dim)
+    for i, idx in groups_t:
+        d_alpha[idx] = dctx[idx] @ enc[i].t()
+        if d_enc is not None:
+            d_enc[i].addmm_(alpha[idx].t(), dctx[idx])
+    if d_alpha_t is not None:
+        d_alpha += d_alpha_t
+    de = (d_alpha - (d_alpha * alpha).sum(dim=1, keepdim=True)).mul_(alpha)  # softmax backward
+    d_b_att.add_(de.sum())  # in place: the caller's accumulator
+    for i, idx in groups_t:
+        m = idx.numel()
+        x = torch.add(att1[i], a2[idx].unsqueeze(1), out=buf[:m]).relu_()  # recomputed
+        de_i = de[idx]
+        d_w_att.addmv_(x.view(m * p_dim, a_dim).t(), de_i.reshape(-1))
+        x = x.sign_().mul_(w).mul_(de_i.unsqueeze(2))  # d pre-activation (m, P, A)
+        if d_att1 is not None:
+            d_att1[i] += x.sum(dim=0)
+        da2[idx] = x.sum(dim=1)
 
 
 def _groups(img, running):

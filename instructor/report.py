@@ -93,29 +93,7 @@ def make_report(run_dirs, out):
     os.makedirs(out, exist_ok=True)
     md = ["# Experiment report", ""]
     tested = [r for r in runs if r["test"]]
-    if tested:
-        splits = {(r["test"]["split"], r["test"]["beam_size"]) for r in tested}
-        md += [
-            f"## Test results ({'; '.join(f'{s} split, beam {b}' for s, b in sorted(splits))})",
-            "",
-            "| model | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | COCO BLEU-4 | METEOR | ROUGE-L | CIDEr-D | "
-            "pointing game (chance) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in tested:
-            t, c, g = r["test"], r["test"].get("coco") or {}, r["test"].get("grounding")
-            gs = f"{g['all']:.2f} ({g['chance']:.2f})" if g and g.get("all") is not None else "—"
-            md.append(
-                f"| {r['name']} | {_fmt(t['bleu1'])} | {_fmt(t['bleu2'])} | {_fmt(t['bleu3'])} | "
-                f"{_fmt(t['bleu4'])} | {_fmt(c.get('bleu4'))} | {_fmt(c.get('meteor'))} | "
-                f"{_fmt(c.get('rouge_l'))} | {_fmt(c.get('cider_d'))} | {gs} |"
-            )
-        md += [
-            "",
-            "BLEU-1..4: nltk `corpus_bleu` on word indices against all references (the course's numbers). "
-            "COCO columns: pycocoevalcap on PTB-tokenised text.",
-            "",
-        ]
+    md += _test_results(tested)
     md += [
         "## Best hyper-parameters",
         "",
@@ -131,6 +109,47 @@ def make_report(run_dirs, out):
         os.path.join(out, "training_curves.png"),
     )
     md += ["", "## Training curves", "", f"![training curves]({os.path.basename(curves)})", ""]
+    md += _examples(tested)
+    md += _attention_figures(runs, out)
+    md_path = os.path.join(out, "report.md")
+    text = "\n".join(md) + "\n"
+    write_text(text, md_path)
+    _write_html(text, out)
+    return md_path
+
+
+def _test_results(tested):
+    """The markdown lines of the test-results table of the runs in ``tested`` (none when it is empty)."""
+    if not tested:
+        return []
+    splits = {(r["test"]["split"], r["test"]["beam_size"]) for r in tested}
+    md = [
+        f"## Test results ({'; '.join(f'{s} split, beam {b}' for s, b in sorted(splits))})",
+        "",
+        "| model | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | COCO BLEU-4 | METEOR | ROUGE-L | CIDEr-D | "
+        "pointing game (chance) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in tested:
+        t, c, g = r["test"], r["test"].get("coco") or {}, r["test"].get("grounding")
+        gs = f"{g['all']:.2f} ({g['chance']:.2f})" if g and g.get("all") is not None else "—"
+        md.append(
+            f"| {r['name']} | {_fmt(t['bleu1'])} | {_fmt(t['bleu2'])} | {_fmt(t['bleu3'])} | "
+            f"{_fmt(t['bleu4'])} | {_fmt(c.get('bleu4'))} | {_fmt(c.get('meteor'))} | "
+            f"{_fmt(c.get('rouge_l'))} | {_fmt(c.get('cider_d'))} | {gs} |"
+        )
+    md += [
+        "",
+        "BLEU-1..4: nltk `corpus_bleu` on word indices against all references (the course's numbers). "
+        "COCO columns: pycocoevalcap on PTB-tokenised text.",
+        "",
+    ]
+    return md
+
+
+def _examples(tested):
+    """The markdown lines of the example-captions table (first test images) of the tested runs that hold
+    captions; says which tested runs have none."""
     with_captions = [r for r in tested if r["test"].get("captions")]
     if len(with_captions) < len(tested):  # e.g. a notebook's test_*.metrics.json holds scores only
         print(
@@ -139,36 +158,39 @@ def make_report(run_dirs, out):
             + " (their test results hold scores only)"
         )
     tested = with_captions
-    if tested:
-        md += [
-            "## Examples (first test images)",
-            "",
-            "| image | " + " | ".join(r["name"] for r in tested) + " |",
-            "|---" * (len(tested) + 1) + "|",
-        ]
-        for i in range(min(5, min(len(r["test"]["captions"]) for r in tested))):
-            first = tested[0]["test"]["captions"][i]
-            md.append(
-                f"| {first.get('image_id', i)}<br>ref: {html.escape(first['references'][0])} | "
-                + " | ".join(html.escape(r["test"]["captions"][i]["caption"]) for r in tested)
-                + " |"
-            )
-        md.append("")
+    if not tested:
+        return []
+    md = [
+        "## Examples (first test images)",
+        "",
+        "| image | " + " | ".join(r["name"] for r in tested) + " |",
+        "|---" * (len(tested) + 1) + "|",
+    ]
+    for i in range(min(5, min(len(r["test"]["captions"]) for r in tested))):
+        first = tested[0]["test"]["captions"][i]
+        md.append(
+            f"| {first.get('image_id', i)}<br>ref: {html.escape(first['references'][0])} | "
+            + " | ".join(html.escape(r["test"]["captions"][i]["caption"]) for r in tested)
+            + " |"
+        )
+    md.append("")
+    return md
+
+
+def _attention_figures(runs, out):
+    """The markdown lines of the runs' figures (other than training curves), each copied into ``out``."""
     figs = [f for r in runs for f in r["figures"] if "training_curves" not in f]
-    if figs:
-        md += ["## Attention figures", ""]
-        for f in dict.fromkeys(figs):
-            name = os.path.basename(f)
-            target = os.path.join(out, name)
-            if os.path.abspath(f) != os.path.abspath(target):
-                with open(f, "rb") as src, open(target, "wb") as dst:
-                    dst.write(src.read())
-            md += [f"![{name}]({name})", ""]
-    md_path = os.path.join(out, "report.md")
-    text = "\n".join(md) + "\n"
-    write_text(text, md_path)
-    _write_html(text, out)
-    return md_path
+    if not figs:
+        return []
+    md = ["## Attention figures", ""]
+    for f in dict.fromkeys(figs):
+        name = os.path.basename(f)
+        target = os.path.join(out, name)
+        if os.path.abspath(f) != os.path.abspath(target):
+            with open(f, "rb") as src, open(target, "wb") as dst:
+                dst.write(src.read())
+        md += [f"![{name}]({name})", ""]
+    return md
 
 
 def _write_html(markdown, out):

@@ -511,7 +511,14 @@ def test_each_hint_fires_for_its_own_cause_only(batch):
 def test_feedback_never_quotes_hidden_tests(batch):
     here = Path(grader.__file__).parent
     src = "\n".join(
-        (here / name).read_text() for name in ("hidden_tests.py", "hidden_init_tests.py", "hidden_harness.py")
+        (here / name).read_text()
+        for name in (
+            "hidden_tests.py",
+            "hidden_init_tests.py",
+            "hidden_attention_tests.py",
+            "hidden_checks.py",
+            "hidden_harness.py",
+        )
     )
     code_lines = {
         ln.strip()

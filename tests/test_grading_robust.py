@@ -24,7 +24,7 @@ import torch
 from test_grading import REFERENCE, RUBRIC, STUDENT_EDITION, mutate, read_grades, write_sub
 
 from instructor.grading import batch as grader
-from instructor.grading import job, outputs, remote, submissions, wire
+from instructor.grading import job, outputs, remote, sandbox_outputs, submissions, wire
 from instructor.grading.sandbox import missing_layers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -185,7 +185,7 @@ def test_outputs_show_untrusted_text_without_acting_on_it(tmp_path):
 def test_a_huge_message_is_cut_once_and_stored_once(tmp_path):
     sub = submissions.Submission("big", tmp_path)
     r = job.result_dict(sub, RUBRIC, {}, "import-error", "models.py could not be imported: " + "x" * 2**20, 1.0)
-    assert len(r["message"]) < 2 * job.MAX_MESSAGE
+    assert len(r["message"]) < 2 * sandbox_outputs.MAX_MESSAGE
     assert all(len(t["message"]) < 200 for t in r["tests"].values())
     outputs.write_outputs(tmp_path / "out", [r], RUBRIC)
     sizes = sum(p.stat().st_size for p in (tmp_path / "out").rglob("*") if p.is_file())
@@ -201,12 +201,12 @@ def test_notebook_metrics_are_read_from_regular_files_only(tmp_path):
     secret = tmp_path / "secret.json"
     secret.write_text(json.dumps({"bleu4": 0.99}))
     os.symlink(secret, out / "link.metrics.json")
-    (out / "big.metrics.json").write_text(json.dumps({"bleu4": 0.5, "pad": "x" * (job.MAX_METRICS_BYTES + 1)}))
+    (out / "big.metrics.json").write_text(json.dumps({"bleu4": 0.5, "pad": "x" * (sandbox_outputs.MAX_METRICS_BYTES + 1)}))
     (out / "deep.metrics.json").write_text("[" * 100_000 + "]" * 100_000)
-    r = job.notebook_result(out, "error: \x1b[31mbad\n", 1, False)
+    r = sandbox_outputs.notebook_result(out, "error: \x1b[31mbad\n", 1, False)
     assert r["bleu4"] == {"train1": 0.25} and r["status"] == "failed" and "\x1b" not in r["message"]
     os.symlink(tmp_path, tmp_path / "linked_dir")  # the output folder itself a link: not followed
-    assert job.notebook_result(tmp_path / "linked_dir", "", 0, False)["bleu4"] == {}
+    assert sandbox_outputs.notebook_result(tmp_path / "linked_dir", "", 0, False)["bleu4"] == {}
 
 
 # ------------------------------------------------------------------------------- batch machinery, no processes
@@ -378,7 +378,7 @@ def test_one_batch_of_triggers_beside_correct_submissions(tmp_path):
     rnn_fwd = results["decode_lengths_none"]["tests"]["rnn_forward_eval"]["message"]
     assert "decode_lengths of type NoneType" in rnn_fwd
     assert "meta device" in results["meta_module"]["tests"]["attention_forward_eval"]["message"]
-    assert len(results["huge_import_message"]["message"]) < 2 * job.MAX_MESSAGE
+    assert len(results["huge_import_message"]["message"]) < 2 * sandbox_outputs.MAX_MESSAGE
     for sid in ("zip_not_utf8", "zip_corrupt_deflate", "zip_file_and_folder", "zip_long_name"):
         assert results[sid]["status"] == "bad-submission" and results[sid]["message"], sid
     _, rows = read_grades(out)

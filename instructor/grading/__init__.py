@@ -8,12 +8,15 @@
   and the run's secret seed (``journal.py``) and writes the outputs (``outputs.py``: grades.csv, feedback/,
   summary.md, …);
 * ``job.py`` — one submission: its sandbox folder, its process, the hidden tests run against it, its result;
+  ``sandbox_outputs.py`` — what comes back from its sandbox (messages, log tails, notebook numbers), made safe;
 * ``sandbox.py`` — the OS sandbox (bubblewrap namespaces, cgroup limits, resource limits); ``seccomp.py`` — its
   seccomp filter (no keyring, no new namespaces); ``escapes.py`` — ``--check-sandbox``;
 * ``remote.py`` — the grader's end of the pipes to a submission's process; ``wire.py`` — their message format;
 * ``child.py`` — runs inside the sandbox: does what the grader asks with the student's code, returns raw outputs;
+  ``child_errors.py`` — its names for what went wrong (timeouts, memory, the student's exceptions);
 * ``hidden_tests.py`` — the hidden tests, one region each (``hidden_init_tests.py``: those of the ``__init__``
-  regions, scored by behaviour; ``hidden_harness.py``: their registry, comparisons and ``Context``);
+  regions, scored by behaviour; ``hidden_attention_tests.py``: those of ``Attention.forward``;
+  ``hidden_harness.py``: their registry, comparisons and ``Context``; ``hidden_checks.py``: what they share);
   ``rubric.toml`` — their points; ``rubric.py`` loads and checks it;
 * ``submissions.py`` — finds the submissions (folders / .zip) and copies out, checked, the files grading needs.
 """

@@ -1,5 +1,5 @@
-"""The process that runs ONE submission's code — copied into its sandbox as ``_grade_child.py`` (with ``_wire.py``)
-and started there by the grader (``remote.py``):
+"""The process that runs ONE submission's code — copied into its sandbox as ``_grade_child.py`` (with ``_wire.py``
+and ``_child_errors.py``) and started there by the grader (``remote.py``):
 
     python -S _grade_child.py FD_IN FD_OUT MEMORY_MB
 
@@ -25,18 +25,13 @@ name their line in models.py and never quote another file.
 """
 
 import os
-import re
 import resource
 import signal
 import sys
 import time
-import traceback
 
-_ALLOC = re.compile(
-    r"can't allocate memory|not enough memory|DefaultCPUAllocator|bad_alloc|out of memory|"
-    r"Cannot allocate memory|failed to map segment",
-    re.IGNORECASE,
-)
+from _child_errors import classify, describe, on_alarm  # staged beside this script, like _wire.py
+
 SETTINGS = (
     "in_features",
     "out_features",
@@ -55,49 +50,6 @@ SETTINGS = (
     "dim",
     "normalized_shape",
 )
-
-
-class TestTimeout(BaseException):
-    """Raised when one request runs past its limit: SIGPROF after ``cpu_limit`` seconds of CPU time (so a busy
-    machine does not cost a correct submission its points), SIGALRM after ``limit`` seconds of wall-clock time (a
-    backstop for code that sleeps). A BaseException: ``except Exception`` in the student's code does not swallow
-    it. The grader kills the process if neither fires (the student's code may have changed the timers)."""
-
-    def __init__(self, clock="cpu"):
-        super().__init__(clock)
-        self.clock = clock
-
-
-def _on_alarm(signum, frame):
-    raise TestTimeout("cpu" if signum == signal.SIGPROF else "wall")
-
-
-def classify(e):
-    if isinstance(e, TestTimeout):
-        return "timeout"
-    if isinstance(e, MemoryError) or (isinstance(e, (RuntimeError, OSError, ImportError)) and _ALLOC.search(str(e))):
-        return "memory"
-    if isinstance(e, SystemExit):
-        return "exit"
-    return "error"
-
-
-def describe(e, models_path, limit_s, cpu_s=None):
-    if isinstance(e, TestTimeout):
-        if e.clock == "cpu" and cpu_s is not None:
-            return f"did not finish within {cpu_s:g} s of CPU time (an endless loop?)"
-        return f"did not finish within {limit_s:g} s (an endless loop, or waiting for something?)"
-    if isinstance(e, SystemExit):
-        return f"your code called sys.exit({e.code!r}); never exit from models.py"
-    where = ""
-    for fs in reversed(traceback.extract_tb(e.__traceback__)):
-        if os.path.abspath(fs.filename) == models_path:
-            where = f" (models.py line {fs.lineno}, in {fs.name})"
-            break
-    text = " ".join(str(e).split())[:400]
-    if classify(e) == "memory":
-        return f"ran out of memory: {type(e).__name__}: {text}{where}"
-    return f"{type(e).__name__}: {text}{where}"
 
 
 def _vm_bytes():
@@ -155,8 +107,8 @@ class Server:
         return answer["value"]
 
     def serve(self):
-        signal.signal(signal.SIGALRM, _on_alarm)
-        signal.signal(signal.SIGPROF, _on_alarm)
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.signal(signal.SIGPROF, on_alarm)
         while True:
             req = self.receive()
             if not isinstance(req, dict) or req.get("op") == "exit":
@@ -382,9 +334,8 @@ def main():
     server = Server(fd_in, fd_out, models_path)
     import captioning.internals.errors  # noqa: F401  (the sandbox's package, not an installed one)
 
-    if os.path.dirname(os.path.abspath(captioning.internals.errors.__file__)) != os.path.join(
-        here, "captioning", "internals"
-    ):
+    sandbox_errors = os.path.join(here, "captioning", "internals")  # where the sandbox holds errors.py
+    if os.path.dirname(os.path.abspath(captioning.internals.errors.__file__)) != sandbox_errors:
         server.send({"fatal": f"captioning was imported from {captioning.internals.errors.__file__}, not the sandbox"})
         return
     # From here on the student's code may run: tighten the address-space limit to what is mapped now plus the

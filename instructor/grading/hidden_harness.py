@@ -395,31 +395,3 @@ class StudentError(Exception):
     def __init__(self, kind, message):
         super().__init__(message)
         self.kind, self.message = kind, message
-
-
-def forward_outputs(kind, out):
-    names = ["predictions", "encoded_captions", "decode_lengths", "sort_ind"]
-    if kind == "DecoderWithAttention":
-        names.insert(3, "alphas")
-    return unpack(out, names)
-
-
-def one_step_names(kind):
-    return ["preds", "h", "c"] if kind == "DecoderWithRNN" else ["preds", "alpha", "h", "c"]
-
-
-def one_step_args(kind, inp):
-    if kind == "DecoderWithRNN":
-        return [inp["embeddings"], inp["h"], inp["c"]]
-    return [inp["embeddings"], inp["encoder_out"], inp["h"], inp["c"]]
-
-
-def ref_one_step(kind, mod, inp):
-    with torch.no_grad():
-        return unpack(mod.one_step(*one_step_args(kind, inp)), one_step_names(kind))
-
-
-def dropout_mask(shape, p, seed, dtype=torch.float32):
-    """The scaled mask nn.Dropout(p) draws first after torch.manual_seed(seed) (CPU)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.empty(shape, dtype=dtype).bernoulli_(1 - p, generator=g).div_(1 - p)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from instructor.grading.hidden_harness import CFG, C, Failed, close, dropout_mask, is_tensor, test
+from instructor.grading.hidden_checks import dropout_mask
+from instructor.grading.hidden_harness import CFG, C, Failed, close, is_tensor, test
 
 # the reference's layers (for hints; the verdicts come from what the layers compute)
 EXPECTED_TYPES = {

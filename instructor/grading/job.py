@@ -1,17 +1,15 @@
 """Grading ONE submission: its sandbox folder, its process, the hidden tests run against it, its result.
 
 The sandbox folder holds only what students have anyway: the student edition's ``captioning/`` package with the
-submission's ``models.py``, the child script (``child.py`` as ``_grade_child.py``) and the message format
-(``wire.py`` as ``_wire.py``). The hidden tests and the reference run here, in the grader's process.
+submission's ``models.py``, the child script (``child.py`` as ``_grade_child.py``, with ``child_errors.py`` as
+``_child_errors.py``) and the message format (``wire.py`` as ``_wire.py``). The hidden tests and the reference run
+here, in the grader's process.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -34,10 +32,10 @@ from instructor.grading.sandbox import (
     preexec,
     site_packages,
 )
+from instructor.grading.sandbox_outputs import clip, notebook_result, tail_of
 
 HERE = Path(__file__).resolve().parent
 MAX_RESTARTS = 3
-MAX_MESSAGE = 1500  # characters of one message (an exception's text may be megabytes): cut once, stored once
 NOTEBOOK_GLOBS = ("train*.ipynb", "test*.ipynb")  # the student's notebooks that replace the kit's
 NOT_RUN = {
     "import-error": "not run: models.py could not be imported",
@@ -51,13 +49,6 @@ NOT_RUN = {
 }
 
 
-def clip(text, limit=MAX_MESSAGE):
-    """``text`` (any object) printable (``outputs.plain``) and at most ``limit`` characters, saying how much was
-    cut: each message is cut here once, where it enters a result."""
-    text = plain(text, newlines=True)
-    return text if len(text) <= limit else text[:limit] + f" … [{len(text) - limit} more characters cut]"
-
-
 def build_sandbox(sub, folder, edition, with_notebooks=False):
     """The folder mounted at /sandbox: the edition's package with the student's models.py, the child script."""
     folder = Path(folder)
@@ -65,6 +56,7 @@ def build_sandbox(sub, folder, edition, with_notebooks=False):
     shutil.copyfile(sub.models, folder / "captioning" / "models.py")
     shutil.copyfile(HERE / "child.py", folder / "_grade_child.py")
     shutil.copyfile(HERE / "wire.py", folder / "_wire.py")
+    shutil.copyfile(HERE / "child_errors.py", folder / "_child_errors.py")
     if with_notebooks:
         shutil.copytree(edition / "notebooks", folder / "notebooks")
         (folder / "instructor").mkdir()
@@ -180,8 +172,38 @@ class Job:
         return self._result(tests, status, message, nb, time.monotonic() - t0)
 
     def _run_tests(self, tests):
+        """Run every hidden test into ``tests`` ({name: result}); (status, message) of the whole run."""
         ctx = Context(self.ref_module, seed=self.opts.get("seed"))
-        status, message = "ok", ""
+        failed = self._start_and_import(ctx)
+        if failed is not None:
+            return failed
+        ctx.remote = self.remote
+        stuck = {}  # region -> its first test that timed out
+        for name, (region, fn) in TESTS.items():
+            if self.remote is None:  # restart after a crash, a bounded number of times
+                ctx = self._restart(ctx)
+                if ctx is None:
+                    continue
+            if region in stuck:  # its method hung once: running it again would only wait for the limit again
+                tests[name] = {
+                    "region": region,
+                    "ok": False,
+                    "kind": "timeout",
+                    "seconds": 0.0,
+                    "message": f"not run: {stuck[region]} did not finish within the time limit",
+                }
+                continue
+            tests[name] = self._run_one(ctx, region, fn)
+            if self.remote is not None and self.remote.unsure:  # its pipe may be out of step: a fresh process
+                self._stop()
+                self.restarts -= 1  # the grader's slowness, not the submission's: not one of its restarts
+            if tests[name]["kind"] == "timeout":
+                stuck.setdefault(region, name)
+        return self._overall(tests)
+
+    def _start_and_import(self, ctx):
+        """Start the submission's process and import their models.py: None when it imported, else the run's
+        (status, message)."""
         try:
             reply = self._start(ctx)
         except (rem.ChildGone, rem.ChildTimeout) as e:
@@ -194,68 +216,62 @@ class Job:
             return {"memory": "memory", "timeout": "timeout"}.get(
                 kind, "import-error"
             ), f"models.py could not be imported: {reply.get('message')}"
-        ctx.remote = self.remote
-        stuck = {}  # region -> its first test that timed out
-        for name, (region, fn) in TESTS.items():
-            if self.remote is None:  # restart after a crash, a bounded number of times
-                if self.restarts >= MAX_RESTARTS or time.monotonic() > self.deadline:
-                    continue
-                self.restarts += 1
-                try:
-                    ctx = Context(self.ref_module, seed=self.opts.get("seed"), passed=ctx.passed)
-                    self._start(ctx)
-                    ctx.remote = self.remote
-                except (rem.ChildGone, rem.ChildTimeout) as e:
-                    self.problems.append(self._problem(e)[0])
-                    self._stop()
-                    continue
-            t = time.monotonic()
-            if region in stuck:  # its method hung once: running it again would only wait for the limit again
-                tests[name] = {
-                    "region": region,
-                    "ok": False,
-                    "kind": "timeout",
-                    "seconds": 0.0,
-                    "message": f"not run: {stuck[region]} did not finish within the time limit",
-                }
-                continue
-            # CPU time per test (the child's timer), a wall-clock backstop several times larger (a busy machine)
-            ctx.cpu_limit = self.opts["per_test"]
-            ctx.deadline = min(self.deadline, t + WALL_BACKSTOP * self.opts["per_test"])
-            try:
-                fn(ctx)
-                ok, kind, msg = True, "pass", ""
-            except Failed as e:
-                ok, kind, msg = False, "fail", str(e)
-            except (rem.ChildGone, rem.ChildTimeout) as e:
-                kind, msg = self._problem(e)
-                ok = False
-                self.problems.append(kind)
-                self._stop()
-            except Exception as e:  # noqa: BLE001 - the test could not use what the code returned (None, a
-                # wrong rank...): this test scores 0 and says why; the others run on
-                ok, kind = False, "test-error"
-                msg = (
-                    f"this test could not use what your code returned ({type(e).__name__}: {e}): check the "
-                    f"types, shapes and devices of the values your method returns"
-                )
-                self.problems.append(kind)
-            if not ok and kind == "fail" and "did not finish within" in msg:
-                kind = "timeout"
-            if not ok and kind == "fail" and msg.startswith("ran out of memory"):
-                kind = "memory"
-            tests[name] = {
-                "region": region,
-                "ok": ok,
-                "kind": kind,
-                "message": clip(msg),
-                "seconds": round(time.monotonic() - t, 3),
-            }
-            if self.remote is not None and self.remote.unsure:  # its pipe may be out of step: a fresh process
-                self._stop()
-                self.restarts -= 1  # the grader's slowness, not the submission's: not one of its restarts
-            if kind == "timeout":
-                stuck.setdefault(region, name)
+        return None
+
+    def _restart(self, ctx):
+        """A fresh process (and Context, keeping which tests passed) after a crash; None when no more restarts
+        are allowed or the new process did not start."""
+        if self.restarts >= MAX_RESTARTS or time.monotonic() > self.deadline:
+            return None
+        self.restarts += 1
+        try:
+            ctx = Context(self.ref_module, seed=self.opts.get("seed"), passed=ctx.passed)
+            self._start(ctx)
+            ctx.remote = self.remote
+        except (rem.ChildGone, rem.ChildTimeout) as e:
+            self.problems.append(self._problem(e)[0])
+            self._stop()
+            return None
+        return ctx
+
+    def _run_one(self, ctx, region, fn):
+        """Run one hidden test ``fn``; its result ({region, ok, kind, message, seconds})."""
+        t = time.monotonic()
+        # CPU time per test (the child's timer), a wall-clock backstop several times larger (a busy machine)
+        ctx.cpu_limit = self.opts["per_test"]
+        ctx.deadline = min(self.deadline, t + WALL_BACKSTOP * self.opts["per_test"])
+        try:
+            fn(ctx)
+            ok, kind, msg = True, "pass", ""
+        except Failed as e:
+            ok, kind, msg = False, "fail", str(e)
+        except (rem.ChildGone, rem.ChildTimeout) as e:
+            kind, msg = self._problem(e)
+            ok = False
+            self.problems.append(kind)
+            self._stop()
+        except Exception as e:  # noqa: BLE001 - the test could not use what the code returned (None, a
+            # wrong rank...): this test scores 0 and says why; the others run on
+            ok, kind = False, "test-error"
+            msg = (
+                f"this test could not use what your code returned ({type(e).__name__}: {e}): check the "
+                f"types, shapes and devices of the values your method returns"
+            )
+            self.problems.append(kind)
+        if not ok and kind == "fail" and "did not finish within" in msg:
+            kind = "timeout"
+        if not ok and kind == "fail" and msg.startswith("ran out of memory"):
+            kind = "memory"
+        return {
+            "region": region,
+            "ok": ok,
+            "kind": kind,
+            "message": clip(msg),
+            "seconds": round(time.monotonic() - t, 3),
+        }
+
+    def _overall(self, tests):
+        """(status, message) of a run whose tests all ran: the first problem met, in this order, else ("ok", "")."""
         kinds = {t["kind"] for t in tests.values()} | set(self.problems)
         for k, text in (
             (
@@ -278,7 +294,7 @@ class Job:
         ):
             if k in kinds:
                 return k, text
-        return status, message
+        return "ok", ""
 
     def _result(self, ran, status, message, nb, seconds):
         return result_dict(
@@ -330,69 +346,6 @@ class Job:
         text = tail_of(log, rem.LOG_TAIL).decode("utf-8", "replace")
         self.logs.append("--- notebooks ---\n" + text)
         return notebook_result(sandbox / "notebook_outputs", text, rc, timed_out)
-
-
-MAX_METRICS_BYTES = 1 << 20  # a metrics file is a few hundred bytes
-
-
-def read_regular(path, limit):
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else None. The folder it is in was
-    writable by the student's process: a symbolic link is not followed (``O_NOFOLLOW``), a FIFO or device is not
-    opened for reading (``lstat`` first, ``O_NONBLOCK`` so that even a swapped-in FIFO cannot block the open) and
-    the size is checked on the open file."""
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        data = os.read(fd, limit + 1)
-        return data if len(data) <= limit else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def tail_of(path, n):
-    """The last ``n`` bytes of the file ``path`` (a log the student's process filled: never read whole)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - n))
-            return f.read(n)
-    except OSError:
-        return b""
-
-
-def notebook_result(out_dir, log, returncode, timed_out):
-    """{run: BLEU-4} from the ``<run>.metrics.json`` files the notebooks runner wrote, and how the run ended.
-    ``out_dir`` was written by the student's process: only regular files are read, bounded (``read_regular``)."""
-    found = {}
-    try:
-        is_dir = stat.S_ISDIR(os.lstat(out_dir).st_mode)  # a link to another folder is not followed either
-        entries = sorted(e.name for e in os.scandir(out_dir)) if is_dir else []
-    except OSError:
-        entries = []
-    for name in entries[:1000]:
-        if not name.endswith(".metrics.json"):
-            continue
-        data = read_regular(os.path.join(out_dir, name), MAX_METRICS_BYTES)
-        try:
-            m = json.loads(data.decode("utf-8")) if data is not None else None
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(m, dict):
-            v = m.get("bleu4", m.get("best_bleu4"))
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                found[clip(name[: -len(".metrics.json")], 80)] = float(v)
-    errors = [ln[len("error:") :].strip() for ln in log.splitlines() if ln.startswith("error:")]
-    status = "timeout" if timed_out else ("ok" if returncode == 0 else "failed")
-    message = errors[-1] if errors else ("" if status == "ok" else f"exit status {returncode}")
-    return {"status": status, "returncode": returncode, "bleu4": found, "message": clip(message)}
 
 
 def result_dict(sub, rubric, ran, status, message, seconds, log="", log_bytes=0, nb=None):

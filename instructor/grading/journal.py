@@ -24,10 +24,14 @@ HERE = Path(__file__).resolve().parent
 SCORING_FILES = (
     "hidden_tests.py",
     "hidden_init_tests.py",
+    "hidden_attention_tests.py",
+    "hidden_checks.py",
     "hidden_harness.py",
     "child.py",
+    "child_errors.py",
     "wire.py",
     "job.py",
+    "sandbox_outputs.py",
     "remote.py",
 )
 
