@@ -60,10 +60,10 @@ def demo_settings(overrides):
 
 def run_demo(out="outputs/demo", progress=True, **overrides):
     """Run the whole demo; returns the summary dict (also written to ``out/summary.json``/``summary.md``)."""
+    from captioning.checkpoints import history_of
     from captioning.evaluation.evaluate import caption_images, evaluate
     from captioning.evaluation.figures import caption_figure, save, training_curves
     from captioning.internals.atomic import write_json
-    from captioning.checkpoints import history_of
     from captioning.solver import fit
 
     p = demo_settings(overrides)
