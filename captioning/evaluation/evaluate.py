@@ -73,22 +73,9 @@ def evaluate(
     encoder = encoder.for_inference()
     data, cached = _split_data(encoder, cfg, data_folder, data_name, split, device, max_images, progress)
     loader = DataLoader(data, batch_size=batch_images, shuffle=False, num_workers=0)
-    refs, hyps, rows, all_alphas = [], [], [], []
-    for x, caps, _ in tqdm(loader, desc=f"{split.lower()} beam {beam_size}", disable=not progress):
-        enc = encode_batch(encoder, x, cached, torch.device(device))
-        for img_caps, cap in zip(
-            caps.tolist(), beam_search(decoder, enc, word_map, beam_size, max_len, length_penalty=length_penalty)
-        ):
-            refs.append([strip_special(c, word_map) for c in img_caps])
-            hyps.append(strip_special(cap.tokens, word_map))
-            all_alphas.append(cap.alphas)
-            rows.append(
-                {
-                    "caption": " ".join(decode_words(cap.tokens, rev)),
-                    "finished": cap.finished,
-                    "references": [" ".join(decode_words(c, rev)) for c in img_caps],
-                }
-            )
+    refs, hyps, rows, all_alphas = _beam_all(
+        loader, encoder, decoder, word_map, cached, device, beam_size, max_len, length_penalty, split, progress
+    )
     result = {
         "checkpoint": os.fspath(checkpoint),
         "decoder": ckpt["decoder_type"],
@@ -110,6 +97,29 @@ def evaluate(
     if out:
         write_json(result, out, "out")
     return result
+
+
+def _beam_all(loader, encoder, decoder, word_map, cached, device, beam_size, max_len, length_penalty, split, progress):
+    """Beam search over every batch of ``loader``: (references, hypotheses) as word indices without the special
+    tokens, the per-image rows (caption, finished, references as text) and each caption's attention maps."""
+    rev = {v: k for k, v in word_map.items()}
+    refs, hyps, rows, all_alphas = [], [], [], []
+    for x, caps, _ in tqdm(loader, desc=f"{split.lower()} beam {beam_size}", disable=not progress):
+        enc = encode_batch(encoder, x, cached, torch.device(device))
+        for img_caps, cap in zip(
+            caps.tolist(), beam_search(decoder, enc, word_map, beam_size, max_len, length_penalty=length_penalty)
+        ):
+            refs.append([strip_special(c, word_map) for c in img_caps])
+            hyps.append(strip_special(cap.tokens, word_map))
+            all_alphas.append(cap.alphas)
+            rows.append(
+                {
+                    "caption": " ".join(decode_words(cap.tokens, rev)),
+                    "finished": cap.finished,
+                    "references": [" ".join(decode_words(c, rev)) for c in img_caps],
+                }
+            )
+    return refs, hyps, rows, all_alphas
 
 
 def _checked_models(checkpoint, device, data_folder, data_name):
