@@ -3,14 +3,15 @@
 Not a benchmark itself. The scripts run as ``python benchmarks/<name>.py`` from the repository root, which puts
 this folder on ``sys.path``.
 """
+
 from __future__ import annotations
 
 import datetime
 import os
 import platform
 import shlex
-import sys
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,9 +28,11 @@ def cpu_model():
 
 
 DEFAULT_THREADS = 1
-THREADS_HELP = ("torch intra-op threads, the same for both sides (default 1; 0 = all CPUs). One thread by default: "
-                "on a machine shared with other busy processes, several threads wait for each other at every op "
-                "(4x slower steps were measured with 2 threads on a loaded 2-core machine)")
+THREADS_HELP = (
+    "torch intra-op threads, the same for both sides (default 1; 0 = all CPUs). One thread by default: "
+    "on a machine shared with other busy processes, several threads wait for each other at every op "
+    "(4x slower steps were measured with 2 threads on a loaded 2-core machine)"
+)
 
 
 def setup(threads, title):
@@ -44,11 +47,15 @@ def setup(threads, title):
     print(f"== {title} ==")
     print(f"command : {shlex.join(['python'] + sys.argv)}")
     print(f"date    : {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine : {cpu_model()}, os.cpu_count() = {os.cpu_count()}, usable CPUs = {usable}, "
-          f"load average (1/5/15 min) at start = {load}")
-    print(f"software: python {platform.python_version()}, torch {torch.__version__}, "
-          f"torch.get_num_threads() = {torch.get_num_threads()} (both sides), "
-          f"interop threads = {torch.get_num_interop_threads()}")
+    print(
+        f"machine : {cpu_model()}, os.cpu_count() = {os.cpu_count()}, usable CPUs = {usable}, "
+        f"load average (1/5/15 min) at start = {load}"
+    )
+    print(
+        f"software: python {platform.python_version()}, torch {torch.__version__}, "
+        f"torch.get_num_threads() = {torch.get_num_threads()} (both sides), "
+        f"interop threads = {torch.get_num_interop_threads()}"
+    )
     print(flush=True)
     return threads
 
@@ -91,8 +98,9 @@ def timed(cmd, log, cwd=None, env=None):
     variables added to this process's environment."""
     with open(log, "w") as f:
         t0 = time.monotonic()
-        p = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
-                             env=dict(os.environ, TQDM_DISABLE="1", **(env or {})))
+        p = subprocess.Popen(
+            cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, TQDM_DISABLE="1", **(env or {}))
+        )
         _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage (and its waited-for children's)
         wall = time.monotonic() - t0
         p.returncode = os.waitstatus_to_exitcode(status)

@@ -7,7 +7,7 @@ decoder whose LSTM never sees the image, on the shapes recipe's data and encoder
 * ``no_global`` — the same layers, but h₀/c₀ and v_g read a zero feature (learned constants, like the attention
                  decoder's ``init_state="learned"``): the image reaches the words only through the attended regions.
 
-Both are trained with the recipe's attention-decoder settings (``captioning/recipe.py``) and scored on the TEST split
+Both are trained with the recipe's attention-decoder settings (``captioning/data/recipe.py``) and scored on the TEST split
 with beam search: BLEU-4, the pointing game, and β (the sentinel's share) averaged over the reference captions'
 shape and colour words and over the other words (teacher forcing). Nothing is asserted.
 
@@ -15,6 +15,7 @@ shape and colour words and over the other words (teacher forcing). Nothing is as
 
 The data and encoder are the recipe's (generated and pretrained into ``--out`` on first use, found afterwards).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,9 @@ def mean_beta(checkpoint):
     """β averaged over the TEST references' shape/colour words and over their other words (teacher forcing)."""
     import torch
 
+    from captioning.data.features import build_feature_cache
+    from captioning.data.shapes import COLORS, PLURAL, SHAPES
     from captioning.datasets import ImageCaptions
-    from captioning.features import build_feature_cache
-    from captioning.shapes import COLORS, PLURAL, SHAPES
     from captioning.solver import load_checkpoint, models_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -76,33 +77,54 @@ def main():
     a = p.parse_args()
     setup(a.threads, "adaptive attention: the paper's global feature vs none")
 
-    from captioning.evaluate import evaluate
     from captioning.adaptive import DecoderWithAdaptiveAttention
+    from captioning.data.recipe import RECIPE, decoder_cfg
+    from captioning.evaluation.evaluate import evaluate
     from captioning.notebooks import encoder_settings, ensure_data
-    from captioning.recipe import RECIPE, decoder_cfg
     from captioning.solver import fit
 
     data = ensure_data(os.path.join(a.out, "data"), "shapes_5_cap_per_img_5_min_word_freq")
     enc = encoder_settings(data, progress=False)
     rows = []
     for variant in ("paper", "no_global"):
-        cfg = dict(decoder_cfg(RECIPE, "adaptive"), data_folder=data["data_folder"], data_name=data["data_name"],
-                   output_dir=os.path.join(a.out, variant), overwrite=True, workers=0, print_freq=0, device="cpu",
-                   **enc)
+        cfg = dict(
+            decoder_cfg(RECIPE, "adaptive"),
+            data_folder=data["data_folder"],
+            data_name=data["data_name"],
+            output_dir=os.path.join(a.out, variant),
+            overwrite=True,
+            workers=0,
+            print_freq=0,
+            device="cpu",
+            **enc,
+        )
         if a.epochs:
             cfg["epochs"] = a.epochs
         restore = zero_global(DecoderWithAdaptiveAttention) if variant == "no_global" else None
         try:
             best = fit(cfg)["best_checkpoint"]
-            r = evaluate(best, "TEST", beam_size=RECIPE["beam_size"], length_penalty=RECIPE["length_penalty"],
-                         coco=False, progress=False)
+            r = evaluate(
+                best,
+                "TEST",
+                beam_size=RECIPE["beam_size"],
+                length_penalty=RECIPE["length_penalty"],
+                coco=False,
+                progress=False,
+            )
             beta = mean_beta(best)
         finally:
             if restore:
                 restore()
         g = r["grounding"] or {}
-        rows.append([variant, f"{r['bleu4']:.3f}", f"{g.get('all') or 0:.2f} ({g.get('chance') or 0:.2f})",
-                     f"{beta['visual']:.2f}", f"{beta['other']:.2f}"])
+        rows.append(
+            [
+                variant,
+                f"{r['bleu4']:.3f}",
+                f"{g.get('all') or 0:.2f} ({g.get('chance') or 0:.2f})",
+                f"{beta['visual']:.2f}",
+                f"{beta['other']:.2f}",
+            ]
+        )
     print()
     print(table(["decoder", "BLEU-4", "pointing (chance)", "β shape/colour words", "β other words"], rows))
 

@@ -4,6 +4,7 @@ ResNet-101, 256 px, the shapes data (generated and prepared into the work folder
 
     .venv/bin/python benchmarks/cache_batch.py [--batches 8 32] [--images 200] [--work DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ NAME = "shapes_5_cap_per_img_5_min_word_freq"
 BUILD = """
 import sys, torch
 from captioning.encoder import Encoder
-from captioning.features import build_feature_cache
+from captioning.data.features import build_feature_cache
 torch.manual_seed(0)
 enc = Encoder(14, weights=None, arch="resnet101")
 build_feature_cache(enc, sys.argv[1], sys.argv[2], "TRAIN", cache_folder=sys.argv[3], batch_size=int(sys.argv[4]),
@@ -41,17 +42,53 @@ def main(argv=None):
     py = sys.executable
     print(f"$ {' '.join(sys.argv)}\nload average at start {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not (data / f"TRAIN_IMAGES_{NAME}.hdf5").exists():
-        subprocess.run([py, "-m", "captioning", "shapes", "--out", str(work / "raw"), "--n-train", str(a.images),
-                        "--n-val", "10", "--n-test", "10", "--image-size", "256"], check=True, capture_output=True)
-        subprocess.run([py, "-m", "captioning", "prepare", "--dataset", "shapes", "--karpathy-json",
-                        str(work / "raw" / "dataset_shapes.json"), "--image-folder", str(work / "raw"),
-                        "--output-folder", str(data), "--image-size", "256"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "captioning",
+                "shapes",
+                "--out",
+                str(work / "raw"),
+                "--n-train",
+                str(a.images),
+                "--n-val",
+                "10",
+                "--n-test",
+                "10",
+                "--image-size",
+                "256",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "captioning",
+                "prepare",
+                "--dataset",
+                "shapes",
+                "--karpathy-json",
+                str(work / "raw" / "dataset_shapes.json"),
+                "--image-folder",
+                str(work / "raw"),
+                "--output-folder",
+                str(data),
+                "--image-size",
+                "256",
+            ],
+            check=True,
+            capture_output=True,
+        )
     print("\n| images per pass | wall s | images/s | peak RSS MB |\n|---|---|---|---|")
     for b in a.batches:
         cache = work / f"cache_{b}"
         shutil.rmtree(cache, ignore_errors=True)  # a cache left by an earlier run would be found, not built
-        wall, rss = timed([py, "-c", BUILD, str(data), NAME, str(cache), str(b)], work / f"cache_{b}.log",
-                          cwd=HERE.parent)
+        wall, rss = timed(
+            [py, "-c", BUILD, str(data), NAME, str(cache), str(b)], work / f"cache_{b}.log", cwd=HERE.parent
+        )
         print(f"| {b} | {wall:.1f} | {a.images / wall:.1f} | {rss:.0f} |")
     print("\n(wall includes start-up: importing torch and building the random ResNet-101, the same for each)")
     print(load_note())

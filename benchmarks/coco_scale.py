@@ -11,6 +11,7 @@ split: 123,287 images, 113,287 of them TRAIN, ~566k training captions).
 
     .venv/bin/python benchmarks/coco_scale.py [--images 20000] [--subset 2000] [--work DIR] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import load_note, setup, timed  # noqa: E402
-from coco_synth import KARPATHY_TOTAL, KARPATHY_TEST, KARPATHY_VAL, generate  # noqa: E402
+from coco_synth import KARPATHY_TEST, KARPATHY_TOTAL, KARPATHY_VAL, generate  # noqa: E402
 
 PY = sys.executable
 COCO_TRAIN = KARPATHY_TOTAL - KARPATHY_VAL - KARPATHY_TEST
@@ -34,9 +35,26 @@ NAME = "coco_5_cap_per_img_5_min_word_freq"
 
 
 def prepare(json_path, images, out, workers, log, min_word_freq=5):
-    cmd = [PY, "-m", "captioning", "prepare", "--dataset", "coco", "--karpathy-json", str(json_path),
-           "--image-folder", str(images), "--output-folder", str(out), "--image-size", "256", "--workers",
-           str(workers), "--min-word-freq", str(min_word_freq)]
+    cmd = [
+        PY,
+        "-m",
+        "captioning",
+        "prepare",
+        "--dataset",
+        "coco",
+        "--karpathy-json",
+        str(json_path),
+        "--image-folder",
+        str(images),
+        "--output-folder",
+        str(out),
+        "--image-size",
+        "256",
+        "--workers",
+        str(workers),
+        "--min-word-freq",
+        str(min_word_freq),
+    ]
     return timed(cmd, log, cwd=HERE.parent)
 
 
@@ -47,7 +65,7 @@ def subset_json(json_path, n, dest):
     for rec in data["images"]:
         by_split.setdefault(rec["split"], []).append(rec)
     total = len(data["images"])
-    data["images"] = [rec for recs in by_split.values() for rec in recs[:max(1, round(n * len(recs) / total))]]
+    data["images"] = [rec for recs in by_split.values() for rec in recs[: max(1, round(n * len(recs) / total))]]
     dest.write_text(json.dumps(data))
     return dest
 
@@ -62,14 +80,19 @@ def measure_prepare(work, json_path, n):
         out = work / f"prepared_w{workers}"
         shutil.rmtree(out, ignore_errors=True)
         wall, rss = prepare(json_path, work / "raw", out, workers, work / f"prepare_w{workers}.log")
-        rows[workers] = {"seconds": wall, "images_per_s": n / wall, "peak_mb": rss,
-                         "bytes": folder_bytes(out, "*IMAGES*.hdf5") + folder_bytes(out, "*.json")}
+        rows[workers] = {
+            "seconds": wall,
+            "images_per_s": n / wall,
+            "peak_mb": rss,
+            "bytes": folder_bytes(out, "*IMAGES*.hdf5") + folder_bytes(out, "*.json"),
+        }
         if workers == 1:
             shutil.rmtree(out)  # disk: keep one prepared copy
     small = work / "prepared_small"
     shutil.rmtree(small, ignore_errors=True)
-    _, rss_small = prepare(subset_json(json_path, n // 10, work / "small.json"), work / "raw", small, 2,
-                           work / "prepare_small.log")
+    _, rss_small = prepare(
+        subset_json(json_path, n // 10, work / "small.json"), work / "raw", small, 2, work / "prepare_small.log"
+    )
     shutil.rmtree(small)
     rows["small_peak_mb"] = rss_small
     return rows
@@ -77,18 +100,36 @@ def measure_prepare(work, json_path, n):
 
 def measure_cache_and_epoch(work, json_path, subset):
     from captioning.config import make_cfg
-    from captioning.features import build_feature_cache
+    from captioning.data.features import build_feature_cache
     from captioning.solver import build_encoder, fit
 
     # min_word_freq 1: the subset's word map then comes near COCO's size (the output layer's cost grows with it)
     name = NAME.replace("_5_min_word_freq", "_1_min_word_freq")
     data = work / "prepared_subset"
     if not (data / f"TRAIN_IMAGES_{name}.hdf5").exists():
-        prepare(subset_json(json_path, subset, work / "subset.json"), work / "raw", data, 2,
-                work / "prepare_subset.log", min_word_freq=1)
-    cfg = make_cfg(data_folder=str(data), data_name=name, encoder="resnet101", encoder_weights=None,
-                   embed_dim=512, attention_dim=512, decoder_dim=512, dropout=0.5, batch_size=32, epochs=1,
-                   output_dir=str(work / "train"), max_val_images=50, progress=False)
+        prepare(
+            subset_json(json_path, subset, work / "subset.json"),
+            work / "raw",
+            data,
+            2,
+            work / "prepare_subset.log",
+            min_word_freq=1,
+        )
+    cfg = make_cfg(
+        data_folder=str(data),
+        data_name=name,
+        encoder="resnet101",
+        encoder_weights=None,
+        embed_dim=512,
+        attention_dim=512,
+        decoder_dim=512,
+        dropout=0.5,
+        batch_size=32,
+        epochs=1,
+        output_dir=str(work / "train"),
+        max_val_images=50,
+        progress=False,
+    )
     shutil.rmtree(data / "features", ignore_errors=True)
     t0 = time.monotonic()
     encoder = build_encoder(cfg, progress=False)
@@ -96,16 +137,21 @@ def measure_cache_and_epoch(work, json_path, subset):
     t0 = time.monotonic()
     path = build_feature_cache(encoder, str(data), name, "TRAIN", progress=False)
     cache_s = time.monotonic() - t0
-    from captioning.datasets import ImageCaptions
-
-    from captioning.datasets import load_word_map
+    from captioning.datasets import ImageCaptions, load_word_map
 
     n_train = len(ImageCaptions(str(data), name, "TRAIN"))
     res = fit(cfg, progress=False)
     row = res["history"][-1]
-    return {"train_images": n_train, "vocabulary": len(load_word_map(str(data), name)), "recalibration_s": recal, "cache_s_per_image": cache_s / n_train,
-            "cache_bytes_per_image": os.path.getsize(path) / n_train, "captions_per_s": row["train_captions_per_s"],
-            "epoch_captions": row["train_captions"], "epoch_s": row["train_seconds"]}
+    return {
+        "train_images": n_train,
+        "vocabulary": len(load_word_map(str(data), name)),
+        "recalibration_s": recal,
+        "cache_s_per_image": cache_s / n_train,
+        "cache_bytes_per_image": os.path.getsize(path) / n_train,
+        "captions_per_s": row["train_captions_per_s"],
+        "epoch_captions": row["train_captions"],
+        "epoch_s": row["train_seconds"],
+    }
 
 
 def report(n, prep, ce):
@@ -116,23 +162,35 @@ def report(n, prep, ce):
     print("\n| prepare, N images | 1 worker | 2 workers |\n|---|---|---|")
     print(f"| wall | {prep[1]['seconds']:.0f} s | {w2['seconds']:.0f} s |")
     print(f"| images/s | {prep[1]['images_per_s']:.0f} | {w2['images_per_s']:.0f} |")
-    print(f"| peak RSS | {prep[1]['peak_mb']:.0f} MB | {w2['peak_mb']:.0f} MB (N/10 images: "
-          f"{prep['small_peak_mb']:.0f} MB) |")
-    print(f"| projected to {KARPATHY_TOTAL:,} images | {KARPATHY_TOTAL / prep[1]['images_per_s'] / 60:.1f} min | "
-          f"{KARPATHY_TOTAL / w2['images_per_s'] / 60:.1f} min |")
+    print(
+        f"| peak RSS | {prep[1]['peak_mb']:.0f} MB | {w2['peak_mb']:.0f} MB (N/10 images: "
+        f"{prep['small_peak_mb']:.0f} MB) |"
+    )
+    print(
+        f"| projected to {KARPATHY_TOTAL:,} images | {KARPATHY_TOTAL / prep[1]['images_per_s'] / 60:.1f} min | "
+        f"{KARPATHY_TOTAL / w2['images_per_s'] / 60:.1f} min |"
+    )
     print("\n| at COCO size | measured per image | projected |\n|---|---|---|")
     print(f"| prepared files (256 px uint8 + captions) | {img_bytes / 1e3:.0f} KB | {images_gb:.1f} GB |")
-    print(f"| feature cache (fp16 8×8×2048, TRAIN + VAL) | {ce['cache_bytes_per_image'] / 1e3:.0f} KB | "
-          f"{cache_gb:.1f} GB |")
-    print(f"| images + cache vs a {DISK_GB} GB disk | | {images_gb + cache_gb:.1f} GB "
-          f"({'fits' if images_gb + cache_gb < DISK_GB * 0.95 else 'does NOT fit'}; the raw COCO JPEGs, ~19 GB, "
-          f"must live elsewhere or be deleted after prepare) |")
-    print(f"| feature cache build, this CPU | {ce['cache_s_per_image']:.2f} s | "
-          f"{ce['cache_s_per_image'] * (COCO_TRAIN + KARPATHY_VAL) / 3600:.1f} h |")
+    print(
+        f"| feature cache (fp16 8×8×2048, TRAIN + VAL) | {ce['cache_bytes_per_image'] / 1e3:.0f} KB | "
+        f"{cache_gb:.1f} GB |"
+    )
+    print(
+        f"| images + cache vs a {DISK_GB} GB disk | | {images_gb + cache_gb:.1f} GB "
+        f"({'fits' if images_gb + cache_gb < DISK_GB * 0.95 else 'does NOT fit'}; the raw COCO JPEGs, ~19 GB, "
+        f"must live elsewhere or be deleted after prepare) |"
+    )
+    print(
+        f"| feature cache build, this CPU | {ce['cache_s_per_image']:.2f} s | "
+        f"{ce['cache_s_per_image'] * (COCO_TRAIN + KARPATHY_VAL) / 3600:.1f} h |"
+    )
     print(f"| BatchNorm recalibration (once per data folder) | | {ce['recalibration_s']:.0f} s |")
-    print(f"| training epoch with the cache, this CPU ({ce['epoch_captions']} captions measured, word map of "
-          f"{ce['vocabulary']:,}; COCO's: 9,490) | "
-          f"{ce['captions_per_s']:.1f} captions/s | {COCO_CAPTIONS / ce['captions_per_s'] / 3600:.1f} h |")
+    print(
+        f"| training epoch with the cache, this CPU ({ce['epoch_captions']} captions measured, word map of "
+        f"{ce['vocabulary']:,}; COCO's: 9,490) | "
+        f"{ce['captions_per_s']:.1f} captions/s | {COCO_CAPTIONS / ce['captions_per_s'] / 3600:.1f} h |"
+    )
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ that ``min_word_freq`` 5 keeps about 10,000 words (COCO's word map: 9,490), Karp
 
 writes DIR/dataset_coco.json and DIR/train2014/, DIR/val2014/. Not a benchmark by itself (``coco_scale.py`` uses it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ def vocabulary_size(n_images):
 
 def captions(rng, n_words, k=5):
     ranks = np.arange(1, n_words + 1)
-    p = 1.0 / ranks ** 1.1
+    p = 1.0 / ranks**1.1
     p /= p.sum()
     out = []
     for _ in range(k):
@@ -82,14 +83,24 @@ def generate(out, n_images=20_000, workers=2, seed=0, progress=True):
         split = "val" if i < n_val else "test" if i < n_val + n_test else ("restval" if i % 4 == 0 else "train")
         folder = "val2014" if split in ("val", "test", "restval") else "train2014"
         name = f"COCO_{folder}_{i:012d}.jpg"
-        images.append({"filepath": folder, "filename": name, "split": split, "cocoid": i, "imgid": i,
-                       "sentences": captions(rng, n_words)})
+        images.append(
+            {
+                "filepath": folder,
+                "filename": name,
+                "split": split,
+                "cocoid": i,
+                "imgid": i,
+                "sentences": captions(rng, n_words),
+            }
+        )
         jobs.append((str(out / folder / name), seed * 10_000_000 + i))
     for folder in ("train2014", "val2014"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    chunks = [jobs[i:i + 200] for i in range(0, len(jobs), 200)]
-    with ProcessPoolExecutor(workers) as ex, tqdm(total=n_images, desc="drawing JPEGs", unit="img",
-                                                  disable=not progress) as bar:
+    chunks = [jobs[i : i + 200] for i in range(0, len(jobs), 200)]
+    with (
+        ProcessPoolExecutor(workers) as ex,
+        tqdm(total=n_images, desc="drawing JPEGs", unit="img", disable=not progress) as bar,
+    ):
         for n in ex.map(_draw_many, chunks):
             bar.update(n)
     path = out / "dataset_coco.json"

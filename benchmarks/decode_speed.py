@@ -32,6 +32,7 @@ between a batch and a single image could reorder near-equal beams).
 Because a CPU run of the 50-step case takes seconds per image, the defaults decode ``--images`` images batched
 and loop over the first ``--loop-images`` of them; ms/image is comparable between the two.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +42,11 @@ import sys
 import time
 
 import torch
-
 from _common import THREADS_HELP, load_note, setup, table
-from instructor import fastpath
+
 from captioning.decoding import beam_search
 from captioning.models import DecoderWithAttention
+from instructor import fastpath
 
 
 def word_map(vocab):
@@ -61,8 +62,13 @@ def encoder_outputs(n, seed):
 
 def base_decoder(args):
     torch.manual_seed(0)
-    cfg = {"vocab_size": args.vocab, "embed_dim": args.dim, "attention_dim": args.dim, "decoder_dim": args.dim,
-           "dropout": 0.5}
+    cfg = {
+        "vocab_size": args.vocab,
+        "embed_dim": args.dim,
+        "attention_dim": args.dim,
+        "decoder_dim": args.dim,
+        "dropout": 0.5,
+    }
     dec = DecoderWithAttention(cfg, encoder_dim=2048).eval()
     with torch.no_grad():
         dec.fc.weight.mul_(args.fc_scale)
@@ -137,10 +143,10 @@ def run_variant(name, dec, enc, n_loop, args, wm):
         nonlocal t_loop, t_fast_loop
         for i in range(lo, hi):
             t0 = time.perf_counter()
-            looped.extend(beam_search(dec, enc[i: i + 1], wm, args.beam, args.max_len, fast=False))
+            looped.extend(beam_search(dec, enc[i : i + 1], wm, args.beam, args.max_len, fast=False))
             t_loop += time.perf_counter() - t0
             t0 = time.perf_counter()
-            fast_looped.extend(beam_search(dec, enc[i: i + 1], wm, args.beam, args.max_len))
+            fast_looped.extend(beam_search(dec, enc[i : i + 1], wm, args.beam, args.max_len))
             t_fast_loop += time.perf_counter() - t0
 
     # loop, batched, loop: the sides share whatever load the machine has in the meantime
@@ -153,16 +159,32 @@ def run_variant(name, dec, enc, n_loop, args, wm):
     equal1, ties1 = compare(fast_looped, looped)
     steps = [steps_of(c, args.max_len) for c in batched]
     ms_b, ms_l, ms_f = (1000 * t_batch / n, 1000 * t_loop / max(n_loop, 1), 1000 * t_fast_loop / max(n_loop, 1))
-    return {"name": name, "n": n, "n_loop": n_loop, "ms_batch": ms_b, "ms_loop": ms_l, "ms_fast_loop": ms_f,
-            "ratio": ms_l / ms_b, "steps": steps, "finished": sum(c.finished for c in batched), "equal": equal,
-            "ties": ties, "equal1": equal1, "ties1": ties1}
+    return {
+        "name": name,
+        "n": n,
+        "n_loop": n_loop,
+        "ms_batch": ms_b,
+        "ms_loop": ms_l,
+        "ms_fast_loop": ms_f,
+        "ratio": ms_l / ms_b,
+        "steps": steps,
+        "finished": sum(c.finished for c in batched),
+        "equal": equal,
+        "ties": ties,
+        "equal1": equal1,
+        "ties1": ties1,
+    }
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
-    p.add_argument("--images", type=int, default=50,
-                   help="50-step variant: images decoded in one batch (50 = evaluate's batch_images)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=50,
+        help="50-step variant: images decoded in one batch (50 = evaluate's batch_images)",
+    )
     p.add_argument("--loop-images", type=int, default=4, help="50-step variant: images decoded one at a time")
     p.add_argument("--natural-images", type=int, default=50, help="natural variant: images in one batch")
     p.add_argument("--natural-loop-images", type=int, default=16, help="natural variant: one at a time")
@@ -178,8 +200,11 @@ def main(argv=None):
     setup(args.threads, "beam-search decoding: a batch of images at once vs one image at a time")
     wm = word_map(args.vocab)
     end = wm["<end>"]
-    print(f"DecoderWithAttention with random weights, vocabulary {args.vocab}, dims {args.dim}, encoder output "
-          f"14x14x2048, beam {args.beam}, max {args.max_len} steps, fc weights x{args.fc_scale:g}\n", flush=True)
+    print(
+        f"DecoderWithAttention with random weights, vocabulary {args.vocab}, dims {args.dim}, encoder output "
+        f"14x14x2048, beam {args.beam}, max {args.max_len} steps, fc weights x{args.fc_scale:g}\n",
+        flush=True,
+    )
     base = base_decoder(args)
     probe = fastpath.beam_step(base, encoder_outputs(1, seed=0).reshape(1, -1, 2048), args.beam)
     assert probe is not None, "the fast beam step is not in use (it does not reproduce one_step)"
@@ -187,32 +212,79 @@ def main(argv=None):
     results = []
     if "limit" not in args.skip:
         enc = encoder_outputs(args.images, seed=10)
-        results.append(run_variant(f"{args.max_len}-step limit (<end> bias -100)", never_ending(base, end), enc,
-                                   min(args.loop_images, args.images), args, wm))
+        results.append(
+            run_variant(
+                f"{args.max_len}-step limit (<end> bias -100)",
+                never_ending(base, end),
+                enc,
+                min(args.loop_images, args.images),
+                args,
+                wm,
+            )
+        )
     if "natural" not in args.skip:
         enc = encoder_outputs(args.natural_images, seed=11)
         dec = clocked(base, end, enc, args.natural_length, args.clock_step)
-        results.append(run_variant("natural ending (<end> chosen by the model)", dec, enc,
-                                   min(args.natural_loop_images, args.natural_images), args, wm))
+        results.append(
+            run_variant(
+                "natural ending (<end> chosen by the model)",
+                dec,
+                enc,
+                min(args.natural_loop_images, args.natural_images),
+                args,
+                wm,
+            )
+        )
 
     rows = []
     for r in results:
         s = r["steps"]
-        rows.append([r["name"], f"{sum(s) / len(s):.1f} ({min(s)}-{max(s)})", f"{r['finished']}/{r['n']}",
-                     r["n"], f"{r['ms_batch']:.0f}", r["n_loop"], f"{r['ms_loop']:.0f}", f"{r['ratio']:.2f}x",
-                     f"{r['equal']}/{r['n_loop']}" + (f" (+{r['ties']} near-ties)" if r["ties"] else ""),
-                     f"{r['ms_fast_loop']:.0f}", f"{r['ms_loop'] / r['ms_fast_loop']:.2f}x",
-                     f"{r['equal1']}/{r['n_loop']}" + (f" (+{r['ties1']} near-ties)" if r["ties1"] else "")])
-    print(table(["variant", "steps/caption mean (range)", "ended", "batch of", "ms/image batched", "looped",
-                 "ms/image one at a time (one_step)", "speed-up", "same captions",
-                 "ms/image one at a time (fast step)", "speed-up", "same captions"], rows))
-    print("batched: beam_search(decoder, all images) with the fast step (fastpath.BeamStep); one at a time (one_step): "
-          "beam_search(..., fast=False) per image, the course's procedure; one at a time (fast step): "
-          "beam_search per image with the fast step")
+        rows.append(
+            [
+                r["name"],
+                f"{sum(s) / len(s):.1f} ({min(s)}-{max(s)})",
+                f"{r['finished']}/{r['n']}",
+                r["n"],
+                f"{r['ms_batch']:.0f}",
+                r["n_loop"],
+                f"{r['ms_loop']:.0f}",
+                f"{r['ratio']:.2f}x",
+                f"{r['equal']}/{r['n_loop']}" + (f" (+{r['ties']} near-ties)" if r["ties"] else ""),
+                f"{r['ms_fast_loop']:.0f}",
+                f"{r['ms_loop'] / r['ms_fast_loop']:.2f}x",
+                f"{r['equal1']}/{r['n_loop']}" + (f" (+{r['ties1']} near-ties)" if r["ties1"] else ""),
+            ]
+        )
+    print(
+        table(
+            [
+                "variant",
+                "steps/caption mean (range)",
+                "ended",
+                "batch of",
+                "ms/image batched",
+                "looped",
+                "ms/image one at a time (one_step)",
+                "speed-up",
+                "same captions",
+                "ms/image one at a time (fast step)",
+                "speed-up",
+                "same captions",
+            ],
+            rows,
+        )
+    )
+    print(
+        "batched: beam_search(decoder, all images) with the fast step (fastpath.BeamStep); one at a time (one_step): "
+        "beam_search(..., fast=False) per image, the course's procedure; one at a time (fast step): "
+        "beam_search per image with the fast step"
+    )
     print("anchor from the issue: about 570 ms per image for beam-5 decoding at the 50-step limit (one at a time)")
     for r in results:
-        print(f"{r['name']}: batched is {r['ratio']:.2f}x faster per image than one at a time with one_step "
-              f"(target >= 10x: {'met' if r['ratio'] >= 10 else 'NOT met'})")
+        print(
+            f"{r['name']}: batched is {r['ratio']:.2f}x faster per image than one at a time with one_step "
+            f"(target >= 10x: {'met' if r['ratio'] >= 10 else 'NOT met'})"
+        )
     print(load_note())
     return 0
 

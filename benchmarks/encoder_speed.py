@@ -18,6 +18,7 @@
 
     .venv/bin/python benchmarks/encoder_speed.py [--threads 2] [--batch 8] [--seconds 6] [--reps 5] [--recal-images 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,6 +74,7 @@ def other_fp32_routes(fast, x, x_cl):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from torch.utils import mkldnn
+
             net = mkldnn.to_mkldnn(copy.deepcopy(fast.resnet))
         rows.append(("folded, then torch.utils.mkldnn tensors", lambda t: net(t.to_mkldnn()).to_dense(), x))
     except Exception as e:
@@ -113,10 +115,15 @@ def recalibration_rows(n_images, size):
     enc.recalibrate(batches)
     t_kit = time.perf_counter() - t0
     got = dict(enc.resnet.named_buffers())
-    diff = max(((got[k].float() - v.float()).abs().max() / v.float().abs().max().clamp_min(1e-12)).item()
-               for k, v in plain.named_buffers() if v.is_floating_point())
-    return [("batch statistics in the module's NCHW layout", t_plain, diff),
-            ("Encoder.recalibrate (channels_last inside)", t_kit, diff)]
+    diff = max(
+        ((got[k].float() - v.float()).abs().max() / v.float().abs().max().clamp_min(1e-12)).item()
+        for k, v in plain.named_buffers()
+        if v.is_floating_point()
+    )
+    return [
+        ("batch statistics in the module's NCHW layout", t_plain, diff),
+        ("Encoder.recalibrate (channels_last inside)", t_kit, diff),
+    ]
 
 
 def main(argv=None):
@@ -126,8 +133,12 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=6.0, help="timed seconds per variant")
     ap.add_argument("--reps", type=int, default=5, help="fresh interpreters per import row")
-    ap.add_argument("--recal-images", type=int, default=128,
-                    help="images of the recalibration rows (128, the recalibrate_images default)")
+    ap.add_argument(
+        "--recal-images",
+        type=int,
+        default=128,
+        help="images of the recalibration rows (128, the recalibrate_images default)",
+    )
     a = ap.parse_args(argv)
     setup(a.threads, "frozen encoder: throughput and import cost")
     import torch
@@ -171,9 +182,13 @@ def main(argv=None):
 
     # pooling the cached 8x8 map to the 14x14 grid happens for every batch of a cached epoch and of beam search
     fmap = torch.randn(32, 2048, 8, 8).half()
-    pool_rows = [("nn.AdaptiveAvgPool2d, then (B, S, S, C) contiguous",
-                  lambda t: enc.adaptive_pool(t.float()).permute(0, 2, 3, 1).contiguous()),
-                 ("Encoder.pool (one matrix product)", enc.pool)]
+    pool_rows = [
+        (
+            "nn.AdaptiveAvgPool2d, then (B, S, S, C) contiguous",
+            lambda t: enc.adaptive_pool(t.float()).permute(0, 2, 3, 1).contiguous(),
+        ),
+        ("Encoder.pool (one matrix product)", enc.pool),
+    ]
     ref_pool = pool_rows[0][1](fmap)
     print(f"\npooling a cached batch: (32, 2048, 8, 8) fp16 -> (32, 14, 14, 2048) fp32, {a.seconds:g} s each")
     print("| pooling | ms per batch | vs the pooling op | max difference |")
@@ -194,8 +209,7 @@ def main(argv=None):
     print(f"\nimport cost, fresh interpreter, median of {a.reps} (wall s, interpreter start included)")
     print("| import | s |")
     print("|---|---|")
-    for code in ("import torch", "import torch, torchvision",
-                 "import torch, captioning.encoder"):
+    for code in ("import torch", "import torch, torchvision", "import torch, captioning.encoder"):
         print(f"| `{code}` | {import_seconds(code, a.reps):.2f} |")
     print("\n" + load_note())
 

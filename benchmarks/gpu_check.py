@@ -42,9 +42,10 @@ Steps:
 * ``caption`` — ``caption_images`` with train_smoke's checkpoint on an image file;
 * ``papermill`` — ``python -m instructor notebooks --only train2`` on the tiny shapes data;
 * ``nccl`` — one torchrun process that joins an nccl process group and all-reduces (gloo with ``--dry-run``);
-* ``torchrun`` — two torchrun processes training through the kit's own process group (``captioning.distributed``):
+* ``torchrun`` — two torchrun processes training through the kit's own process group (``captioning.internals.distributed``):
   nccl with two GPUs, else gloo on the CPU (NCCL needs a GPU per process).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,25 +68,57 @@ for _p in (str(ROOT / "benchmarks"), str(ROOT)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-STEPS = ("train_smoke", "encoder", "train_step", "beam", "coco_epoch", "fine_tune", "uncached", "rnn", "caption",
-         "papermill", "nccl", "torchrun")
+STEPS = (
+    "train_smoke",
+    "encoder",
+    "train_step",
+    "beam",
+    "coco_epoch",
+    "fine_tune",
+    "uncached",
+    "rnn",
+    "caption",
+    "papermill",
+    "nccl",
+    "torchrun",
+)
 # seconds per step on one H100 (the dry run's, on a CPU that other work may share, are ten times these: its times
 # mean nothing): faulthandler dumps the tracebacks at the budget, a watchdog ends the run at twice it
-BUDGETS = dict(train_smoke=45, encoder=30, train_step=30, beam=30, coco_epoch=5, fine_tune=45, uncached=25, rnn=30,
-               caption=15, papermill=80, nccl=30, torchrun=60)
+BUDGETS = dict(
+    train_smoke=45,
+    encoder=30,
+    train_step=30,
+    beam=30,
+    coco_epoch=5,
+    fine_tune=45,
+    uncached=25,
+    rnn=30,
+    caption=15,
+    papermill=80,
+    nccl=30,
+    torchrun=60,
+)
 TOTAL_BUDGET_S = 450  # with start-up and the data: under 8 minutes
 import gpu_check_steps  # noqa: E402  (the steps that run in this process)
+from gpu_check_setup import (  # noqa: E402
+    CORE_MODULES,
+    STEP_MODULES,
+    WHEELS_DIR,
+    Report,
+    find_fast_path,
+    preflight,
+    prepare_device,
+    torch_support,
+)
 from gpu_check_steps import COURSE, TINY, _ran_with, tiny_data  # noqa: E402
-from gpu_check_setup import (CORE_MODULES, STEP_MODULES, WHEELS_DIR, Report, find_fast_path,  # noqa: E402
-                             preflight, prepare_device, torch_support)
+
 
 def _subprocess(cmd, report, budget, env=None):
     """Run ``cmd`` with its output appended to the log; RuntimeError with the log's tail on failure or past
     ``budget`` seconds."""
     report.log.flush()
     try:
-        r = subprocess.run(cmd, stdout=report.log, stderr=subprocess.STDOUT, timeout=budget, cwd=ROOT,
-                           env=env)
+        r = subprocess.run(cmd, stdout=report.log, stderr=subprocess.STDOUT, timeout=budget, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"still running after its budget of {budget} s: stopped (its output is in the log)")
     if r.returncode:
@@ -99,25 +132,60 @@ def _python():
 
 def step_papermill(a, device, sizes, data, results, report=None, budget=None):
     out = os.path.join(a.work, "notebooks")
-    settings = {"device": device.type, "threads": 1, "epochs": 1, "shapes_n_train": 40, "shapes_n_val": 10,
-                "shapes_n_test": 10, "shapes_image_size": 64, "embed_dim": 16, "attention_dim": 16, "decoder_dim": 16,
-                "batch_size": 20, "workers": 0}
-    cmd = [*_python(), "-m", "instructor", "notebooks", "--out", out, "--timeout", str(budget), "--only", "train2",
-           *(f"{k}={v}" for k, v in settings.items())]
+    settings = {
+        "device": device.type,
+        "threads": 1,
+        "epochs": 1,
+        "shapes_n_train": 40,
+        "shapes_n_val": 10,
+        "shapes_n_test": 10,
+        "shapes_image_size": 64,
+        "embed_dim": 16,
+        "attention_dim": 16,
+        "decoder_dim": 16,
+        "batch_size": 20,
+        "workers": 0,
+    }
+    cmd = [
+        *_python(),
+        "-m",
+        "instructor",
+        "notebooks",
+        "--out",
+        out,
+        "--timeout",
+        str(budget),
+        "--only",
+        "train2",
+        *(f"{k}={v}" for k, v in settings.items()),
+    ]
     _subprocess(cmd, report, budget)
     m = json.load(open(os.path.join(out, "train2.metrics.json")))
-    from captioning import plugins
+    from captioning.internals import plugins
 
     # the kernel finds plug-ins only through installed entry points (gpu_check's registration stays here)
     declared = [ep.value for ep in plugins._declared("fast_path")]
-    return {"best_bleu4": m["best_bleu4"], "device": m["cfg"]["device"],
-            "fast_path": declared[0] if declared else "the decoder's own forward (no entry point installed)"}
+    return {
+        "best_bleu4": m["best_bleu4"],
+        "device": m["cfg"]["device"],
+        "fast_path": declared[0] if declared else "the decoder's own forward (no entry point installed)",
+    }
 
 
 def _torchrun(nproc, child_args, report, budget):
     """torchrun of this script's child mode with ``nproc`` processes (python flags kept: ``--no-python``)."""
-    cmd = [*_python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "--no-python", *_python(), __file__, *child_args]
+    cmd = [
+        *_python(),
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "--no-python",
+        *_python(),
+        __file__,
+        *child_args,
+    ]
     _subprocess(cmd, report, budget)
 
 
@@ -128,7 +196,7 @@ def step_nccl(a, device, sizes, data, results, report=None, budget=None):
 
 
 def step_torchrun(a, device, sizes, data, results, report=None, budget=None):
-    """Two processes train one epoch through captioning.distributed.ProcessGroup (the solver's own)."""
+    """Two processes train one epoch through captioning.internals.distributed.ProcessGroup (the solver's own)."""
     import torch
 
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
@@ -138,9 +206,14 @@ def step_torchrun(a, device, sizes, data, results, report=None, budget=None):
     _torchrun(2, ["--child", "train", child_device, out, data[0], data[1], json.dumps(dims)], report, budget)
     with open(os.path.join(out, "result.json")) as fh:
         res = json.load(fh)
-    return dict(res, device=child_device, backend="nccl" if child_device == "cuda" else "gloo",
-                note=None if gpus >= 2 or device.type != "cuda" else "one GPU: NCCL needs a GPU per process, so the "
-                                                                     "two processes train on the CPU with gloo")
+    return dict(
+        res,
+        device=child_device,
+        backend="nccl" if child_device == "cuda" else "gloo",
+        note=None
+        if gpus >= 2 or device.type != "cuda"
+        else "one GPU: NCCL needs a GPU per process, so the two processes train on the CPU with gloo",
+    )
 
 
 def child(args):
@@ -151,8 +224,9 @@ def child(args):
         import torch.distributed as dist
 
         backend = args[1]
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if backend == "nccl" else \
-            torch.device("cpu")
+        device = (
+            torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if backend == "nccl" else torch.device("cpu")
+        )
         dist.init_process_group(backend)
         t = torch.ones(4, device=device)
         dist.all_reduce(t)
@@ -168,17 +242,37 @@ def child(args):
 
     find_fast_path()
     torch.set_num_threads(1)
-    cfg = make_cfg(data_folder=folder, data_name=name, encoder="shapes_cnn", encoder_weights=None,
-                   encoded_image_size=2, batch_size=20, epochs=1, workers=0, print_freq=0, output_dir=out,
-                   device=device, decoder="attention", progress=False, recalibrate_images=16, **json.loads(dims))
+    cfg = make_cfg(
+        data_folder=folder,
+        data_name=name,
+        encoder="shapes_cnn",
+        encoder_weights=None,
+        encoded_image_size=2,
+        batch_size=20,
+        epochs=1,
+        workers=0,
+        print_freq=0,
+        output_dir=out,
+        device=device,
+        decoder="attention",
+        progress=False,
+        recalibrate_images=16,
+        **json.loads(dims),
+    )
     trainer = Trainer(cfg, progress=False)
     res = trainer.fit()
     if trainer.rank == 0:
-        from captioning.atomic import write_json
+        from captioning.internals.atomic import write_json
 
-        write_json({"world": trainer.world, "val_bleu4": round(res["history"][-1]["bleu4"], 4),
-                    "val_images": res["history"][-1]["val_images"], "fast_path": _ran_with(trainer)},
-                   os.path.join(out, "result.json"))
+        write_json(
+            {
+                "world": trainer.world,
+                "val_bleu4": round(res["history"][-1]["bleu4"], 4),
+                "val_images": res["history"][-1]["val_images"],
+                "fast_path": _ran_with(trainer),
+            },
+            os.path.join(out, "result.json"),
+        )
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
@@ -200,10 +294,16 @@ def main(argv=None):
     ap.add_argument("out", nargs="?", help="folder for gpu_check.json, gpu_check.md and gpu_check.log")
     ap.add_argument("--dry-run", action="store_true", help="every step at tiny sizes on the CPU")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
-    ap.add_argument("--work", default=None, help="folder for data, checkpoints and notebooks (default: a new "
-                                                 "temporary folder; never inside OUT)")
-    ap.add_argument("--prepare-device", action="store_true",
-                    help=f"download the device's missing wheels into {WHEELS_DIR}/ and print the device command")
+    ap.add_argument(
+        "--work",
+        default=None,
+        help="folder for data, checkpoints and notebooks (default: a new temporary folder; never inside OUT)",
+    )
+    ap.add_argument(
+        "--prepare-device",
+        action="store_true",
+        help=f"download the device's missing wheels into {WHEELS_DIR}/ and print the device command",
+    )
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.prepare_device:
@@ -225,8 +325,11 @@ def main(argv=None):
         return 1
     import torch
 
-    report.data.update(torch=torch.__version__, torch_support=torch_support(torch),
-                       captioning=str(Path(importlib.import_module("captioning").__file__).parent))
+    report.data.update(
+        torch=torch.__version__,
+        torch_support=torch_support(torch),
+        captioning=str(Path(importlib.import_module("captioning").__file__).parent),
+    )
     if not a.dry_run and not torch.cuda.is_available():
         report.data["status"] = "stopped: no CUDA GPU visible (use --dry-run on a CPU)"
         report.write()

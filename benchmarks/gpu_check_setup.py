@@ -1,5 +1,6 @@
 """The GPU check's set-up (``gpu_check.py``): the wheels the GPU machine lacks (``--prepare-device``), the report
 written after every step, the import pre-flight, the torch versions supported and how the fast path is found."""
+
 from __future__ import annotations
 
 import importlib
@@ -14,11 +15,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SUPPORTED_TORCH = ((2, 11), (2, 14))
 # what each step imports beyond the kit's core (checked before the steps run)
-CORE_MODULES = ("torch", "numpy", "h5py", "PIL", "tqdm", "captioning.solver", "captioning.evaluate",
-                "instructor.fastpath")
-STEP_MODULES = {"train_smoke": ("nltk",), "fine_tune": ("nltk",), "uncached": ("nltk",), "rnn": ("nltk",),
-                "train_step": ("train_speed",), "torchrun": ("nltk",),
-                "papermill": ("nltk", "papermill", "nbclient", "nbformat", "jupyter_client", "ipykernel")}
+CORE_MODULES = (
+    "torch",
+    "numpy",
+    "h5py",
+    "PIL",
+    "tqdm",
+    "captioning.solver",
+    "captioning.evaluation.evaluate",
+    "instructor.fastpath",
+)
+STEP_MODULES = {
+    "train_smoke": ("nltk",),
+    "fine_tune": ("nltk",),
+    "uncached": ("nltk",),
+    "rnn": ("nltk",),
+    "train_step": ("train_speed",),
+    "torchrun": ("nltk",),
+    "papermill": ("nltk", "papermill", "nbclient", "nbformat", "jupyter_client", "ipykernel"),
+}
 
 # --prepare-device: the packages the GPU machine lacks (its image has Python 3.12, torch 2.11, torchvision, h5py,
 # matplotlib, scikit-image, tqdm, pillow and their dependencies: numpy, scipy, packaging, python-dateutil, six…),
@@ -27,13 +42,54 @@ STEP_MODULES = {"train_smoke": ("nltk",), "fine_tune": ("nltk",), "uncached": ("
 # device call carries (64 MiB), and the COCO metrics are text on the CPU, with no GPU path to check (the check
 # calls test with coco=False). papermill's aiohttp requirement for Python 3.12 is not needed by what it runs here.
 DEVICE_WHEELS = (
-    "nltk", "click", "joblib", "regex", "defusedxml",
-    "papermill", "entrypoints", "pyyaml", "requests", "charset-normalizer", "idna", "urllib3", "certifi", "tenacity",
-    "nbclient", "nbformat", "fastjsonschema", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py",
-    "attrs", "jupyter-client", "jupyter-core", "platformdirs", "traitlets", "pyzmq", "tornado", "typing-extensions",
-    "ipykernel", "comm", "debugpy", "ipython", "ipython-pygments-lexers", "jedi", "parso", "matplotlib-inline",
-    "nest-asyncio2", "pexpect", "ptyprocess", "prompt-toolkit", "wcwidth", "psutil", "pygments", "stack-data",
-    "asttokens", "executing", "pure-eval",
+    "nltk",
+    "click",
+    "joblib",
+    "regex",
+    "defusedxml",
+    "papermill",
+    "entrypoints",
+    "pyyaml",
+    "requests",
+    "charset-normalizer",
+    "idna",
+    "urllib3",
+    "certifi",
+    "tenacity",
+    "nbclient",
+    "nbformat",
+    "fastjsonschema",
+    "jsonschema",
+    "jsonschema-specifications",
+    "referencing",
+    "rpds-py",
+    "attrs",
+    "jupyter-client",
+    "jupyter-core",
+    "platformdirs",
+    "traitlets",
+    "pyzmq",
+    "tornado",
+    "typing-extensions",
+    "ipykernel",
+    "comm",
+    "debugpy",
+    "ipython",
+    "ipython-pygments-lexers",
+    "jedi",
+    "parso",
+    "matplotlib-inline",
+    "nest-asyncio2",
+    "pexpect",
+    "ptyprocess",
+    "prompt-toolkit",
+    "wcwidth",
+    "psutil",
+    "pygments",
+    "stack-data",
+    "asttokens",
+    "executing",
+    "pure-eval",
 )
 DEVICE_PYTHON = "3.12"
 DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
@@ -52,8 +108,10 @@ def wheel_requirements(versions=None):
         try:
             v = versions[name] if versions is not None else version(name)
         except (PackageNotFoundError, KeyError):
-            raise SystemExit(f"--prepare-device: the package {name} is not installed here, so its version is "
-                             f"unknown; install the kit (`make install` or `pip install -e .`) first") from None
+            raise SystemExit(
+                f"--prepare-device: the package {name} is not installed here, so its version is "
+                f"unknown; install the kit (`make install` or `pip install -e .`) first"
+            ) from None
         out.append(f"{name}=={v}")
     return out
 
@@ -61,9 +119,26 @@ def wheel_requirements(versions=None):
 def download_command(dest, requirements, python=sys.executable):
     """The ``pip download`` of the device's wheels: binary wheels for CPython 3.12 on manylinux x86_64, no
     dependency resolution (the list is explicit)."""
-    cmd = [python, "-m", "pip", "download", "--dest", str(dest), "--no-deps", "--only-binary=:all:",
-           "--python-version", DEVICE_PYTHON, "--implementation", "cp", "--abi", "cp312", "--abi", "abi3",
-           "--abi", "none"]
+    cmd = [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--dest",
+        str(dest),
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        DEVICE_PYTHON,
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp312",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ]
     for platform in DEVICE_PLATFORMS + ("any",):
         cmd += ["--platform", platform]
     return cmd + list(requirements)
@@ -73,8 +148,10 @@ def device_command(wheels_dir=WHEELS_DIR, out="$OUT", target=DEVICE_TARGET):
     """The command for the device machine, run in the repository root: install the wheels without the network
     into ``target`` (the image's torch stays the one used), then the check with the repo root and ``target`` on
     PYTHONPATH."""
-    return (f"python3 -m pip install --no-index --no-deps --quiet --target {target} {wheels_dir}/*.whl && "
-            f"PYTHONPATH=$PWD:{target} python3 benchmarks/gpu_check.py {out}")
+    return (
+        f"python3 -m pip install --no-index --no-deps --quiet --target {target} {wheels_dir}/*.whl && "
+        f"PYTHONPATH=$PWD:{target} python3 benchmarks/gpu_check.py {out}"
+    )
 
 
 def prepare_device(dest=ROOT / WHEELS_DIR):
@@ -91,10 +168,12 @@ def prepare_device(dest=ROOT / WHEELS_DIR):
         stale.unlink()  # left from another list: the device installs everything in the folder
     size = sum(w.stat().st_size for w in dest.glob("*.whl"))
     missing = sorted(wanted - got)
-    print(f"{len(list(dest.glob('*.whl')))} wheels, {size / 2**20:.1f} MiB in {dest}"
-          + (f"; MISSING: {', '.join(missing)}" if missing else ""))
+    print(
+        f"{len(list(dest.glob('*.whl')))} wheels, {size / 2**20:.1f} MiB in {dest}"
+        + (f"; MISSING: {', '.join(missing)}" if missing else "")
+    )
     print("On the device (run tool; carry the wheels folder, it is git-ignored):")
-    print(f"  carry: [\"{WHEELS_DIR}\"]")
+    print(f'  carry: ["{WHEELS_DIR}"]')
     print(f"  command: {device_command(out='$OUT')}")
     return 1 if missing or size > 60 * 2**20 else 0
 
@@ -118,21 +197,24 @@ class Report:
         self.write()
 
     def write(self):
-        for name, text in (("gpu_check.json", json.dumps(self.data, indent=1, default=str)), ("gpu_check.md",
-                                                                                                self.markdown())):
+        for name, text in (
+            ("gpu_check.json", json.dumps(self.data, indent=1, default=str)),
+            ("gpu_check.md", self.markdown()),
+        ):
             tmp = self.out / f".{name}.tmp"
             tmp.write_text(text + "\n", encoding="utf-8")
             os.replace(tmp, self.out / name)
 
     def markdown(self):
         d = self.data
-        head = (f"GPU check ({'dry run, CPU' if d['dry_run'] else d.get('gpu')}; torch {d.get('torch')}; "
-                f"python {d['python']}; fast path: {d.get('fast_path', {}).get('found')})")
+        head = (
+            f"GPU check ({'dry run, CPU' if d['dry_run'] else d.get('gpu')}; torch {d.get('torch')}; "
+            f"python {d['python']}; fast path: {d.get('fast_path', {}).get('found')})"
+        )
         rows = [head, "", "| step | status | seconds | budget | numbers |", "|---|---|---|---|---|"]
         for name, r in d["steps"].items():
             nums = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("status", "seconds", "budget_s"))
-            rows.append(f"| {name} | {r.get('status')} | {r.get('seconds', '')} | {r.get('budget_s', '')} | "
-                        f"{nums} |")
+            rows.append(f"| {name} | {r.get('status')} | {r.get('seconds', '')} | {r.get('budget_s', '')} | {nums} |")
         if d.get("preflight", {}).get("missing"):
             rows += ["", f"Missing imports: {d['preflight']['missing']}"]
         return "\n".join(rows)
@@ -150,8 +232,10 @@ def preflight(report):
     for name, err in missing.items():
         report.say(f"[gpu_check] cannot import {name}: {err}")
     if missing:
-        report.say("[gpu_check] the missing packages travel as wheels: run `python3 benchmarks/gpu_check.py "
-                   "--prepare-device` on the machine with the kit, and the device command it prints")
+        report.say(
+            "[gpu_check] the missing packages travel as wheels: run `python3 benchmarks/gpu_check.py "
+            "--prepare-device` on the machine with the kit, and the device command it prints"
+        )
     return missing
 
 
@@ -164,7 +248,7 @@ def torch_support(torch):
 def find_fast_path():
     """The fast-path plug-in as the kit finds it; from a plain checkout (no entry point installed) the kit's own
     ``instructor.fastpath`` is registered explicitly. Returns {found, how}."""
-    from captioning import plugins
+    from captioning.internals import plugins
 
     fast = plugins.get("fast_path")
     if fast is not None:

@@ -15,6 +15,7 @@ with a row for every submission and whether every correct one scored 100 %.
 
     .venv/bin/python benchmarks/grade_speed.py [--n 300] [--jobs 2] [--keep DIR] [--chaos] [--busy N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,12 +39,24 @@ from test_grading import ALTERNATIVES, BUGS, REFERENCE, alternative_text, bug_te
 TARGET_S = 30 * 60
 HOSTILE = {
     "raises": REFERENCE + "\nraise RuntimeError('boom at import')\n",
-    "loops": mutate(REFERENCE, "DecoderWithRNN.one_step", "h, c = self.decode_step(",
-                    "while True:\n            pass\n        h, c = self.decode_step("),
-    "exits": mutate(REFERENCE, "Attention.forward", "att1 = self.encoder_att(",
-                    "import sys; sys.exit(3)\n        att1 = self.encoder_att("),
-    "hog": mutate(REFERENCE, "Attention.forward", "att1 = self.encoder_att(",
-                  "_hog = torch.ones(30 * 2 ** 30, dtype=torch.uint8)\n        att1 = self.encoder_att("),
+    "loops": mutate(
+        REFERENCE,
+        "DecoderWithRNN.one_step",
+        "h, c = self.decode_step(",
+        "while True:\n            pass\n        h, c = self.decode_step(",
+    ),
+    "exits": mutate(
+        REFERENCE,
+        "Attention.forward",
+        "att1 = self.encoder_att(",
+        "import sys; sys.exit(3)\n        att1 = self.encoder_att(",
+    ),
+    "hog": mutate(
+        REFERENCE,
+        "Attention.forward",
+        "att1 = self.encoder_att(",
+        "_hog = torch.ones(30 * 2 ** 30, dtype=torch.uint8)\n        att1 = self.encoder_att(",
+    ),
 }
 
 
@@ -57,11 +70,14 @@ def generate(folder, n, chaos=False):
     if chaos:
         from test_grading_robust import trigger_submissions
 
-        hostile += [(k, text) for k, (text, status, _) in trigger_submissions().items() if status != "ok"
-                    or k == "odd_message"] + [("edition", REFERENCE)]
-    kinds = ([("correct", *correct[i % len(correct)]) for i in range(n_correct)] +
-             [("bug", *bugs[i % len(bugs)]) for i in range(n - n_correct - n_hostile - n_broken)] +
-             [("hostile", *hostile[i % len(hostile)]) for i in range(n_hostile)])
+        hostile += [
+            (k, text) for k, (text, status, _) in trigger_submissions().items() if status != "ok" or k == "odd_message"
+        ] + [("edition", REFERENCE)]
+    kinds = (
+        [("correct", *correct[i % len(correct)]) for i in range(n_correct)]
+        + [("bug", *bugs[i % len(bugs)]) for i in range(n - n_correct - n_hostile - n_broken)]
+        + [("hostile", *hostile[i % len(hostile)]) for i in range(n_hostile)]
+    )
     made = {}
     for i, (kind, name, text) in enumerate(kinds):
         sid = name if name == "edition" and "edition" not in made else f"s{i:03d}_{name}"
@@ -120,13 +136,29 @@ def main(argv=None):
     subs.mkdir(parents=True)
     made = generate(subs, a.n, chaos=a.chaos)
     mix = collections.Counter(made.values())
-    print(f"{a.n} submissions: " + ", ".join(f"{k} {v}" for k, v in sorted(mix.items()))
-          + (f"; {a.busy} busy processes beside the grader" if a.busy else ""))
+    print(
+        f"{a.n} submissions: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(mix.items()))
+        + (f"; {a.busy} busy processes beside the grader" if a.busy else "")
+    )
     hogs = busy(a.busy)
     t0 = time.monotonic()
     try:
-        r = subprocess.run([sys.executable, "-m", "instructor", "grade", str(subs), "--out", str(out), "--jobs",
-                            str(a.jobs), "--quiet"], cwd=ROOT)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "instructor",
+                "grade",
+                str(subs),
+                "--out",
+                str(out),
+                "--jobs",
+                str(a.jobs),
+                "--quiet",
+            ],
+            cwd=ROOT,
+        )
     finally:
         wall = time.monotonic() - t0
         for p in hogs:
@@ -141,16 +173,21 @@ def main(argv=None):
     full = sum(row["percent"] == "100.0" for row in rows)
     by_id = {row["id"]: row for row in rows}
     correct = [sid for sid, kind in made.items() if kind == "correct"]
-    short = {sid: by_id[sid]["percent"] if sid in by_id else "no row" for sid in correct
-             if sid not in by_id or by_id[sid]["percent"] != "100.0"}
-    print(f"\n| what | value |\n|---|---|\n| submissions | {len(rows)} |\n| jobs | {a.jobs} |"
-          f"\n| wall time | {wall / 60:.1f} min |\n| per submission | {wall / len(rows):.2f} s |"
-          f"\n| target (30 min for 300) | {TARGET_S * len(rows) / 300 / 60:.1f} min |"
-          f"\n| time / target | {wall / (TARGET_S * len(rows) / 300):.2f} |"
-          f"\n| statuses | {', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))} |"
-          f"\n| 100 % scores | {full} |\n| peak RSS of one process (grader or child) | {peak:.0f} MB |"
-          f"\n| a row for every submission | {'yes' if len(rows) == a.n else f'NO ({len(rows)} of {a.n})'} |"
-          f"\n| every correct one 100 % | {'yes' if not short else f'NO: {short}'} |")
+    short = {
+        sid: by_id[sid]["percent"] if sid in by_id else "no row"
+        for sid in correct
+        if sid not in by_id or by_id[sid]["percent"] != "100.0"
+    }
+    print(
+        f"\n| what | value |\n|---|---|\n| submissions | {len(rows)} |\n| jobs | {a.jobs} |"
+        f"\n| wall time | {wall / 60:.1f} min |\n| per submission | {wall / len(rows):.2f} s |"
+        f"\n| target (30 min for 300) | {TARGET_S * len(rows) / 300 / 60:.1f} min |"
+        f"\n| time / target | {wall / (TARGET_S * len(rows) / 300):.2f} |"
+        f"\n| statuses | {', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))} |"
+        f"\n| 100 % scores | {full} |\n| peak RSS of one process (grader or child) | {peak:.0f} MB |"
+        f"\n| a row for every submission | {'yes' if len(rows) == a.n else f'NO ({len(rows)} of {a.n})'} |"
+        f"\n| every correct one 100 % | {'yes' if not short else f'NO: {short}'} |"
+    )
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)
 

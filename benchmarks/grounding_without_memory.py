@@ -14,6 +14,7 @@ training (about 7 minutes on a 2-core CPU).
     python -m instructor demo decoders=attention seed=4 --out /tmp/d4     # any demo folder
     python benchmarks/grounding_without_memory.py /tmp/d4 [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ def line(name, r):
     pos = ", ".join(f"{k} {v['rate']:.2f} ({v['n']})" for k, v in g["by_position"].items() if v["n"])
     size = ", ".join(f"{k} {v['rate']:.2f} ({v['n']})" for k, v in g["by_size"].items() if v["n"])
     m = g["misses"]
-    return (f"| {name} | {r['bleu4']:.3f} | {g['all']:.3f} ({g['n_words']}) | {g['chance']:.3f} | "
-            f"{m['other_object']} / {m['background']} ({m.get('next_to_named', 0)} next to it) | {pos} | {size} |")
+    return (
+        f"| {name} | {r['bleu4']:.3f} | {g['all']:.3f} ({g['n_words']}) | {g['chance']:.3f} | "
+        f"{m['other_object']} / {m['background']} ({m.get('next_to_named', 0)} next to it) | {pos} | {size} |"
+    )
 
 
 def main():
@@ -41,7 +44,7 @@ def main():
     a = p.parse_args()
     setup(a.threads, "pointing game with and without the image in h0/c0")
 
-    from captioning.evaluate import evaluate
+    from captioning.evaluation.evaluate import evaluate
     from captioning.solver import fit, load_checkpoint
 
     summary_path = os.path.join(a.demo_dir, "summary.json")
@@ -56,15 +59,23 @@ def main():
     cfg = load_checkpoint(demo_ckpt)["cfg"]
     demo_init = cfg.get("init_state", "mean")  # checkpoints from before the option were "mean"
     other = "mean" if demo_init == "learned" else "learned"
-    cfg = dict(cfg, init_state=other, output_dir=a.out or os.path.join(a.demo_dir, f"init_{other}"), checkpoint=None,
-               overwrite=True, progress=True)
+    cfg = dict(
+        cfg,
+        init_state=other,
+        output_dir=a.out or os.path.join(a.demo_dir, f"init_{other}"),
+        checkpoint=None,
+        overwrite=True,
+        progress=True,
+    )
     test = dict(split="TEST", beam_size=settings["beam_size"], length_penalty=settings["length_penalty"], coco=False)
 
     results = {demo_init: evaluate(demo_ckpt, **test)}
     results[other] = evaluate(fit(cfg)["best_checkpoint"], **test)
 
-    print(f"\nTEST split of {a.demo_dir} (seed {settings['seed']}), beam {test['beam_size']}, length penalty "
-          f"{test['length_penalty']}; pointing game = hits of all scored words; misses: on another object / on none")
+    print(
+        f"\nTEST split of {a.demo_dir} (seed {settings['seed']}), beam {test['beam_size']}, length penalty "
+        f"{test['length_penalty']}; pointing game = hits of all scored words; misses: on another object / on none"
+    )
     print("| h0/c0 from | BLEU-4 | pointing game (words) | chance | misses | by position | by size |")
     print("|---|---|---|---|---|---|---|")
     names = {"mean": "mean feature (course)", "learned": "zero feature (learned, no image)"}

@@ -19,6 +19,7 @@ wall time goes: the phases its progress bars timed (whole seconds), and the rest
 
 ``--load N`` runs N busy processes (one thread each) during every run: the speed-ups under load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,14 +37,25 @@ from _common import load_note, timed  # noqa: E402
 
 PY = sys.executable
 NAME = "shapes_5_cap_per_img_5_min_word_freq"
-SIZES = ["embed_dim=512", "attention_dim=512", "decoder_dim=512", "dropout=0.5", "alpha_c=1.0",
-         "decoder_lr=4e-4", "batch_size=32"]
+SIZES = [
+    "embed_dim=512",
+    "attention_dim=512",
+    "decoder_dim=512",
+    "dropout=0.5",
+    "alpha_c=1.0",
+    "decoder_lr=4e-4",
+    "batch_size=32",
+]
 
 
 STUDENT = {"CAPTIONING_PLUGINS": "off"}  # no fast path: the decoder's own forward and one_step
 BAR = re.compile(r"(?:^|[\r\n])(?P<desc>[^\r\n|]*?): +\d+%\|[^\r\n]*?\[(?P<elapsed>[\d:]+)<")
-LOGS = {"epoch: kit, first (cache built)": "kit_cold", "epoch: kit, later (cache found)": "kit_warm",
-        "test: kit, first (cache built)": "kit_test", "test: kit, again (cache found)": "kit_test2"}
+LOGS = {
+    "epoch: kit, first (cache built)": "kit_cold",
+    "epoch: kit, later (cache found)": "kit_warm",
+    "test: kit, first (cache built)": "kit_test",
+    "test: kit, again (cache found)": "kit_test2",
+}
 
 
 def run(cmd, log, env=None):
@@ -53,40 +65,103 @@ def run(cmd, log, env=None):
 def prepare(work, test_images):
     raw, data = work / "raw", work / "data"
     if not (data / f"TEST_IMAGES_{NAME}.hdf5").exists():
-        subprocess.run([PY, "-m", "captioning", "shapes", "--out", str(raw), "--n-train", "300", "--n-val", "50",
-                        "--n-test", str(test_images), "--image-size", "256"], cwd=ROOT, check=True,
-                       capture_output=True)
-        subprocess.run([PY, "-m", "captioning", "prepare", "--dataset", "shapes", "--karpathy-json",
-                        str(raw / "dataset_shapes.json"), "--image-folder", str(raw), "--output-folder", str(data),
-                        "--image-size", "256"], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [
+                PY,
+                "-m",
+                "captioning",
+                "shapes",
+                "--out",
+                str(raw),
+                "--n-train",
+                "300",
+                "--n-val",
+                "50",
+                "--n-test",
+                str(test_images),
+                "--image-size",
+                "256",
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                PY,
+                "-m",
+                "captioning",
+                "prepare",
+                "--dataset",
+                "shapes",
+                "--karpathy-json",
+                str(raw / "dataset_shapes.json"),
+                "--image-folder",
+                str(raw),
+                "--output-folder",
+                str(data),
+                "--image-size",
+                "256",
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
     return data
 
 
 def one_rep(work, data, rep):
     rows = {}
     ck = work / f"tutorial_{rep}.pth"
-    tut = [PY, "benchmarks/tutorial_procedure.py", "--data-folder", str(data), "--data-name", NAME,
-           "--checkpoint", str(ck), "--threads", "2"]
+    tut = [
+        PY,
+        "benchmarks/tutorial_procedure.py",
+        "--data-folder",
+        str(data),
+        "--data-name",
+        NAME,
+        "--checkpoint",
+        str(ck),
+        "--threads",
+        "2",
+    ]
     rows["epoch: tutorial"] = run([*tut[:2], "train", *tut[2:]], work / f"tut_train_{rep}.log")
     shutil.rmtree(data / "features", ignore_errors=True)  # the kit's first run builds its cache
-    kit = [PY, "-m", "captioning", "train", f"data_folder={data}", f"data_name={NAME}", "decoder=attention",
-           "encoder=resnet101", "encoder_weights=None", "epochs=1", *SIZES]
-    rows["epoch: kit, first (cache built)"] = run([*kit, f"output_dir={work / f'kit_cold_{rep}'}"],
-                                                    work / f"kit_cold_{rep}.log")
-    rows["epoch: kit, later (cache found)"] = run([*kit, f"output_dir={work / f'kit_warm_{rep}'}"],
-                                                    work / f"kit_warm_{rep}.log")
-    rows["epoch: kit, later, student edition"] = run([*kit, f"output_dir={work / f'kit_student_{rep}'}"],
-                                                     work / f"kit_student_{rep}.log", STUDENT)
+    kit = [
+        PY,
+        "-m",
+        "captioning",
+        "train",
+        f"data_folder={data}",
+        f"data_name={NAME}",
+        "decoder=attention",
+        "encoder=resnet101",
+        "encoder_weights=None",
+        "epochs=1",
+        *SIZES,
+    ]
+    rows["epoch: kit, first (cache built)"] = run(
+        [*kit, f"output_dir={work / f'kit_cold_{rep}'}"], work / f"kit_cold_{rep}.log"
+    )
+    rows["epoch: kit, later (cache found)"] = run(
+        [*kit, f"output_dir={work / f'kit_warm_{rep}'}"], work / f"kit_warm_{rep}.log"
+    )
+    rows["epoch: kit, later, student edition"] = run(
+        [*kit, f"output_dir={work / f'kit_student_{rep}'}"], work / f"kit_student_{rep}.log", STUDENT
+    )
     rows["test: tutorial"] = run([*tut[:2], "eval", *tut[2:], "--beam-size", "5"], work / f"tut_eval_{rep}.log")
     best = next((work / f"kit_warm_{rep}").glob("BEST_checkpoint_*.pth.tar"))
     test = [PY, "-m", "captioning", "test", "--checkpoint", str(best), "--beam-size", "5", "--out"]
     (data / "features" / f"TEST_FEATURES_{NAME}_resnet101.hdf5").unlink(missing_ok=True)
-    rows["test: kit, first (cache built)"] = run([*test, str(work / f"kit_test_{rep}.json")],
-                                                 work / f"kit_test_{rep}.log")
-    rows["test: kit, again (cache found)"] = run([*test, str(work / f"kit_test2_{rep}.json")],
-                                                 work / f"kit_test2_{rep}.log")
-    rows["test: kit, again, student edition"] = run([*test, str(work / f"kit_test3_{rep}.json")],
-                                                    work / f"kit_test3_{rep}.log", STUDENT)
+    rows["test: kit, first (cache built)"] = run(
+        [*test, str(work / f"kit_test_{rep}.json")], work / f"kit_test_{rep}.log"
+    )
+    rows["test: kit, again (cache found)"] = run(
+        [*test, str(work / f"kit_test2_{rep}.json")], work / f"kit_test2_{rep}.log"
+    )
+    rows["test: kit, again, student edition"] = run(
+        [*test, str(work / f"kit_test3_{rep}.json")], work / f"kit_test3_{rep}.log", STUDENT
+    )
     return rows
 
 
@@ -95,7 +170,7 @@ def phases(log):
     found = {}
     for m in BAR.finditer(Path(log).read_text(errors="replace")):
         parts = [int(p) for p in m["elapsed"].split(":")]
-        found[m["desc"].strip()] = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+        found[m["desc"].strip()] = sum(p * 60**i for i, p in enumerate(reversed(parts)))
     return found
 
 
@@ -108,9 +183,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="peer-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"$ {' '.join(sys.argv)}\nwork folder {work}; load average at start "
-          f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}; {a.load} busy processes beside; "
-          f"{a.test_images} TEST images")
+    print(
+        f"$ {' '.join(sys.argv)}\nwork folder {work}; load average at start "
+        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}; {a.load} busy processes beside; "
+        f"{a.test_images} TEST images"
+    )
     data = prepare(work, a.test_images)
     busy = [subprocess.Popen([PY, "-c", "while True: pass"]) for _ in range(a.load)]
     try:
@@ -124,20 +201,24 @@ def main(argv=None):
         print(f"| {name} | " + " | ".join(f"{r[name][0]:.1f} / {r[name][1]:.0f}" for r in reps) + " |")
     print("\n| speed-up (tutorial wall / kit wall) | " + " | ".join(f"rep {r}" for r in range(a.reps)) + " |")
     print("|---|" + "---|" * a.reps)
-    for label, tut, kit in (("first epoch", "epoch: tutorial", "epoch: kit, first (cache built)"),
-                            ("later epochs", "epoch: tutorial", "epoch: kit, later (cache found)"),
-                            ("later epochs, student edition", "epoch: tutorial", "epoch: kit, later, student edition"),
-                            ("first test pass", "test: tutorial", "test: kit, first (cache built)"),
-                            ("later test passes", "test: tutorial", "test: kit, again (cache found)"),
-                            ("later test passes, student edition", "test: tutorial",
-                             "test: kit, again, student edition")):
+    for label, tut, kit in (
+        ("first epoch", "epoch: tutorial", "epoch: kit, first (cache built)"),
+        ("later epochs", "epoch: tutorial", "epoch: kit, later (cache found)"),
+        ("later epochs, student edition", "epoch: tutorial", "epoch: kit, later, student edition"),
+        ("first test pass", "test: tutorial", "test: kit, first (cache built)"),
+        ("later test passes", "test: tutorial", "test: kit, again (cache found)"),
+        ("later test passes, student edition", "test: tutorial", "test: kit, again, student edition"),
+    ):
         print(f"| {label} | " + " | ".join(f"{r[tut][0] / r[kit][0]:.1f}x" for r in reps) + " |")
     print("\nwhere the kit's wall time goes (rep 0; progress bars in whole seconds):")
     for name, stem in LOGS.items():
         bars = phases(work / f"{stem}_0.log")
         wall = reps[0][name][0]
-        print(f"- {name}, {wall:.1f} s: " + ", ".join(f"{k} {v} s" for k, v in bars.items())
-              + f"; the rest (start-up, loading, metrics, writing) {wall - sum(bars.values()):.1f} s")
+        print(
+            f"- {name}, {wall:.1f} s: "
+            + ", ".join(f"{k} {v} s" for k, v in bars.items())
+            + f"; the rest (start-up, loading, metrics, writing) {wall - sum(bars.values()):.1f} s"
+        )
     print("\n" + load_note())
 
 

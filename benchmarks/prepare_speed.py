@@ -7,6 +7,7 @@ Timings include everything ``create_input_files`` does (JSON, checks, HDF5 writi
 sees, not the decoding speed-up alone.  Real COCO images (640x480 JPEG, resized) are heavier to decode than these,
 which favours the parallel path further.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from captioning.prepare import create_input_files
-from captioning.shapes import generate_shapes
+from captioning.data.prepare import create_input_files
+from captioning.data.shapes import generate_shapes
 
 
 def main(argv=None) -> int:
@@ -32,8 +33,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         n_val = n_test = max(1, a.n // 10)
-        json_path = generate_shapes(tmp / "raw", n_train=a.n - n_val - n_test, n_val=n_val, n_test=n_test,
-                                    image_size=a.image_size, seed=0)
+        json_path = generate_shapes(
+            tmp / "raw", n_train=a.n - n_val - n_test, n_val=n_val, n_test=n_test, image_size=a.image_size, seed=0
+        )
         # Read every file once so that neither setting pays for a cold page cache.
         for f in (tmp / "raw" / "images").iterdir():
             f.read_bytes()
@@ -41,8 +43,15 @@ def main(argv=None) -> int:
         for workers in (cores, 1):
             for r in range(a.repeats):
                 t0 = time.perf_counter()
-                create_input_files("shapes", json_path, tmp / "raw", min_word_freq=1, image_size=a.prepare_size,
-                                   output_folder=tmp / f"out{workers}", workers=workers)
+                create_input_files(
+                    "shapes",
+                    json_path,
+                    tmp / "raw",
+                    min_word_freq=1,
+                    image_size=a.prepare_size,
+                    output_folder=tmp / f"out{workers}",
+                    workers=workers,
+                )
                 best[workers] = min(best.get(workers, float("inf")), time.perf_counter() - t0)
 
     print(f"\nprepare of {a.n} shapes images, {a.image_size} px -> {a.prepare_size} px, best of {a.repeats}")

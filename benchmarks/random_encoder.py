@@ -19,6 +19,7 @@ Both encoders share all convolution weights (one is a copy of the other). Recali
 --recal-images training images, like ``solver.build_encoder`` (which uses 128). The encoders run in channels-last
 memory format (same numbers up to rounding, ~1.4x faster on this CPU) to keep the default run short.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bar from generate_shap
 
 import numpy as np  # noqa: E402
 import torch
-
 from _common import THREADS_HELP, load_note, setup, table
+
+from captioning.data.images import load_image
+from captioning.data.shapes import COLORS, SHAPES, generate_shapes
 from captioning.datasets import normalize
 from captioning.models import Encoder
-from captioning.images import load_image
-from captioning.shapes import COLORS, SHAPES, generate_shapes
 
 ATTRIBUTES = [("colour", c) for c in COLORS] + [("shape", s) for s in SHAPES]
 
@@ -48,8 +49,13 @@ def load_data(folder, n, n_train, size):
     json_path = generate_shapes(folder, n_train=n_train, n_val=0, n_test=n - n_train, image_size=size, seed=0)
     records = json.loads(Path(json_path).read_text())["images"]
     images = np.stack([load_image(str(Path(folder) / r["filepath"] / r["filename"]), size)[0] for r in records])
-    labels = np.array([[any(o["color"] == v if k == "colour" else o["shape"] == v for o in r["objects"])
-                        for k, v in ATTRIBUTES] for r in records], dtype=np.float64)
+    labels = np.array(
+        [
+            [any(o["color"] == v if k == "colour" else o["shape"] == v for o in r["objects"]) for k, v in ATTRIBUTES]
+            for r in records
+        ],
+        dtype=np.float64,
+    )
     train = np.array([r["split"] == "train" for r in records])
     return torch.from_numpy(images), labels, train
 
@@ -59,9 +65,9 @@ def features(encoder, images, recal, batch=32):
     """Recalibrate BatchNorm on ``images[:recal]``, then mean-pooled backbone output (N, 2048) in eval mode."""
     encoder = encoder.to(memory_format=torch.channels_last)
     prep = lambda x: normalize(x).contiguous(memory_format=torch.channels_last)  # noqa: E731
-    encoder.recalibrate(prep(images[i: min(recal, i + batch)]) for i in range(0, recal, batch))
+    encoder.recalibrate(prep(images[i : min(recal, i + batch)]) for i in range(0, recal, batch))
     encoder.eval()
-    out = [encoder.backbone(prep(images[i: i + batch])).mean(dim=(2, 3)) for i in range(0, len(images), batch)]
+    out = [encoder.backbone(prep(images[i : i + batch])).mean(dim=(2, 3)) for i in range(0, len(images), batch)]
     return torch.cat(out).double().numpy()
 
 
@@ -101,8 +107,11 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=250, help="images: 80%% train, 20%% test")
     p.add_argument("--image-size", type=int, default=160)
     p.add_argument("--recal-images", type=int, default=64, help="training images for BatchNorm recalibration")
-    p.add_argument("--lambdas", default="30,100,300,1000,3000,10000",
-                   help="ridge λ candidates, picked per attribute by 5-fold CV on the training part")
+    p.add_argument(
+        "--lambdas",
+        default="30,100,300,1000,3000,10000",
+        help="ridge λ candidates, picked per attribute by 5-fold CV on the training part",
+    )
     a = p.parse_args(argv)
     setup(a.threads, "random ResNet-101 encoder: linear probe on shapes attributes, with and without damping")
     lambdas = [float(x) for x in a.lambdas.split(",")]
@@ -111,9 +120,12 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         images, labels, train = load_data(tmp, a.n, n_train, a.image_size)
     size = a.image_size
-    print(f"{a.n} shapes images of {size} px ({n_train} train / {a.n - n_train} test), 10 attributes; "
-          f"recalibration on {min(a.recal_images, n_train)} training images; encoder grid {size // 32}x{size // 32}, "
-          f"features mean-pooled to 2048", flush=True)
+    print(
+        f"{a.n} shapes images of {size} px ({n_train} train / {a.n - n_train} test), 10 attributes; "
+        f"recalibration on {min(a.recal_images, n_train)} training images; encoder grid {size // 32}x{size // 32}, "
+        f"features mean-pooled to 2048",
+        flush=True,
+    )
 
     torch.manual_seed(0)
     damped = Encoder(size // 32, weights=None)
@@ -138,23 +150,32 @@ def main(argv=None):
         results[name] = accuracy(pred, y_te)
         chosen[name] = lams
         spread = np.median(f.std(axis=0) / (np.abs(f.mean(axis=0)) + 1e-12))
-        print(f"{name}: features in {time.perf_counter() - t:.0f} s; median over features of sd/|mean| across "
-              f"images = {spread:.3g}; mean 5-fold CV accuracy on train by λ: "
-              + ", ".join(f"{lam:g}: {v:.3f}" for lam, v in zip(lambdas, cv.mean(axis=1))), flush=True)
+        print(
+            f"{name}: features in {time.perf_counter() - t:.0f} s; median over features of sd/|mean| across "
+            f"images = {spread:.3g}; mean 5-fold CV accuracy on train by λ: "
+            + ", ".join(f"{lam:g}: {v:.3f}" for lam, v in zip(lambdas, cv.mean(axis=1))),
+            flush=True,
+        )
         del enc
 
     names = list(results)
     rows = []
     for i, (kind, value) in enumerate(ATTRIBUTES):
-        rows.append([f"{kind} {value} (present in {100 * y_te[:, i].mean():.0f}% of test)"]
-                    + [f"{results[k][i]:.3f}" + (f" (λ {chosen[k][i]:g})" if k in chosen else "")
-                       for k in names])
-    for label, sl in (("mean over colours", slice(0, 5)), ("mean over shapes", slice(5, 10)),
-                      ("mean over all 10", slice(0, 10))):
+        rows.append(
+            [f"{kind} {value} (present in {100 * y_te[:, i].mean():.0f}% of test)"]
+            + [f"{results[k][i]:.3f}" + (f" (λ {chosen[k][i]:g})" if k in chosen else "") for k in names]
+        )
+    for label, sl in (
+        ("mean over colours", slice(0, 5)),
+        ("mean over shapes", slice(5, 10)),
+        ("mean over all 10", slice(0, 10)),
+    ):
         rows.append([label] + [f"{results[k][sl].mean():.3f}" for k in names])
     print()
-    print(f"test accuracy per attribute ({a.n - n_train} test images; {n_bn3} Bottleneck bn3 γ reset to 1 in the "
-          f"γ = 1 variant)")
+    print(
+        f"test accuracy per attribute ({a.n - n_train} test images; {n_bn3} Bottleneck bn3 γ reset to 1 in the "
+        f"γ = 1 variant)"
+    )
     print(table(["attribute", "majority", *names[1:]], rows))
     print(f"total {time.perf_counter() - t0:.0f} s; {load_note()}")
     return 0

@@ -3,12 +3,13 @@ other four, over the test split of the demo's data. A caption model has to be ne
 
     python benchmarks/reference_agreement.py [--n-test 100 --image-size 160 --seed 0 --samples 30]
 """
+
 import argparse
 import json
 import tempfile
 
-from captioning.metrics import bleu
-from captioning.shapes import generate_shapes
+from captioning.data.shapes import generate_shapes
+from captioning.evaluation.metrics import bleu
 
 p = argparse.ArgumentParser()
 p.add_argument("--n-test", type=int, default=100)
@@ -25,7 +26,7 @@ for r in records:
     caps = [s["tokens"] for s in r["sentences"]]
     for i, c in enumerate(caps):
         hyps.append(c)
-        refs.append(caps[:i] + caps[i + 1:])
+        refs.append(caps[:i] + caps[i + 1 :])
 scores = bleu(refs, hyps)
 print(f"{len(records)} test images (demo data: seed {a.seed}, {a.image_size} px), each reference vs the other four:")
 print("  ".join(f"{k.upper()} {v:.3f}" for k, v in scores.items()))
@@ -37,7 +38,7 @@ import random  # noqa: E402
 
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu  # noqa: E402
 
-from captioning.shapes import _caption  # noqa: E402
+from captioning.data.shapes import _caption  # noqa: E402
 
 smooth = SmoothingFunction().method1
 mbr_hyps, mbr_refs = [], []

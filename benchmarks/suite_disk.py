@@ -8,6 +8,7 @@ Each CHECKOUT is a clone whose ``.venv`` is already built (``make .venv/.install
 not counted, only what the tests write. Each run gets a new, empty temporary folder (TMPDIR), deleted after. The used space is read with ``statvfs`` every ``--interval`` seconds, so
 anything else that writes to the same disk meanwhile counts too: run it on a quiet machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, table  # noqa: E402
 
-GB = 2 ** 30
+GB = 2**30
 
 
 def filesystems(*paths):
@@ -45,21 +46,36 @@ def run_suite(checkout, log, interval, tmp):
     base = peak = used(fs)
     t0 = time.monotonic()
     with open(log, "w") as f:
-        proc = subprocess.Popen(["make", "test"], cwd=checkout, stdout=f, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, TMPDIR=str(tmp)))
+        proc = subprocess.Popen(
+            ["make", "test"], cwd=checkout, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, TMPDIR=str(tmp))
+        )
         while proc.poll() is None:
             peak = max(peak, used(fs))
             time.sleep(interval)
     end = used(fs)
     peak = max(peak, end)
     shutil.rmtree(tmp, ignore_errors=True)  # what it left there is counted in "left"; it must not fill the disk
-    rev = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip() or "?"
-    summary = [line for line in Path(log).read_text(errors="replace").splitlines() if " in " in line
-               and ("passed" in line or "failed" in line)]
-    return {"checkout": str(checkout), "rev": rev, "rc": proc.returncode, "wall": time.monotonic() - t0,
-            "free": shutil.disk_usage(checkout).free + end - base, "peak": peak - base, "end": end - base,
-            "summary": " | ".join(summary)}
+    rev = (
+        subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        or "?"
+    )
+    summary = [
+        line
+        for line in Path(log).read_text(errors="replace").splitlines()
+        if " in " in line and ("passed" in line or "failed" in line)
+    ]
+    return {
+        "checkout": str(checkout),
+        "rev": rev,
+        "rc": proc.returncode,
+        "wall": time.monotonic() - t0,
+        "free": shutil.disk_usage(checkout).free + end - base,
+        "peak": peak - base,
+        "end": end - base,
+        "summary": " | ".join(summary),
+    }
 
 
 def main(argv=None):
@@ -82,13 +98,31 @@ def main(argv=None):
     for i, c in enumerate(args.checkouts):
         r = run_suite(c.resolve(), logs / f"{i}_{c.name}.log", args.interval, logs / f"tmp_{i}")
         rows.append(r)
-        print(f"{r['rev']} ({c}): exit {r['rc']}, {r['wall'] / 60:.1f} min, peak +{r['peak'] / GB:.2f} GB, "
-              f"left +{r['end'] / GB:.2f} GB; pytest: {r['summary'] or 'no summary line'}", flush=True)
+        print(
+            f"{r['rev']} ({c}): exit {r['rc']}, {r['wall'] / 60:.1f} min, peak +{r['peak'] / GB:.2f} GB, "
+            f"left +{r['end'] / GB:.2f} GB; pytest: {r['summary'] or 'no summary line'}",
+            flush=True,
+        )
     ref = rows[0]["peak"] or 1
     print()
-    print(table(["checkout", "rev", "exit", "minutes", "free at start GB", "peak GB", "left GB", "peak / first"],
-                [[r["checkout"], r["rev"], r["rc"], f"{r['wall'] / 60:.1f}", f"{r['free'] / GB:.1f}",
-                  f"{r['peak'] / GB:.2f}", f"{r['end'] / GB:.2f}", f"{r['peak'] / ref:.2f}"] for r in rows]))
+    print(
+        table(
+            ["checkout", "rev", "exit", "minutes", "free at start GB", "peak GB", "left GB", "peak / first"],
+            [
+                [
+                    r["checkout"],
+                    r["rev"],
+                    r["rc"],
+                    f"{r['wall'] / 60:.1f}",
+                    f"{r['free'] / GB:.1f}",
+                    f"{r['peak'] / GB:.2f}",
+                    f"{r['end'] / GB:.2f}",
+                    f"{r['peak'] / ref:.2f}",
+                ]
+                for r in rows
+            ],
+        )
+    )
     print(f"\nlogs: {logs}")
 
 

@@ -17,6 +17,7 @@ What makes it the tutorial's procedure (and not the kit's):
 Offline: torchvision's ResNet-101 with random weights (the tutorial downloads ImageNet weights). Loss, doubly
 stochastic regularisation (alpha_c 1), Adam at 4e-4, gradient clipping at 5 and batch size 32 as in the tutorial.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,13 @@ class TutorialEncoder(nn.Module):
 
 
 def decoder_for(word_map, a):
-    cfg = dict(vocab_size=len(word_map), embed_dim=a.embed_dim, attention_dim=a.attention_dim,
-               decoder_dim=a.decoder_dim, dropout=0.5)
+    cfg = dict(
+        vocab_size=len(word_map),
+        embed_dim=a.embed_dim,
+        attention_dim=a.attention_dim,
+        decoder_dim=a.decoder_dim,
+        dropout=0.5,
+    )
     return DecoderWithAttention(cfg, encoder_dim=2048)
 
 
@@ -143,9 +149,11 @@ def evaluate(a):
         i = k // test.cpi
         seq = beam_one_image(encoder, decoder, test.image(i), word_map, k=a.beam_size)
         hyps.append(strip(seq, word_map))
-        refs.append([strip(c, word_map) for c in test.captions[i * test.cpi:(i + 1) * test.cpi].tolist()])
-    print(f"{a.split} BLEU-4 {corpus_bleu(refs, hyps):.4f} on {test.n_images} images ({len(test)} decodings), "
-          f"beam {a.beam_size}")
+        refs.append([strip(c, word_map) for c in test.captions[i * test.cpi : (i + 1) * test.cpi].tolist()])
+    print(
+        f"{a.split} BLEU-4 {corpus_bleu(refs, hyps):.4f} on {test.n_images} images ({len(test)} decodings), "
+        f"beam {a.beam_size}"
+    )
 
 
 def main(argv=None):

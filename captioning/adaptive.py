@@ -2,6 +2,7 @@
 per word, how much to look at the image at all. Reference code beside the course's two decoders (not a TODO);
 train it with ``decoder="adaptive"``. Shapes as in ``models.py``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,31 +1,41 @@
 """``python -m captioning SUBCOMMAND`` — the command line. Every subcommand is a thin wrapper over a library
 function that the notebooks call too; this file only parses arguments and reports KitError messages."""
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from captioning.arguments import AT_LEAST_1, FINITE_AT_LEAST_0, checked
-from captioning.errors import KitError
+from captioning.internals.arguments import AT_LEAST_1, FINITE_AT_LEAST_0, checked
+from captioning.internals.errors import KitError
 
 
 def _cmd_shapes(a):
-    from captioning.shapes import generate_shapes
+    from captioning.data.shapes import generate_shapes
 
-    path = generate_shapes(a.out, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test,
-                           image_size=a.image_size, seed=a.seed)
+    path = generate_shapes(
+        a.out, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, image_size=a.image_size, seed=a.seed
+    )
     print(f"wrote {path}")
 
 
 def _cmd_prepare(a):
-    from captioning.prepare import create_input_files
+    from captioning.data.prepare import create_input_files
 
     summary = create_input_files(
-        dataset=a.dataset, karpathy_json_path=a.karpathy_json, image_folder=a.image_folder,
-        captions_per_image=a.captions_per_image, min_word_freq=a.min_word_freq,
-        output_folder=a.output_folder, max_len=a.max_len, image_size=a.image_size, seed=a.seed,
-        skip_missing=a.skip_missing, workers=a.workers)
+        dataset=a.dataset,
+        karpathy_json_path=a.karpathy_json,
+        image_folder=a.image_folder,
+        captions_per_image=a.captions_per_image,
+        min_word_freq=a.min_word_freq,
+        output_folder=a.output_folder,
+        max_len=a.max_len,
+        image_size=a.image_size,
+        seed=a.seed,
+        skip_missing=a.skip_missing,
+        workers=a.workers,
+    )
     for k, v in summary.items():
         print(f"{k}: {v}")
 
@@ -55,38 +65,61 @@ def _cmd_train(a):
 
 
 def _cmd_test(a):
-    from captioning.evaluate import evaluate
-    from captioning.outputs import check_file, write_json
+    from captioning.evaluation.evaluate import evaluate
+    from captioning.evaluation.outputs import check_file, write_json
 
     out = a.out or a.checkpoint.replace(".pth.tar", "") + f".{a.split.lower()}.beam{a.beam_size}.json"
     # the place is checked now, and the file written only after the scores are printed: neither an hour of beam
     # search nor its scores are lost to a folder that cannot take the file
-    check_file(out, "--out", None if a.out else f"the scores file {os.path.basename(out)} (by default beside the "
-                                                 "checkpoint)")
-    r = evaluate(a.checkpoint, a.split, a.beam_size, data_folder=a.data_folder, data_name=a.data_name,
-                 device=a.device, max_images=a.max_images, length_penalty=a.length_penalty, coco=a.coco)
-    print(f"{r['split']} split, {r['n_images']} images, beam {r['beam_size']} (length penalty "
-          f"{r['length_penalty']:g}), decoder {r['decoder']}")
+    check_file(
+        out, "--out", None if a.out else f"the scores file {os.path.basename(out)} (by default beside the checkpoint)"
+    )
+    r = evaluate(
+        a.checkpoint,
+        a.split,
+        a.beam_size,
+        data_folder=a.data_folder,
+        data_name=a.data_name,
+        device=a.device,
+        max_images=a.max_images,
+        length_penalty=a.length_penalty,
+        coco=a.coco,
+    )
+    print(
+        f"{r['split']} split, {r['n_images']} images, beam {r['beam_size']} (length penalty "
+        f"{r['length_penalty']:g}), decoder {r['decoder']}"
+    )
     for k in ("bleu1", "bleu2", "bleu3", "bleu4"):
         print(f"{k.upper().replace('BLEU', 'BLEU-')}: {r[k]:.4f}")
     if r.get("coco"):
         c = r["coco"]
         meteor = "skipped (no Java)" if c["meteor"] is None else f"{c['meteor']:.4f}"
-        print(f"COCO toolkit ({c['tokenizer']} tokenizer): BLEU-4 {c['bleu4']:.4f}  METEOR {meteor}  "
-              f"ROUGE-L {c['rouge_l']:.4f}  CIDEr-D {c['cider_d']:.4f}")
+        print(
+            f"COCO toolkit ({c['tokenizer']} tokenizer): BLEU-4 {c['bleu4']:.4f}  METEOR {meteor}  "
+            f"ROUGE-L {c['rouge_l']:.4f}  CIDEr-D {c['cider_d']:.4f}"
+        )
     if r.get("grounding") and r["grounding"]["all"] is not None:
         g = r["grounding"]
         m = g.get("misses") or {}
-        print(f"pointing game: {g['all']:.3f} of {g['n_words']} shape/colour words (chance {g['chance']:.3f}); "
-              f"missed peaks: {m.get('other_object', 0)} on an object the word does not name, "
-              f"{m.get('background', 0)} on no object ({m.get('next_to_named', 0)} of them next to a named object)")
-        names = {"only_object": "only kind of object", "first_named": "first named of several",
-                 "named_later": "named later"}
+        print(
+            f"pointing game: {g['all']:.3f} of {g['n_words']} shape/colour words (chance {g['chance']:.3f}); "
+            f"missed peaks: {m.get('other_object', 0)} on an object the word does not name, "
+            f"{m.get('background', 0)} on no object ({m.get('next_to_named', 0)} of them next to a named object)"
+        )
+        names = {
+            "only_object": "only kind of object",
+            "first_named": "first named of several",
+            "named_later": "named later",
+        }
         for title, split in (("by position", g.get("by_position")), ("by size of the named object", g.get("by_size"))):
             if split:
-                print(f"  {title}: " + ", ".join(
-                    f"{names.get(k, k)} {'—' if v['rate'] is None else format(v['rate'], '.2f')} ({v['n']} words)"
-                    for k, v in split.items()))
+                print(
+                    f"  {title}: "
+                    + ", ".join(
+                        f"{names.get(k, k)} {'—' if v['rate'] is None else format(v['rate'], '.2f')} ({v['n']} words)"
+                        for k, v in split.items()
+                    )
+                )
     write_json(r, out, "--out", done="The scores are printed above. ")
     print(f"wrote {out}")
 
@@ -121,19 +154,24 @@ def _cmd_caption(a):
     import matplotlib
 
     matplotlib.use("Agg")
-    from captioning.evaluate import iter_captions
-    from captioning.figures import caption_figure
-    from captioning.outputs import check_folder, save_figure
+    from captioning.evaluation.evaluate import iter_captions
+    from captioning.evaluation.figures import caption_figure
+    from captioning.evaluation.outputs import check_folder, save_figure
 
     check_folder(a.out, "--out", "the caption figures")  # before the checkpoint is loaded and any image captioned
     names = figure_names(a.images)
     shared = [p for p in a.images if names[p] != os.path.splitext(os.path.basename(p))[0] + ".caption.png"]
     if shared:
-        print(f"note: {len(shared)} images share a file name; their figures are named by their folders and "
-              f"extensions (each figure is named below)", file=sys.stderr, flush=True)
+        print(
+            f"note: {len(shared)} images share a file name; their figures are named by their folders and "
+            f"extensions (each figure is named below)",
+            file=sys.stderr,
+            flush=True,
+        )
     failed, unwritten = [], []
-    for r in iter_captions(a.checkpoint, a.images, beam_size=a.beam_size, device=a.device,
-                           length_penalty=a.length_penalty):
+    for r in iter_captions(
+        a.checkpoint, a.images, beam_size=a.beam_size, device=a.device, length_penalty=a.length_penalty
+    ):
         if "error" in r:  # reported now, the other images are still captioned
             failed.append(r["path"])
             print(f"error: {r['error']}", file=sys.stderr, flush=True)
@@ -151,13 +189,20 @@ def _cmd_caption(a):
             print("  β per word: " + " ".join(f"{w} {float(row[-1]):.2f}" for w, row in zip(r["words"], r["alphas"])))
     problems = []
     if failed:
-        problems.append(f"{len(failed)} of {len(a.images)} images could not be captioned (each is named above): "
-                        + ", ".join(failed[:5]) + (" …" if len(failed) > 5 else ""))
+        problems.append(
+            f"{len(failed)} of {len(a.images)} images could not be captioned (each is named above): "
+            + ", ".join(failed[:5])
+            + (" …" if len(failed) > 5 else "")
+        )
     if unwritten:
-        problems.append(f"{len(unwritten)} figure(s) could not be written into {a.out} (the first error is above; "
-                        f"their captions are printed): " + ", ".join(unwritten[:5])
-                        + (" …" if len(unwritten) > 5 else "") + ". Free some space or choose another --out, and "
-                        "caption those images again")
+        problems.append(
+            f"{len(unwritten)} figure(s) could not be written into {a.out} (the first error is above; "
+            f"their captions are printed): "
+            + ", ".join(unwritten[:5])
+            + (" …" if len(unwritten) > 5 else "")
+            + ". Free some space or choose another --out, and "
+            "caption those images again"
+        )
     if problems:
         raise KitError("; ".join(problems))
 
@@ -170,11 +215,36 @@ def _device(text):
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    beam, penalty, images = checked(AT_LEAST_1), checked(FINITE_AT_LEAST_0, float), checked(AT_LEAST_1)
-    p = argparse.ArgumentParser(prog="python -m captioning", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+DESCRIPTION = """Image captioning: make the data, train a decoder, test it with beam search, caption images.
+Run `python -m captioning COMMAND --help` for the options of one command."""
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m captioning", description=DESCRIPTION)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub)
+    _add_model_commands(sub)
+    # subcommands that live with their feature: each module has register(subparsers)
+    from captioning import check
+    from captioning.data import pretrain
+
+    for module in (pretrain, check):
+        module.register(sub)
+    return p
+
+
+def _add_decoding_options(s):
+    s.add_argument("--beam-size", type=checked(AT_LEAST_1), default=5)
+    s.add_argument(
+        "--length-penalty",
+        type=checked(FINITE_AT_LEAST_0, float),
+        default=None,
+        help="rank finished beams by log-prob / length**this (0: the course's summed log-prob); "
+        "default: the checkpoint's cfg length_penalty (the notebooks train with 1)",
+    )
+
+
+def _add_data_commands(sub):
     s = sub.add_parser("shapes", help="generate the built-in shapes caption dataset (Karpathy-format JSON + images)")
     s.add_argument("--out", required=True, help="folder to write dataset_shapes.json and images/ into")
     s.add_argument("--n-train", type=int, default=1000)
@@ -198,45 +268,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="processes for decoding/resizing (default: all cores)")
     s.set_defaults(func=_cmd_prepare)
 
-    s = sub.add_parser("train", help="train a decoder; cfg keys as key=value (see captioning/config.py DEFAULT_CFG)",
-                       description="e.g. python -m captioning train data_folder=data/coco "
-                                   "data_name=coco_5_cap_per_img_5_min_word_freq attention=True device=cuda")
+
+def _add_model_commands(sub):
+    s = sub.add_parser(
+        "train",
+        help="train a decoder; cfg keys as key=value (see captioning/config.py DEFAULT_CFG)",
+        description="e.g. python -m captioning train data_folder=data/coco "
+        "data_name=coco_5_cap_per_img_5_min_word_freq attention=True device=cuda",
+    )
     s.add_argument("overrides", nargs="*", metavar="key=value")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("test", help="beam-search a split with a checkpoint and print BLEU-1..4 (writes JSON)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--split", default="TEST", choices=["TRAIN", "VAL", "TEST"])
-    s.add_argument("--beam-size", type=beam, default=5)
-    s.add_argument("--length-penalty", type=penalty, default=None,
-                   help="rank finished beams by log-prob / length**this (0: the course's summed log-prob); "
-                        "default: the checkpoint's cfg length_penalty (the notebooks train with 1)")
+    _add_decoding_options(s)
     s.add_argument("--data-folder", default=None, help="default: the one the checkpoint was trained on")
     s.add_argument("--data-name", default=None)
     s.add_argument("--device", type=_device, default="cpu")
-    s.add_argument("--max-images", type=images, default=None)
+    s.add_argument("--max-images", type=checked(AT_LEAST_1), default=None)
     s.add_argument("--out", default=None, help="JSON file for the scores and captions")
-    s.add_argument("--coco", action="store_true",
-                   help="also the COCO toolkit's BLEU, METEOR, ROUGE-L and CIDEr-D (adds ~10 s at shapes sizes)")
+    s.add_argument(
+        "--coco",
+        action="store_true",
+        help="also the COCO toolkit's BLEU, METEOR, ROUGE-L and CIDEr-D (adds ~10 s at shapes sizes)",
+    )
     s.set_defaults(func=_cmd_test)
 
     s = sub.add_parser("caption", help="caption image files; saves a figure per image (attention per word)")
     s.add_argument("images", nargs="+")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--beam-size", type=beam, default=5)
-    s.add_argument("--length-penalty", type=penalty, default=None,
-                   help="rank finished beams by log-prob / length**this (0: the course's summed log-prob); "
-                        "default: the checkpoint's cfg length_penalty (the notebooks train with 1)")
+    _add_decoding_options(s)
     s.add_argument("--device", type=_device, default="cpu")
     s.add_argument("--out", default="outputs/captions", help="folder for the PNG figures")
     s.set_defaults(func=_cmd_caption)
-
-    # subcommands that live with their feature: each module has register(subparsers)
-    from captioning import check, pretrain
-
-    for module in (pretrain, check):
-        module.register(sub)
-    return p
 
 
 def parse_command_line(parser, argv=None):
@@ -253,7 +318,7 @@ def parse_command_line(parser, argv=None):
 
 
 def main(argv=None) -> int:
-    from captioning import threads
+    from captioning.internals import threads
 
     threads.start()  # the idle CPUs are counted over the start-up (see run_command)
     return run_command(parse_command_line(build_parser(), argv))
@@ -266,7 +331,7 @@ def run_command(args) -> int:
     """Run a parsed subcommand (``args.func``); a KitError becomes "error: …" on stderr and exit status 2."""
     try:
         if args.command in COMPUTE:
-            from captioning.threads import set_threads
+            from captioning.internals.threads import set_threads
 
             set_threads(note=lambda line: print(line, file=sys.stderr))
         args.func(args)

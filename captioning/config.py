@@ -4,6 +4,7 @@
 ``dropout``, ``device``, ``epochs``, ``batch_size``, ``workers``, ``encoder_lr``, ``decoder_lr``, ``grad_clip``,
 ``alpha_c``, ``print_freq``, ``fine_tune_encoder``, ``checkpoint``, ``attention``) plus the kit's own below.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ import os
 
 import torch
 
-from captioning.errors import KitError
+from captioning.internals.errors import KitError
 
 DEFAULT_CFG = {
     # data
@@ -68,8 +69,12 @@ def make_cfg(cfg=None, **overrides):
     out = dict(DEFAULT_CFG)
     for src in (cfg or {}), overrides:
         for k, v in src.items():
-            if k not in DEFAULT_CFG and k not in ("vocab_size", "start_epoch", "epochs_since_improvement",
-                                                  "best_bleu4"):
+            if k not in DEFAULT_CFG and k not in (
+                "vocab_size",
+                "start_epoch",
+                "epochs_since_improvement",
+                "best_bleu4",
+            ):
                 raise KitError(f"unknown cfg key '{k}'; known keys: {', '.join(sorted(DEFAULT_CFG))}")
             out[k] = v
     check_cfg(out)
@@ -105,6 +110,7 @@ def _number(lo, hi=None, lo_open=False, hi_open=False):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             return False
         return (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+
     text = f"a number {'>' if lo_open else '>='} {lo}" + ("" if hi is None else f" and {'<' if hi_open else '<='} {hi}")
     return ok, text
 
@@ -115,8 +121,9 @@ def _optional(rule):
 
 
 def _one_of(*choices):
-    return (lambda v: v in choices and type(v) in {type(c) for c in choices}), \
-        "one of " + ", ".join(repr(c) for c in choices)
+    return (lambda v: v in choices and type(v) in {type(c) for c in choices}), "one of " + ", ".join(
+        repr(c) for c in choices
+    )
 
 
 def _device_ok(v):
@@ -131,30 +138,60 @@ def _device_ok(v):
 _STR = ((lambda v: isinstance(v, str) and v != ""), "a non-empty string")
 _BOOL = ((lambda v: isinstance(v, bool)), "True or False")
 # becomes part of file names (WORDMAP_{data_name}.json, checkpoints): a path in it would read or write elsewhere
-_NAME = ((lambda v: isinstance(v, str) and v not in ("", ".", "..") and not any(c in v for c in "/\\\0")),
-         "a plain name without / or \\ (it is part of file names), e.g. shapes_5_cap_per_img_5_min_word_freq")
+_NAME = (
+    (lambda v: isinstance(v, str) and v not in ("", ".", "..") and not any(c in v for c in "/\\\0")),
+    "a plain name without / or \\ (it is part of file names), e.g. shapes_5_cap_per_img_5_min_word_freq",
+)
 # Upper bounds where a typo would take all the memory (embed_dim=100000000, encoded_image_size=1000: killed by the
 # kernel at 22 GB, without a message) rather than train: far above what the course or any recipe uses.
 _DIM = _int(1, 8192, " (the course uses 512; memory grows with its square)")
 RULES = {
-    "data_folder": _STR, "data_name": _NAME, "embed_dim": _DIM, "attention_dim": _DIM, "decoder_dim": _DIM,
+    "data_folder": _STR,
+    "data_name": _NAME,
+    "embed_dim": _DIM,
+    "attention_dim": _DIM,
+    "decoder_dim": _DIM,
     "dropout": _number(0, 1, hi_open=True),
-    "init_state": (_one_of("mean", "learned")[0], "'mean' (h0/c0 from the mean feature, as in the course) or "
-                   "'learned' (the attention decoder's h0/c0 do not depend on the image)"),
-    "decoder": _one_of(None, "rnn", "attention", "adaptive"), "attention": _BOOL, "encoder": _STR,
+    "init_state": (
+        _one_of("mean", "learned")[0],
+        "'mean' (h0/c0 from the mean feature, as in the course) or "
+        "'learned' (the attention decoder's h0/c0 do not depend on the image)",
+    ),
+    "decoder": _one_of(None, "rnn", "attention", "adaptive"),
+    "attention": _BOOL,
+    "encoder": _STR,
     "encoder_weights": _optional(_STR),
-    "encoded_image_size": _int(1, 64, " (the side of the grid the decoder attends over, 14 in the course; a 256 px "
-                                      "image gives ResNet an 8x8 map, and memory grows with its square)"),
+    "encoded_image_size": _int(
+        1,
+        64,
+        " (the side of the grid the decoder attends over, 14 in the course; a 256 px "
+        "image gives ResNet an 8x8 map, and memory grows with its square)",
+    ),
     "recalibrate_images": _int(0),
     "device": (_device_ok, "a device PyTorch knows: 'cpu', 'cuda', 'cuda:1', 'mps'"),
-    "seed": _int(0, 2**32 - 1), "epochs": _int(1), "batch_size": _int(1), "workers": _int(0),
-    "encoder_lr": _number(0, lo_open=True), "decoder_lr": _number(0, lo_open=True),
-    "grad_clip": _optional(_number(0)), "alpha_c": _number(0), "print_freq": _optional(_int(0)),
-    "fine_tune_encoder": _BOOL, "checkpoint": _optional(_STR), "overwrite": _BOOL, "output_dir": _STR,
-    "feature_cache": _one_of("auto", False), "fast_decoder": _one_of("auto", False), "patience": _int(1),
-    "lr_decay_every": _int(1), "lr_decay_factor": _number(0, 1, lo_open=True), "val_beam_size": _int(1),
+    "seed": _int(0, 2**32 - 1),
+    "epochs": _int(1),
+    "batch_size": _int(1),
+    "workers": _int(0),
+    "encoder_lr": _number(0, lo_open=True),
+    "decoder_lr": _number(0, lo_open=True),
+    "grad_clip": _optional(_number(0)),
+    "alpha_c": _number(0),
+    "print_freq": _optional(_int(0)),
+    "fine_tune_encoder": _BOOL,
+    "checkpoint": _optional(_STR),
+    "overwrite": _BOOL,
+    "output_dir": _STR,
+    "feature_cache": _one_of("auto", False),
+    "fast_decoder": _one_of("auto", False),
+    "patience": _int(1),
+    "lr_decay_every": _int(1),
+    "lr_decay_factor": _number(0, 1, lo_open=True),
+    "val_beam_size": _int(1),
     "length_penalty": _number(0),
-    "max_decode_len": _int(2), "max_train_images": _optional(_int(1)), "max_val_images": _optional(_int(1)),
+    "max_decode_len": _int(2),
+    "max_train_images": _optional(_int(1)),
+    "max_val_images": _optional(_int(1)),
     "progress": _BOOL,
 }
 
@@ -168,14 +205,18 @@ def make_output_dir(cfg):
     try:
         os.makedirs(cfg["output_dir"], exist_ok=True)
     except OSError as e:
-        raise KitError(f"setting output_dir = {cfg['output_dir']!r}: cannot create that folder ({e.strerror or e}); "
-                       f"choose another output_dir") from None
+        raise KitError(
+            f"setting output_dir = {cfg['output_dir']!r}: cannot create that folder ({e.strerror or e}); "
+            f"choose another output_dir"
+        ) from None
     try:
         with tempfile.TemporaryFile(dir=cfg["output_dir"], prefix=".write-test-"):
             pass
     except OSError as e:
-        raise KitError(f"setting output_dir = {cfg['output_dir']!r}: cannot write in that folder ({e.strerror or e}); "
-                       f"choose another output_dir, or make it writable") from None
+        raise KitError(
+            f"setting output_dir = {cfg['output_dir']!r}: cannot write in that folder ({e.strerror or e}); "
+            f"choose another output_dir, or make it writable"
+        ) from None
 
 
 def check_value(key, value, rule):

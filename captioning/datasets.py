@@ -1,8 +1,8 @@
-"""The files written by ``captioning.prepare`` as PyTorch datasets, and their paths.
+"""The files written by ``captioning.data.prepare`` as PyTorch datasets, and their paths.
 
 * ``CaptionDataset`` — the course's API: one item per caption (below).
 * ``ImageCaptions`` — what training reads: one item per *image* with all its captions, the image side read either
-  from the prepared HDF5 (pixels, when the encoder is fine-tuned) or from the feature cache (``features.py``).
+  from the prepared HDF5 (pixels, when the encoder is fine-tuned) or from the feature cache (``data/features.py``).
 
 One item per caption (N images x cpi captions); item i belongs to image i // cpi::
 
@@ -17,6 +17,7 @@ One item per caption (N images x cpi captions); item i belongs to image i // cpi
 Images are read one at a time from the HDF5 file, which each DataLoader worker opens for itself on first use,
 so ``num_workers > 1`` works and memory does not grow with the dataset.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,8 @@ import h5py
 import torch
 from torch.utils.data import Dataset
 
-from captioning.errors import KitError
-from captioning.manifest import check_prepared
+from captioning.data.manifest import check_prepared
+from captioning.internals.errors import KitError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,9 +41,11 @@ _STD = torch.tensor(IMAGENET_STD, device="cpu").view(3, 1, 1)
 
 def _require(path: Path, data_name: str) -> Path:
     if not path.is_file():
-        raise KitError(f"{path} does not exist. Create the input files first, e.g. `python -m captioning prepare "
-                       f"--dataset ... --output-folder {path.parent}` (data_name {data_name!r} must match the "
-                       "prepare options: {dataset}_{cpi}_cap_per_img_{min_word_freq}_min_word_freq).")
+        raise KitError(
+            f"{path} does not exist. Create the input files first, e.g. `python -m captioning prepare "
+            f"--dataset ... --output-folder {path.parent}` (data_name {data_name!r} must match the "
+            "prepare options: {dataset}_{cpi}_cap_per_img_{min_word_freq}_min_word_freq)."
+        )
     return path
 
 
@@ -56,8 +59,10 @@ def _read_json(path: Path):
 
 def split_paths(data_folder, data_name, split):
     """The prepared files of one split: (images .hdf5, captions .json, caplens .json)."""
-    return tuple(os.path.join(data_folder, f"{split}_{kind}_{data_name}.{ext}")
-                 for kind, ext in (("IMAGES", "hdf5"), ("CAPTIONS", "json"), ("CAPLENS", "json")))
+    return tuple(
+        os.path.join(data_folder, f"{split}_{kind}_{data_name}.{ext}")
+        for kind, ext in (("IMAGES", "hdf5"), ("CAPTIONS", "json"), ("CAPLENS", "json"))
+    )
 
 
 def word_map_path(data_folder, data_name):
@@ -76,9 +81,11 @@ def normalize(images_uint8):
 def _check_files(paths):
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise KitError(f"prepared data file '{missing[0]}' does not exist (missing: {len(missing)} file(s)). "
-                       f"Run `python -m captioning prepare …` (or `python -m captioning shapes` then prepare) first, "
-                       f"and check data_folder / data_name")
+        raise KitError(
+            f"prepared data file '{missing[0]}' does not exist (missing: {len(missing)} file(s)). "
+            f"Run `python -m captioning prepare …` (or `python -m captioning shapes` then prepare) first, "
+            f"and check data_folder / data_name"
+        )
 
 
 def load_word_map(data_folder, data_name) -> dict[str, int]:
@@ -141,12 +148,15 @@ class CaptionDataset(_LazyH5, Dataset):
                 self.n_images = int(h["images"].shape[0])
                 self.image_size = int(h["images"].shape[-1])
         except (OSError, KeyError) as e:
-            raise KitError(f"{self.h5_path} is not a complete images file ({e}); run `python -m captioning "
-                           "prepare` again.") from e
+            raise KitError(
+                f"{self.h5_path} is not a complete images file ({e}); run `python -m captioning prepare` again."
+            ) from e
         if len(captions) != self.n_images * self.cpi or len(caplens) != len(captions):
-            raise KitError(f"{folder}: {self.h5_path.name} holds {self.n_images} images x {self.cpi} captions, but "
-                           f"the CAPTIONS/CAPLENS files hold {len(captions)} / {len(caplens)}: the files come from "
-                           "different runs. Run `python -m captioning prepare` again.")
+            raise KitError(
+                f"{folder}: {self.h5_path.name} holds {self.n_images} images x {self.cpi} captions, but "
+                f"the CAPTIONS/CAPLENS files hold {len(captions)} / {len(caplens)}: the files come from "
+                "different runs. Run `python -m captioning prepare` again."
+            )
         # CPU-side: dataset items, moved to the device by the training loop
         self.captions = torch.tensor(captions, dtype=torch.long, device="cpu").view(len(captions), -1)
         self.caplens = torch.tensor(caplens, dtype=torch.long, device="cpu")
@@ -171,11 +181,11 @@ class CaptionDataset(_LazyH5, Dataset):
         img = self.image(img_index)
         # clone(): a view would drag the whole captions storage through a DataLoader worker's queue.
         caption = self.captions[i].clone()
-        caplen = self.caplens[i:i + 1].clone()
+        caplen = self.caplens[i : i + 1].clone()
         if self.split == "TRAIN":
             return img, caption, caplen
         first = img_index * self.cpi
-        return img, caption, caplen, self.captions[first:first + self.cpi].clone()
+        return img, caption, caplen, self.captions[first : first + self.cpi].clone()
 
     @property
     def image_ids(self) -> list[str]:
@@ -218,15 +228,19 @@ class ImageCaptions(_LazyH5, Dataset):
         with open(len_path) as fh:
             lens = json.load(fh)
         if len(caps) != self.n_images * self.cpi or len(lens) != len(caps):
-            raise KitError(f"'{cap_path}' holds {len(caps)} captions and '{len_path}' {len(lens)} lengths for "
-                           f"{self.n_images} images × {self.cpi}: the files come from different runs; prepare again")
+            raise KitError(
+                f"'{cap_path}' holds {len(caps)} captions and '{len_path}' {len(lens)} lengths for "
+                f"{self.n_images} images × {self.cpi}: the files come from different runs; prepare again"
+            )
         if limit is not None:
             self.n_images = min(self.n_images, int(limit))
         # CPU-side: dataset items, moved to the device by the training loop
-        self.captions = torch.tensor(caps[: self.n_images * self.cpi], dtype=torch.long,
-                                     device="cpu").view(self.n_images, self.cpi, -1)
-        self.caplens = torch.tensor(lens[: self.n_images * self.cpi], dtype=torch.long,
-                                    device="cpu").view(self.n_images, self.cpi)
+        self.captions = torch.tensor(caps[: self.n_images * self.cpi], dtype=torch.long, device="cpu").view(
+            self.n_images, self.cpi, -1
+        )
+        self.caplens = torch.tensor(lens[: self.n_images * self.cpi], dtype=torch.long, device="cpu").view(
+            self.n_images, self.cpi
+        )
         self.h5_path = self.features_path or self.images_path
 
     def __len__(self):
@@ -251,12 +265,13 @@ def save_prepared_image(data_folder, data_name, split, index, folder):
 
     from PIL import Image
 
-    from captioning.atomic import atomic_path
+    from captioning.internals.atomic import atomic_path
 
     h5_path = split_paths(data_folder, data_name, split)[0]
     if not os.path.isfile(h5_path):
-        raise KitError(f"there is no {split} images file {h5_path}: prepare the data, or set image to the path of "
-                       "an image file")
+        raise KitError(
+            f"there is no {split} images file {h5_path}: prepare the data, or set image to the path of an image file"
+        )
     with h5py.File(h5_path, "r") as f:
         if not f["images"].shape[0]:
             raise KitError(f"{h5_path} holds no image: set image to the path of an image file")

@@ -1,7 +1,7 @@
 """Caption generation without teacher forcing: beam search batched over many images, greedy = beam 1.
 
 Built only on a decoder's ``init_hidden_state`` / ``embedding`` / ``one_step``, so it runs any decoder of
-``models.py`` — a student's too. With the ``fast_path`` plug-in installed (``captioning.plugins``; the instructor
+``models.py`` — a student's too. With the ``fast_path`` plug-in installed (``captioning.internals.plugins``; the instructor
 kit has one) the kit's own attention decoders run its step instead of ``one_step`` (the same numbers, checked on a
 probe at every call; the encoder projection once per image instead of once per beam and word). Semantics follow the course's reference beam
 search: at each step the k best continuations of an image are kept among all (beam × word) candidates; a candidate
@@ -10,6 +10,7 @@ caption with the highest summed log-probability (optionally divided by length**`
 course does not do). Two fixes: if nothing reaches ``<end>`` within ``max_len`` steps the best unfinished beam is
 returned (the reference crashed), and all images are decoded together, retiring finished ones from the batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,9 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from captioning.errors import KitError
-
-from captioning import plugins
+from captioning.internals import plugins
+from captioning.internals.errors import KitError
 
 ONE_STEP_BYTES = 64 * 2**20  # the most encoder output, copied per beam, that one_step reads at once
 
@@ -71,8 +71,9 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50, fast=Tr
     Returns: list of N :class:`Caption`.
     """
     if not 0 <= length_penalty < float("inf"):  # inf divided every score to 0 or nan: any caption could win
-        raise KitError(f"length_penalty must be a number >= 0 (0: the course's summed log-probability), "
-                       f"got {length_penalty!r}")
+        raise KitError(
+            f"length_penalty must be a number >= 0 (0: the course's summed log-probability), got {length_penalty!r}"
+        )
     if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:
         raise KitError(f"beam_size = {beam_size!r} is not allowed: beam_size must be an integer >= 1 (1: greedy)")
     n_img = encoder_out.size(0)
@@ -85,8 +86,13 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50, fast=Tr
         # in chunks of images whose copy fits ONE_STEP_BYTES (8 images at course sizes), not all N at once
         chunk = max(1, ONE_STEP_BYTES // (k * enc[0].numel() * enc.element_size()))
         if chunk < n_img:
-            return [cap for lo in range(0, n_img, chunk) for cap in beam_search(
-                decoder, enc[lo:lo + chunk], word_map, beam_size, max_len, False, length_penalty)]
+            return [
+                cap
+                for lo in range(0, n_img, chunk)
+                for cap in beam_search(
+                    decoder, enc[lo : lo + chunk], word_map, beam_size, max_len, False, length_penalty
+                )
+            ]
     search = _Search(n_img, k, word_map["<start>"], word_map["<end>"], max_len, length_penalty, enc.device)
     h, c = decoder.init_hidden_state(enc)  # (N, D): same for every beam of an image
     h, c = h.repeat_interleave(k, 0), c.repeat_interleave(k, 0)  # (N·k, D)
@@ -141,14 +147,20 @@ class _Search:
         # an image whose beam narrowed to w keeps only its w best candidates
         valid = (torch.arange(k, device=dev).unsqueeze(0) < self.width.unsqueeze(1)) & torch.isfinite(top_scores)
         is_end = (word_ids == self.end) & valid
-        new_seqs = torch.cat([self.seqs.gather(1, beam_ids.unsqueeze(2).expand(-1, -1, self.seqs.size(2))),
-                              word_ids.unsqueeze(2)], dim=2)  # (n, k, t + 2)
+        new_seqs = torch.cat(
+            [self.seqs.gather(1, beam_ids.unsqueeze(2).expand(-1, -1, self.seqs.size(2))), word_ids.unsqueeze(2)], dim=2
+        )  # (n, k, t + 2)
         new_alphas = None
         if alpha is not None:
             a = alpha.view(n, k, -1)
             a = a.gather(1, beam_ids.unsqueeze(2).expand(-1, -1, a.size(2))).unsqueeze(2)  # (n, k, 1, P')
-            new_alphas = a if self.alphas is None else torch.cat(
-                [self.alphas.gather(1, beam_ids[:, :, None, None].expand(-1, -1, *self.alphas.shape[2:])), a], dim=2)
+            new_alphas = (
+                a
+                if self.alphas is None
+                else torch.cat(
+                    [self.alphas.gather(1, beam_ids[:, :, None, None].expand(-1, -1, *self.alphas.shape[2:])), a], dim=2
+                )
+            )
         self._keep_best_finished(t, top_scores, is_end, new_seqs, new_alphas)
         self.width = self.width - is_end.sum(dim=1)
         self.live = valid & ~is_end
@@ -172,10 +184,14 @@ class _Search:
         self.best_len[idx] = seq.size(1)
         if new_alphas is not None:
             if self.best_alpha is None:
-                self.best_alpha = torch.zeros(self.best_score.numel(), self.max_len + 1, new_alphas.size(3),
-                                              device=self.dev)
-            al = new_alphas[better].gather(
-                1, fin_j[better, None, None, None].expand(-1, 1, *new_alphas.shape[2:])).squeeze(1)
+                self.best_alpha = torch.zeros(
+                    self.best_score.numel(), self.max_len + 1, new_alphas.size(3), device=self.dev
+                )
+            al = (
+                new_alphas[better]
+                .gather(1, fin_j[better, None, None, None].expand(-1, 1, *new_alphas.shape[2:]))
+                .squeeze(1)
+            )
             self.best_alpha[idx, : al.size(1)] = al.float()
 
     def retire_done(self, last):
@@ -189,11 +205,18 @@ class _Search:
         for j in unfinished.nonzero().flatten().tolist():  # never reached <end>: best open beam
             b = self.scores[j].argmax().item()
             self.results_[self.rows[j].item()] = Caption(
-                self.seqs[j, b, 1:].tolist(), self.scores[j, b].item(), False,
-                None if self.alphas is None else self.alphas[j, b].float().cpu())
+                self.seqs[j, b, 1:].tolist(),
+                self.scores[j, b].item(),
+                False,
+                None if self.alphas is None else self.alphas[j, b].float().cpu(),
+            )
         keep = ~done
-        self.rows, self.scores, self.seqs, self.width = (self.rows[keep], self.scores[keep], self.seqs[keep],
-                                                         self.width[keep])
+        self.rows, self.scores, self.seqs, self.width = (
+            self.rows[keep],
+            self.scores[keep],
+            self.seqs[keep],
+            self.width[keep],
+        )
         if self.alphas is not None:
             self.alphas = self.alphas[keep]
         return keep
@@ -203,7 +226,7 @@ class _Search:
         for i, res in enumerate(self.results_):
             if res is None:
                 length = self.best_len[i].item()
-                toks = self.best_seq[i, 1: length - 1].tolist()  # drop <start> and <end>
+                toks = self.best_seq[i, 1 : length - 1].tolist()  # drop <start> and <end>
                 al = None if self.best_alpha is None else self.best_alpha[i, : length - 2].cpu()
                 self.results_[i] = Caption(toks, self.best_score[i].item(), True, al)
         return self.results_

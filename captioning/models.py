@@ -9,13 +9,13 @@ images (B, 3, H, W) become a grid of features (B, S, S, C)); ``Encoder`` can be 
 course. A third decoder, ``DecoderWithAdaptiveAttention`` (Knowing When to Look), is reference code in
 ``captioning/adaptive.py``, not a TODO.
 
-Students fill in the regions between ``### BEGIN SOLUTION`` and ``### END SOLUTION``; the banner comment right
-above each region says what goes there. The layer *names* are part of the contract: the grader copies weights
+Students fill in the code under each ``TODO`` banner; the banner says what goes there, with the shapes. The layer *names* are part of the contract: the grader copies weights
 into your modules by these names and compares outputs.
 
 Shapes used in docstrings: B batch, P = S·S encoder regions, C encoder channels (2048 for ResNet-101),
 T caption length incl. ``<start>``/``<end>``, E embed_dim, D decoder_dim, A attention_dim, V vocab_size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from captioning.encoder import Encoder  # noqa: F401  (the course imports the encoder from models.py)
+
 
 class TodoError(AttributeError, NotImplementedError):
     """A layer a student has not defined yet. An AttributeError so that ``hasattr`` keeps working."""
@@ -39,7 +40,16 @@ class _Graded(nn.Module):
                 raise
             raise TodoError(
                 f"TODO {type(self).__name__}.__init__: layer '{name}' is not defined yet "
-                f"(define it in the __init__ TODO of {type(self).__name__} in models.py)") from None
+                f"(define it in the __init__ TODO of {type(self).__name__} in models.py)"
+            ) from None
+
+    def init_weights(self):
+        """Uniform(-0.1, 0.1) embeddings and fc weights, zero fc bias (as in the reference tutorial)."""
+        if "embedding" in self._modules:  # absent while the __init__ TODO is open: stay constructible
+            self.embedding.weight.data.uniform_(-0.1, 0.1)
+        if "fc" in self._modules:
+            self.fc.bias.data.fill_(0)
+            self.fc.weight.data.uniform_(-0.1, 0.1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -86,14 +96,6 @@ class DecoderWithRNN(_Graded):
         self.dropout = nn.Dropout(p=self.dropout_p)
         ### END SOLUTION
         self.init_weights()
-
-    def init_weights(self):
-        """Uniform(-0.1, 0.1) embeddings and fc weights, zero fc bias (as in the reference tutorial)."""
-        if "embedding" in self._modules:  # absent while the __init__ TODO is open: stay constructible
-            self.embedding.weight.data.uniform_(-0.1, 0.1)
-        if "fc" in self._modules:
-            self.fc.bias.data.fill_(0)
-            self.fc.weight.data.uniform_(-0.1, 0.1)
 
     def init_hidden_state(self, encoder_out):
         """Feed the image: encoder_out (B, S, S, C) or (B, P, C) → (h, c), each (B, D)."""
@@ -250,14 +252,6 @@ class DecoderWithAttention(_Graded):
         self.dropout = nn.Dropout(p=self.dropout_p)
         ### END SOLUTION
         self.init_weights()
-
-    def init_weights(self):
-        """Uniform(-0.1, 0.1) embeddings and fc weights, zero fc bias (as in the reference tutorial)."""
-        if "embedding" in self._modules:  # absent while the __init__ TODO is open: stay constructible
-            self.embedding.weight.data.uniform_(-0.1, 0.1)
-        if "fc" in self._modules:
-            self.fc.bias.data.fill_(0)
-            self.fc.weight.data.uniform_(-0.1, 0.1)
 
     def init_hidden_state(self, encoder_out):
         """encoder_out (B, S, S, C) or (B, P, C) → h, c, each (B, D), from the mean over regions.

@@ -19,20 +19,19 @@ Helpers: ``setup``, ``output_folder``, ``require_todos`` (stops with a message n
 notebook writes its key numbers to ``<output_dir>/<name>.metrics.json`` so that graders read numbers, not cell
 text). This module imports torch only inside the helpers that need it.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
 import sys
 import warnings
 
-from captioning.atomic import write_json
-from captioning.errors import KitError
-from captioning.outputs import write_json as write_checked  # read back before the rename
-from captioning.recipe import RECIPE
-from captioning.todos import require_todos  # noqa: F401  (the notebooks call nb.require_todos)
+from captioning.check import require_todos  # noqa: F401  (the notebooks call nb.require_todos)
+from captioning.data.ensure import SHAPES_NAME, SHAPES_SETTINGS, data_summary, encoder_settings, ensure_data  # noqa: F401
+from captioning.evaluation.outputs import write_json as write_checked  # read back before the rename
+from captioning.internals.errors import KitError
 
 # Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): an executed
 # notebook keeps a line or two per epoch instead of one per batch. tqdm reads its TQDM_* settings once, when it is
@@ -45,8 +44,6 @@ DEFAULT_OUTPUT_DIR = "../outputs/notebooks"
 # `make test` sets this so that nbval's re-execution of the notebooks at their defaults writes checkpoints and data
 # there instead of into DEFAULT_OUTPUT_DIR, where a student's own runs live. It only replaces the default.
 NBVAL_ENV = "CAPTIONING_NBVAL_OUTPUT"
-SHAPES_SETTINGS = "shapes_settings.json"
-SHAPES_NAME = re.compile(r"^shapes_(\d+)_cap_per_img_(\d+)_min_word_freq$")
 KIND = {False: "NoAttention", True: "Attention"}
 # the decoders a notebook's `decoder` parameter may name, and the checkpoint name of each (solver.DECODER_NAMES)
 DECODERS = {"rnn": "NoAttention", "attention": "Attention", "adaptive": "AdaptiveAttention"}
@@ -60,15 +57,27 @@ def check_parameters(params):
     parameters by the rules below). ``params``: the notebook's ``globals()``; other names are ignored."""
     from captioning.config import _STR, RULES, _int, _number, _one_of, _optional
 
-    own = {"shapes_n_train": _int(1), "shapes_n_val": _int(1), "shapes_n_test": _int(1),
-           "shapes_image_size": _int(16), "shapes_seed": _int(0), "threads": _int(0), "beam_size": _int(1),
-           "length_penalty": _number(0), "max_images": _optional(_int(1)), "split": _one_of("TEST", "VAL"),
-           "data_folder": _optional(_STR), "data_name": _optional(_STR), "encoded_image_size": _optional(_int(1)),
-           "image": _optional(_STR)}
+    own = {
+        "shapes_n_train": _int(1),
+        "shapes_n_val": _int(1),
+        "shapes_n_test": _int(1),
+        "shapes_image_size": _int(16),
+        "shapes_seed": _int(0),
+        "threads": _int(0),
+        "beam_size": _int(1),
+        "length_penalty": _number(0),
+        "max_images": _optional(_int(1)),
+        "split": _one_of("TEST", "VAL"),
+        "data_folder": _optional(_STR),
+        "data_name": _optional(_STR),
+        "encoded_image_size": _optional(_int(1)),
+        "image": _optional(_STR),
+    }
     for key, (ok, allowed) in {**RULES, **own}.items():
         if key in params and not ok(params[key]):
-            raise KitError(f"parameter {key} = {params[key]!r} is not allowed: {key} must be {allowed} (see the "
-                           f"parameters cell)")
+            raise KitError(
+                f"parameter {key} = {params[key]!r} is not allowed: {key} must be {allowed} (see the parameters cell)"
+            )
 
 
 def setup(threads=1, seed=None):
@@ -86,8 +95,12 @@ def setup(threads=1, seed=None):
         torch.set_num_threads(int(threads))
     if seed is not None:
         torch.manual_seed(seed)
-    return {"python": sys.executable, "prefix": sys.prefix, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return {
+        "python": sys.executable,
+        "prefix": sys.prefix,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def output_folder(output_dir):
@@ -115,129 +128,6 @@ def decoder_choice(decoder=None, attention=True, choices=tuple(DECODERS)):
     return decoder
 
 
-# ------------------------------------------------------------------------------------------------------- data
-def _prepared_files(data_folder, data_name):
-    from captioning.datasets import split_paths, word_map_path
-
-    files = [word_map_path(data_folder, data_name)]
-    for split in ("TRAIN", "VAL", "TEST"):
-        files += split_paths(data_folder, data_name, split)
-    return files
-
-
-def _complete(data_folder, data_name):
-    from captioning.manifest import check_prepared
-
-    try:
-        check_prepared(data_folder, data_name)
-        return True
-    except KitError:  # a prepare run was interrupted: generate the built-in data again
-        return False
-
-
-def ensure_data(data_folder, data_name, shapes_n_train=RECIPE["n_train"], shapes_n_val=RECIPE["n_val"],
-                shapes_n_test=RECIPE["n_test"], shapes_image_size=RECIPE["image_size"], shapes_seed=RECIPE["seed"]):
-    """Make sure the prepared files of ``data_name`` are in ``data_folder``; returns a summary dict.
-
-    For the built-in shapes data (``data_name`` ``shapes_{cpi}_cap_per_img_{mwf}_min_word_freq``) missing files, or
-    files generated with other ``shapes_*`` settings or by another ``shapes.DATA_VERSION`` (``shapes_settings.json``
-    beside them), are (re)generated into ``data_folder/shapes_raw`` and prepared into ``data_folder``. For any other
-    data the ``shapes_*`` arguments are ignored and missing files are a KitError saying how to prepare them.
-
-    Returns: data_folder, data_name, status ("generated" | "found"), n_train, n_val, n_test, image_size,
-    captions_per_image, vocab_size, shapes (True for the built-in data), seed (its shapes_seed) and karpathy_json
-    (shapes only).
-    """
-    import h5py
-
-    data_folder, files = str(data_folder), _prepared_files(data_folder, data_name)
-    m = SHAPES_NAME.match(data_name)
-    status = "found"
-    karpathy = None
-    if m:
-        cpi, mwf = int(m.group(1)), int(m.group(2))
-        from captioning.shapes import DATA_VERSION
-
-        wanted = {"n_train": shapes_n_train, "n_val": shapes_n_val, "n_test": shapes_n_test,
-                  "image_size": shapes_image_size, "seed": shapes_seed, "captions_per_image": cpi,
-                  "min_word_freq": mwf, "generator_version": DATA_VERSION}
-        stamp_path = os.path.join(data_folder, SHAPES_SETTINGS)
-        stamp = None
-        if os.path.isfile(stamp_path):
-            with open(stamp_path) as fh:
-                stamp = json.load(fh)
-        karpathy = os.path.join(data_folder, "shapes_raw", "dataset_shapes.json")
-        if not all(os.path.isfile(f) for f in files) or (stamp is not None and stamp != wanted) \
-                or not _complete(data_folder, data_name):
-            from captioning.prepare import create_input_files
-            from captioning.shapes import generate_shapes
-
-            print(f"generating the shapes data ({shapes_n_train}/{shapes_n_val}/{shapes_n_test} images of "
-                  f"{shapes_image_size} px) into {data_folder}", flush=True)
-            karpathy = generate_shapes(os.path.join(data_folder, "shapes_raw"), n_train=shapes_n_train,
-                                       n_val=shapes_n_val, n_test=shapes_n_test, image_size=shapes_image_size,
-                                       seed=shapes_seed)
-            create_input_files("shapes", karpathy, os.path.join(data_folder, "shapes_raw"), captions_per_image=cpi,
-                               min_word_freq=mwf, output_folder=data_folder, max_len=50,
-                               image_size=shapes_image_size, seed=shapes_seed, workers=1)
-            write_json(wanted, stamp_path)
-            status = "generated"
-    missing = [f for f in files if not os.path.isfile(f)]
-    if missing:
-        raise KitError(f"data_folder '{data_folder}' has no prepared data '{data_name}' ({missing[0]} is missing): "
-                       f"prepare it with `python -m captioning prepare --dataset … --output-folder {data_folder}`, "
-                       f"or check data_folder / data_name (the built-in data is named "
-                       f"shapes_5_cap_per_img_5_min_word_freq)")
-    from captioning.datasets import load_word_map
-
-    from captioning.datasets import split_paths
-
-    counts = {}
-    for split in ("TRAIN", "VAL", "TEST"):
-        with h5py.File(split_paths(data_folder, data_name, split)[0], "r") as f:
-            counts[split] = f["images"].shape[0]
-            if split == "TRAIN":
-                image_size, cpi = int(f["images"].shape[-1]), int(f.attrs["captions_per_image"])
-    return {"data_folder": data_folder, "data_name": data_name, "status": status, "n_train": counts["TRAIN"],
-            "n_val": counts["VAL"], "n_test": counts["TEST"], "image_size": image_size, "captions_per_image": cpi,
-            "vocab_size": len(load_word_map(data_folder, data_name)),
-            "shapes": bool(m), "seed": shapes_seed if m else None,
-            "karpathy_json": str(karpathy) if karpathy and os.path.isfile(karpathy) else None}
-
-
-def encoder_settings(data, encoder_weights=None, encoded_image_size=None, progress=True):
-    """The encoder cfg keys (``encoder``, ``encoder_weights``, ``encoded_image_size``) of a training notebook.
-
-    * ``encoder_weights`` None on the built-in shapes data: the recipe's ``shapes_cnn``, pretrained on the TRAIN
-      boxes on first use and cached beside the data (``pretrain.ensure_encoder``), one S×S grid cell per 16 px.
-    * ``encoder_weights`` given ("imagenet" or a ResNet-101 .pth): the course's ResNet-101, ``encoded_image_size``
-      (default 14) on a side — the path for real photos (COCO, Flickr) on a GPU.
-    * None on other data: a ResNet-101 with random weights (BatchNorm recalibrated); it carries little shape
-      information, so the captions will be poor — a message says so.
-    """
-    if encoder_weights is None and data.get("shapes"):
-        from captioning.pretrain import STRIDE, ensure_encoder
-
-        pre = ensure_encoder(data["data_folder"], data["data_name"], RECIPE["pretrain_epochs"], seed=data["seed"],
-                             images=RECIPE["pretrain_images"], progress=progress)
-        acc = pre["val_accuracy"]
-        print(f"encoder: shapes_cnn pretrained on the TRAIN boxes for {pre['epochs']} epochs ({pre['status']}; "
-              f"VAL cells: shape {acc['shape']:.2f}, colour {acc['color']:.2f})")
-        return {"encoder": "shapes_cnn", "encoder_weights": pre["path"],
-                "encoded_image_size": encoded_image_size or data["image_size"] // STRIDE}
-    if encoder_weights is None:
-        print("encoder: ResNet-101 with random weights (no ImageNet weights given): expect poor captions; set "
-              "encoder_weights to 'imagenet' or a ResNet-101 .pth")
-    return {"encoder": "resnet101", "encoder_weights": encoder_weights, "encoded_image_size": encoded_image_size or 14}
-
-
-def data_summary(data):
-    """One line about the data of ``ensure_data`` (no paths: the line is the same wherever the data lives)."""
-    return (f"{data['data_name']}: {data['n_train']} / {data['n_val']} / {data['n_test']} images (train / val / "
-            f"test) of {data['image_size']}×{data['image_size']} px, {data['captions_per_image']} captions each, "
-            f"vocabulary of {data['vocab_size']} words (incl. <pad> <unk> <start> <end>)")
-
-
 # ------------------------------------------------------------------------------------------------ checkpoints
 def find_checkpoint(output_dir, attention, data_name=None):
     """The BEST checkpoint train1 (``attention`` False or "rnn"), train2 (True or "attention") or train2 with the
@@ -247,15 +137,22 @@ def find_checkpoint(output_dir, attention, data_name=None):
     if data_name:
         path = os.path.join(output_dir, f"BEST_checkpoint_{kind}_{data_name}.pth.tar")
         if not os.path.isfile(path):
-            raise KitError(f"no checkpoint '{path}': run {notebook} first (same output_dir and data_name), or set "
-                           f"checkpoint to a .pth.tar file")
+            raise KitError(
+                f"no checkpoint '{path}': run {notebook} first (same output_dir and data_name), or set "
+                f"checkpoint to a .pth.tar file"
+            )
         return path
     prefix = f"BEST_checkpoint_{kind}_"
-    found = sorted(n for n in os.listdir(output_dir) if n.startswith(prefix) and n.endswith(".pth.tar")) \
-        if os.path.isdir(output_dir) else []
+    found = (
+        sorted(n for n in os.listdir(output_dir) if n.startswith(prefix) and n.endswith(".pth.tar"))
+        if os.path.isdir(output_dir)
+        else []
+    )
     if not found:
-        raise KitError(f"no {prefix}*.pth.tar in '{output_dir}': run {notebook} first (same output_dir), or set "
-                       f"checkpoint to a .pth.tar file")
+        raise KitError(
+            f"no {prefix}*.pth.tar in '{output_dir}': run {notebook} first (same output_dir), or set "
+            f"checkpoint to a .pth.tar file"
+        )
     if len(found) > 1:
         raise KitError(f"several checkpoints in '{output_dir}' ({', '.join(found)}): set data_name or checkpoint")
     return os.path.join(output_dir, found[0])
@@ -278,8 +175,10 @@ def checkpoint_decoder(checkpoint, decoder=None):
     parameter, when set) names another one."""
     held = _checkpoint_cfg(checkpoint)["decoder"]
     if decoder is not None and decoder != held:
-        raise KitError(f"checkpoint '{checkpoint}' holds the '{held}' decoder, but decoder = {decoder!r}: set "
-                       f"decoder = None (the checkpoint decides) or choose a checkpoint of that decoder")
+        raise KitError(
+            f"checkpoint '{checkpoint}' holds the '{held}' decoder, but decoder = {decoder!r}: set "
+            f"decoder = None (the checkpoint decides) or choose a checkpoint of that decoder"
+        )
     return held
 
 
@@ -295,8 +194,9 @@ def default_image(checkpoint, index=0):
     if not os.path.isfile(path):
         from captioning.datasets import save_prepared_image
 
-        path = save_prepared_image(data_folder, cfg["data_name"], "TEST", index,
-                                   os.path.dirname(os.path.abspath(checkpoint)))
+        path = save_prepared_image(
+            data_folder, cfg["data_name"], "TEST", index, os.path.dirname(os.path.abspath(checkpoint))
+        )
     else:
         with open(path) as fh:
             tests = [r for r in json.load(fh)["images"] if r["split"] == "test"]
@@ -311,11 +211,15 @@ def default_image(checkpoint, index=0):
 # ----------------------------------------------------------------------------------------------------- tables
 def history_table(history):
     """The per-epoch numbers of ``fit`` as a fixed-width table."""
-    lines = ["epoch | train loss | train top-5 | val loss | val top-5 | val BLEU-4",
-             "------+------------+-------------+----------+-----------+-----------"]
+    lines = [
+        "epoch | train loss | train top-5 | val loss | val top-5 | val BLEU-4",
+        "------+------------+-------------+----------+-----------+-----------",
+    ]
     for r in history:
-        lines.append(f"{r['epoch']:5d} | {r['train_loss']:10.3f} | {r['train_top5']:11.2f} | {r['val_loss']:8.3f} | "
-                     f"{r['val_top5']:9.2f} | {r['bleu4']:10.4f}{'  *' if r.get('best') else ''}")
+        lines.append(
+            f"{r['epoch']:5d} | {r['train_loss']:10.3f} | {r['train_top5']:11.2f} | {r['val_loss']:8.3f} | "
+            f"{r['val_top5']:9.2f} | {r['bleu4']:10.4f}{'  *' if r.get('best') else ''}"
+        )
     if history:
         best = max(history, key=lambda r: r["bleu4"])
         lines.append(f"best validation BLEU-4 {best['bleu4']:.4f} at epoch {best['epoch']} (* = new best)")
@@ -324,14 +228,20 @@ def history_table(history):
 
 def bleu_table(result):
     """BLEU-1..4 of ``evaluate`` (and the pointing game when there is one) as a markdown-style table."""
-    lines = [f"{result['split']} split, {result['n_images']} images, beam {result['beam_size']}, decoder "
-             f"{result['decoder']}", "",
-             "| BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |", "|--------|--------|--------|--------|",
-             "| " + " | ".join(f"{result[k]:.4f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4")) + " |"]
+    lines = [
+        f"{result['split']} split, {result['n_images']} images, beam {result['beam_size']}, decoder "
+        f"{result['decoder']}",
+        "",
+        "| BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |",
+        "|--------|--------|--------|--------|",
+        "| " + " | ".join(f"{result[k]:.4f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4")) + " |",
+    ]
     g = result.get("grounding")
     if g and g.get("all") is not None:
-        lines += ["", f"pointing game: {g['all']:.3f} of {g['n_words']} shape/colour words hit (chance "
-                      f"{g['chance']:.3f})"]
+        lines += [
+            "",
+            f"pointing game: {g['all']:.3f} of {g['n_words']} shape/colour words hit (chance {g['chance']:.3f})",
+        ]
     return "\n".join(lines)
 
 
@@ -339,8 +249,10 @@ def examples(result, n=5):
     """The first ``n`` generated captions of ``evaluate`` with their first reference."""
     lines = []
     for row in result["captions"][:n]:
-        lines.append(f"{os.path.basename(str(row['image_id']))}\n  generated: {row['caption']}\n"
-                     f"  reference: {row['references'][0]}")
+        lines.append(
+            f"{os.path.basename(str(row['image_id']))}\n  generated: {row['caption']}\n"
+            f"  reference: {row['references'][0]}"
+        )
     return "\n".join(lines)
 
 
@@ -373,9 +285,14 @@ def caption_metrics(path, res, checkpoint, beam_size, env):
     """What caption.ipynb writes: the latest image's caption at the top level (``image``, ``caption``, ``words``,
     ``beta`` — the adaptive decoder's sentinel share per word) and every image captioned with this checkpoint under
     ``images`` (by path), so that captioning a second image does not lose the first."""
-    entry = {"image": res["path"], "caption": " ".join(res["words"]), "words": res["words"],
-             "finished": res["finished"], "beam_size": beam_size,
-             "beta": res["alphas"][:, -1] if res["decoder"] == "adaptive" else None}
+    entry = {
+        "image": res["path"],
+        "caption": " ".join(res["words"]),
+        "words": res["words"],
+        "finished": res["finished"],
+        "beam_size": beam_size,
+        "beta": res["alphas"][:, -1] if res["decoder"] == "adaptive" else None,
+    }
     images = {}
     if os.path.isfile(path):
         try:
@@ -393,8 +310,18 @@ def train_metrics(result, cfg, data, env, seconds):
     """What train1/train2 write to their metrics file."""
     hist = result["history"]
     best = max(hist, key=lambda r: r["bleu4"]) if hist else {}
-    return {"decoder": cfg.get("decoder") or ("attention" if cfg["attention"] else "rnn"),
-            "epochs_run": len(hist), "best_bleu4": result["best_bleu4"], "best_epoch": best.get("epoch"),
-            "final": hist[-1] if hist else None, "history": hist, "vocab_size": data["vocab_size"],
-            "data": {k: v for k, v in data.items() if k != "status"}, "checkpoint": result["checkpoint"],
-            "best_checkpoint": result["best_checkpoint"], "train_seconds": seconds, "cfg": cfg, "env": env}
+    return {
+        "decoder": cfg.get("decoder") or ("attention" if cfg["attention"] else "rnn"),
+        "epochs_run": len(hist),
+        "best_bleu4": result["best_bleu4"],
+        "best_epoch": best.get("epoch"),
+        "final": hist[-1] if hist else None,
+        "history": hist,
+        "vocab_size": data["vocab_size"],
+        "data": {k: v for k, v in data.items() if k != "status"},
+        "checkpoint": result["checkpoint"],
+        "best_checkpoint": result["best_checkpoint"],
+        "train_seconds": seconds,
+        "cfg": cfg,
+        "env": env,
+    }

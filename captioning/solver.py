@@ -2,8 +2,9 @@
 BLEU-4 (free-running decoding), decays the learning rate and stops early. The notebooks and the CLI call this.
 
 The settings and their defaults are ``captioning.config.DEFAULT_CFG`` (the course's keys plus the kit's own);
-every key can be overridden. Under ``torchrun`` each process trains on its shard (``captioning.distributed``).
+every key can be overridden. Under ``torchrun`` each process trains on its shard (``captioning.internals.distributed``).
 """
+
 from __future__ import annotations
 
 import math
@@ -16,22 +17,20 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from captioning import plugins
 from captioning.adaptive import DecoderWithAdaptiveAttention
-from captioning.checkpoints import load_checkpoint, load_weights, save_checkpoint, word_map_id
+from captioning.checkpoints import RunFolder, load_weights, save_checkpoint, word_map_id
 from captioning.config import DECODER_NAMES, make_cfg, make_output_dir
+from captioning.data.features import build_feature_cache, recalibrate_once
 from captioning.datasets import ImageCaptions, load_word_map, normalize
 from captioning.decoding import beam_search
-from captioning.distributed import ProcessGroup
 from captioning.encoder import Encoder
-from captioning.errors import KitError
-from captioning.features import build_feature_cache, recalibrate_once
-from captioning.locks import data_lock, training_lock
-from captioning.metrics import accuracy, bleu, strip_special
+from captioning.evaluation.metrics import accuracy, bleu, strip_special
+from captioning.internals import plugins
+from captioning.internals.distributed import ProcessGroup
+from captioning.internals.errors import KitError
+from captioning.internals.locks import data_lock, training_lock
+from captioning.internals.optim import adam, load_optimizer_state, resume_learning_rate
 from captioning.models import DecoderWithAttention, DecoderWithRNN
-from captioning.optim import adam, load_optimizer_state, resume_learning_rate
-from captioning.runs import RunFolder
-
 
 # A training loss this many times above ln(V) (a uniform guess) and the first epoch's mean has diverged: stop.
 DIVERGED = 10
@@ -61,7 +60,7 @@ def decoder_scores(decoder, encoder_out, captions, caplens, fast=None):
     Args:
         encoder_out: (B, S, S, C) — one row per *image*.
         captions: (B, cpi, T); caplens: (B, cpi).
-        fast: a ``fast_path`` plug-in (``captioning.plugins``) to compute the same numbers with, or None.
+        fast: a ``fast_path`` plug-in (``captioning.internals.plugins``) to compute the same numbers with, or None.
     Returns:
         scores: (sum of decode lengths, V) packed predictions; targets: (same,) word indices;
         alphas: (B·cpi, T', P') attention weights or None.
@@ -78,31 +77,6 @@ def decoder_scores(decoder, encoder_out, captions, caplens, fast=None):
     scores = pack_padded_sequence(predictions, decode_lengths, batch_first=True).data
     targets = pack_padded_sequence(caps_sorted[:, 1:], decode_lengths, batch_first=True).data
     return scores, targets, alphas
-
-
-@torch.no_grad()
-def fast_path_matches(fast, decoder, encoder_out, captions, caplens, rtol=1e-4, atol=1e-5):
-    """Does the plug-in ``fast`` give the decoder's own ``forward`` scores on this batch (eval mode)?
-
-    Args: encoder_out (B, S, S, C); captions (B, cpi, T); caplens (B, cpi). Returns: (ok, reason).
-    """
-    was = decoder.training
-    decoder.eval()
-    try:
-        ref, ref_t, ref_a = decoder_scores(decoder, encoder_out.float(), captions, caplens)
-        got, got_t, got_a = decoder_scores(decoder, encoder_out.float(), captions, caplens, fast=fast)
-    except Exception as e:  # a decoder of another shape: not the plug-in's to speed up
-        return False, f"{type(e).__name__}: {e}"
-    finally:
-        decoder.train(was)
-    if ref.shape != got.shape or not torch.equal(ref_t, got_t):
-        return False, "different output shapes"
-    if not torch.allclose(ref, got, rtol=rtol, atol=atol):
-        return False, f"scores differ by up to {(ref - got).abs().max().item():.3g}"
-    if (ref_a is None) != (got_a is None) or (ref_a is not None and not torch.allclose(
-            ref_a.sum(dim=1), got_a.sum(dim=1), rtol=rtol, atol=atol)):
-        return False, "attention weights differ"
-    return True, ""
 
 
 def encode_batch(encoder, x, cached, device):
@@ -188,18 +162,25 @@ class Trainer:
         if self.use_cache:
             # every rank asks; the cache's file lock lets the first build it while the others wait and then read
             # it. Not a barrier of the process group: a COCO cache takes longer than NCCL's timeout.
-            features = build_feature_cache(self.encoder, cfg["data_folder"], cfg["data_name"], split,
-                                           device=cfg["device"], progress=self.progress)
+            features = build_feature_cache(
+                self.encoder, cfg["data_folder"], cfg["data_name"], split, device=cfg["device"], progress=self.progress
+            )
         data = ImageCaptions(cfg["data_folder"], cfg["data_name"], split, features=features, limit=limit)
         gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch)
         batch_images = max(1, cfg["batch_size"] // data.cpi)
         if self.world > 1:
             order = torch.randperm(len(data), generator=gen).tolist() if shuffle else list(range(len(data)))
-            data = torch.utils.data.Subset(data, order[self.rank:: self.world])
+            data = torch.utils.data.Subset(data, order[self.rank :: self.world])
             shuffle = False
-        return DataLoader(data, batch_size=batch_images, shuffle=shuffle, generator=gen,
-                          num_workers=cfg["workers"], pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+        return DataLoader(
+            data,
+            batch_size=batch_images,
+            shuffle=shuffle,
+            generator=gen,
+            num_workers=cfg["workers"],
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
 
     def encode(self, x):
         encoder = self.encoder
@@ -214,7 +195,7 @@ class Trainer:
         fast = plugins.get("fast_path") if self.cfg["fast_decoder"] == "auto" else None
         if fast is None or not fast.supports(self.decoder):
             return None
-        ok, why = fast_path_matches(fast, self.decoder, enc[:2], caps[:2], caplens[:2])
+        ok, why = plugins.fast_path_matches(decoder_scores, fast, self.decoder, enc[:2], caps[:2], caplens[:2])
         if not ok:
             tqdm.write(f"note: training with the decoder's own forward (the fast path differs: {why})")
         return fast if ok else None
@@ -241,11 +222,13 @@ class Trainer:
                 scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=self.fast)
             loss = _loss(cfg, scores, targets, alphas)
             if not torch.isfinite(loss) or loss.item() > limit:
-                raise KitError(f"training diverged: the loss became {loss.item():.4g} at epoch {epoch}, batch {i} "
-                               f"(the limit is {limit:.3g}: {DIVERGED}x the larger of ln(vocabulary size) and the "
-                               f"first epoch's mean loss); training stopped, this epoch is not saved. The last good "
-                               f"checkpoint is '{self.ckpt_path}' (if an epoch finished). Lower decoder_lr (now "
-                               f"{cfg['decoder_lr']}) or grad_clip (now {cfg['grad_clip']})")
+                raise KitError(
+                    f"training diverged: the loss became {loss.item():.4g} at epoch {epoch}, batch {i} "
+                    f"(the limit is {limit:.3g}: {DIVERGED}x the larger of ln(vocabulary size) and the "
+                    f"first epoch's mean loss); training stopped, this epoch is not saved. The last good "
+                    f"checkpoint is '{self.ckpt_path}' (if an epoch finished). Lower decoder_lr (now "
+                    f"{cfg['decoder_lr']}) or grad_clip (now {cfg['grad_clip']})"
+                )
             self.dec_opt.zero_grad(set_to_none=True)
             if self.enc_opt is not None:
                 self.enc_opt.zero_grad(set_to_none=True)
@@ -267,15 +250,22 @@ class Trainer:
             tot_caps += caps.shape[0] * caps.shape[1]
             bar.set_postfix(loss=f"{loss.item():.3f}", top5=f"{top5:.1f}", refresh=False)  # timed redraws only
             if cfg["print_freq"] and (i + 1) % cfg["print_freq"] == 0:
-                tqdm.write(f"Epoch: [{epoch}][{i + 1}/{len(loader)}]  Loss {tot_loss / tot_n:.4f}  "
-                           f"Top-5 Accuracy {tot_top5 / tot_n:.3f}")
+                tqdm.write(
+                    f"Epoch: [{epoch}][{i + 1}/{len(loader)}]  Loss {tot_loss / tot_n:.4f}  "
+                    f"Top-5 Accuracy {tot_top5 / tot_n:.3f}"
+                )
         bar.close()
         seconds = time.time() - t0
-        tot_loss, tot_top5, tot_n, tot_caps = self.group.sum(tot_loss, tot_top5, tot_n, tot_caps,
-                                                             device=self.device)  # all ranks
-        return {"train_loss": tot_loss / max(tot_n, 1), "train_top5": tot_top5 / max(tot_n, 1),
-                "train_captions": int(tot_caps), "train_seconds": seconds,
-                "train_captions_per_s": tot_caps / max(seconds, 1e-9)}
+        tot_loss, tot_top5, tot_n, tot_caps = self.group.sum(
+            tot_loss, tot_top5, tot_n, tot_caps, device=self.device
+        )  # all ranks
+        return {
+            "train_loss": tot_loss / max(tot_n, 1),
+            "train_top5": tot_top5 / max(tot_n, 1),
+            "train_captions": int(tot_caps),
+            "train_seconds": seconds,
+            "train_captions_per_s": tot_caps / max(seconds, 1e-9),
+        }
 
     @torch.no_grad()
     def validate(self, epoch=0, split="VAL", beam_size=None, limit=None):
@@ -294,8 +284,14 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=self.fast or None)
                 loss = _loss(cfg, scores, targets, alphas)
-                decoded = beam_search(self.decoder, enc, self.word_map, beam_size, cfg["max_decode_len"],
-                                      length_penalty=cfg["length_penalty"])
+                decoded = beam_search(
+                    self.decoder,
+                    enc,
+                    self.word_map,
+                    beam_size,
+                    cfg["max_decode_len"],
+                    length_penalty=cfg["length_penalty"],
+                )
             n = targets.numel()
             tot_loss += loss.item() * n
             tot_top5 += accuracy(scores.float(), targets, 5) * n
@@ -319,16 +315,23 @@ class Trainer:
         for key in ("data_folder", "output_dir"):  # readable from any working directory
             cfg[key] = os.path.abspath(cfg[key])
         return {
-            "format": 1, "kind": self.kind, "decoder_type": self.cfg["decoder"], "epoch": epoch,
+            "format": 1,
+            "kind": self.kind,
+            "decoder_type": self.cfg["decoder"],
+            "epoch": epoch,
             "code_id": self.code_id,
-            "cfg": cfg, "word_map": self.word_map, "word_map_id": word_map_id(self.word_map),
-            "vocab_size": len(self.word_map), "encoder_dim": self.encoder.encoder_dim,
+            "cfg": cfg,
+            "word_map": self.word_map,
+            "word_map_id": word_map_id(self.word_map),
+            "vocab_size": len(self.word_map),
+            "encoder_dim": self.encoder.encoder_dim,
             "image_size": self.image_size,
             "decoder_state": {k: v.cpu() for k, v in self.decoder.state_dict().items()},
             "encoder_state": enc_state,
             "decoder_optimizer": self.dec_opt.state_dict(),
             "encoder_optimizer": self.enc_opt.state_dict() if self.enc_opt is not None else None,
-            "history": self.history, "best_bleu4": self.best_bleu4,
+            "history": self.history,
+            "best_bleu4": self.best_bleu4,
             "epochs_since_improvement": self.since_improvement,
         }
 
@@ -355,23 +358,29 @@ class Trainer:
             self.history.append(row)
             if self.rank != 0:  # rank 0 alone reports and writes checkpoints
                 continue
-            tqdm.write(f"Epoch {epoch}: train LOSS - {row['train_loss']:.3f}, TOP-5 ACCURACY - "
-                       f"{row['train_top5']:.3f} | validation (teacher-forced) LOSS - {row['val_loss']:.3f}, "
-                       f"TOP-5 ACCURACY - {row['val_top5']:.3f} | validation BLEU-4 (free-running, beam "
-                       f"{cfg['val_beam_size']}) - {row['bleu4']:.4f}{'  * best' if improved else ''}")
+            tqdm.write(
+                f"Epoch {epoch}: train LOSS - {row['train_loss']:.3f}, TOP-5 ACCURACY - "
+                f"{row['train_top5']:.3f} | validation (teacher-forced) LOSS - {row['val_loss']:.3f}, "
+                f"TOP-5 ACCURACY - {row['val_top5']:.3f} | validation BLEU-4 (free-running, beam "
+                f"{cfg['val_beam_size']}) - {row['bleu4']:.4f}{'  * best' if improved else ''}"
+            )
             state = self.state(epoch)
             save_checkpoint(state, self.ckpt_path)
             if improved:
                 save_checkpoint(state, self.best_path)
         self.group.barrier()
-        return {"history": self.history, "checkpoint": self.ckpt_path,
-                "best_checkpoint": self.best_path if os.path.isfile(self.best_path) else None,
-                "best_bleu4": self.best_bleu4}
+        return {
+            "history": self.history,
+            "checkpoint": self.ckpt_path,
+            "best_checkpoint": self.best_path if os.path.isfile(self.best_path) else None,
+            "best_bleu4": self.best_bleu4,
+        }
 
 
 def fit(cfg=None, progress=True, **overrides):
     """Train a decoder as configured; returns ``{"history", "checkpoint", "best_checkpoint", "best_bleu4"}``."""
     cfg = make_cfg(cfg, **overrides)
+    make_output_dir(cfg)
     with training_lock(cfg), data_lock(cfg["data_folder"], cfg["data_name"]):  # no other train, nor prepare
         return Trainer(cfg, progress=progress).fit()
 
@@ -389,8 +398,3 @@ def models_from_checkpoint(ckpt, device="cpu", path="the checkpoint"):
     decoder = build_decoder(cfg, ckpt["vocab_size"], ckpt["encoder_dim"])
     load_weights(decoder, ckpt["decoder_state"], "decoder", path)
     return encoder.to(device).eval(), decoder.to(device).eval(), ckpt["word_map"], cfg
-
-
-def history_of(path):
-    """The per-epoch metric history stored in a checkpoint."""
-    return load_checkpoint(path)["history"]

@@ -1,18 +1,19 @@
 """Create the ten input files (HDF5 images, encoded captions, caption lengths, word map) from a Karpathy JSON.
 
-The course's ``create_input_files.py``; the work is done by ``captioning.prepare.create_input_files``, which
+The course's ``create_input_files.py``; the work is done by ``captioning.data.prepare.create_input_files``, which
 ``python -m captioning prepare`` calls too.  Example::
 
     python data_prep/create_input_files.py --dataset coco --karpathy-json coco2014/dataset_coco.json \\
         --image-folder coco2014/ --output-folder work_dir/coco/
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 
-from captioning.errors import KitError
-from captioning.prepare import create_input_files
+from captioning.data.prepare import create_input_files
+from captioning.internals.errors import KitError
 
 
 def main(argv=None) -> int:
@@ -31,10 +32,18 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         summary = create_input_files(
-            dataset=a.dataset, karpathy_json_path=a.karpathy_json, image_folder=a.image_folder,
-            captions_per_image=a.captions_per_image, min_word_freq=a.min_word_freq,
-            output_folder=a.output_folder, max_len=a.max_len, image_size=a.image_size, seed=a.seed,
-            skip_missing=a.skip_missing, workers=a.workers)
+            dataset=a.dataset,
+            karpathy_json_path=a.karpathy_json,
+            image_folder=a.image_folder,
+            captions_per_image=a.captions_per_image,
+            min_word_freq=a.min_word_freq,
+            output_folder=a.output_folder,
+            max_len=a.max_len,
+            image_size=a.image_size,
+            seed=a.seed,
+            skip_missing=a.skip_missing,
+            workers=a.workers,
+        )
     except KitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

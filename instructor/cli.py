@@ -1,5 +1,6 @@
 """``python -m instructor COMMAND`` — the instructor's commands. Settings use the student command line's one
 syntax, ``key=value`` words (``captioning.cli.parse_overrides``)."""
+
 from __future__ import annotations
 
 import argparse

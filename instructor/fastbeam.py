@@ -1,6 +1,7 @@
 """The fast path's beam-search step (``fastpath.beam_step``, re-exported there for the ``fast_path`` plug-in):
 the encoder side of the kit's attention decoders computed once per image instead of once per beam and word.
 """
+
 from __future__ import annotations
 
 import torch
@@ -131,7 +132,7 @@ def beam_step(decoder, enc, k, rtol=1e-4, atol=1e-5):
     except Exception:  # noqa: BLE001  (a decoder of another shape: not ours to speed up)
         return None
     if len(ref) != len(got) or not all(
-            a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol)
-            for a, b in zip(ref, got)):
+        a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol) for a, b in zip(ref, got)
+    ):
         return None
     return step

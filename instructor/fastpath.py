@@ -8,9 +8,10 @@ compute, with the same layers (hence the same weights and gradients), reorganise
 * on a CPU, the attention decoder's recurrence is one autograd function with a hand-written backward
   (``_AttentionLSTM``): autograd's per-step bookkeeping cost more than the arithmetic.
 
-The ``fast_path`` plug-in of ``captioning.plugins`` (pyproject.toml): the solver uses it only after
+The ``fast_path`` plug-in of ``captioning.internals.plugins`` (pyproject.toml): the solver uses it only after
 ``solver.fast_path_matches`` checked, on the first batch, that it reproduces the decoder's own ``forward``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -87,8 +88,8 @@ class _AttentionLSTM(torch.autograd.Function):
             torch.addmm(gi[sl], z, w_iz.t(), out=gates)
             gates.addmm_(hp, w_hh.t())
             gates[:, : 2 * d_dim].sigmoid_()
-            gates[:, 2 * d_dim: 3 * d_dim].tanh_()
-            gates[:, 3 * d_dim:].sigmoid_()
+            gates[:, 2 * d_dim : 3 * d_dim].tanh_()
+            gates[:, 3 * d_dim :].sigmoid_()
             ig, fg, gg, og = gates.chunk(4, dim=1)
             c = fg * cp + ig * gg
             tc = torch.tanh(c, out=tc_all[sl])
@@ -96,14 +97,48 @@ class _AttentionLSTM(torch.autograd.Function):
             alphas[:n, t] = alpha
             off += n
         ctx.groups, ctx.running, ctx.n_cap = groups, running, n_cap
-        ctx.save_for_backward(att1, enc, w_da, w_att, b_att, w_fb, w_iz, w_hh,
-                              hp_all, cp_all, a2_all, al_all, ctx_all, g_all, z_all, gates_all, tc_all)
+        ctx.save_for_backward(
+            att1,
+            enc,
+            w_da,
+            w_att,
+            b_att,
+            w_fb,
+            w_iz,
+            w_hh,
+            hp_all,
+            cp_all,
+            a2_all,
+            al_all,
+            ctx_all,
+            g_all,
+            z_all,
+            gates_all,
+            tc_all,
+        )
         return hs, alphas
 
     @staticmethod
     def backward(ctx, d_hs, d_alphas):
-        (att1, enc, w_da, w_att, b_att, w_fb, w_iz, w_hh,
-         hp_all, cp_all, a2_all, al_all, ctx_all, g_all, z_all, gates_all, tc_all) = ctx.saved_tensors
+        (
+            att1,
+            enc,
+            w_da,
+            w_att,
+            b_att,
+            w_fb,
+            w_iz,
+            w_hh,
+            hp_all,
+            cp_all,
+            a2_all,
+            al_all,
+            ctx_all,
+            g_all,
+            z_all,
+            gates_all,
+            tc_all,
+        ) = ctx.saved_tensors
         groups, running = ctx.groups, ctx.running
         need = ctx.needs_input_grad
         total, d_dim = hp_all.shape
@@ -129,48 +164,30 @@ class _AttentionLSTM(torch.autograd.Function):
                 m = dh_next.size(0)
                 dh[:m] += dh_next
                 dc[:m] += dc_next
-            ig, fg, gg, og = gates_all[sl].chunk(4, dim=1)
-            tc, cp = tc_all[sl], cp_all[sl]
             dgates = dg_all[sl]
-            d_i, d_f, d_g, d_o = dgates.chunk(4, dim=1)
-            torch.mul(dh, tc, out=d_o).mul_(og * (1 - og))
-            dc.addcmul_(dh, og * (1 - tc * tc))
-            torch.mul(dc, gg, out=d_i).mul_(ig * (1 - ig))
-            torch.mul(dc, cp, out=d_f).mul_(fg * (1 - fg))
-            torch.mul(dc, ig, out=d_g).mul_(1 - gg * gg)
-            dcp = dc.mul_(fg)
+            dcp = _lstm_cell_backward(dh, dc, gates_all[sl], tc_all[sl], cp_all[sl], dgates)
             dz = dgates @ w_iz  # (n, C)
             dhp = dgates @ w_hh  # (n, D)
             g, cv, alpha = g_all[sl], ctx_all[sl], al_all[sl]
             torch.mul(dz, cv, out=dgp_all[sl]).mul_(g * (1 - g))
             dhp.addmm_(dgp_all[sl], w_fb)
             dctx = dz.mul_(g)
-            d_alpha = new(n, p_dim)
-            for i, idx in groups[t]:
-                d_alpha[idx] = dctx[idx] @ enc[i].t()
-                if d_enc is not None:
-                    d_enc[i].addmm_(alpha[idx].t(), dctx[idx])
-            if d_alphas is not None:
-                d_alpha += d_alphas[:n, t]
-            de = (d_alpha - (d_alpha * alpha).sum(dim=1, keepdim=True)).mul_(alpha)  # softmax backward
-            d_b_att += de.sum()
-            a2, da2 = a2_all[sl], da2_all[sl]
-            for i, idx in groups[t]:
-                m = idx.numel()
-                x = torch.add(att1[i], a2[idx].unsqueeze(1), out=buf[:m]).relu_()  # recomputed
-                de_i = de[idx]
-                d_w_att.addmv_(x.view(m * p_dim, a_dim).t(), de_i.reshape(-1))
-                x = x.sign_().mul_(w).mul_(de_i.unsqueeze(2))  # d pre-activation (m, P, A)
-                if d_att1 is not None:
-                    d_att1[i] += x.sum(dim=0)
-                da2[idx] = x.sum(dim=1)
+            d_alpha_t = d_alphas[:n, t] if d_alphas is not None else None
+            da2 = da2_all[sl]
+            _attention_backward(
+                groups[t], dctx, d_alpha_t, alpha, a2_all[sl], att1, enc, w, buf, da2, (d_att1, d_enc, d_w_att, d_b_att)
+            )
             dhp.addmm_(da2, w_da)
             dh_next, dc_next = dhp, dcp
         grads = {
-            5: lambda: da2_all.t() @ hp_all, 6: lambda: da2_all.sum(0),
-            7: lambda: d_w_att.view_as(w_att), 8: lambda: d_b_att.reshape(b_att.shape),
-            9: lambda: dgp_all.t() @ hp_all, 10: lambda: dgp_all.sum(0),
-            11: lambda: dg_all.t() @ z_all, 12: lambda: dg_all.t() @ hp_all,
+            5: lambda: da2_all.t() @ hp_all,
+            6: lambda: da2_all.sum(0),
+            7: lambda: d_w_att.view_as(w_att),
+            8: lambda: d_b_att.reshape(b_att.shape),
+            9: lambda: dgp_all.t() @ hp_all,
+            10: lambda: dgp_all.sum(0),
+            11: lambda: dg_all.t() @ z_all,
+            12: lambda: dg_all.t() @ hp_all,
         }
         dh0 = dc0 = None
         if need[3] or need[4]:
@@ -181,6 +198,53 @@ class _AttentionLSTM(torch.autograd.Function):
         return (*out, None, None)
 
 
+def _lstm_cell_backward(dh, dc, gates, tc, cp, dgates):
+    """Backward of one LSTM step for its n running captions (nn.LSTMCell's gate order i, f, g, o).
+
+    dh, dc (n, D): the gradients of the step's h and c (``dc`` is updated in place and returned as the gradient of
+    the previous cell state); gates (n, 4D): the activated gates; tc (n, D) = tanh(c); cp (n, D): the previous cell
+    state. Writes into ``dgates`` (n, 4D) the gradient of the gate pre-activations."""
+    ig, fg, gg, og = gates.chunk(4, dim=1)
+    d_i, d_f, d_g, d_o = dgates.chunk(4, dim=1)
+    torch.mul(dh, tc, out=d_o).mul_(og * (1 - og))
+    dc.addcmul_(dh, og * (1 - tc * tc))
+    torch.mul(dc, gg, out=d_i).mul_(ig * (1 - ig))
+    torch.mul(dc, cp, out=d_f).mul_(fg * (1 - fg))
+    torch.mul(dc, ig, out=d_g).mul_(1 - gg * gg)
+    return dc.mul_(fg)
+
+
+def _attention_backward(groups_t, dctx, d_alpha_t, alpha, a2, att1, enc, w, buf, da2, acc):
+    """Backward of one step's attention, ctx = Σ_p α_p enc_p with α = softmax(att(relu(att1 + a2))), for its n
+    running captions, image by image (``groups_t``: (image, caption rows) pairs).
+
+    dctx (n, C): the gradient of the context; d_alpha_t (n, P) or None: that of α; alpha (n, P), a2 (n, A): the
+    step's saved activations; att1 (B, P, A), enc (B, P, C); w (A,) = att's weight; buf: scratch (≥ m, P, A).
+    Writes into ``da2`` (n, A) the gradient of a2; adds into ``acc`` = (d_att1 (B, P, A) or None, d_enc (B, P, C)
+    or None, d_w_att (A,), d_b_att ()), accumulated over the steps."""
+    d_att1, d_enc, d_w_att, d_b_att = acc
+    n, p_dim = alpha.shape
+    a_dim = att1.size(2)
+    d_alpha = dctx.new_empty(n, p_dim)
+    for i, idx in groups_t:
+        d_alpha[idx] = dctx[idx] @ enc[i].t()
+        if d_enc is not None:
+            d_enc[i].addmm_(alpha[idx].t(), dctx[idx])
+    if d_alpha_t is not None:
+        d_alpha += d_alpha_t
+    de = (d_alpha - (d_alpha * alpha).sum(dim=1, keepdim=True)).mul_(alpha)  # softmax backward
+    d_b_att.add_(de.sum())  # in place: the caller's accumulator
+    for i, idx in groups_t:
+        m = idx.numel()
+        x = torch.add(att1[i], a2[idx].unsqueeze(1), out=buf[:m]).relu_()  # recomputed
+        de_i = de[idx]
+        d_w_att.addmv_(x.view(m * p_dim, a_dim).t(), de_i.reshape(-1))
+        x = x.sign_().mul_(w).mul_(de_i.unsqueeze(2))  # d pre-activation (m, P, A)
+        if d_att1 is not None:
+            d_att1[i] += x.sum(dim=0)
+        da2[idx] = x.sum(dim=1)
+
+
 def _groups(img, running):
     """Per step, (image, rows of its captions among the first n) for each image with a running caption."""
     rows = {}
@@ -188,8 +252,7 @@ def _groups(img, running):
         rows.setdefault(i, []).append(j)
     out = []
     for n in running:
-        out.append([(i, torch.tensor([j for j in r if j < n], device=img.device))
-                    for i, r in rows.items() if r[0] < n])
+        out.append([(i, torch.tensor([j for j in r if j < n], device=img.device)) for i, r in rows.items() if r[0] < n])
     return out
 
 
@@ -230,9 +293,22 @@ def scores(decoder, encoder_out, captions, caplens, group=1, planned=None):
         words = _packed(captions, running)
         gi = F.linear(decoder.embedding(words), w_ih[:, :e_dim], bias)
         hs, alphas = _AttentionLSTM.apply(
-            att.encoder_att(enc), enc, gi, h, c, att.decoder_att.weight, att.decoder_att.bias,
-            att.att.weight, att.att.bias, decoder.f_beta.weight, decoder.f_beta.bias, w_ih[:, e_dim:], w_hh, img,
-            running)
+            att.encoder_att(enc),
+            enc,
+            gi,
+            h,
+            c,
+            att.decoder_att.weight,
+            att.decoder_att.bias,
+            att.att.weight,
+            att.att.bias,
+            decoder.f_beta.weight,
+            decoder.f_beta.bias,
+            w_ih[:, e_dim:],
+            w_hh,
+            img,
+            running,
+        )
         return decoder.fc(decoder.dropout(hs)), _packed(captions, running, 1), alphas
 
     emb = decoder.embedding(captions)  # (N, T, E)
@@ -278,5 +354,8 @@ def _packed(captions, running, shift=0):
 
 def _manual_backward(enc):
     """The hand-written backward (``_AttentionLSTM``) on a CPU in fp32; elsewhere autograd through the loop."""
-    return enc.device.type == "cpu" and enc.dtype in (torch.float32, torch.float64) \
+    return (
+        enc.device.type == "cpu"
+        and enc.dtype in (torch.float32, torch.float64)
         and not torch.is_autocast_enabled("cpu")
+    )

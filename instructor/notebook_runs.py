@@ -5,6 +5,7 @@ and with ``adaptive`` also train2, test and caption for the adaptive decoder (``
 ``refresh_committed`` re-executes ``notebooks/*.ipynb`` in place: their outputs are what nbval checks in
 ``make test``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from captioning.cli import parse_overrides
-from captioning.errors import KitError
+from captioning.internals.errors import KitError
 from captioning.notebooks import NBVAL_ENV
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -46,8 +47,8 @@ RUNNER_PARAMETERS = {
     "attention": "the runner tests and captions with both decoders (and the adaptive one with --adaptive)",
     "decoder": "the runner chooses the decoder of each run; add the adaptive decoder's runs with --adaptive",
     "checkpoint": "the runner uses the checkpoints train1/train2 wrote into --out; to resume training or test "
-                  "another checkpoint run that notebook alone: papermill notebooks/test.ipynb out.ipynb "
-                  "-p checkpoint PATH",
+    "another checkpoint run that notebook alone: papermill notebooks/test.ipynb out.ipynb "
+    "-p checkpoint PATH",
 }
 
 
@@ -57,8 +58,10 @@ def notebook_parameters(name):
 
     path = NOTEBOOKS_DIR / f"{name}.ipynb"
     if not path.is_file():
-        raise KitError(f"notebook '{path}' does not exist: run from a checkout of the kit (the notebooks are not "
-                       f"part of an installed package)")
+        raise KitError(
+            f"notebook '{path}' does not exist: run from a checkout of the kit (the notebooks are not "
+            f"part of an installed package)"
+        )
     return {k: v["default"] for k, v in papermill.inspect_notebook(str(path)).items()}
 
 
@@ -67,12 +70,14 @@ def check_parameters(params, runs):
     known = {nb: notebook_parameters(nb) for nb in dict.fromkeys(nb for _, nb, _ in runs)}
     for name in params:
         if name in RUNNER_PARAMETERS:
-            raise KitError(f"parameter '{name}' is set by `python -m instructor notebooks` itself: "
-                           f"{RUNNER_PARAMETERS[name]}")
+            raise KitError(
+                f"parameter '{name}' is set by `python -m instructor notebooks` itself: {RUNNER_PARAMETERS[name]}"
+            )
         if not any(name in k for k in known.values()):
             listing = "; ".join(f"{nb}.ipynb: {', '.join(k)}" for nb, k in known.items())
-            raise KitError(f"unknown notebook parameter '{name}': no notebook run here has it. Known parameters — "
-                           f"{listing}")
+            raise KitError(
+                f"unknown notebook parameter '{name}': no notebook run here has it. Known parameters — {listing}"
+            )
         for nb, k in known.items():
             if name in k:
                 _check_type(name, params[name], k[name], nb)
@@ -89,12 +94,15 @@ def _check_type(name, value, default_text, notebook):
     except (ValueError, SyntaxError):
         return  # an expression: nothing to compare with
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    wanted = {bool: ("True or False", isinstance(value, bool)),
-              int: ("an integer", isinstance(value, int) and not isinstance(value, bool)),
-              float: ("a number", number)}.get(type(default))
+    wanted = {
+        bool: ("True or False", isinstance(value, bool)),
+        int: ("an integer", isinstance(value, int) and not isinstance(value, bool)),
+        float: ("a number", number),
+    }.get(type(default))
     if wanted and not wanted[1]:
-        raise KitError(f"notebook parameter {name}={value!r}: {notebook}.ipynb expects {wanted[0]} (its default "
-                       f"is {default_text})")
+        raise KitError(
+            f"notebook parameter {name}={value!r}: {notebook}.ipynb expects {wanted[0]} (its default is {default_text})"
+        )
 
 
 @contextlib.contextmanager
@@ -113,8 +121,9 @@ def venv_kernel():
     except NoSuchKernel:
         argv0 = None
     plain = {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}
-    if argv0 is not None and (argv0 in plain or os.path.realpath(shutil.which(argv0) or argv0)
-                              == os.path.realpath(sys.executable)):
+    if argv0 is not None and (
+        argv0 in plain or os.path.realpath(shutil.which(argv0) or argv0) == os.path.realpath(sys.executable)
+    ):
         yield
         return
     old = os.environ.get("JUPYTER_PATH")
@@ -122,8 +131,14 @@ def venv_kernel():
         spec_dir = os.path.join(tmp, "kernels", "python3")
         os.makedirs(spec_dir)
         with open(os.path.join(spec_dir, "kernel.json"), "w") as fh:
-            json.dump({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                       "display_name": "Python 3 (ipykernel)", "language": "python"}, fh)
+            json.dump(
+                {
+                    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    "display_name": "Python 3 (ipykernel)",
+                    "language": "python",
+                },
+                fh,
+            )
         os.environ["JUPYTER_PATH"] = tmp + (os.pathsep + old if old else "")
         try:
             yield
@@ -140,12 +155,21 @@ def _execute(src, dst, parameters, timeout, cwd, progress=True):
     from papermill.exceptions import PapermillExecutionError
 
     try:
-        return papermill.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name="python3",
-                                          cwd=str(cwd), execution_timeout=timeout, progress_bar=progress)
+        return papermill.execute_notebook(
+            str(src),
+            str(dst),
+            parameters=parameters,
+            kernel_name="python3",
+            cwd=str(cwd),
+            execution_timeout=timeout,
+            progress_bar=progress,
+        )
     except PapermillExecutionError as e:
         last = str(e.evalue).strip().splitlines()[-1] if str(e.evalue).strip() else ""
-        raise KitError(f"{Path(src).name} stopped in cell [{e.exec_count}]: {e.ename}: {last}\n(the executed "
-                       f"copy with the full error: {dst})") from None
+        raise KitError(
+            f"{Path(src).name} stopped in cell [{e.exec_count}]: {e.ename}: {last}\n(the executed "
+            f"copy with the full error: {dst})"
+        ) from None
 
 
 def select_runs(only=None, adaptive=False):
@@ -155,8 +179,10 @@ def select_runs(only=None, adaptive=False):
         return list(RUNS + ADAPTIVE_RUNS if adaptive else RUNS)
     runs = [r for r in ALL_RUNS if r[0] in only]
     if len(runs) != len(set(only)):
-        raise KitError(f"--only: unknown run(s) {sorted(set(only) - {r[0] for r in ALL_RUNS})}; choose from "
-                       f"{', '.join(r[0] for r in ALL_RUNS)}")
+        raise KitError(
+            f"--only: unknown run(s) {sorted(set(only) - {r[0] for r in ALL_RUNS})}; choose from "
+            f"{', '.join(r[0] for r in ALL_RUNS)}"
+        )
     return runs
 
 
@@ -194,8 +220,10 @@ def run_notebooks(out="outputs/notebooks", params=None, timeout=1800, only=None,
                 results[run] = json.load(fh)
             env = results[run].get("env") or {}
             if env.get("prefix") and os.path.realpath(env["prefix"]) != os.path.realpath(sys.prefix):
-                raise KitError(f"{nb}.ipynb ran in the Python of {env['prefix']}, not in {sys.prefix}: fix the "
-                               f"'python3' Jupyter kernel (`jupyter kernelspec list`)")
+                raise KitError(
+                    f"{nb}.ipynb ran in the Python of {env['prefix']}, not in {sys.prefix}: fix the "
+                    f"'python3' Jupyter kernel (`jupyter kernelspec list`)"
+                )
             print(f"[notebooks]   done in {time.time() - t0:.0f} s: {_headline(results[run])}", flush=True)
     return results
 
@@ -204,8 +232,9 @@ def _headline(m):
     if "best_bleu4" in m:
         return f"{m['decoder']} decoder, {m['epochs_run']} epochs, best validation BLEU-4 {m['best_bleu4']:.4f}"
     if "bleu4" in m:
-        return (f"{m['decoder']} decoder, {m['split']} BLEU-1..4 "
-                + " ".join(f"{m[k]:.4f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4")))
+        return f"{m['decoder']} decoder, {m['split']} BLEU-1..4 " + " ".join(
+            f"{m[k]:.4f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4")
+        )
     if "caption" in m:
         return f"{m['decoder']} decoder: {os.path.basename(m['image'])}: {m['caption']}"
     return "ok"
@@ -229,10 +258,12 @@ def check_fresh_output(folder, reuse=False):
     folder = Path(folder)
     if reuse or not folder.is_dir() or not any(folder.iterdir()):
         return
-    raise KitError(f"--refresh-committed saves what a first run of the notebooks shows, but '{folder}' holds the "
-                   f"data, encoder, caches or checkpoints of earlier runs, which the notebooks would reuse (an older "
-                   f"kit may have made them). Move it away first (mv '{folder}' '{folder}.old'), or pass "
-                   f"--reuse-outputs to refresh on it")
+    raise KitError(
+        f"--refresh-committed saves what a first run of the notebooks shows, but '{folder}' holds the "
+        f"data, encoder, caches or checkpoints of earlier runs, which the notebooks would reuse (an older "
+        f"kit may have made them). Move it away first (mv '{folder}' '{folder}.old'), or pass "
+        f"--reuse-outputs to refresh on it"
+    )
 
 
 def refresh_committed(timeout=1800, names=NOTEBOOKS, progress=True, reuse_outputs=False):
@@ -266,46 +297,76 @@ def refresh_committed(timeout=1800, names=NOTEBOOKS, progress=True, reuse_output
 def _cmd_notebooks(a):
     if a.refresh_committed:
         if a.overrides or a.only or a.adaptive:
-            raise KitError("--refresh-committed runs the notebooks at their committed defaults: drop the key=value "
-                           "settings, --only and --adaptive")
+            raise KitError(
+                "--refresh-committed runs the notebooks at their committed defaults: drop the key=value "
+                "settings, --only and --adaptive"
+            )
         refresh_committed(timeout=a.timeout, reuse_outputs=a.reuse_outputs)
         return
     params = parse_overrides(a.overrides)
     results = run_notebooks(a.out, params, timeout=a.timeout, only=a.only, adaptive=a.adaptive)
-    print(f"[notebooks] wrote {len(results)} executed notebooks and their .metrics.json files into "
-          f"{os.path.abspath(a.out)}")
+    print(
+        f"[notebooks] wrote {len(results)} executed notebooks and their .metrics.json files into "
+        f"{os.path.abspath(a.out)}"
+    )
 
 
 def register(subparsers):
     runs = ", ".join(r[0] for r in ALL_RUNS)
     s = subparsers.add_parser(
-        "notebooks", help="run the notebooks with papermill (train1, train2, test and caption for both decoders)",
+        "notebooks",
+        help="run the notebooks with papermill (train1, train2, test and caption for both decoders)",
         description="Runs notebooks/train1, train2, test (both checkpoints) and caption (both checkpoints) with "
-                    "papermill, in that order (with --adaptive then train2, test and caption for the adaptive "
-                    "decoder), writing the executed copies, their .metrics.json files, the "
-                    "checkpoints and the generated shapes data into --out. Example for COCO on a GPU: "
-                    "python -m instructor notebooks --timeout 0 data_folder=data/coco "
-                    "data_name=coco_5_cap_per_img_5_min_word_freq encoder_weights=imagenet device=cuda workers=4 "
-                    "epochs=20")
-    s.add_argument("--out", default="outputs/notebooks", help="folder for everything the notebooks write "
-                                                              "(default: outputs/notebooks)")
-    s.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="set a notebook parameter in every notebook that has it; the value is a Python literal "
-                        "(3, 1e-3, None, True) or else a string")
-    s.add_argument("--timeout", type=float, default=1800,
-                   help="seconds one cell may run (papermill execution_timeout; 0: no limit — use it for long "
-                        "GPU training). Default 1800")
-    s.add_argument("--only", type=lambda v: [r for r in v.split(",") if r], metavar="RUN[,RUN…]",
-                   help=f"run only these, in the usual order: {runs}")
-    s.add_argument("--adaptive", action="store_true",
-                   help="also train, test and caption with the reference adaptive-attention decoder (runs "
-                        "train_adaptive, test_adaptive, caption_adaptive: train2, test and caption with "
-                        "decoder=adaptive)")
-    s.add_argument("--refresh-committed", action="store_true",
-                   help="maintainers: re-execute notebooks/*.ipynb in place at their defaults, keeping the outputs "
-                        "that `make test` (nbval) compares against; outputs/notebooks must be empty or missing")
-    s.add_argument("--reuse-outputs", action="store_true",
-                   help="with --refresh-committed: run on what outputs/notebooks already holds")
+        "papermill, in that order (with --adaptive then train2, test and caption for the adaptive "
+        "decoder), writing the executed copies, their .metrics.json files, the "
+        "checkpoints and the generated shapes data into --out. Example for COCO on a GPU: "
+        "python -m instructor notebooks --timeout 0 data_folder=data/coco "
+        "data_name=coco_5_cap_per_img_5_min_word_freq encoder_weights=imagenet device=cuda workers=4 "
+        "epochs=20",
+    )
+    s.add_argument(
+        "--out",
+        default="outputs/notebooks",
+        help="folder for everything the notebooks write (default: outputs/notebooks)",
+    )
+    s.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="set a notebook parameter in every notebook that has it; the value is a Python literal "
+        "(3, 1e-3, None, True) or else a string",
+    )
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=1800,
+        help="seconds one cell may run (papermill execution_timeout; 0: no limit — use it for long "
+        "GPU training). Default 1800",
+    )
+    s.add_argument(
+        "--only",
+        type=lambda v: [r for r in v.split(",") if r],
+        metavar="RUN[,RUN…]",
+        help=f"run only these, in the usual order: {runs}",
+    )
+    s.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="also train, test and caption with the reference adaptive-attention decoder (runs "
+        "train_adaptive, test_adaptive, caption_adaptive: train2, test and caption with "
+        "decoder=adaptive)",
+    )
+    s.add_argument(
+        "--refresh-committed",
+        action="store_true",
+        help="maintainers: re-execute notebooks/*.ipynb in place at their defaults, keeping the outputs "
+        "that `make test` (nbval) compares against; outputs/notebooks must be empty or missing",
+    )
+    s.add_argument(
+        "--reuse-outputs",
+        action="store_true",
+        help="with --refresh-committed: run on what outputs/notebooks already holds",
+    )
     s.set_defaults(func=_cmd_notebooks)
     return s
 

@@ -7,6 +7,7 @@ TODO). The TODO's name comes from the banner line ``# ==== TODO X.y ====`` in th
 region, else from the enclosing class and function. The banner and its hints stay. Nested, unclosed, stray or
 misspelt markers are refused (``KitError`` naming file and line).
 """
+
 from __future__ import annotations
 
 import ast
@@ -14,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioning.errors import KitError
+from captioning.internals.errors import KitError
 
 # Split so that this file holds no marker line itself.
 BEGIN = "### BEGIN " + "SOLUTION"
@@ -27,10 +28,10 @@ _BANNER = re.compile(r"^\s*#\s*=+\s*TODO\s+([A-Za-z_][\w.]*)")
 class Region:
     """One solution region: lines ``begin`` (the BEGIN marker) … ``end`` (the END marker), 1-based."""
 
-    where: str      # file (and notebook cell) for messages
+    where: str  # file (and notebook cell) for messages
     begin: int
     end: int
-    name: str       # "DecoderWithRNN.one_step"
+    name: str  # "DecoderWithRNN.one_step"
     indent: str
     is_init: bool
 
@@ -59,12 +60,16 @@ def find_regions(text, where="<text>"):
     for i, line in enumerate(lines, 1):
         k = _kind(line)
         if k == "bad":
-            raise KitError(f"{where}:{i}: malformed solution marker {line.strip()!r}: write exactly '{BEGIN}' or "
-                           f"'{END}' on a line of its own")
+            raise KitError(
+                f"{where}:{i}: malformed solution marker {line.strip()!r}: write exactly '{BEGIN}' or "
+                f"'{END}' on a line of its own"
+            )
         if k == "begin":
             if open_at is not None:
-                raise KitError(f"{where}:{i}: nested '{BEGIN}': the region opened at line {open_at} is not closed "
-                               f"yet (add '{END}' before line {i})")
+                raise KitError(
+                    f"{where}:{i}: nested '{BEGIN}': the region opened at line {open_at} is not closed "
+                    f"yet (add '{END}' before line {i})"
+                )
             open_at = i
         elif k == "end":
             if open_at is None:
@@ -149,7 +154,7 @@ def strip_solutions(text, where="<text>"):
     lines = text.splitlines()
     out, prev = [], 0
     for r in regions:
-        out.extend(lines[prev:r.begin - 1])
+        out.extend(lines[prev : r.begin - 1])
         out.extend(stub_lines(r))
         prev = r.end
     out.extend(lines[prev:])

@@ -13,6 +13,7 @@ region appears in a released ``.py`` file or notebook code cell; every ``.py`` f
 captioning.models`` works with only the release on the path; and ``pytest tests/public`` in the release fails
 only with "TODO …" messages (one subprocess does both).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,21 +28,40 @@ import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
-from captioning.atomic import atomic_path
 from captioning.check import PUBLIC_TESTS, kit_root
-from captioning.errors import KitError
+from captioning.internals.atomic import atomic_path
+from captioning.internals.errors import KitError
 from instructor.regions import _kind, solution_lines, strip_solutions
 
 # What students get: these folders and files of the kit and nothing else, so that a new instructor file can never
 # leak into the edition (the instructor/ package, benchmarks/ and the kit's own tests are simply not listed).
-STUDENT_EDITION = ("captioning/", "data_prep/", "notebooks/", "tests/public/", "docs/student/", "pyproject.toml",
-                   "environment.yml", ".gitignore")
+STUDENT_EDITION = (
+    "captioning/",
+    "data_prep/",
+    "notebooks/",
+    "tests/public/",
+    "docs/student/",
+    "pyproject.toml",
+    "environment.yml",
+    ".gitignore",
+)
 # Written into the edition in place of the kit's own file: {edition path: kit path}.
-STUDENT_FILES = {"README.md": "instructor/student_edition/README.md",
-                 "Makefile": "instructor/student_edition/Makefile"}
+STUDENT_FILES = {"README.md": "instructor/student_edition/README.md", "Makefile": "instructor/student_edition/Makefile"}
 # Skipped when walking a tree that is not a git checkout (a checkout lists its files with git).
-_SKIP_DIRS = {".git", ".venv", "venv", "outputs", "__pycache__", ".pytest_cache", ".ipynb_checkpoints", "build",
-              "dist", "data", ".mypy_cache", ".ruff_cache"}
+_SKIP_DIRS = {
+    ".git",
+    ".venv",
+    "venv",
+    "outputs",
+    "__pycache__",
+    ".pytest_cache",
+    ".ipynb_checkpoints",
+    "build",
+    "dist",
+    "data",
+    ".mypy_cache",
+    ".ruff_cache",
+}
 _ALWAYS_SKIP = {".git", ".venv", "outputs", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".pth.tar")
 
@@ -69,8 +89,11 @@ def kit_files(root):
     files = None
     if (root / ".git").exists() and shutil.which("git"):
         try:
-            res = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
-                                  "--exclude-standard"], capture_output=True, check=True)
+            res = subprocess.run(
+                ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                capture_output=True,
+                check=True,
+            )
             files = [p for p in res.stdout.decode().split("\0") if p]
         except (subprocess.CalledProcessError, OSError):
             files = None
@@ -183,8 +206,14 @@ def make_release(out, root=None, zip_=False, verify=True, progress=functools.par
     if zip_:
         zip_path = out.with_name(out.name + ".zip")
         _write_zip(out, zip_path)
-    return {"out": str(out), "files": released, "regions": [r.name for r in regions], "left_out": left_out,
-            "zip": None if zip_path is None else str(zip_path), "public_tests": summary}
+    return {
+        "out": str(out),
+        "files": released,
+        "regions": [r.name for r in regions],
+        "left_out": left_out,
+        "zip": None if zip_path is None else str(zip_path),
+        "public_tests": summary,
+    }
 
 
 def _write_zip(folder, zip_path):
@@ -232,8 +261,11 @@ def verify_static(release_dir, leaks):
             if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
                 problems.append(f"{p.relative_to(release_dir)} (cell {k + 1}): outputs not cleared")
     if problems:
-        raise KitError("the student edition is not clean:\n  " + "\n  ".join(problems[:30]) +
-                       (f"\n  … and {len(problems) - 30} more" if len(problems) > 30 else ""))
+        raise KitError(
+            "the student edition is not clean:\n  "
+            + "\n  ".join(problems[:30])
+            + (f"\n  … and {len(problems) - 30} more" if len(problems) > 30 else "")
+        )
 
 
 _VERIFY_SCRIPT = r"""
@@ -263,8 +295,14 @@ def verify_runs(release_dir, timeout=600):
         xml = Path(td) / "junit.xml"
         env = _clean_env(release_dir)
         try:
-            res = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(release_dir), str(xml), PUBLIC_TESTS],
-                                 cwd=release_dir, env=env, capture_output=True, text=True, timeout=timeout)
+            res = subprocess.run(
+                [sys.executable, "-c", _VERIFY_SCRIPT, str(release_dir), str(xml), PUBLIC_TESTS],
+                cwd=release_dir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             raise KitError(f"the public tests of the release did not finish within {timeout} s") from None
         tail = (res.stdout + res.stderr)[-3000:]
@@ -310,20 +348,27 @@ def _clean_env(release_dir):
 # ---------------------------------------------------------------------------------------------------------- CLI
 def _cmd_release(a):
     res = make_release(a.out, zip_=a.zip, verify=not a.no_verify)
-    print(f"wrote the student edition to {res['out']}: {len(res['files'])} files, "
-          f"{len(res['regions'])} TODO regions stubbed ({', '.join(dict.fromkeys(res['regions']))})")
+    print(
+        f"wrote the student edition to {res['out']}: {len(res['files'])} files, "
+        f"{len(res['regions'])} TODO regions stubbed ({', '.join(dict.fromkeys(res['regions']))})"
+    )
     print(f"left out (instructor-only): {len(res['left_out'])} files")
     if res["public_tests"]:
         s = res["public_tests"]
-        print(f"verified: no solution line or marker; imports; public tests {s['passed']} passed, "
-              f"{s['failed']} fail with TODO messages")
+        print(
+            f"verified: no solution line or marker; imports; public tests {s['passed']} passed, "
+            f"{s['failed']} fail with TODO messages"
+        )
     if res["zip"]:
         print(f"wrote {res['zip']}")
 
 
 def register(subparsers):
-    s = subparsers.add_parser("release", help="write the student edition (solutions stubbed, notebook outputs "
-                                              "cleared, instructor files left out) and verify it")
+    s = subparsers.add_parser(
+        "release",
+        help="write the student edition (solutions stubbed, notebook outputs "
+        "cleared, instructor files left out) and verify it",
+    )
     s.add_argument("--out", required=True, help="folder to create (must not exist or be empty)")
     s.add_argument("--zip", action="store_true", help="also write OUT.zip")
     s.add_argument("--no-verify", action="store_true", help=argparse.SUPPRESS)

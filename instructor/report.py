@@ -3,6 +3,7 @@ runs. A run folder holds ``BEST_checkpoint_*.pth.tar`` files (anywhere below it)
 ``test``/``evaluate`` wrote (matched to checkpoints by their ``checkpoint`` field); PNG figures below it are
 included as examples. Writes ``report.md`` with PNG figures beside it and a self-contained ``report.html``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -11,11 +12,24 @@ import html
 import json
 import os
 
-from captioning.atomic import write_text
-from captioning.errors import KitError
+from captioning.internals.atomic import write_text
+from captioning.internals.errors import KitError
 
-HYPER = ("decoder", "encoder", "encoder_weights", "embed_dim", "attention_dim", "decoder_dim", "dropout",
-         "batch_size", "decoder_lr", "encoder_lr", "fine_tune_encoder", "alpha_c", "encoded_image_size")
+HYPER = (
+    "decoder",
+    "encoder",
+    "encoder_weights",
+    "embed_dim",
+    "attention_dim",
+    "decoder_dim",
+    "dropout",
+    "batch_size",
+    "decoder_lr",
+    "encoder_lr",
+    "fine_tune_encoder",
+    "alpha_c",
+    "encoded_image_size",
+)
 
 
 def _hyper(cfg, key):
@@ -48,10 +62,17 @@ def _runs(run_dirs):
                 continue
             test = next((t for t in tests if os.path.basename(t["checkpoint"]) == os.path.basename(ck)), None)
             best = max(c["history"], key=lambda r: r["bleu4"]) if c["history"] else {}
-            runs.append({"name": f"{os.path.basename(os.path.normpath(run_dir))}/{c['kind']}", "checkpoint": ck,
-                         "cfg": c["cfg"], "history": c["history"], "best_epoch": best.get("epoch"),
-                         "test": test, "figures": sorted(glob.glob(os.path.join(run_dir, "**", "*.png"),
-                                                                   recursive=True))})
+            runs.append(
+                {
+                    "name": f"{os.path.basename(os.path.normpath(run_dir))}/{c['kind']}",
+                    "checkpoint": ck,
+                    "cfg": c["cfg"],
+                    "history": c["history"],
+                    "best_epoch": best.get("epoch"),
+                    "test": test,
+                    "figures": sorted(glob.glob(os.path.join(run_dir, "**", "*.png"), recursive=True)),
+                }
+            )
     if not runs:
         raise KitError(f"no BEST_checkpoint_*.pth.tar found under {', '.join(run_dirs)}: train first")
     return runs
@@ -66,61 +87,110 @@ def make_report(run_dirs, out):
     import matplotlib
 
     matplotlib.use("Agg")
-    from captioning.figures import save, training_curves
+    from captioning.evaluation.figures import save, training_curves
 
     runs = _runs(run_dirs)
     os.makedirs(out, exist_ok=True)
     md = ["# Experiment report", ""]
     tested = [r for r in runs if r["test"]]
-    if tested:
-        splits = {(r["test"]["split"], r["test"]["beam_size"]) for r in tested}
-        md += [f"## Test results ({'; '.join(f'{s} split, beam {b}' for s, b in sorted(splits))})", "",
-               "| model | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | COCO BLEU-4 | METEOR | ROUGE-L | CIDEr-D | "
-               "pointing game (chance) |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in tested:
-            t, c, g = r["test"], r["test"].get("coco") or {}, r["test"].get("grounding")
-            gs = f"{g['all']:.2f} ({g['chance']:.2f})" if g and g.get("all") is not None else "—"
-            md.append(f"| {r['name']} | {_fmt(t['bleu1'])} | {_fmt(t['bleu2'])} | {_fmt(t['bleu3'])} | "
-                      f"{_fmt(t['bleu4'])} | {_fmt(c.get('bleu4'))} | {_fmt(c.get('meteor'))} | "
-                      f"{_fmt(c.get('rouge_l'))} | {_fmt(c.get('cider_d'))} | {gs} |")
-        md += ["", "BLEU-1..4: nltk `corpus_bleu` on word indices against all references (the course's numbers). "
-                   "COCO columns: pycocoevalcap on PTB-tokenised text.", ""]
-    md += ["## Best hyper-parameters", "", "| model | best epoch | " + " | ".join(HYPER) + " |",
-           "|---" * (len(HYPER) + 2) + "|"]
+    md += _test_results(tested)
+    md += [
+        "## Best hyper-parameters",
+        "",
+        "| model | best epoch | " + " | ".join(HYPER) + " |",
+        "|---" * (len(HYPER) + 2) + "|",
+    ]
     for r in runs:
-        md.append(f"| {r['name']} | {r['best_epoch']} | " + " | ".join(_fmt(_hyper(r["cfg"], k), 4) for k in HYPER)
-                  + " |")
-    curves = save(training_curves([r["history"] for r in runs], [r["name"] for r in runs]),
-                  os.path.join(out, "training_curves.png"))
+        md.append(
+            f"| {r['name']} | {r['best_epoch']} | " + " | ".join(_fmt(_hyper(r["cfg"], k), 4) for k in HYPER) + " |"
+        )
+    curves = save(
+        training_curves([r["history"] for r in runs], [r["name"] for r in runs]),
+        os.path.join(out, "training_curves.png"),
+    )
     md += ["", "## Training curves", "", f"![training curves]({os.path.basename(curves)})", ""]
-    with_captions = [r for r in tested if r["test"].get("captions")]
-    if len(with_captions) < len(tested):  # e.g. a notebook's test_*.metrics.json holds scores only
-        print("report: no example captions for " + ", ".join(r["name"] for r in tested if r not in with_captions)
-              + " (their test results hold scores only)")
-    tested = with_captions
-    if tested:
-        md += ["## Examples (first test images)", "", "| image | " + " | ".join(r["name"] for r in tested) + " |",
-               "|---" * (len(tested) + 1) + "|"]
-        for i in range(min(5, min(len(r["test"]["captions"]) for r in tested))):
-            first = tested[0]["test"]["captions"][i]
-            md.append(f"| {first.get('image_id', i)}<br>ref: {html.escape(first['references'][0])} | "
-                      + " | ".join(html.escape(r["test"]["captions"][i]["caption"]) for r in tested) + " |")
-        md.append("")
-    figs = [f for r in runs for f in r["figures"] if "training_curves" not in f]
-    if figs:
-        md += ["## Attention figures", ""]
-        for f in dict.fromkeys(figs):
-            name = os.path.basename(f)
-            target = os.path.join(out, name)
-            if os.path.abspath(f) != os.path.abspath(target):
-                with open(f, "rb") as src, open(target, "wb") as dst:
-                    dst.write(src.read())
-            md += [f"![{name}]({name})", ""]
+    md += _examples(tested)
+    md += _attention_figures(runs, out)
     md_path = os.path.join(out, "report.md")
     text = "\n".join(md) + "\n"
     write_text(text, md_path)
     _write_html(text, out)
     return md_path
+
+
+def _test_results(tested):
+    """The markdown lines of the test-results table of the runs in ``tested`` (none when it is empty)."""
+    if not tested:
+        return []
+    splits = {(r["test"]["split"], r["test"]["beam_size"]) for r in tested}
+    md = [
+        f"## Test results ({'; '.join(f'{s} split, beam {b}' for s, b in sorted(splits))})",
+        "",
+        "| model | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | COCO BLEU-4 | METEOR | ROUGE-L | CIDEr-D | "
+        "pointing game (chance) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in tested:
+        t, c, g = r["test"], r["test"].get("coco") or {}, r["test"].get("grounding")
+        gs = f"{g['all']:.2f} ({g['chance']:.2f})" if g and g.get("all") is not None else "—"
+        md.append(
+            f"| {r['name']} | {_fmt(t['bleu1'])} | {_fmt(t['bleu2'])} | {_fmt(t['bleu3'])} | "
+            f"{_fmt(t['bleu4'])} | {_fmt(c.get('bleu4'))} | {_fmt(c.get('meteor'))} | "
+            f"{_fmt(c.get('rouge_l'))} | {_fmt(c.get('cider_d'))} | {gs} |"
+        )
+    md += [
+        "",
+        "BLEU-1..4: nltk `corpus_bleu` on word indices against all references (the course's numbers). "
+        "COCO columns: pycocoevalcap on PTB-tokenised text.",
+        "",
+    ]
+    return md
+
+
+def _examples(tested):
+    """The markdown lines of the example-captions table (first test images) of the tested runs that hold
+    captions; says which tested runs have none."""
+    with_captions = [r for r in tested if r["test"].get("captions")]
+    if len(with_captions) < len(tested):  # e.g. a notebook's test_*.metrics.json holds scores only
+        print(
+            "report: no example captions for "
+            + ", ".join(r["name"] for r in tested if r not in with_captions)
+            + " (their test results hold scores only)"
+        )
+    tested = with_captions
+    if not tested:
+        return []
+    md = [
+        "## Examples (first test images)",
+        "",
+        "| image | " + " | ".join(r["name"] for r in tested) + " |",
+        "|---" * (len(tested) + 1) + "|",
+    ]
+    for i in range(min(5, min(len(r["test"]["captions"]) for r in tested))):
+        first = tested[0]["test"]["captions"][i]
+        md.append(
+            f"| {first.get('image_id', i)}<br>ref: {html.escape(first['references'][0])} | "
+            + " | ".join(html.escape(r["test"]["captions"][i]["caption"]) for r in tested)
+            + " |"
+        )
+    md.append("")
+    return md
+
+
+def _attention_figures(runs, out):
+    """The markdown lines of the runs' figures (other than training curves), each copied into ``out``."""
+    figs = [f for r in runs for f in r["figures"] if "training_curves" not in f]
+    if not figs:
+        return []
+    md = ["## Attention figures", ""]
+    for f in dict.fromkeys(figs):
+        name = os.path.basename(f)
+        target = os.path.join(out, name)
+        if os.path.abspath(f) != os.path.abspath(target):
+            with open(f, "rb") as src, open(target, "wb") as dst:
+                dst.write(src.read())
+        md += [f"![{name}]({name})", ""]
+    return md
 
 
 def _write_html(markdown, out):
@@ -131,9 +201,16 @@ def _write_html(markdown, out):
         if table:
             rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
             cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
-            body.append("<table>" + "".join(
-                "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{c}</{'th' if i == 0 else 'td'}>" for c in row)
-                + "</tr>" for i, row in enumerate(cells)) + "</table>")
+            body.append(
+                "<table>"
+                + "".join(
+                    "<tr>"
+                    + "".join(f"<{'th' if i == 0 else 'td'}>{c}</{'th' if i == 0 else 'td'}>" for c in row)
+                    + "</tr>"
+                    for i, row in enumerate(cells)
+                )
+                + "</table>"
+            )
             table.clear()
 
     for line in lines:
@@ -145,17 +222,20 @@ def _write_html(markdown, out):
             level = len(line) - len(line.lstrip("#"))
             body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
         elif line.startswith("!["):
-            src = line[line.index("(") + 1: -1]
+            src = line[line.index("(") + 1 : -1]
             with open(os.path.join(out, src), "rb") as fh:
                 data = base64.b64encode(fh.read()).decode()
             body.append(f'<p><img style="max-width:100%" src="data:image/png;base64,{data}"></p>')
         elif line.strip():
             body.append(f"<p>{html.escape(line)}</p>")
     flush()
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>Experiment report</title><style>"
-            "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}</style></head><body>"
-            + "\n".join(body) + "</body></html>")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Experiment report</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>"
+    )
     path = os.path.join(out, "report.html")
     write_text(page, path)
 

@@ -7,6 +7,7 @@ so that `make test` passes on any machine where the reference solution learns as
 does not. `make test` runs this file after the notebooks (it is not named test_*.py, so plain `pytest tests`
 skips it) and deletes the metrics files of earlier runs first.
 """
+
 from __future__ import annotations
 
 import json

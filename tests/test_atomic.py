@@ -1,4 +1,5 @@
-"""captioning.atomic (the one "temporary name, then rename" helper) and captioning.plugins (optional speed-ups)."""
+"""captioning.internals.atomic (the one "temporary name, then rename" helper) and captioning.internals.plugins (optional speed-ups)."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from captioning import plugins
-from captioning.atomic import atomic_path, write_json, write_text
+from captioning.internals import plugins
+from captioning.internals.atomic import atomic_path, write_json, write_text
 
 
 def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):

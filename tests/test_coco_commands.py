@@ -7,6 +7,7 @@ What the tests change in a command, and why: ``device=cuda`` → ``cpu`` (no GPU
 images); every other setting runs as documented, the course's 512-wide decoders included. A test also checks that
 the README's notebooks command sets the course's value of every training setting the shapes recipe changes.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "coco_5_cap_per_img_5_min_word_freq"
 # words appended to the documented commands: sizes for a CPU test, and what an offline CPU machine cannot do
-TRAIN_SIZES = ["device=cpu", "encoder_weights=None", "epochs=1", "workers=0", "recalibrate_images=16",
-               "print_freq=0", "progress=False"]
+TRAIN_SIZES = [
+    "device=cpu",
+    "encoder_weights=None",
+    "epochs=1",
+    "workers=0",
+    "recalibrate_images=16",
+    "print_freq=0",
+    "progress=False",
+]
 
 
 def documented_commands(path, start):
@@ -67,8 +75,7 @@ def coco_workdir(tmp_path_factory):
     work = tmp_path_factory.mktemp("coco")
     js = generate(work / "coco2014", n_images=40, workers=1, seed=0, progress=False)
     shutil.move(js, work / "dataset_coco.json")
-    test_image = next(r for r in json.loads((work / "dataset_coco.json").read_text())["images"]
-                      if r["split"] == "test")
+    test_image = next(r for r in json.loads((work / "dataset_coco.json").read_text())["images"] if r["split"] == "test")
     shutil.copy(work / "coco2014" / test_image["filepath"] / test_image["filename"], work / "IMAGE.jpg")
     (prepare,) = [c for c in documented_commands(ROOT / "docs" / "training.md", "python -m captioning prepare")]
     _run(prepare + ["--image-size", "64", "--workers", "1"], work)
@@ -79,8 +86,11 @@ def coco_workdir(tmp_path_factory):
 def test_cli_commands_of_training_md(coco_workdir):
     """train → test → caption as docs/training.md gives them, then the same with the encoder fine-tuned (the
     checkpoint then holds the encoder, and test reads pixels instead of the feature cache)."""
-    cmds = {c[3]: c for c in documented_commands(ROOT / "docs" / "training.md", "python -m captioning")
-            if c[3] in ("train", "test", "caption")}
+    cmds = {
+        c[3]: c
+        for c in documented_commands(ROOT / "docs" / "training.md", "python -m captioning")
+        if c[3] in ("train", "test", "caption")
+    }
     assert set(cmds) == {"train", "test", "caption"}, cmds
     assert f"data_name={NAME}" in cmds["train"]
     _run(_offline_cpu(cmds["train"]) + TRAIN_SIZES, coco_workdir)
@@ -103,15 +113,14 @@ def test_readme_notebooks_command_sets_the_course_settings():
     """Every setting of train1/train2 whose notebook default (the shapes recipe) is not the course's cfg
     (``DEFAULT_CFG``) is set to the course's value by the README's COCO command, or is one of the listed
     exceptions."""
-    from captioning.config import DEFAULT_CFG
     from captioning.cli import parse_overrides
+    from captioning.config import DEFAULT_CFG
     from instructor.notebook_runs import notebook_parameters
 
     (cmd,) = documented_commands(ROOT / "README.md", "python -m instructor notebooks")
     given = parse_overrides([w for w in cmd if "=" in w and not w.startswith("-")])
     # not the course's cfg on purpose: where the data is, the machine, and values the notebook resolves itself
-    own = {"data_folder", "data_name", "device", "workers", "threads", "encoded_image_size", "output_dir",
-           "checkpoint"}
+    own = {"data_folder", "data_name", "device", "workers", "threads", "encoded_image_size", "output_dir", "checkpoint"}
     assert given["data_name"] == NAME and given["encoder_weights"] == "imagenet"
     import ast
 
@@ -134,8 +143,15 @@ def test_readme_notebooks_command(coco_workdir):
     """The README's COCO notebooks command: train2, then test and caption of its checkpoint (``image`` left at
     None: the first TEST image as prepared)."""
     (cmd,) = documented_commands(ROOT / "README.md", "python -m instructor notebooks")
-    argv = _offline_cpu(cmd) + ["--only", "train2,test_attention,caption_attention", "--out", "nb", "epochs=1",
-                                "workers=0", "threads=1"]
+    argv = _offline_cpu(cmd) + [
+        "--only",
+        "train2,test_attention,caption_attention",
+        "--out",
+        "nb",
+        "epochs=1",
+        "workers=0",
+        "threads=1",
+    ]
     _run(argv, coco_workdir)
     caption = json.loads((coco_workdir / "nb" / "caption_attention.metrics.json").read_text())
     assert caption["caption"] and Path(caption["image"]).name.startswith("test_image_0_"), caption
@@ -143,17 +159,27 @@ def test_readme_notebooks_command(coco_workdir):
     assert test, test
 
 
-def test_torchrun_ranks_wait_for_the_feature_cache_on_its_lock_not_in_a_barrier(shapes_data, tmp_path,
-                                                                              monkeypatch):
+def test_torchrun_ranks_wait_for_the_feature_cache_on_its_lock_not_in_a_barrier(shapes_data, tmp_path, monkeypatch):
     """Under torchrun a COCO feature cache takes longer to build than NCCL's timeout: no rank may wait for it in
     a collective. Each rank asks build_feature_cache, whose file lock makes the others wait; a rank that is not
     rank 0 gets the cache the first built."""
     from captioning import solver
 
-    cfg = solver.make_cfg(data_folder=str(shapes_data.data_folder), data_name=shapes_data.data_name,
-                          encoder="shapes_cnn", encoder_weights=None, recalibrate_images=0, encoded_image_size=2,
-                          embed_dim=8, decoder_dim=12, attention_dim=10, device="cpu", workers=0,
-                          output_dir=str(tmp_path / "run"), progress=False)
+    cfg = solver.make_cfg(
+        data_folder=str(shapes_data.data_folder),
+        data_name=shapes_data.data_name,
+        encoder="shapes_cnn",
+        encoder_weights=None,
+        recalibrate_images=0,
+        encoded_image_size=2,
+        embed_dim=8,
+        decoder_dim=12,
+        attention_dim=10,
+        device="cpu",
+        workers=0,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+    )
     trainer = solver.Trainer(cfg, progress=False)
 
     def no_collective(*args, **kwargs):

@@ -13,19 +13,24 @@ meets one, the test expects exactly that exception, which proves that everything
 rest of the path is covered by a piece that takes those values as plain numbers (the fast path's ``plan``) or by
 the per-step function (``one_step``).
 """
+
 from __future__ import annotations
 
 import sys
 
 import pytest
 import torch
-from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException,
-                                           FakeTensorDeviceMismatchError,
-                                           FakeTensorMode, UnsupportedOperatorException,
-                                           unset_fake_temporarily)
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorDeviceMismatchError,
+    FakeTensorMode,
+    UnsupportedOperatorException,
+    unset_fake_temporarily,
+)
 
-from captioning import encoder as encoder_mod
 from captioning.encoder import Encoder
+from captioning.internals import backbones as encoder_mod
 
 CUDA = torch.device("cuda")
 # what fake tensors raise at a step that needs the data (see the module docstring)
@@ -122,7 +127,7 @@ def test_encode_batch_fine_tuned_and_its_update(fake_cuda):
     tensor, which a machine without a GPU lacks (``hasPrimaryContext`` RuntimeError, expected below). The backward
     graph's ops are each forward op's derivative on the same tensors, so a device mistake would have shown in the
     forward; the gradients are then given (zeros on the device) to check the optimiser's step."""
-    from captioning.optim import adam
+    from captioning.internals.optim import adam
     from captioning.solver import encode_batch
 
     enc = Encoder(2, weights=None, arch="resnet50")
@@ -173,8 +178,7 @@ def _decoder(kind):
 
     cls = {"rnn": DecoderWithRNN, "attention": DecoderWithAttention, "adaptive": DecoderWithAdaptiveAttention}[kind]
     torch.manual_seed(0)
-    return cls({"vocab_size": V, "embed_dim": E, "decoder_dim": D, "attention_dim": A, "dropout": 0.5},
-               encoder_dim=C)
+    return cls({"vocab_size": V, "embed_dim": E, "decoder_dim": D, "attention_dim": A, "dropout": 0.5}, encoder_dim=C)
 
 
 def _captions(b):
@@ -219,8 +223,8 @@ def test_fast_path_scores_and_loss(fake_cuda, kind):
     """The fast path's teacher-forced scores under bf16 autocast and the training loss, on the device. Its
     length bookkeeping (``fastpath.plan``) reads the lengths; it is made from the CPU lengths and moved, as a GPU
     run makes it on the device."""
-    from instructor import fastpath
     from captioning.solver import _loss
+    from instructor import fastpath
 
     dec = _decoder(kind)
     b = 3
@@ -245,7 +249,7 @@ def test_pretraining_step(fake_cuda):
     """``pretrain.train_step``: the shapes_cnn probe's forward, loss, backward and update on the device. The loss
     is computed without reading a value (no ``if tensor``); the backward stops as in the fine-tuning test (no
     CUDA context here), so the update is checked with given gradients."""
-    from captioning import pretrain
+    from captioning.data import pretrain
 
     model = pretrain._Probe()
     b, size = 2, 64
@@ -275,7 +279,7 @@ def test_feature_cache_encode_step(fake_cuda, monkeypatch):
     tensors stop there, as expected."""
     import numpy as np
 
-    from captioning.features import encode_pixels
+    from captioning.data.features import encode_pixels
 
     monkeypatch.setattr(Encoder, "weights_digest", lambda self: "fake")
     enc = Encoder(2, weights=None, arch="shapes_cnn")
@@ -311,23 +315,37 @@ def tiny_checkpoint(shapes_data, tmp_path):
     not matter: fake tensors compute no values)."""
     from captioning.solver import Trainer, make_cfg
 
-    cfg = make_cfg(data_folder=str(shapes_data.data_folder), data_name=shapes_data.data_name, encoder="shapes_cnn",
-                   encoder_weights=None, recalibrate_images=0, encoded_image_size=2, embed_dim=8, decoder_dim=12,
-                   attention_dim=10, decoder="attention", fine_tune_encoder=True, device="cpu", workers=0,
-                   output_dir=str(tmp_path / "run"), progress=False)
+    cfg = make_cfg(
+        data_folder=str(shapes_data.data_folder),
+        data_name=shapes_data.data_name,
+        encoder="shapes_cnn",
+        encoder_weights=None,
+        recalibrate_images=0,
+        encoded_image_size=2,
+        embed_dim=8,
+        decoder_dim=12,
+        attention_dim=10,
+        decoder="attention",
+        fine_tune_encoder=True,
+        device="cpu",
+        workers=0,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+    )
     return Trainer(cfg, progress=False).state(0)
 
 
 def _cuda_checkpoint(monkeypatch, ckpt):
     """Let evaluate load ``ckpt`` (a fresh shallow copy each time) with device='cuda' accepted."""
-    import captioning.evaluate as ev
+    import captioning.evaluation.evaluate as ev
     from captioning import solver
 
     # make_cfg refuses 'cuda' without a GPU: it alone is told there is one (told everywhere, PyTorch's own code
     # would try to reach the driver)
     real = torch.cuda.is_available
-    monkeypatch.setattr(torch.cuda, "is_available",
-                        lambda: sys._getframe(1).f_globals.get("__name__") == "captioning.config" or real())
+    monkeypatch.setattr(
+        torch.cuda, "is_available", lambda: sys._getframe(1).f_globals.get("__name__") == "captioning.config" or real()
+    )
     monkeypatch.setattr(Encoder, "weights_digest", lambda self: "fake")
     monkeypatch.setattr(ev, "load_checkpoint", lambda path: dict(ckpt))
     # a module built inside the mode has fake CPU weights that the move to cuda cannot swap (see fake_cuda): the
@@ -387,20 +405,39 @@ def test_caption_encodes_on_the_device(fake_cuda, monkeypatch, tiny_checkpoint, 
 
 
 # ----------------------------------------------------------------------------------- tensor factories and devices
-FACTORIES = {"tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "range", "linspace", "logspace",
-             "eye", "rand", "randn", "randint", "randperm", "normal", "empty_strided", "scalar_tensor",
-             "tril_indices", "triu_indices", "sparse_coo_tensor"}
+FACTORIES = {
+    "tensor",
+    "as_tensor",
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "arange",
+    "range",
+    "linspace",
+    "logspace",
+    "eye",
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "normal",
+    "empty_strided",
+    "scalar_tensor",
+    "tril_indices",
+    "triu_indices",
+    "sparse_coo_tensor",
+}
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
-SCANNED = sorted((ROOT / "captioning").glob("*.py")) + [ROOT / "instructor" / n for n in ("fastpath.py",
-                                                                                            "fastbeam.py")]
+SCANNED = sorted((ROOT / "captioning").rglob("*.py")) + [ROOT / "instructor" / n for n in ("fastpath.py", "fastbeam.py")]
 # (file, enclosing function): why its factories without ``device=`` make CPU tensors on purpose
 CPU_SIDE = {
-    ("captioning/pretrain.py", "cell_targets"): "per-image labels built by the data loading, moved by train_step",
-    ("captioning/pretrain.py", "cell_weights"): "per-image weights built by the data loading, moved by train_step",
-    ("captioning/pretrain.py", "pretrain_encoder"): "randperm/rand draw from a CPU torch.Generator (the order and "
-                                                    "the flips), which must stay on the CPU to be reproducible",
+    ("captioning/data/pretrain.py", "cell_targets"): "per-image labels built by the data loading, moved by train_step",
+    ("captioning/data/pretrain.py", "cell_weights"): "per-image weights built by the data loading, moved by train_step",
+    ("captioning/data/pretrain.py", "pretrain_encoder"): "randperm/rand draw from a CPU torch.Generator (the order and "
+    "the flips), which must stay on the CPU to be reproducible",
     ("captioning/solver.py", "loader"): "randperm draws the shard order from the loader's CPU torch.Generator",
-    ("captioning/todos.py", "require_todos"): "the notebooks' TODO check runs the student's decoder on the CPU",
+    ("captioning/check.py", "require_todos"): "the notebooks' TODO check runs the student's decoder on the CPU",
 }
 
 
@@ -414,10 +451,14 @@ def _factory_calls_without_device(path):
     def visit(node, func):
         for child in ast.iter_child_nodes(node):
             name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
-            if (isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute)
-                    and isinstance(child.func.value, ast.Name) and child.func.value.id == "torch"
-                    and child.func.attr in FACTORIES
-                    and not any(k.arg == "device" for k in child.keywords)):
+            if (
+                isinstance(child, ast.Call)
+                and isinstance(child.func, ast.Attribute)
+                and isinstance(child.func.value, ast.Name)
+                and child.func.value.id == "torch"
+                and child.func.attr in FACTORIES
+                and not any(k.arg == "device" for k in child.keywords)
+            ):
                 found.append((func, child.lineno, f"torch.{child.func.attr}"))
             visit(child, name)
 
@@ -437,13 +478,14 @@ def test_every_tensor_factory_names_its_device():
                 used.add((rel, func))
             else:
                 bad.append(f"{rel}:{line} in {func}(): {call}(…) without device=")
-    assert not bad, "tensor factories without a device (pass device=…, or list the function in CPU_SIDE with " \
-                    "the reason it is CPU-side):\n" + "\n".join(bad)
+    assert not bad, (
+        "tensor factories without a device (pass device=…, or list the function in CPU_SIDE with "
+        "the reason it is CPU-side):\n" + "\n".join(bad)
+    )
     assert used == set(CPU_SIDE), f"CPU_SIDE lists functions without such factories: {set(CPU_SIDE) - used}"
 
 
 def test_the_factory_scan_finds_a_factory_without_a_device(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("import torch\ndef f(x):\n    a = torch.zeros(3, device=x.device)\n"
-                   "    return torch.arange(3) + a\n")
+    src.write_text("import torch\ndef f(x):\n    a = torch.zeros(3, device=x.device)\n    return torch.arange(3) + a\n")
     assert _factory_calls_without_device(src) == [("f", 4, "torch.arange")]

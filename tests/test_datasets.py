@@ -1,4 +1,5 @@
 """CaptionDataset over prepared files."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from captioning.datasets import IMAGENET_MEAN, IMAGENET_STD, CaptionDataset, load_word_map
-from captioning.errors import KitError
+from captioning.internals.errors import KitError
 
 
 def test_train_items(shapes_data):
@@ -24,7 +25,7 @@ def test_train_items(shapes_data):
     assert caption[0] == ds.word_map["<start>"] and caption[caplen.item() - 1] == ds.word_map["<end>"]
     captions = json.loads((folder / f"TRAIN_CAPTIONS_{name}.json").read_text())
     assert caption.tolist() == captions[7]
-    assert torch.equal(img, ds.image(1))          # caption 7 belongs to image 7 // 5
+    assert torch.equal(img, ds.image(1))  # caption 7 belongs to image 7 // 5
 
 
 def test_val_items_carry_all_captions(shapes_data):
@@ -63,8 +64,10 @@ def test_files_without_objects(shapes_data, tmp_path):
     for f in folder.iterdir():
         if f.suffix == ".json" and not f.name.startswith("MANIFEST_"):  # other tools write no manifest
             (tmp_path / f.name).write_bytes(f.read_bytes())
-    with h5py.File(folder / f"VAL_IMAGES_{name}.hdf5", "r") as src, \
-            h5py.File(tmp_path / f"VAL_IMAGES_{name}.hdf5", "w") as dst:
+    with (
+        h5py.File(folder / f"VAL_IMAGES_{name}.hdf5", "r") as src,
+        h5py.File(tmp_path / f"VAL_IMAGES_{name}.hdf5", "w") as dst,
+    ):
         dst.create_dataset("images", data=src["images"][:])
         dst.attrs["captions_per_image"] = 5
     ds = CaptionDataset(tmp_path, name, "VAL")
@@ -94,17 +97,17 @@ def test_pickles_without_the_open_file(shapes_data):
     folder, name, _ = shapes_data
     ds = CaptionDataset(folder, name, "TEST")
     first = ds[0]
-    clone = pickle.loads(pickle.dumps(ds))           # what a spawn-started DataLoader worker receives
+    clone = pickle.loads(pickle.dumps(ds))  # what a spawn-started DataLoader worker receives
     assert all(torch.equal(a, b) for a, b in zip(first, clone[0]))
     ds.close()
-    assert torch.equal(ds[0][0], first[0])           # reopens after close()
+    assert torch.equal(ds[0][0], first[0])  # reopens after close()
 
 
 @pytest.mark.parametrize("split", ["TRAIN", "VAL"])
 def test_dataloader_workers_match_single_process(shapes_data, split):
     folder, name, _ = shapes_data
     ds = CaptionDataset(folder, name, split)
-    ds.image(0)   # the parent holds an open handle before forking: workers must not reuse it
+    ds.image(0)  # the parent holds an open handle before forking: workers must not reuse it
     batches = {}
     for workers in (0, 2):
         loader = DataLoader(ds, batch_size=16, shuffle=False, num_workers=workers)

@@ -1,9 +1,10 @@
 """Beam search: greedy = beam 1, batched = one image at a time, the no-<end> case; BLEU."""
+
 import pytest
 import torch
 
 from captioning.decoding import beam_search
-from captioning.metrics import bleu, strip_special
+from captioning.evaluation.metrics import bleu, strip_special
 from captioning.models import DecoderWithAttention, DecoderWithRNN
 
 V, C = 20, 6
@@ -25,7 +26,7 @@ def make(cls, end_bias=0.0):
         caps = torch.zeros(12, 14, dtype=torch.long)
         for i, n in enumerate(lens.tolist()):
             caps[i, 0], caps[i, n - 1] = WORD_MAP["<start>"], WORD_MAP["<end>"]
-            caps[i, 1: n - 1] = torch.randint(1, V - 3, (n - 2,))
+            caps[i, 1 : n - 1] = torch.randint(1, V - 3, (n - 2,))
         opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
         from captioning.solver import decoder_scores
 
@@ -48,7 +49,7 @@ def greedy(dec, enc, max_len):
     """The obvious one-image greedy loop, independent of beam_search's bookkeeping."""
     out = []
     for i in range(enc.size(0)):
-        e = enc[i: i + 1].reshape(1, -1, C)
+        e = enc[i : i + 1].reshape(1, -1, C)
         h, c = dec.init_hidden_state(e)
         word, toks = torch.tensor([WORD_MAP["<start>"]]), []
         for _ in range(max_len):
@@ -83,7 +84,7 @@ def test_batched_equals_one_image_at_a_time(cls):
     dec = make(cls, end_bias=0.0)
     enc = torch.randn(10, 3, 3, C)
     batched = beam_search(dec, enc, WORD_MAP, beam_size=4, max_len=15)
-    single = [beam_search(dec, enc[i: i + 1], WORD_MAP, beam_size=4, max_len=15)[0] for i in range(10)]
+    single = [beam_search(dec, enc[i : i + 1], WORD_MAP, beam_size=4, max_len=15)[0] for i in range(10)]
     assert [c.tokens for c in batched] == [c.tokens for c in single]
     for b, s in zip(batched, single):
         assert b.score == pytest.approx(s.score, abs=1e-5)
@@ -140,12 +141,13 @@ def test_length_penalty_only_changes_the_choice_among_finished_captions(cls):
         differ += p.tokens != n.tokens
     assert differ > 0, "test needs images where the two criteria disagree"
     assert sum(len(n.tokens) for n in normed) > sum(len(p.tokens) for p in plain)
-    assert [c.tokens for c in beam_search(dec, enc, WORD_MAP, beam_size=5, max_len=15, length_penalty=0.0)] == \
-        [c.tokens for c in plain]
+    assert [c.tokens for c in beam_search(dec, enc, WORD_MAP, beam_size=5, max_len=15, length_penalty=0.0)] == [
+        c.tokens for c in plain
+    ]
 
 
 def test_negative_length_penalty_is_refused():
-    from captioning.errors import KitError
+    from captioning.internals.errors import KitError
 
     with pytest.raises(KitError, match="length_penalty must be a number >= 0"):
         beam_search(make(DecoderWithRNN), torch.randn(1, 3, 3, C), WORD_MAP, length_penalty=-1)
@@ -177,17 +179,20 @@ def test_bleu_is_imported_without_scipy_stats_and_scipy_still_works_after():
     import subprocess
     import sys
 
-    code = ("import sys; import captioning.metrics as m; assert 'scipy.stats' not in sys.modules, 'scipy.stats'; "
-            "assert m.bleu([[['a', 'b']]], [['a', 'b']])['bleu2'] == 1.0; "
-            "import scipy.stats; assert scipy.stats.fisher_exact([[1, 2], [3, 4]]) is not None")
+    code = (
+        "import sys; import captioning.evaluation.metrics as m; assert 'scipy.stats' not in sys.modules, 'scipy.stats'; "
+        "assert m.bleu([[['a', 'b']]], [['a', 'b']])['bleu2'] == 1.0; "
+        "import scipy.stats; assert scipy.stats.fisher_exact([[1, 2], [3, 4]]) is not None"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------ the fast step (instructor)
-from captioning import decoding, plugins  # noqa: E402
-from instructor import fastpath  # noqa: E402
+from captioning import decoding  # noqa: E402
 from captioning.adaptive import DecoderWithAdaptiveAttention  # noqa: E402
+from captioning.internals import plugins  # noqa: E402
+from instructor import fastpath  # noqa: E402
 
 
 def _same_captions(got, ref, rtol=1e-5):
@@ -231,12 +236,14 @@ def test_fast_beam_search_equals_the_one_step_path(att_cls, beam, count_fast_ste
     assert len({len(c.tokens) for c in fast}) > 1, "test needs images that finish at different steps"
     assert any(not c.finished for c in fast) or all(c.finished for c in plain)
     # one image at a time, fast, gives the same as the batch
-    single = [beam_search(dec, enc[i: i + 1], WORD_MAP, beam_size=beam, max_len=15)[0] for i in range(10)]
+    single = [beam_search(dec, enc[i : i + 1], WORD_MAP, beam_size=beam, max_len=15)[0] for i in range(10)]
     _same_captions(single, plain)
     # never-ending captions: all images run to max_len together
     dec_never = make(att_cls, end_bias=-1e4)
-    _same_captions(beam_search(dec_never, enc[:4], WORD_MAP, beam_size=beam, max_len=7),
-                   beam_search(dec_never, enc[:4], WORD_MAP, beam_size=beam, max_len=7, fast=False))
+    _same_captions(
+        beam_search(dec_never, enc[:4], WORD_MAP, beam_size=beam, max_len=7),
+        beam_search(dec_never, enc[:4], WORD_MAP, beam_size=beam, max_len=7, fast=False),
+    )
 
 
 class _Subclass(DecoderWithAttention):
@@ -274,8 +281,10 @@ def test_other_decoders_take_the_one_step_path(count_fast_steps, monkeypatch):
     assert not count_fast_steps
     # the student edition has no fast-path plug-in (as with CAPTIONING_PLUGINS=off): one_step
     monkeypatch.setenv(plugins.DISABLE_ENV, "off")
-    _same_captions(beam_search(ref, enc, WORD_MAP, beam_size=3, max_len=10),
-                   beam_search(ref, enc, WORD_MAP, beam_size=3, max_len=10, fast=False))
+    _same_captions(
+        beam_search(ref, enc, WORD_MAP, beam_size=3, max_len=10),
+        beam_search(ref, enc, WORD_MAP, beam_size=3, max_len=10, fast=False),
+    )
     assert not count_fast_steps
 
 

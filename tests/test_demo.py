@@ -1,16 +1,34 @@
 """A short `demo` run end to end (tiny sizes): every step runs and writes its outputs, on the shapes recipe."""
+
 import json
 
-from instructor.cli import main
-from captioning.recipe import DEMO, RECIPE, decoder_cfg
+from captioning.data.recipe import DEMO, RECIPE, decoder_cfg
 from captioning.solver import load_checkpoint
+from instructor.cli import main
 
 
 def test_demo_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = main(["demo", "--out", str(out), "n_train=30", "n_val=8", "n_test=8", "image_size=64", "epochs=1",
-               "embed_dim=16", "decoder_dim=24", "attention_dim=16", "beam_size=2", "coco=False", "pretrain_epochs=1",
-               "dropout=0.2", "alpha_c=0.5"])
+    rc = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "n_train=30",
+            "n_val=8",
+            "n_test=8",
+            "image_size=64",
+            "epochs=1",
+            "embed_dim=16",
+            "decoder_dim=24",
+            "attention_dim=16",
+            "beam_size=2",
+            "coco=False",
+            "pretrain_epochs=1",
+            "dropout=0.2",
+            "alpha_c=0.5",
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["decoders"]) == {"rnn", "attention"}
@@ -33,16 +51,18 @@ def test_demo_tiny(tmp_path, capsys):
 
 def test_demo_is_the_recipe_at_a_larger_size():
     size_keys = {"n_train", "n_val", "n_test"}
-    assert {k: v for k, v in DEMO.items() if k not in size_keys | {"epochs"}} == \
-        {k: v for k, v in RECIPE.items() if k not in size_keys | {"epochs"}}
+    assert {k: v for k, v in DEMO.items() if k not in size_keys | {"epochs"}} == {
+        k: v for k, v in RECIPE.items() if k not in size_keys | {"epochs"}
+    }
     assert DEMO["n_train"] >= RECIPE["n_train"]
     for decoder in ("rnn", "attention"):
         assert decoder_cfg(RECIPE, decoder)["decoder"] == decoder
 
 
 def test_demo_rejects_an_unknown_encoder(tmp_path, capsys):
-    rc = main(["demo", "--out", str(tmp_path / "d"), "n_train=10", "n_val=4", "n_test=4", "image_size=64",
-               "encoder=vgg"])
+    rc = main(
+        ["demo", "--out", str(tmp_path / "d"), "n_train=10", "n_val=4", "n_test=4", "image_size=64", "encoder=vgg"]
+    )
     assert rc == 2 and "demo encoder='vgg'" in capsys.readouterr().err
 
 

@@ -1,13 +1,14 @@
 """Beyond the course: the adaptive-attention decoder, the COCO metrics, the pointing game."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import captioning.cocoeval as cocoeval
-from captioning.decoding import beam_search
-from captioning.evaluate import grounding
+import captioning.evaluation.cocoeval as cocoeval
 from captioning.adaptive import DecoderWithAdaptiveAttention
+from captioning.decoding import beam_search
+from captioning.evaluation.evaluate import grounding
 
 CFG = dict(vocab_size=20, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.0)
 
@@ -36,8 +37,10 @@ def test_adaptive_decoder_contract_and_sentinel_share():
     dec.train()
     for _ in range(150):
         preds, caps_sorted, dec_lens, _, _ = dec(enc, caps, lens)
-        loss = F.cross_entropy(pack_padded_sequence(preds, dec_lens, batch_first=True).data,
-                               pack_padded_sequence(caps_sorted[:, 1:], dec_lens, batch_first=True).data)
+        loss = F.cross_entropy(
+            pack_padded_sequence(preds, dec_lens, batch_first=True).data,
+            pack_padded_sequence(caps_sorted[:, 1:], dec_lens, batch_first=True).data,
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -50,8 +53,12 @@ def test_adaptive_decoder_contract_and_sentinel_share():
 
 def test_pointing_game_hits_misses_and_chance():
     rev = {1: "red", 2: "circle", 3: "a", 4: "square"}
-    objs = [[{"shape": "circle", "color": "red", "size": "large", "bbox": [0, 0, 32, 32]},  # top-left quarter
-             {"shape": "square", "color": "blue", "size": "small", "bbox": [32, 32, 64, 64]}]]  # bottom-right
+    objs = [
+        [
+            {"shape": "circle", "color": "red", "size": "large", "bbox": [0, 0, 32, 32]},  # top-left quarter
+            {"shape": "square", "color": "blue", "size": "small", "bbox": [32, 32, 64, 64]},
+        ]
+    ]  # bottom-right
     on = torch.zeros(4)
     on[0] = 1.0  # peak in the top-left cell of a 2x2 grid
     off = torch.zeros(4)
@@ -66,12 +73,18 @@ def test_pointing_game_hits_misses_and_chance():
     # red -> the blue square, circle -> an empty cell beside it, square -> the red circle
     assert miss["misses"] == {"other_object": 2, "background": 1, "next_to_named": 1}
     # "red circle" is the first object phrase of an image with two kinds of object, "square" a later one
-    assert hit["by_position"] == {"only_object": {"rate": None, "n": 0}, "first_named": {"rate": 1.0, "n": 2},
-                                  "named_later": {"rate": None, "n": 0}}
+    assert hit["by_position"] == {
+        "only_object": {"rate": None, "n": 0},
+        "first_named": {"rate": 1.0, "n": 2},
+        "named_later": {"rate": None, "n": 0},
+    }
     assert miss["by_position"]["first_named"] == {"rate": 0.0, "n": 2}
     assert miss["by_position"]["named_later"] == {"rate": 0.0, "n": 1}
-    assert hit["by_size"] == {"large": {"rate": 1.0, "n": 2}, "small": {"rate": None, "n": 0},
-                              "mixed": {"rate": None, "n": 0}}
+    assert hit["by_size"] == {
+        "large": {"rate": 1.0, "n": 2},
+        "small": {"rate": None, "n": 0},
+        "mixed": {"rate": None, "n": 0},
+    }
     assert miss["by_size"]["large"] == {"rate": 0.0, "n": 2} and miss["by_size"]["small"] == {"rate": 0.0, "n": 1}
     alone = grounding([[3, 1, 2]], [torch.stack([off, on, off])], [objs[0][:1]], rev, 64)
     assert alone["by_position"]["only_object"] == {"rate": 0.5, "n": 2}  # red hit, circle missed

@@ -1,11 +1,12 @@
 """The caption figure shows attention on one scale a reader can trust."""
+
 import matplotlib
 
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from captioning.figures import caption_figure  # noqa: E402
+from captioning.evaluation.figures import caption_figure  # noqa: E402
 
 
 def _result(alphas, words):

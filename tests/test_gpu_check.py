@@ -3,6 +3,7 @@ way the GPU machine runs it — from a copy of the repository's files, with the 
 install, no entry points: a new venv whose PYTHONPATH holds a view of this venv's site-packages without the kit's
 own files) — so that the script cannot rot between the sessions that are lent a GPU. Also the
 ``--prepare-device`` commands (built, not run: no download in a test) and the kit's import without nltk."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
-
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -46,8 +46,11 @@ def _python_without_the_kit(tmp):
     view.mkdir()
     for entry in site.iterdir():
         name = entry.name.lower()
-        if name.endswith(".pth") or "__editable__" in name or (name.startswith("captioning") and
-                                                                 name.endswith((".dist-info", ".egg-link"))):
+        if (
+            name.endswith(".pth")
+            or "__editable__" in name
+            or (name.startswith("captioning") and name.endswith((".dist-info", ".egg-link")))
+        ):
             continue
         (view / entry.name).symlink_to(entry)
     return venv / "bin" / "python", view
@@ -60,19 +63,28 @@ def test_gpu_check_dry_run_from_a_copy_without_the_kit_installed(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(site))
     env.pop("CAPTIONING_PLUGINS", None)
     # the kit is not importable in this interpreter except from the copy
-    probe = subprocess.run([str(python), "-c", "import captioning"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [str(python), "-c", "import captioning"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert probe.returncode != 0 and "captioning" in probe.stderr
-    r = subprocess.run([str(python), "benchmarks/gpu_check.py", str(out), "--dry-run", "--work", str(work)],
-                       capture_output=True, text=True, timeout=2400, cwd=repo, env=env)
+    r = subprocess.run(
+        [str(python), "benchmarks/gpu_check.py", str(out), "--dry-run", "--work", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+        cwd=repo,
+        env=env,
+    )
     log = (out / "gpu_check.log").read_text() if (out / "gpu_check.log").is_file() else ""
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + log[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "gpu_check.md"]
     assert Path(report["captioning"]) == repo / "captioning"  # the copy's kit, not the installed one
     assert report["preflight"]["missing"] == {}
-    assert report["fast_path"] == {"found": "instructor.fastpath",
-                                   "how": "registered from the checkout (no entry point installed)"}
+    assert report["fast_path"] == {
+        "found": "instructor.fastpath",
+        "how": "registered from the checkout (no entry point installed)",
+    }
     steps = report["steps"]
     assert list(steps) == list(gpu_check.STEPS)
     assert all(s["status"] == "ok" for s in steps.values()), steps
@@ -100,7 +112,7 @@ def test_prepare_device_commands():
         assert flag in cmd
     assert cmd[cmd.index("--python-version") + 1] == "3.12"
     assert any(cmd[i] == "--platform" and cmd[i + 1].startswith("manylinux") for i in range(len(cmd) - 1))
-    assert cmd[-len(reqs):] == reqs
+    assert cmd[-len(reqs) :] == reqs
     device = gpu_check_setup.device_command(out="$OUT")
     assert "pip install --no-index --no-deps" in device and f"--target {gpu_check_setup.DEVICE_TARGET}" in device
     assert f"PYTHONPATH=$PWD:{gpu_check_setup.DEVICE_TARGET} python3 benchmarks/gpu_check.py $OUT" in device
@@ -123,10 +135,12 @@ def test_preflight_names_what_is_missing(tmp_path, monkeypatch):
 
 
 def test_the_kit_imports_without_nltk_and_bleu_names_it():
-    code = ("import sys; sys.modules['nltk'] = None\n"
-            "import captioning.solver, captioning.evaluate, instructor.fastpath\n"
-            "from captioning.metrics import bleu\n"
-            "try:\n    bleu([[['a']]], [['a']])\nexcept ImportError as e:\n    print('ImportError', e)\n")
+    code = (
+        "import sys; sys.modules['nltk'] = None\n"
+        "import captioning.solver, captioning.evaluation.evaluate, instructor.fastpath\n"
+        "from captioning.evaluation.metrics import bleu\n"
+        "try:\n    bleu([[['a']]], [['a']])\nexcept ImportError as e:\n    print('ImportError', e)\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ImportError" in r.stdout and "nltk" in r.stdout

@@ -6,6 +6,7 @@ The bugs are made from the reference models.py by string replacement inside one 
 reference as it changes. One grading run (each submission's process imports torch: ~2-3 s a submission). The
 hostile submissions are in ``test_grading_hostile.py``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from captioning.check import kit_root
-from captioning.errors import KitError
-from instructor.grading import batch as grader, submissions
+from captioning.internals.errors import KitError
+from instructor.grading import batch as grader
+from instructor.grading import submissions
 from instructor.grading.hidden_tests import TESTS
 from instructor.grading.rubric import load_rubric
 from instructor.regions import find_regions, strip_solutions
@@ -37,160 +39,336 @@ def mutate(text, region, old, new):
     regs = [r for r in find_regions(text, "models.py") if r.name == region]
     assert len(regs) == 1, f"no single region {region} in the reference models.py"
     lines = text.splitlines(keepends=True)
-    body = "".join(lines[regs[0].begin:regs[0].end - 1])
+    body = "".join(lines[regs[0].begin : regs[0].end - 1])
     assert body.count(old) == 1, f"{old!r} is not exactly once in region {region}: update the mutant"
-    lines[regs[0].begin:regs[0].end - 1] = [body.replace(old, new)]
+    lines[regs[0].begin : regs[0].end - 1] = [body.replace(old, new)]
     return "".join(lines)
 
 
 # One-bug submissions: name -> (region, [(old, new)], tests that must fail, a word their messages must hold).
 # Each must lose points in its own region only; ``ALTERNATIVES`` (correct other styles) must keep every point.
 BUGS = {
-    "rnn_embedding_dims": ("DecoderWithRNN.__init__", [("nn.Embedding(self.vocab_size, self.embed_dim)",
-                                                       "nn.Embedding(self.embed_dim, self.vocab_size)")],
-                           {"rnn_init_layer_names_shapes"}, "sizes"),
-    "rnn_dropout_default_p": ("DecoderWithRNN.__init__", [("nn.Dropout(p=self.dropout_p)", "nn.Dropout()")],
-                              {"rnn_init_layer_types"}, "dropout_p"),
-    "rnn_dropout_inplace": ("DecoderWithRNN.__init__", [("nn.Dropout(p=self.dropout_p)",
-                                                        "nn.Dropout(p=self.dropout_p, inplace=True)")],
-                            {"rnn_init_layer_types"}, "in place"),
-    "rnn_layernorm": ("DecoderWithRNN.__init__", [("nn.BatchNorm1d(self.embed_dim)", "nn.LayerNorm(self.embed_dim)")],
-                      {"rnn_init_layer_names_shapes"}, "weights"),
-    "rnn_lstm_sizes": ("DecoderWithRNN.__init__", [("nn.LSTMCell(self.embed_dim, self.decoder_dim)",
-                                                   "nn.LSTMCell(self.decoder_dim, self.decoder_dim)")],
-                       {"rnn_init_layer_names_shapes"}, "sizes"),
-    "rnn_step_hc_out": ("DecoderWithRNN.one_step", [("h, c = self.decode_step(", "c, h = self.decode_step(")],
-                        {"rnn_one_step_h_c_order", "rnn_one_step_eval"}, "swapped"),
-    "rnn_step_hc_in": ("DecoderWithRNN.one_step", [("(embeddings, (h, c))", "(embeddings, (c, h))")],
-                       {"rnn_one_step_h_c_order", "rnn_one_step_eval"}, "(c, h)"),
-    "rnn_dropout_on_scores": ("DecoderWithRNN.one_step", [("self.fc(self.dropout(h))", "self.dropout(self.fc(h))")],
-                              {"rnn_one_step_dropout_train"}, "dropout"),
-    "rnn_no_dropout": ("DecoderWithRNN.one_step", [("self.fc(self.dropout(h))", "self.fc(h)")],
-                       {"rnn_one_step_dropout_train"}, "dropout"),
-    "rnn_dropout_state": ("DecoderWithRNN.one_step", [("preds = self.fc(self.dropout(h))",
-                                                      "h = self.dropout(h)\n        preds = self.fc(h)")],
-                          {"rnn_one_step_train_keeps_state"}, "in place"),
-    "rnn_dropout_input": ("DecoderWithRNN.one_step", [("(embeddings, (h, c))", "(self.dropout(embeddings), (h, c))"),
-                                                     ("self.fc(self.dropout(h))", "self.fc(h)")],
-                          {"rnn_one_step_dropout_train", "rnn_one_step_train_keeps_state"}, "dropout"),
-    "rnn_squeeze_all": ("DecoderWithRNN.one_step", [("preds = self.fc(self.dropout(h))",
-                                                    "preds = self.fc(self.dropout(h)).squeeze()")],
-                        {"rnn_one_step_batch_of_one"}, "batch of one"),
-    "rnn_fwd_full_batch": ("DecoderWithRNN.forward", [("self.one_step(embeddings[:num, t, :], h[:num], c[:num])",
-                                                      "self.one_step(embeddings[:, t, :], h, c)"),
-                                                     ("predictions[:num, t, :] = preds",
-                                                      "predictions[:, t, :] = preds")],
-                           {"rnn_forward_rows_past_end_zero", "rnn_forward_padding_independent"}, None),
-    "rnn_fwd_off_by_one": ("DecoderWithRNN.forward", [("if length > t", "if length >= t")],
-                           {"rnn_forward_rows_past_end_zero", "rnn_forward_eval"}, None),
-    "rnn_fwd_zero_state": ("DecoderWithRNN.forward", [("for t in range(max(decode_lengths)):",
-                                                      "h, c = torch.zeros_like(h), torch.zeros_like(c)\n"
-                                                      "        for t in range(max(decode_lengths)):")],
-                           {"rnn_forward_starts_from_initial_state", "rnn_forward_eval"}, "init_hidden_state"),
-    "rnn_fwd_cpu_tensor": ("DecoderWithRNN.forward", [("predictions[:num, t, :] = preds",
-                                                      "predictions[:num, t, :] = preds * torch.ones(num, 1)")],
-                           {"rnn_forward_device"}, "device"),
-    "att_attention_arg_order": ("DecoderWithAttention.__init__",
-                                [("Attention(self.encoder_dim, self.decoder_dim, self.attention_dim)",
-                                  "Attention(self.decoder_dim, self.encoder_dim, self.attention_dim)")],
-                                {"att_init_attention_arguments"}, "Attention("),
-    "att_lstm_input": ("DecoderWithAttention.__init__",
-                       [("nn.LSTMCell(self.embed_dim + self.encoder_dim, self.decoder_dim)",
-                         "nn.LSTMCell(self.embed_dim + self.decoder_dim, self.decoder_dim)")],
-                       {"att_init_layer_names_shapes", "att_init_layer_types"}, None),
-    "att_dropout_default_p": ("DecoderWithAttention.__init__", [("nn.Dropout(p=self.dropout_p)", "nn.Dropout()")],
-                              {"att_init_layer_types"}, "dropout_p"),
-    "att_tanh_gate_layer": ("DecoderWithAttention.__init__", [("self.sigmoid = nn.Sigmoid()",
-                                                              "self.sigmoid = nn.Tanh()")],
-                            {"att_init_layer_types"}, "Sigmoid"),
-    "att_no_gate": ("DecoderWithAttention.one_step", [("z = gate * z", "z = z")],
-                    {"att_one_step_gate", "att_one_step_eval"}, "gate"),
-    "att_linear_gate": ("DecoderWithAttention.one_step", [("gate = self.sigmoid(self.f_beta(h))",
-                                                          "gate = self.f_beta(h)")],
-                        {"att_one_step_gate", "att_one_step_eval"}, "gate"),
-    "att_hc_out": ("DecoderWithAttention.one_step", [("h, c = self.decode_step(", "c, h = self.decode_step(")],
-                   {"att_one_step_h_c_order", "att_one_step_eval"}, "swapped"),
-    "att_dropout_on_scores": ("DecoderWithAttention.one_step", [("preds = self.fc(self.dropout(h))",
-                                                               "preds = self.dropout(self.fc(h))")],
-                              {"att_one_step_dropout_train"}, "dropout"),
-    "att_dropout_twice": ("DecoderWithAttention.one_step", [("self.fc(self.dropout(h))",
-                                                            "self.fc(self.dropout(self.dropout(h)))")],
-                          {"att_one_step_dropout_train"}, "dropout"),
-    "att_attend_with_c": ("DecoderWithAttention.one_step", [("self.attention(encoder_out, h)",
-                                                            "self.attention(encoder_out, c)")],
-                          {"att_one_step_eval"}, None),
-    "att_cat_order": ("DecoderWithAttention.one_step", [("torch.cat([embeddings, z], dim=1)",
-                                                        "torch.cat([z, embeddings], dim=1)")],
-                      {"att_one_step_eval"}, None),
-    "att_squeeze_all": ("DecoderWithAttention.one_step", [("preds = self.fc(self.dropout(h))",
-                                                          "preds = self.fc(self.dropout(h)).squeeze()")],
-                        {"att_one_step_batch_of_one"}, "batch of one"),
-    "att_fwd_full_batch": ("DecoderWithAttention.forward",
-                           [("self.one_step(embeddings[:num, t, :], encoder_out[:num], h[:num], c[:num])",
-                             "self.one_step(embeddings[:, t, :], encoder_out, h, c)"),
-                            ("predictions[:num, t, :] = preds", "predictions[:, t, :] = preds"),
-                            ("alphas[:num, t, :] = alpha", "alphas[:, t, :] = alpha")],
-                           {"att_forward_padding_independent", "att_forward_rows_past_end_zero"}, None),
-    "att_fwd_no_alphas": ("DecoderWithAttention.forward", [("alphas[:num, t, :] = alpha", "pass")],
-                          {"att_forward_eval"}, "alphas"),
-    "att_fwd_cpu_tensor": ("DecoderWithAttention.forward", [("alphas[:num, t, :] = alpha",
-                                                            "alphas[:num, t, :] = alpha * torch.ones(num, 1)")],
-                           {"att_forward_device"}, "device"),
-    "att_fwd_zero_state": ("DecoderWithAttention.forward", [("for t in range(max(decode_lengths)):",
-                                                            "h, c = torch.zeros_like(h), torch.zeros_like(c)\n"
-                                                            "        for t in range(max(decode_lengths)):")],
-                           {"att_forward_starts_from_initial_state", "att_forward_eval"}, "init_hidden_state"),
-    "attn_att_out_size": ("Attention.__init__", [("nn.Linear(attention_dim, 1)",
-                                                 "nn.Linear(attention_dim, attention_dim)")],
-                          {"attention_init_layer_names_shapes"}, "sizes"),
-    "attn_encoder_att_in": ("Attention.__init__", [("nn.Linear(encoder_dim, attention_dim)",
-                                                   "nn.Linear(decoder_dim, attention_dim)")],
-                            {"attention_init_layer_names_shapes"}, "sizes"),
-    "attn_softmax_batch": ("Attention.forward", [("F.softmax(e, dim=1)", "F.softmax(e, dim=0)")],
-                           {"attention_softmax_over_regions", "attention_forward_eval"}, "dim=1"),
-    "attn_squeeze_all": ("Attention.forward", [(".squeeze(2)", ".squeeze()")],
-                         {"attention_batch_of_one"}, None),
-    "attn_no_relu": ("Attention.forward", [("F.relu(att1 + att2)", "(att1 + att2)")],
-                     {"attention_forward_eval"}, "relu"),
+    "rnn_embedding_dims": (
+        "DecoderWithRNN.__init__",
+        [("nn.Embedding(self.vocab_size, self.embed_dim)", "nn.Embedding(self.embed_dim, self.vocab_size)")],
+        {"rnn_init_layer_names_shapes"},
+        "sizes",
+    ),
+    "rnn_dropout_default_p": (
+        "DecoderWithRNN.__init__",
+        [("nn.Dropout(p=self.dropout_p)", "nn.Dropout()")],
+        {"rnn_init_layer_types"},
+        "dropout_p",
+    ),
+    "rnn_dropout_inplace": (
+        "DecoderWithRNN.__init__",
+        [("nn.Dropout(p=self.dropout_p)", "nn.Dropout(p=self.dropout_p, inplace=True)")],
+        {"rnn_init_layer_types"},
+        "in place",
+    ),
+    "rnn_layernorm": (
+        "DecoderWithRNN.__init__",
+        [("nn.BatchNorm1d(self.embed_dim)", "nn.LayerNorm(self.embed_dim)")],
+        {"rnn_init_layer_names_shapes"},
+        "weights",
+    ),
+    "rnn_lstm_sizes": (
+        "DecoderWithRNN.__init__",
+        [("nn.LSTMCell(self.embed_dim, self.decoder_dim)", "nn.LSTMCell(self.decoder_dim, self.decoder_dim)")],
+        {"rnn_init_layer_names_shapes"},
+        "sizes",
+    ),
+    "rnn_step_hc_out": (
+        "DecoderWithRNN.one_step",
+        [("h, c = self.decode_step(", "c, h = self.decode_step(")],
+        {"rnn_one_step_h_c_order", "rnn_one_step_eval"},
+        "swapped",
+    ),
+    "rnn_step_hc_in": (
+        "DecoderWithRNN.one_step",
+        [("(embeddings, (h, c))", "(embeddings, (c, h))")],
+        {"rnn_one_step_h_c_order", "rnn_one_step_eval"},
+        "(c, h)",
+    ),
+    "rnn_dropout_on_scores": (
+        "DecoderWithRNN.one_step",
+        [("self.fc(self.dropout(h))", "self.dropout(self.fc(h))")],
+        {"rnn_one_step_dropout_train"},
+        "dropout",
+    ),
+    "rnn_no_dropout": (
+        "DecoderWithRNN.one_step",
+        [("self.fc(self.dropout(h))", "self.fc(h)")],
+        {"rnn_one_step_dropout_train"},
+        "dropout",
+    ),
+    "rnn_dropout_state": (
+        "DecoderWithRNN.one_step",
+        [("preds = self.fc(self.dropout(h))", "h = self.dropout(h)\n        preds = self.fc(h)")],
+        {"rnn_one_step_train_keeps_state"},
+        "in place",
+    ),
+    "rnn_dropout_input": (
+        "DecoderWithRNN.one_step",
+        [("(embeddings, (h, c))", "(self.dropout(embeddings), (h, c))"), ("self.fc(self.dropout(h))", "self.fc(h)")],
+        {"rnn_one_step_dropout_train", "rnn_one_step_train_keeps_state"},
+        "dropout",
+    ),
+    "rnn_squeeze_all": (
+        "DecoderWithRNN.one_step",
+        [("preds = self.fc(self.dropout(h))", "preds = self.fc(self.dropout(h)).squeeze()")],
+        {"rnn_one_step_batch_of_one"},
+        "batch of one",
+    ),
+    "rnn_fwd_full_batch": (
+        "DecoderWithRNN.forward",
+        [
+            ("self.one_step(embeddings[:num, t, :], h[:num], c[:num])", "self.one_step(embeddings[:, t, :], h, c)"),
+            ("predictions[:num, t, :] = preds", "predictions[:, t, :] = preds"),
+        ],
+        {"rnn_forward_rows_past_end_zero", "rnn_forward_padding_independent"},
+        None,
+    ),
+    "rnn_fwd_off_by_one": (
+        "DecoderWithRNN.forward",
+        [("if length > t", "if length >= t")],
+        {"rnn_forward_rows_past_end_zero", "rnn_forward_eval"},
+        None,
+    ),
+    "rnn_fwd_zero_state": (
+        "DecoderWithRNN.forward",
+        [
+            (
+                "for t in range(max(decode_lengths)):",
+                "h, c = torch.zeros_like(h), torch.zeros_like(c)\n        for t in range(max(decode_lengths)):",
+            )
+        ],
+        {"rnn_forward_starts_from_initial_state", "rnn_forward_eval"},
+        "init_hidden_state",
+    ),
+    "rnn_fwd_cpu_tensor": (
+        "DecoderWithRNN.forward",
+        [("predictions[:num, t, :] = preds", "predictions[:num, t, :] = preds * torch.ones(num, 1)")],
+        {"rnn_forward_device"},
+        "device",
+    ),
+    "att_attention_arg_order": (
+        "DecoderWithAttention.__init__",
+        [
+            (
+                "Attention(self.encoder_dim, self.decoder_dim, self.attention_dim)",
+                "Attention(self.decoder_dim, self.encoder_dim, self.attention_dim)",
+            )
+        ],
+        {"att_init_attention_arguments"},
+        "Attention(",
+    ),
+    "att_lstm_input": (
+        "DecoderWithAttention.__init__",
+        [
+            (
+                "nn.LSTMCell(self.embed_dim + self.encoder_dim, self.decoder_dim)",
+                "nn.LSTMCell(self.embed_dim + self.decoder_dim, self.decoder_dim)",
+            )
+        ],
+        {"att_init_layer_names_shapes", "att_init_layer_types"},
+        None,
+    ),
+    "att_dropout_default_p": (
+        "DecoderWithAttention.__init__",
+        [("nn.Dropout(p=self.dropout_p)", "nn.Dropout()")],
+        {"att_init_layer_types"},
+        "dropout_p",
+    ),
+    "att_tanh_gate_layer": (
+        "DecoderWithAttention.__init__",
+        [("self.sigmoid = nn.Sigmoid()", "self.sigmoid = nn.Tanh()")],
+        {"att_init_layer_types"},
+        "Sigmoid",
+    ),
+    "att_no_gate": (
+        "DecoderWithAttention.one_step",
+        [("z = gate * z", "z = z")],
+        {"att_one_step_gate", "att_one_step_eval"},
+        "gate",
+    ),
+    "att_linear_gate": (
+        "DecoderWithAttention.one_step",
+        [("gate = self.sigmoid(self.f_beta(h))", "gate = self.f_beta(h)")],
+        {"att_one_step_gate", "att_one_step_eval"},
+        "gate",
+    ),
+    "att_hc_out": (
+        "DecoderWithAttention.one_step",
+        [("h, c = self.decode_step(", "c, h = self.decode_step(")],
+        {"att_one_step_h_c_order", "att_one_step_eval"},
+        "swapped",
+    ),
+    "att_dropout_on_scores": (
+        "DecoderWithAttention.one_step",
+        [("preds = self.fc(self.dropout(h))", "preds = self.dropout(self.fc(h))")],
+        {"att_one_step_dropout_train"},
+        "dropout",
+    ),
+    "att_dropout_twice": (
+        "DecoderWithAttention.one_step",
+        [("self.fc(self.dropout(h))", "self.fc(self.dropout(self.dropout(h)))")],
+        {"att_one_step_dropout_train"},
+        "dropout",
+    ),
+    "att_attend_with_c": (
+        "DecoderWithAttention.one_step",
+        [("self.attention(encoder_out, h)", "self.attention(encoder_out, c)")],
+        {"att_one_step_eval"},
+        None,
+    ),
+    "att_cat_order": (
+        "DecoderWithAttention.one_step",
+        [("torch.cat([embeddings, z], dim=1)", "torch.cat([z, embeddings], dim=1)")],
+        {"att_one_step_eval"},
+        None,
+    ),
+    "att_squeeze_all": (
+        "DecoderWithAttention.one_step",
+        [("preds = self.fc(self.dropout(h))", "preds = self.fc(self.dropout(h)).squeeze()")],
+        {"att_one_step_batch_of_one"},
+        "batch of one",
+    ),
+    "att_fwd_full_batch": (
+        "DecoderWithAttention.forward",
+        [
+            (
+                "self.one_step(embeddings[:num, t, :], encoder_out[:num], h[:num], c[:num])",
+                "self.one_step(embeddings[:, t, :], encoder_out, h, c)",
+            ),
+            ("predictions[:num, t, :] = preds", "predictions[:, t, :] = preds"),
+            ("alphas[:num, t, :] = alpha", "alphas[:, t, :] = alpha"),
+        ],
+        {"att_forward_padding_independent", "att_forward_rows_past_end_zero"},
+        None,
+    ),
+    "att_fwd_no_alphas": (
+        "DecoderWithAttention.forward",
+        [("alphas[:num, t, :] = alpha", "pass")],
+        {"att_forward_eval"},
+        "alphas",
+    ),
+    "att_fwd_cpu_tensor": (
+        "DecoderWithAttention.forward",
+        [("alphas[:num, t, :] = alpha", "alphas[:num, t, :] = alpha * torch.ones(num, 1)")],
+        {"att_forward_device"},
+        "device",
+    ),
+    "att_fwd_zero_state": (
+        "DecoderWithAttention.forward",
+        [
+            (
+                "for t in range(max(decode_lengths)):",
+                "h, c = torch.zeros_like(h), torch.zeros_like(c)\n        for t in range(max(decode_lengths)):",
+            )
+        ],
+        {"att_forward_starts_from_initial_state", "att_forward_eval"},
+        "init_hidden_state",
+    ),
+    "attn_att_out_size": (
+        "Attention.__init__",
+        [("nn.Linear(attention_dim, 1)", "nn.Linear(attention_dim, attention_dim)")],
+        {"attention_init_layer_names_shapes"},
+        "sizes",
+    ),
+    "attn_encoder_att_in": (
+        "Attention.__init__",
+        [("nn.Linear(encoder_dim, attention_dim)", "nn.Linear(decoder_dim, attention_dim)")],
+        {"attention_init_layer_names_shapes"},
+        "sizes",
+    ),
+    "attn_softmax_batch": (
+        "Attention.forward",
+        [("F.softmax(e, dim=1)", "F.softmax(e, dim=0)")],
+        {"attention_softmax_over_regions", "attention_forward_eval"},
+        "dim=1",
+    ),
+    "attn_squeeze_all": ("Attention.forward", [(".squeeze(2)", ".squeeze()")], {"attention_batch_of_one"}, None),
+    "attn_no_relu": (
+        "Attention.forward",
+        [("F.relu(att1 + att2)", "(att1 + att2)")],
+        {"attention_forward_eval"},
+        "relu",
+    ),
 }
 
 ALTERNATIVES = {
-    "bmm": [("Attention.forward", "z = (encoder_out * alpha.unsqueeze(2)).sum(dim=1)",
-             "z = torch.bmm(alpha.unsqueeze(1), encoder_out).squeeze(1)")],
-    "einsum": [("Attention.forward", "z = (encoder_out * alpha.unsqueeze(2)).sum(dim=1)",
-                "z = torch.einsum('np,npc->nc', alpha, encoder_out)")],
-    "torch_sigmoid": [("DecoderWithAttention.one_step", "gate = self.sigmoid(self.f_beta(h))",
-                       "gate = torch.sigmoid(self.f_beta(h))")],
-    "extra_layers": [("Attention.__init__", "self.att = nn.Linear(attention_dim, 1)",
-                      "self.att = nn.Linear(attention_dim, 1)\n        self.relu = nn.ReLU()\n"
-                      "        self.softmax = nn.Softmax(dim=1)"),
-                     ("Attention.forward", "F.relu(att1 + att2)", "self.relu(att1 + att2)"),
-                     ("Attention.forward", "F.softmax(e, dim=1)", "self.softmax(e)")],
-    "keywords": [("Attention.__init__", "nn.Linear(encoder_dim, attention_dim)",
-                  "nn.Linear(in_features=encoder_dim, out_features=attention_dim)"),
-                 ("DecoderWithAttention.__init__", "Attention(self.encoder_dim, self.decoder_dim, self.attention_dim)",
-                  "Attention(attention_dim=self.attention_dim, encoder_dim=self.encoder_dim, "
-                  "decoder_dim=self.decoder_dim)")],
-    "functional_dropout": [("DecoderWithRNN.one_step", "self.fc(self.dropout(h))",
-                            "self.fc(F.dropout(h, self.dropout_p, self.training))")],
-    "full_batch_store_num": [("DecoderWithRNN.forward",
-                              "preds, h, c = self.one_step(embeddings[:num, t, :], h[:num], c[:num])",
-                              "preds, h, c = self.one_step(embeddings[:, t, :], h, c)"),
-                             ("DecoderWithRNN.forward", "predictions[:num, t, :] = preds",
-                              "predictions[:num, t, :] = preds[:num]")],
-    "bisect_num": [("DecoderWithAttention.forward", "num = sum(1 for length in decode_lengths if length > t)",
-                    "import bisect\n            num = bisect.bisect_left([-n for n in decode_lengths], -t)")],
-    "masked_store": [("DecoderWithAttention.forward",
-                      "preds, alpha, h, c = self.one_step(embeddings[:num, t, :], encoder_out[:num], h[:num], "
-                      "c[:num])",
-                      "preds, alpha, h, c = self.one_step(embeddings[:, t, :], encoder_out, h, c)\n"
-                      "            live = (torch.tensor(decode_lengths, device=encoder_out.device) > t)"
-                      ".unsqueeze(1).to(preds.dtype)"),
-                     ("DecoderWithAttention.forward", "predictions[:num, t, :] = preds",
-                      "predictions[:, t, :] = preds * live"),
-                     ("DecoderWithAttention.forward", "alphas[:num, t, :] = alpha", "alphas[:, t, :] = alpha * live")],
-    "cat_last_dim": [("DecoderWithAttention.one_step", "torch.cat([embeddings, z], dim=1)",
-                      "torch.cat((embeddings, z), dim=-1)")],
+    "bmm": [
+        (
+            "Attention.forward",
+            "z = (encoder_out * alpha.unsqueeze(2)).sum(dim=1)",
+            "z = torch.bmm(alpha.unsqueeze(1), encoder_out).squeeze(1)",
+        )
+    ],
+    "einsum": [
+        (
+            "Attention.forward",
+            "z = (encoder_out * alpha.unsqueeze(2)).sum(dim=1)",
+            "z = torch.einsum('np,npc->nc', alpha, encoder_out)",
+        )
+    ],
+    "torch_sigmoid": [
+        ("DecoderWithAttention.one_step", "gate = self.sigmoid(self.f_beta(h))", "gate = torch.sigmoid(self.f_beta(h))")
+    ],
+    "extra_layers": [
+        (
+            "Attention.__init__",
+            "self.att = nn.Linear(attention_dim, 1)",
+            "self.att = nn.Linear(attention_dim, 1)\n        self.relu = nn.ReLU()\n"
+            "        self.softmax = nn.Softmax(dim=1)",
+        ),
+        ("Attention.forward", "F.relu(att1 + att2)", "self.relu(att1 + att2)"),
+        ("Attention.forward", "F.softmax(e, dim=1)", "self.softmax(e)"),
+    ],
+    "keywords": [
+        (
+            "Attention.__init__",
+            "nn.Linear(encoder_dim, attention_dim)",
+            "nn.Linear(in_features=encoder_dim, out_features=attention_dim)",
+        ),
+        (
+            "DecoderWithAttention.__init__",
+            "Attention(self.encoder_dim, self.decoder_dim, self.attention_dim)",
+            "Attention(attention_dim=self.attention_dim, encoder_dim=self.encoder_dim, decoder_dim=self.decoder_dim)",
+        ),
+    ],
+    "functional_dropout": [
+        ("DecoderWithRNN.one_step", "self.fc(self.dropout(h))", "self.fc(F.dropout(h, self.dropout_p, self.training))")
+    ],
+    "full_batch_store_num": [
+        (
+            "DecoderWithRNN.forward",
+            "preds, h, c = self.one_step(embeddings[:num, t, :], h[:num], c[:num])",
+            "preds, h, c = self.one_step(embeddings[:, t, :], h, c)",
+        ),
+        ("DecoderWithRNN.forward", "predictions[:num, t, :] = preds", "predictions[:num, t, :] = preds[:num]"),
+    ],
+    "bisect_num": [
+        (
+            "DecoderWithAttention.forward",
+            "num = sum(1 for length in decode_lengths if length > t)",
+            "import bisect\n            num = bisect.bisect_left([-n for n in decode_lengths], -t)",
+        )
+    ],
+    "masked_store": [
+        (
+            "DecoderWithAttention.forward",
+            "preds, alpha, h, c = self.one_step(embeddings[:num, t, :], encoder_out[:num], h[:num], c[:num])",
+            "preds, alpha, h, c = self.one_step(embeddings[:, t, :], encoder_out, h, c)\n"
+            "            live = (torch.tensor(decode_lengths, device=encoder_out.device) > t)"
+            ".unsqueeze(1).to(preds.dtype)",
+        ),
+        ("DecoderWithAttention.forward", "predictions[:num, t, :] = preds", "predictions[:, t, :] = preds * live"),
+        ("DecoderWithAttention.forward", "alphas[:num, t, :] = alpha", "alphas[:, t, :] = alpha * live"),
+    ],
+    "cat_last_dim": [
+        ("DecoderWithAttention.one_step", "torch.cat([embeddings, z], dim=1)", "torch.cat((embeddings, z), dim=-1)")
+    ],
 }
 
 
@@ -242,11 +420,12 @@ def batch(tmp_path_factory):
     (subs / "README.txt").write_text("not a submission")
     t0 = time.time()
     from instructor.cli import main
-
     from instructor.grading.sandbox import missing_layers
 
-    rc = main(["grade", str(subs), "--out", str(out), "--jobs", "2", "--timeout", "240", "--memory-mb", "1024",
-               "--quiet"] + (["--allow-unsandboxed"] if missing_layers() else []))
+    rc = main(
+        ["grade", str(subs), "--out", str(out), "--jobs", "2", "--timeout", "240", "--memory-mb", "1024", "--quiet"]
+        + (["--allow-unsandboxed"] if missing_layers() else [])
+    )
     assert rc == 0
     results = {r["id"]: r for r in json.loads((out / "results.json").read_text())}
     return {"root": root, "subs": subs, "out": out, "results": results, "seconds": time.time() - t0}
@@ -311,8 +490,14 @@ def test_a_bug_costs_points_in_its_own_region_only(batch, name):
 
 def test_each_hint_fires_for_its_own_cause_only(batch):
     """A hint naming a cause (gate, dropout, h/c order, batch of one, device) appears only for that cause."""
-    causes = {"gate": "gate", "dropout": "dropout", "swapped": "hc", "(c, h)": "hc", "squeeze": "squeeze",
-              "device": "cpu_tensor"}
+    causes = {
+        "gate": "gate",
+        "dropout": "dropout",
+        "swapped": "hc",
+        "(c, h)": "hc",
+        "squeeze": "squeeze",
+        "device": "cpu_tensor",
+    }
     for name in BUGS:
         r = batch["results"][f"bug_{name}"]
         for t, v in r["tests"].items():
@@ -325,9 +510,21 @@ def test_each_hint_fires_for_its_own_cause_only(batch):
 
 def test_feedback_never_quotes_hidden_tests(batch):
     here = Path(grader.__file__).parent
-    src = "\n".join((here / name).read_text() for name in ("hidden_tests.py", "hidden_init_tests.py", "hidden_harness.py"))
-    code_lines = {ln.strip() for ln in src.splitlines() if len(ln.strip()) > 30 and not ln.strip().startswith(
-        ("#", '"', "raise Failed", "f\"", "\"", "'", "raise _todo"))}
+    src = "\n".join(
+        (here / name).read_text()
+        for name in (
+            "hidden_tests.py",
+            "hidden_init_tests.py",
+            "hidden_attention_tests.py",
+            "hidden_checks.py",
+            "hidden_harness.py",
+        )
+    )
+    code_lines = {
+        ln.strip()
+        for ln in src.splitlines()
+        if len(ln.strip()) > 30 and not ln.strip().startswith(("#", '"', "raise Failed", 'f"', '"', "'", "raise _todo"))
+    }
     for p in (batch["out"] / "feedback").glob("*.md"):
         text = p.read_text()
         assert "Traceback" not in text and "hidden_tests" not in text and "hidden_harness" not in text
@@ -341,8 +538,15 @@ def test_resume_writes_the_same_grades(batch, tmp_path):
     journaled = {p.name: p.stat().st_mtime_ns for p in (batch["out"] / "journal").glob("*.json")}
     from instructor.grading.sandbox import missing_layers
 
-    results = grader.grade(batch["subs"], batch["out"], jobs=2, timeout=240, memory_mb=1024, progress=False,
-                           allow_unsandboxed=bool(missing_layers()))
+    results = grader.grade(
+        batch["subs"],
+        batch["out"],
+        jobs=2,
+        timeout=240,
+        memory_mb=1024,
+        progress=False,
+        allow_unsandboxed=bool(missing_layers()),
+    )
     assert len(results) == len(batch["results"])
     # graded again, an entry would be written again: every journal entry is the first run's, untouched
     assert journaled and {p.name: p.stat().st_mtime_ns for p in (batch["out"] / "journal").glob("*.json")} == journaled
@@ -357,12 +561,13 @@ def test_zip_staging_limits(tmp_path, monkeypatch):
                 z.writestr(n, data)
             if symlink:
                 info = zipfile.ZipInfo(symlink)
-                info.external_attr = (0o120777 << 16)
+                info.external_attr = 0o120777 << 16
                 z.writestr(info, "/etc/passwd")
         return submissions.Submission(name, p)
 
-    ok = submissions.stage(zipped("ok", {"a/models.py": "x = 1\n", "a/b/models.py": "y", "notes.txt": "hi"}),
-                           tmp_path / "s_ok")
+    ok = submissions.stage(
+        zipped("ok", {"a/models.py": "x = 1\n", "a/b/models.py": "y", "notes.txt": "hi"}), tmp_path / "s_ok"
+    )
     assert ok.models.read_text() == "x = 1\n" and ok.notes and not (tmp_path / "s_ok" / "notes.txt").exists()
     with pytest.raises(submissions.SubmissionError, match="symbolic link"):
         submissions.stage(zipped("link", {"models.py": "x"}, symlink="models2.py"), tmp_path / "s_link")
@@ -370,7 +575,7 @@ def test_zip_staging_limits(tmp_path, monkeypatch):
         submissions.stage(zipped("abs", {"/etc/models.py": "x"}), tmp_path / "s_abs")
     monkeypatch.setattr(submissions, "MAX_FILE_BYTES", 1000)
     with pytest.raises(submissions.SubmissionError, match="too many bytes"):
-        submissions.stage(zipped("bomb", {"models.py": "0" * 10 ** 6}), tmp_path / "s_bomb")
+        submissions.stage(zipped("bomb", {"models.py": "0" * 10**6}), tmp_path / "s_bomb")
     (tmp_path / "notzip.zip").write_text("nope")
     with pytest.raises(submissions.SubmissionError, match="not a readable zip"):
         submissions.stage(submissions.Submission("nz", tmp_path / "notzip.zip"), tmp_path / "s_nz")
@@ -382,8 +587,15 @@ def test_grade_cli_errors(tmp_path, capsys, monkeypatch, bwrap):
     from instructor.cli import main
 
     if not bwrap:
-        monkeypatch.setattr(grader, "probe_layers", lambda: {"bwrap": (False, "bubblewrap is not installed"),
-                                                             "cgroup-memory": (True, "x"), "cgroup-pids": (True, "y")})
+        monkeypatch.setattr(
+            grader,
+            "probe_layers",
+            lambda: {
+                "bwrap": (False, "bubblewrap is not installed"),
+                "cgroup-memory": (True, "x"),
+                "cgroup-pids": (True, "y"),
+            },
+        )
 
     assert main(["grade", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -399,8 +611,13 @@ def test_wire_format_round_trip_and_refusals():
 
     from instructor.grading import wire
 
-    value = {"a": (torch.arange(6).reshape(2, 3), [1.5, None, "x"]), "m": torch.empty(2, 4, device="meta"),
-             "b": torch.tensor([True, False]), "inf": float("inf"), "g": (x for x in ())}
+    value = {
+        "a": (torch.arange(6).reshape(2, 3), [1.5, None, "x"]),
+        "m": torch.empty(2, 4, device="meta"),
+        "b": torch.tensor([True, False]),
+        "inf": float("inf"),
+        "g": (x for x in ()),
+    }
     reader = wire.Reader()
     [back] = reader.feed(wire.encode(value))
     assert torch.equal(back["a"][0], value["a"][0]) and back["a"][1] == [1.5, None, "x"]
@@ -422,8 +639,11 @@ def test_a_missing_sandbox_layer_is_refused_unless_allowed(monkeypatch, capsys):
 
     layers = {"bwrap": (False, "bubblewrap is not installed"), "cgroup-memory": (True, "x"), "cgroup-pids": (True, "y")}
     monkeypatch.setattr(grader, "probe_layers", lambda: layers)
-    with pytest.raises(KitError, match=r"bwrap: bubblewrap is not installed.*apt-get install -y bubblewrap.*"
-                                       r"--allow-unsandboxed"):
+    with pytest.raises(
+        KitError,
+        match=r"bwrap: bubblewrap is not installed.*apt-get install -y bubblewrap.*"
+        r"--allow-unsandboxed",
+    ):
         grader.check_layers(False)
     active, missing = grader.check_layers(True)
     assert active == ["cgroup-memory", "cgroup-pids"] and set(missing) == {"bwrap"}
@@ -450,7 +670,6 @@ def test_a_sandbox_that_cannot_be_set_up_is_a_grader_error_row_not_an_exception(
     from instructor.grading.job import Job
 
     sub = submissions.Submission("x", tmp_path, models=tmp_path / "missing.py")
-    opts = {"timeout": 10, "memory_mb": 100, "per_test": 1, "notebooks": None, "notebook_timeout": 1,
-            "rubric": RUBRIC}
+    opts = {"timeout": 10, "memory_mb": 100, "per_test": 1, "notebooks": None, "notebook_timeout": 1, "rubric": RUBRIC}
     r = Job(sub, tmp_path / "work", tmp_path / "no-edition", None, opts, [], "1").run()
     assert r["status"] == "grader-error" and "could not set up the sandbox" in r["message"] and r["total"] == 0

@@ -5,6 +5,7 @@ mid-batch resumes to the same grades.csv, and ``--check-sandbox`` reports every 
 These need the sandbox (bubblewrap + cgroup v1 controllers, root); where a layer is missing they are skipped
 with the reason (``.ci/run`` installs bubblewrap).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,11 +22,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_grading import REFERENCE, STUDENT_EDITION, bug_text, mutate, read_grades, write_sub
 
 from captioning.check import kit_root
 from instructor.grading import sandbox
 from instructor.grading.escapes import alive_with
-from test_grading import REFERENCE, STUDENT_EDITION, bug_text, mutate, read_grades, write_sub
 
 MISSING = sandbox.missing_layers()
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"sandbox layers missing: {MISSING}")
@@ -59,17 +60,19 @@ def leftover_groups():
 def hostile_submissions(subs, out, port):
     kit = kit_root()
     at_import = {
-        "reference_import": STUDENT_EDITION + textwrap.dedent(f"""
+        "reference_import": STUDENT_EDITION
+        + textwrap.dedent(f"""
             try:
                 from reference_models import *  # noqa
             except ImportError:
                 pass
             try:
-                exec(open({str(kit / 'captioning' / 'models.py')!r}).read())
+                exec(open({str(kit / "captioning" / "models.py")!r}).read())
             except OSError:
                 pass
             """),
-        "forged_results": STUDENT_EDITION + textwrap.dedent("""
+        "forged_results": STUDENT_EDITION
+        + textwrap.dedent("""
             import json as _j, os as _os
             _lines = [_j.dumps({"event": "test", "name": n, "ok": True, "kind": "pass"}).encode() + b"\\n"
                       for n in ("rnn_forward_eval", "att_forward_eval")]
@@ -82,7 +85,8 @@ def hostile_submissions(subs, out, port):
                     except OSError:
                         pass
             """),
-        "noop_hidden_tests": STUDENT_EDITION + textwrap.dedent("""
+        "noop_hidden_tests": STUDENT_EDITION
+        + textwrap.dedent("""
             import gc as _gc, sys as _sys
             for _name in list(_sys.modules):
                 if "hidden" in _name or "grad" in _name:
@@ -97,7 +101,8 @@ def hostile_submissions(subs, out, port):
                     except Exception:
                         pass
             """),
-        "overwrites_others": STUDENT_EDITION + textwrap.dedent(f"""
+        "overwrites_others": STUDENT_EDITION
+        + textwrap.dedent(f"""
             import glob as _g
             for _p in _g.glob({str(out)!r} + "/.work/*/sandbox/captioning/models.py") + \\
                     _g.glob("/tmp/grade-*/**/models.py", recursive=True) + _g.glob({str(subs)!r} + "/*/models.py"):
@@ -106,7 +111,8 @@ def hostile_submissions(subs, out, port):
                 except OSError:
                     pass
             """),
-        "edits_the_kit": REFERENCE + textwrap.dedent(f"""
+        "edits_the_kit": REFERENCE
+        + textwrap.dedent(f"""
             import os as _os
             try:
                 _cwd = _os.readlink(f"/proc/{{_os.getppid()}}/cwd")
@@ -119,7 +125,8 @@ def hostile_submissions(subs, out, port):
                     except OSError:
                         pass
             """),
-        "setsid_children": REFERENCE + textwrap.dedent(f"""
+        "setsid_children": REFERENCE
+        + textwrap.dedent(f"""
             import os as _os, sys as _sys
             for _i in range(3):
                 if _os.fork() == 0:
@@ -127,7 +134,8 @@ def hostile_submissions(subs, out, port):
                     _os.execv(_sys.executable, [_sys.executable, "-S", "-c", "import time; time.sleep(600)",
                                                 {TOKEN!r}])
             """),
-        "opens_socket": REFERENCE + textwrap.dedent(f"""
+        "opens_socket": REFERENCE
+        + textwrap.dedent(f"""
             import socket as _s
             try:
                 _s.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"escaped")
@@ -135,7 +143,8 @@ def hostile_submissions(subs, out, port):
             except OSError as _e:
                 print("REFUSED", _e)
             """),
-        "fork_memory": REFERENCE + textwrap.dedent("""
+        "fork_memory": REFERENCE
+        + textwrap.dedent("""
             import os as _os, time as _t
             _kids = []
             for _i in range(3):
@@ -150,23 +159,47 @@ def hostile_submissions(subs, out, port):
                 _kids.append(_pid)
             print("CHILD-EXITS", [_os.waitstatus_to_exitcode(_os.waitpid(_k, 0)[1]) for _k in _kids], flush=True)
             """),
-        "kills_the_grader": REFERENCE + "\nimport os as _os, signal as _sg\ntry:\n    _os.kill(_os.getppid(), _sg.SIGKILL)\n"
-                                        "except OSError:\n    pass\n",
+        "kills_the_grader": REFERENCE
+        + "\nimport os as _os, signal as _sg\ntry:\n    _os.kill(_os.getppid(), _sg.SIGKILL)\n"
+        "except OSError:\n    pass\n",
         "raises_at_import": REFERENCE + "\nraise RuntimeError('boom at import')\n",
         "hangs_at_import": REFERENCE + "\nimport signal as _sg\n_sg.signal(_sg.SIGALRM, _sg.SIG_IGN)\nwhile True:\n"
-                                       "    pass\n",
+        "    pass\n",
     }
     for name, text in at_import.items():
         write_sub(subs, name, text)
     write_sub(subs, "zz_victim", STUDENT_EDITION)
     # in one method only: the rest of the submission is graded
-    write_sub(subs, "loops_in_one_step", mutate(REFERENCE, "DecoderWithRNN.one_step", "h, c = self.decode_step(",
-                                                "while True:\n            pass\n        h, c = self.decode_step("))
-    write_sub(subs, "exits_in_attention", mutate(REFERENCE, "Attention.forward", "att1 = self.encoder_att(",
-                                                 "import sys; sys.exit(3)\n        att1 = self.encoder_att("))
-    write_sub(subs, "allocates_30gb", mutate(REFERENCE, "Attention.forward", "att1 = self.encoder_att(",
-                                             "_hog = torch.ones(30 * 2 ** 30, dtype=torch.uint8)\n"
-                                             "        att1 = self.encoder_att("))
+    write_sub(
+        subs,
+        "loops_in_one_step",
+        mutate(
+            REFERENCE,
+            "DecoderWithRNN.one_step",
+            "h, c = self.decode_step(",
+            "while True:\n            pass\n        h, c = self.decode_step(",
+        ),
+    )
+    write_sub(
+        subs,
+        "exits_in_attention",
+        mutate(
+            REFERENCE,
+            "Attention.forward",
+            "att1 = self.encoder_att(",
+            "import sys; sys.exit(3)\n        att1 = self.encoder_att(",
+        ),
+    )
+    write_sub(
+        subs,
+        "allocates_30gb",
+        mutate(
+            REFERENCE,
+            "Attention.forward",
+            "att1 = self.encoder_att(",
+            "_hog = torch.ones(30 * 2 ** 30, dtype=torch.uint8)\n        att1 = self.encoder_att(",
+        ),
+    )
     with zipfile.ZipFile(subs / "traversal.zip", "w") as z:
         z.writestr("models.py", REFERENCE)
         z.writestr("../../escaped.py", "print('escaped')")
@@ -184,9 +217,30 @@ def hostile(tmp_path_factory):
     listener.settimeout(0.1)
     hostile_submissions(subs, out, listener.getsockname()[1])
     watched = {p: tree_digest(p) for p in (kit_root() / "captioning", kit_root() / "instructor", subs)}
-    proc = subprocess.run([sys.executable, "-m", "instructor", "grade", str(subs), "--out", str(out), "--jobs", "2",
-                           "--timeout", "120", "--test-timeout", "3", "--memory-mb", "2048", "--quiet"],
-                          cwd=root, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "instructor",
+            "grade",
+            str(subs),
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            "--timeout",
+            "120",
+            "--test-timeout",
+            "3",
+            "--memory-mb",
+            "2048",
+            "--quiet",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     try:
         listener.accept()
         connected = True
@@ -194,8 +248,15 @@ def hostile(tmp_path_factory):
         connected = False
     listener.close()
     results = {r["id"]: r for r in json.loads((out / "results.json").read_text())} if proc.returncode == 0 else {}
-    return {"proc": proc, "out": out, "subs": subs, "results": results, "connected": connected,
-            "changed": [str(p) for p, d in watched.items() if tree_digest(p) != d], "survivors": alive_with(TOKEN)}
+    return {
+        "proc": proc,
+        "out": out,
+        "subs": subs,
+        "results": results,
+        "connected": connected,
+        "changed": [str(p) for p, d in watched.items() if tree_digest(p) != d],
+        "survivors": alive_with(TOKEN),
+    }
 
 
 def test_the_batch_finishes_with_a_row_for_everyone(hostile):
@@ -241,10 +302,18 @@ def test_killing_the_grader_from_inside_does_nothing(hostile):
     assert hostile["results"]["kills_the_grader"]["percent"] == 100.0
 
 
-@pytest.mark.parametrize("name,status,most", [("raises_at_import", "import-error", 0), ("hangs_at_import", "timeout", 0),
-                                              ("loops_in_one_step", "timeout", 45),
-                                              ("exits_in_attention", "ok", 46), ("allocates_30gb", "memory", 46),
-                                              ("traversal", "bad-submission", 0), ("empty", "no-models", 0)])
+@pytest.mark.parametrize(
+    "name,status,most",
+    [
+        ("raises_at_import", "import-error", 0),
+        ("hangs_at_import", "timeout", 0),
+        ("loops_in_one_step", "timeout", 45),
+        ("exits_in_attention", "ok", 46),
+        ("allocates_30gb", "memory", 46),
+        ("traversal", "bad-submission", 0),
+        ("empty", "no-models", 0),
+    ],
+)
 def test_contained_failures_keep_their_status(hostile, name, status, most):
     r = hostile["results"][name]
     assert r["status"] == status, r["message"]
@@ -273,8 +342,11 @@ def test_grader_killed_mid_batch_resumes_to_the_same_grades(tmp_path):
 
     def live_groups():  # the killed grader's groups that still hold processes
         base = sandbox._own_cgroup("pids")
-        return [g for g in leftover_groups() if (base / g / "cgroup.procs").exists()
-                and (base / g / "cgroup.procs").read_text().strip()]
+        return [
+            g
+            for g in leftover_groups()
+            if (base / g / "cgroup.procs").exists() and (base / g / "cgroup.procs").read_text().strip()
+        ]
 
     deadline = time.time() + 10  # the kernel kills them (PR_SET_PDEATHSIG); give a loaded machine a moment
     while live_groups() and time.time() < deadline:
@@ -287,13 +359,17 @@ def test_grader_killed_mid_batch_resumes_to_the_same_grades(tmp_path):
 
 
 def test_check_sandbox_reports_every_escape_contained():
-    r = subprocess.run([sys.executable, "-m", "instructor", "grade", "--check-sandbox"], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "instructor", "grade", "--check-sandbox"], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "every escape is contained" in r.stdout and "NOT CONTAINED" not in r.stdout
     # the seccomp filter's rules, each tried and reported on its own line
-    for name in ("keyring shared by the sandboxes (add_key)", "keyring shared by the sandboxes (keyctl)",
-                 "create a user namespace (unshare CLONE_NEWUSER)"):
+    for name in (
+        "keyring shared by the sandboxes (add_key)",
+        "keyring shared by the sandboxes (keyctl)",
+        "create a user namespace (unshare CLONE_NEWUSER)",
+    ):
         line = [ln for ln in r.stdout.splitlines() if name in ln]
         assert len(line) == 1 and line[0].startswith("contained "), r.stdout
 
@@ -305,10 +381,25 @@ def test_notebooks_run_in_the_writable_sandbox(tmp_path):
     subs, out = tmp_path / "subs", tmp_path / "out"
     subs.mkdir()
     write_sub(subs, "reference", REFERENCE)
-    results = grade(subs, out, jobs=1, timeout=300, memory_mb=2048, notebooks=True, notebook_timeout=300,
-                    notebook_runs=("train1",), progress=False,
-                    notebook_params=["shapes_n_train=10", "shapes_n_val=5", "shapes_n_test=5",
-                                     "shapes_image_size=32", "embed_dim=16", "decoder_dim=16"])
+    results = grade(
+        subs,
+        out,
+        jobs=1,
+        timeout=300,
+        memory_mb=2048,
+        notebooks=True,
+        notebook_timeout=300,
+        notebook_runs=("train1",),
+        progress=False,
+        notebook_params=[
+            "shapes_n_train=10",
+            "shapes_n_val=5",
+            "shapes_n_test=5",
+            "shapes_image_size=32",
+            "embed_dim=16",
+            "decoder_dim=16",
+        ],
+    )
     nb = results[0]["notebooks"]
     assert results[0]["percent"] == 100.0
     assert nb["status"] == "ok", f"{nb}\n{(out / 'logs' / 'reference.log').read_text()[-3000:]}"

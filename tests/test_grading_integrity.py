@@ -22,6 +22,7 @@ The canary: a broken environment (torch not importable in the sandbox; a venv re
 stops the batch with a message naming the cause, and no grades are written. Tests that need bubblewrap skip with
 the reason where it is missing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,20 +36,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_grading import REFERENCE, STUDENT_EDITION, mutate, write_sub
 
 from captioning import models as reference
 from captioning.check import kit_root
-from captioning.errors import KitError
-from instructor.grading import batch as grader, job, seccomp
+from captioning.internals.errors import KitError
+from instructor.grading import batch as grader
+from instructor.grading import job, seccomp
 from instructor.grading.hidden_harness import Context
 from instructor.grading.journal import run_seed
 from instructor.grading.sandbox import bwrap_args, ended_by_cpu_budget, missing_layers, preexec
-from test_grading import REFERENCE, STUDENT_EDITION, mutate, write_sub
 
 MISSING = missing_layers()
 NO_BWRAP = "bwrap" in MISSING
-needs_bwrap = pytest.mark.skipif(NO_BWRAP, reason="bubblewrap is missing (apt-get install -y bubblewrap): the seccomp "
-                                                  "filter and the sandbox's file view are bubblewrap layers")
+needs_bwrap = pytest.mark.skipif(
+    NO_BWRAP,
+    reason="bubblewrap is missing (apt-get install -y bubblewrap): the seccomp "
+    "filter and the sandbox's file view are bubblewrap layers",
+)
 TEST_CPU_S = 4  # --test-timeout: CPU seconds per test (the busy loop's cost); the wall backstop is 5x
 INIT_REGIONS = ("DecoderWithRNN.__init__", "Attention.__init__", "DecoderWithAttention.__init__")
 
@@ -60,7 +65,7 @@ def _inits_pass(text):
     for name in INIT_REGIONS:
         lines = text.splitlines(keepends=True)
         r = [x for x in find_regions(text, "models.py") if x.name == name][0]
-        lines[r.begin:r.end - 1] = ["        pass  # forged\n"]
+        lines[r.begin : r.end - 1] = ["        pass  # forged\n"]
         text = "".join(lines)
     return text
 
@@ -68,13 +73,28 @@ def _inits_pass(text):
 def _description(cls):
     """What the child's ``build`` says about the reference ``cls`` (the report a forger sends instead)."""
     torch.manual_seed(0)
-    obj = reference.Attention(7, 12, 10) if cls == "Attention" else getattr(reference, cls)(
-        dict(vocab_size=23, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.3), encoder_dim=7)
-    mods = [{"name": n, "type": type(m).__name__, "torch": [k.__name__ for k in type(m).__mro__
-                                                             if k.__module__.startswith("torch.nn")],
-             "settings": {"p": m.p} if isinstance(m, torch.nn.Dropout) else {}} for n, m in obj.named_modules() if n]
-    return {"modules": mods, "state": {k: [list(v.shape), "float32"] for k, v in obj.state_dict().items()},
-            "recorded": [{"cls": "Attention", "args": [7, 12, 10], "kwargs": {}}] if cls != "Attention" else []}
+    obj = (
+        reference.Attention(7, 12, 10)
+        if cls == "Attention"
+        else getattr(reference, cls)(
+            dict(vocab_size=23, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.3), encoder_dim=7
+        )
+    )
+    mods = [
+        {
+            "name": n,
+            "type": type(m).__name__,
+            "torch": [k.__name__ for k in type(m).__mro__ if k.__module__.startswith("torch.nn")],
+            "settings": {"p": m.p} if isinstance(m, torch.nn.Dropout) else {},
+        }
+        for n, m in obj.named_modules()
+        if n
+    ]
+    return {
+        "modules": mods,
+        "state": {k: [list(v.shape), "float32"] for k, v in obj.state_dict().items()},
+        "recorded": [{"cls": "Attention", "args": [7, 12, 10], "kwargs": {}}] if cls != "Attention" else [],
+    }
 
 
 FORGE = """
@@ -204,20 +224,50 @@ def batch(tmp_path_factory):
     write_sub(subs, "inputs", REFERENCE + INPUTS)
     write_sub(subs, "busy", REFERENCE + BUSY)
     # the process dies in one test (a batch of one): after the restart the region's passed correctness test counts
-    write_sub(subs, "dies_alone", mutate(REFERENCE, "Attention.forward", "att1 = self.encoder_att(",
-                                         "if encoder_out.size(0) == 1:\n            import os; os._exit(3)\n"
-                                         "        att1 = self.encoder_att("))
+    write_sub(
+        subs,
+        "dies_alone",
+        mutate(
+            REFERENCE,
+            "Attention.forward",
+            "att1 = self.encoder_att(",
+            "if encoder_out.size(0) == 1:\n            import os; os._exit(3)\n        att1 = self.encoder_att(",
+        ),
+    )
     # a tensor made on the CPU inside Attention.forward / one_step: only their device test fails
-    write_sub(subs, "attn_cpu_tensor", mutate(REFERENCE, "Attention.forward", "alpha = F.softmax(e, dim=1)",
-                                              "alpha = F.softmax(e, dim=1) * torch.ones(e.size(1))"))
-    write_sub(subs, "rnn_step_cpu_tensor", mutate(REFERENCE, "DecoderWithRNN.one_step",
-                                                  "preds = self.fc(self.dropout(h))",
-                                                  "preds = self.fc(self.dropout(h)) + torch.zeros(1)"))
+    write_sub(
+        subs,
+        "attn_cpu_tensor",
+        mutate(
+            REFERENCE,
+            "Attention.forward",
+            "alpha = F.softmax(e, dim=1)",
+            "alpha = F.softmax(e, dim=1) * torch.ones(e.size(1))",
+        ),
+    )
+    write_sub(
+        subs,
+        "rnn_step_cpu_tensor",
+        mutate(
+            REFERENCE,
+            "DecoderWithRNN.one_step",
+            "preds = self.fc(self.dropout(h))",
+            "preds = self.fc(self.dropout(h)) + torch.zeros(1)",
+        ),
+    )
     # two busy processes beside the batch (a shared machine); the limits are CPU time, so they cost no point
     busy = [subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"]) for _ in range(2)]
     try:
-        results = grader.grade(subs, out, jobs=2, timeout=180, memory_mb=1024, test_timeout=TEST_CPU_S,
-                               progress=False, allow_unsandboxed=bool(MISSING))
+        results = grader.grade(
+            subs,
+            out,
+            jobs=2,
+            timeout=180,
+            memory_mb=1024,
+            test_timeout=TEST_CPU_S,
+            progress=False,
+            allow_unsandboxed=bool(MISSING),
+        )
     finally:
         for p in busy:
             p.kill()
@@ -274,8 +324,9 @@ def test_seccomp_filter_refuses_keyring_and_namespaces_allows_threads():
         t = threading.Thread(target=print, args=("thread",)); t.start(); t.join()
         import subprocess; print("child", subprocess.run(["true"]).returncode)
     """)
-    r = subprocess.run(bwrap_args([], None) + [sys.executable, "-S", "-c", code], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        bwrap_args([], None) + [sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60
+    )
     lines = r.stdout.splitlines()
     assert r.returncode == 0, r.stderr
     if not seccomp.supported():
@@ -324,11 +375,20 @@ def test_inputs_come_from_the_runs_secret_seed_and_a_resume_keeps_it(batch):
     log = batch["results"]["inputs"]["log"]
     seen = {ln.split()[1] for ln in log.splitlines() if ln.startswith("INPUTS")}
     assert _checksum(seed) in seen and _checksum(None) not in seen, seen  # an audit reproduces them from the seed
-    assert seed not in json.dumps(batch["results"]) and not any(seed in p.read_text(errors="replace")
-                                                                 for p in (out / "feedback").glob("*"))
+    assert seed not in json.dumps(batch["results"]) and not any(
+        seed in p.read_text(errors="replace") for p in (out / "feedback").glob("*")
+    )
     grades = (out / "grades.csv").read_text()
-    grader.grade(batch["subs"], out, jobs=2, timeout=180, memory_mb=1024, test_timeout=TEST_CPU_S, progress=False,
-                 allow_unsandboxed=bool(MISSING))
+    grader.grade(
+        batch["subs"],
+        out,
+        jobs=2,
+        timeout=180,
+        memory_mb=1024,
+        test_timeout=TEST_CPU_S,
+        progress=False,
+        allow_unsandboxed=bool(MISSING),
+    )
     assert (out / "journal" / "seed").read_text().strip() == seed and (out / "grades.csv").read_text() == grades
 
 
@@ -352,8 +412,9 @@ def test_a_busy_loop_is_stopped_by_cpu_time(batch):
     assert all(r["regions"][reg][0] == r["regions"][reg][1] for reg in others), _failed(r)
 
 
-@pytest.mark.parametrize("name,test", [("attn_cpu_tensor", "attention_forward_device"),
-                                       ("rnn_step_cpu_tensor", "rnn_one_step_device")])
+@pytest.mark.parametrize(
+    "name,test", [("attn_cpu_tensor", "attention_forward_device"), ("rnn_step_cpu_tensor", "rnn_one_step_device")]
+)
 def test_every_graded_method_runs_on_the_meta_device(batch, name, test):
     r = batch["results"][name]
     assert set(_failed(r)) == {test}, _failed(r)
@@ -400,9 +461,26 @@ def test_a_grader_run_through_a_symlinked_venv_stops_at_the_canary(tmp_path):
     subs, out = tmp_path / "subs", tmp_path / "out"
     subs.mkdir()
     write_sub(subs, "correct", REFERENCE)
-    r = subprocess.run([str(link / "bin" / "python"), "-m", "instructor", "grade", str(subs), "--out", str(out),
-                        "--jobs", "1", "--timeout", "60", "--quiet"], cwd=kit_root(), capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        [
+            str(link / "bin" / "python"),
+            "-m",
+            "instructor",
+            "grade",
+            str(subs),
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+            "--timeout",
+            "60",
+            "--quiet",
+        ],
+        cwd=kit_root(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode != 0 and "canary failed" in r.stderr, r.stderr[-2000:]
     assert f"is a symbolic link to {venv}" in r.stderr and not (out / "grades.csv").exists(), r.stderr[-2000:]
 
@@ -410,10 +488,15 @@ def test_a_grader_run_through_a_symlinked_venv_stops_at_the_canary(tmp_path):
 @pytest.mark.parametrize("ignore_sigxcpu", [False, True])
 def test_the_kernel_ends_a_process_that_cancels_its_timer_and_spins(ignore_sigxcpu):
     """RLIMIT_CPU set by preexec: SIGXCPU at the budget, SIGKILL a little later for a process that ignores it."""
-    code = ("import signal, sys\nsignal.setitimer(signal.ITIMER_PROF, 0)\n"
-            "if sys.argv[1:]:\n    signal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass\n")
-    p = subprocess.run([sys.executable, "-S", "-c", code, *(["ignore"] if ignore_sigxcpu else [])],
-                       preexec_fn=preexec(8 * 2 ** 30, [], 1), timeout=600)  # the timeout: a safety net only
+    code = (
+        "import signal, sys\nsignal.setitimer(signal.ITIMER_PROF, 0)\n"
+        "if sys.argv[1:]:\n    signal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-S", "-c", code, *(["ignore"] if ignore_sigxcpu else [])],
+        preexec_fn=preexec(8 * 2**30, [], 1),
+        timeout=600,
+    )  # the timeout: a safety net only
     assert p.returncode == (-signal.SIGKILL if ignore_sigxcpu else -signal.SIGXCPU)
     assert ended_by_cpu_budget(p.returncode) is not ignore_sigxcpu
     assert ended_by_cpu_budget(128 + signal.SIGXCPU) and not ended_by_cpu_budget(128 + signal.SIGKILL)  # bwrap
@@ -428,14 +511,25 @@ def test_a_process_that_cancels_its_timers_is_stopped_by_its_cpu_budget(tmp_path
     subs.mkdir()
     write_sub(subs, "correct", REFERENCE)
     write_sub(subs, "untimed_spin", REFERENCE + UNTIMED_SPIN)
-    results = {r["id"]: r for r in grader.grade(subs, tmp_path / "out", jobs=2, timeout=3600, memory_mb=1024,
-                                                test_timeout=TEST_CPU_S, progress=False,
-                                                allow_unsandboxed=bool(MISSING))}
+    results = {
+        r["id"]: r
+        for r in grader.grade(
+            subs,
+            tmp_path / "out",
+            jobs=2,
+            timeout=3600,
+            memory_mb=1024,
+            test_timeout=TEST_CPU_S,
+            progress=False,
+            allow_unsandboxed=bool(MISSING),
+        )
+    }
     assert results["correct"]["percent"] == 100.0, _failed(results["correct"])
     r = results["untimed_spin"]
     att = {t: v for t, v in r["tests"].items() if v["region"] == "Attention.forward"}
     assert r["status"] == "timeout" and all(not v["ok"] for v in att.values()), att
-    assert any(v["kind"] == "timeout" and f"CPU-time budget ({SMALL_CPU_BUDGET_S} s" in v["message"]
-               for v in att.values()), att
+    assert any(
+        v["kind"] == "timeout" and f"CPU-time budget ({SMALL_CPU_BUDGET_S} s" in v["message"] for v in att.values()
+    ), att
     others = [reg for reg in r["regions"] if reg != "Attention.forward"]
     assert all(r["regions"][reg][0] == r["regions"][reg][1] for reg in others), _failed(r)

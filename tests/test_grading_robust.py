@@ -8,6 +8,7 @@ correct submissions that must still score 100 % (each run costs a Python + torch
 bubblewrap they grade with ``--allow-unsandboxed`` (the triggers are about the grader, not the sandbox); the unit
 tests need no student process at all.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from instructor.grading import batch as grader, job, outputs, remote, submissions, wire
-from instructor.grading.sandbox import missing_layers
 from test_grading import REFERENCE, RUBRIC, STUDENT_EDITION, mutate, read_grades, write_sub
+
+from instructor.grading import batch as grader
+from instructor.grading import job, outputs, remote, sandbox_outputs, submissions, wire
+from instructor.grading.sandbox import missing_layers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -35,8 +37,25 @@ def _grade(subs, out, *extra):
     today): these tests are about failures of the grader, not about time limits on a busy test machine."""
     from instructor.cli import main
 
-    rc = main(["grade", str(subs), "--out", str(out), "--jobs", "2", "--timeout", "600", "--test-timeout", "60",
-               "--memory-mb", "1024", "--quiet", *extra] + (["--allow-unsandboxed"] if missing_layers() else []))
+    rc = main(
+        [
+            "grade",
+            str(subs),
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            "--timeout",
+            "600",
+            "--test-timeout",
+            "60",
+            "--memory-mb",
+            "1024",
+            "--quiet",
+            *extra,
+        ]
+        + (["--allow-unsandboxed"] if missing_layers() else [])
+    )
     assert rc == 0
     return {r["id"]: r for r in json.loads((out / "results.json").read_text(encoding="utf-8"))}
 
@@ -68,12 +87,13 @@ def hostile_zips(folder):
     p = _zip(folder / "zip_corrupt_deflate.zip", {"models.py": REFERENCE * 3})
     raw = bytearray(p.read_bytes())
     start = raw.index(b"models.py") + len(b"models.py")
-    raw[start + 10:start + 60] = bytes(range(50))
+    raw[start + 10 : start + 60] = bytes(range(50))
     p.write_bytes(bytes(raw))
     made["zip_corrupt_deflate"] = p
     # a file and a folder of the same name
-    made["zip_file_and_folder"] = _zip(folder / "zip_file_and_folder.zip",
-                                       {"a/models.py": REFERENCE, "a/models.py/models.py": REFERENCE})
+    made["zip_file_and_folder"] = _zip(
+        folder / "zip_file_and_folder.zip", {"a/models.py": REFERENCE, "a/models.py/models.py": REFERENCE}
+    )
     # a 300-character member name (longer than any file system's NAME_MAX)
     made["zip_long_name"] = _zip(folder / "zip_long_name.zip", {"x" * 300 + "/models.py": REFERENCE})
     return made
@@ -109,33 +129,51 @@ def test_replies_are_checked_against_the_protocol():
         remote.checked_reply({"op": "call"}, {"ok": "yes"})
     with pytest.raises(remote.ProtocolError):
         remote.checked_refcall({"op": "refcall", "id": [1], "path": "one_step", "args": [], "kwargs": {}})
-    r = remote.checked_reply({"op": "call", "method": "one_step"},
-                             {"ok": True, "value": (torch.ones(2), [torch.zeros(1, dtype=torch.float64)])})
+    r = remote.checked_reply(
+        {"op": "call", "method": "one_step"},
+        {"ok": True, "value": (torch.ones(2), [torch.zeros(1, dtype=torch.float64)])},
+    )
     assert not r["ok"] and "one_step returned a float64 tensor of shape (1,)" in r["message"]
     r = remote.checked_reply({"op": "call", "method": "one_step"}, {"ok": True, "value": (torch.ones(2), [1])})
     assert r["ok"]
-    r = remote.checked_reply({"op": "call", "method": "forward", "device": "cpu"},
-                             {"ok": True, "value": (torch.empty(2, device="meta"),)})
+    r = remote.checked_reply(
+        {"op": "call", "method": "forward", "device": "cpu"}, {"ok": True, "value": (torch.empty(2, device="meta"),)}
+    )
     assert not r["ok"] and "meta device" in r["message"]
-    r = remote.checked_reply({"op": "call", "method": "forward", "device": "meta"},
-                             {"ok": True, "value": (torch.empty(2, device="meta"), None, [1, 2], None)})
+    r = remote.checked_reply(
+        {"op": "call", "method": "forward", "device": "meta"},
+        {"ok": True, "value": (torch.empty(2, device="meta"), None, [1, 2], None)},
+    )
     assert r["ok"]
     r = remote.checked_reply({"op": "call", "method": "forward"}, {"ok": True, "value": (1, 2, None, 4)})
     assert not r["ok"] and "decode_lengths of type NoneType" in r["message"]
-    r = remote.checked_reply({"op": "call", "method": "forward"},
-                             {"ok": True, "value": (1, 2, torch.tensor([3, 1]), 4)})
+    r = remote.checked_reply(
+        {"op": "call", "method": "forward"}, {"ok": True, "value": (1, 2, torch.tensor([3, 1]), 4)}
+    )
     assert r["ok"] and r["value"][2] == [3, 1]
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
 def test_outputs_show_untrusted_text_without_acting_on_it(tmp_path):
     sub = submissions.Submission("s1", Path("/x/\udcff"), notes=[UNTRUSTED])
-    ran = {"rnn_forward_eval": {"region": "DecoderWithRNN.forward", "ok": False, "kind": "fail",
-                                "message": UNTRUSTED, "seconds": 0.1}}
+    ran = {
+        "rnn_forward_eval": {
+            "region": "DecoderWithRNN.forward",
+            "ok": False,
+            "kind": "fail",
+            "message": UNTRUSTED,
+            "seconds": 0.1,
+        }
+    }
     r = job.result_dict(sub, RUBRIC, ran, "test-error", UNTRUSTED, 1.0, log=UNTRUSTED + "\nline 2", log_bytes=10)
     outputs.write_outputs(tmp_path, [r], RUBRIC)
-    for p in [tmp_path / "feedback" / "s1.md", tmp_path / "logs" / "s1.log", tmp_path / "summary.md",
-              tmp_path / "grades.csv", tmp_path / "results.json"]:
+    for p in [
+        tmp_path / "feedback" / "s1.md",
+        tmp_path / "logs" / "s1.log",
+        tmp_path / "summary.md",
+        tmp_path / "grades.csv",
+        tmp_path / "results.json",
+    ]:
         text = p.read_bytes().decode("utf-8")  # strict: valid UTF-8
         assert "\x00" not in text and "\x1b" not in text and "\x07" not in text, p
     fb = (tmp_path / "feedback" / "s1.md").read_text()
@@ -146,8 +184,8 @@ def test_outputs_show_untrusted_text_without_acting_on_it(tmp_path):
 
 def test_a_huge_message_is_cut_once_and_stored_once(tmp_path):
     sub = submissions.Submission("big", tmp_path)
-    r = job.result_dict(sub, RUBRIC, {}, "import-error", "models.py could not be imported: " + "x" * 2 ** 20, 1.0)
-    assert len(r["message"]) < 2 * job.MAX_MESSAGE
+    r = job.result_dict(sub, RUBRIC, {}, "import-error", "models.py could not be imported: " + "x" * 2**20, 1.0)
+    assert len(r["message"]) < 2 * sandbox_outputs.MAX_MESSAGE
     assert all(len(t["message"]) < 200 for t in r["tests"].values())
     outputs.write_outputs(tmp_path / "out", [r], RUBRIC)
     sizes = sum(p.stat().st_size for p in (tmp_path / "out").rglob("*") if p.is_file())
@@ -163,18 +201,19 @@ def test_notebook_metrics_are_read_from_regular_files_only(tmp_path):
     secret = tmp_path / "secret.json"
     secret.write_text(json.dumps({"bleu4": 0.99}))
     os.symlink(secret, out / "link.metrics.json")
-    (out / "big.metrics.json").write_text(json.dumps({"bleu4": 0.5, "pad": "x" * (job.MAX_METRICS_BYTES + 1)}))
+    (out / "big.metrics.json").write_text(json.dumps({"bleu4": 0.5, "pad": "x" * (sandbox_outputs.MAX_METRICS_BYTES + 1)}))
     (out / "deep.metrics.json").write_text("[" * 100_000 + "]" * 100_000)
-    r = job.notebook_result(out, "error: \x1b[31mbad\n", 1, False)
+    r = sandbox_outputs.notebook_result(out, "error: \x1b[31mbad\n", 1, False)
     assert r["bleu4"] == {"train1": 0.25} and r["status"] == "failed" and "\x1b" not in r["message"]
     os.symlink(tmp_path, tmp_path / "linked_dir")  # the output folder itself a link: not followed
-    assert job.notebook_result(tmp_path / "linked_dir", "", 0, False)["bleu4"] == {}
+    assert sandbox_outputs.notebook_result(tmp_path / "linked_dir", "", 0, False)["bleu4"] == {}
 
 
 # ------------------------------------------------------------------------------- batch machinery, no processes
 class _FakeJob:
     """Stands for ``job.Job``: fails on the grader's side for ids starting with "boom", else a full score. Records
     which submissions' staged folders exist while it runs."""
+
     seen = {}
 
     def __init__(self, sub, work, edition, ref_module, opts, layers, run_id):
@@ -185,8 +224,11 @@ class _FakeJob:
         assert (self.edition / "captioning").is_dir()
         if self.sub.id.startswith("boom"):
             raise RuntimeError("grader bug \udcff")
-        ran = {name: {"region": region, "ok": True, "kind": "pass", "message": "", "seconds": 0.0}
-               for region, tests in self.opts["rubric"]["regions"].items() for name in tests}
+        ran = {
+            name: {"region": region, "ok": True, "kind": "pass", "message": "", "seconds": 0.0}
+            for region, tests in self.opts["rubric"]["regions"].items()
+            for name in tests
+        }
         return job.result_dict(self.sub, self.opts["rubric"], ran, "ok", "", 0.0)
 
 
@@ -210,8 +252,7 @@ def test_grader_side_failures_are_rows_and_never_journaled(tmp_path, monkeypatch
     _, rows = read_grades(out)
     assert set(rows) == set(results) and rows["boom"]["grading_status"] == "grader-error"
     # the next run grades the grader-side failure again
-    monkeypatch.setattr(_FakeJob, "run", lambda self: job.result_dict(self.sub, self.opts["rubric"], {}, "ok", "",
-                                                                       0.0))
+    monkeypatch.setattr(_FakeJob, "run", lambda self: job.result_dict(self.sub, self.opts["rubric"], {}, "ok", "", 0.0))
     again = {r["id"]: r for r in grader.grade(subs, out, jobs=1, progress=False)}
     assert again["boom"]["status"] == "ok" and again["good"]["percent"] == 100.0
 
@@ -257,22 +298,58 @@ for _n in dir(_m):
 def trigger_submissions():
     """{id: (models.py text, expected status, whether it must keep every point)}."""
     return {
-        "float64_state": (mutate(REFERENCE, "DecoderWithRNN.one_step", "preds = self.fc(self.dropout(h))\n",
-                                 "preds = self.fc(self.dropout(h))\n        h, c = h.double(), c.double()\n"),
-                          "ok", False),
-        "decode_lengths_none": (mutate(REFERENCE, "DecoderWithRNN.forward", "            predictions[:num, t, :] = "
-                                       "preds\n", "            predictions[:num, t, :] = preds\n"
-                                       "        decode_lengths = None\n"), "ok", False),
-        "meta_module": (mutate(REFERENCE, "Attention.forward", "att1 = self.encoder_att(",
-                               "self.to('meta'); encoder_out = encoder_out.to('meta'); "
-                               "decoder_hidden = decoder_hidden.to('meta')\n        att1 = self.encoder_att("),
-                        "ok", False),
-        "odd_message": (mutate(REFERENCE, "DecoderWithRNN.one_step", "h, c = self.decode_step(",
-                               f"raise ValueError({UNTRUSTED!r})\n        h, c = self.decode_step("), "ok", False),
+        "float64_state": (
+            mutate(
+                REFERENCE,
+                "DecoderWithRNN.one_step",
+                "preds = self.fc(self.dropout(h))\n",
+                "preds = self.fc(self.dropout(h))\n        h, c = h.double(), c.double()\n",
+            ),
+            "ok",
+            False,
+        ),
+        "decode_lengths_none": (
+            mutate(
+                REFERENCE,
+                "DecoderWithRNN.forward",
+                "            predictions[:num, t, :] = preds\n",
+                "            predictions[:num, t, :] = preds\n        decode_lengths = None\n",
+            ),
+            "ok",
+            False,
+        ),
+        "meta_module": (
+            mutate(
+                REFERENCE,
+                "Attention.forward",
+                "att1 = self.encoder_att(",
+                "self.to('meta'); encoder_out = encoder_out.to('meta'); "
+                "decoder_hidden = decoder_hidden.to('meta')\n        att1 = self.encoder_att(",
+            ),
+            "ok",
+            False,
+        ),
+        "odd_message": (
+            mutate(
+                REFERENCE,
+                "DecoderWithRNN.one_step",
+                "h, c = self.decode_step(",
+                f"raise ValueError({UNTRUSTED!r})\n        h, c = self.decode_step(",
+            ),
+            "ok",
+            False,
+        ),
         "huge_import_message": (_at_import("raise SystemExit('x' * 10 ** 6)\n"), "import-error", False),
-        "deep_json_reply": (mutate(REFERENCE, "Attention.forward", "att1 = self.encoder_att(",
-                                   textwrap.indent(textwrap.dedent(DEEP_REPLY), " " * 8).lstrip()
-                                   + "        att1 = self.encoder_att("), "protocol-error", False),
+        "deep_json_reply": (
+            mutate(
+                REFERENCE,
+                "Attention.forward",
+                "att1 = self.encoder_att(",
+                textwrap.indent(textwrap.dedent(DEEP_REPLY), " " * 8).lstrip() + "        att1 = self.encoder_att(",
+            ),
+            "protocol-error",
+            False,
+        ),
         "list_for_id": (_at_import(LIST_FOR_ID), "protocol-error", False),
     }
 
@@ -301,7 +378,7 @@ def test_one_batch_of_triggers_beside_correct_submissions(tmp_path):
     rnn_fwd = results["decode_lengths_none"]["tests"]["rnn_forward_eval"]["message"]
     assert "decode_lengths of type NoneType" in rnn_fwd
     assert "meta device" in results["meta_module"]["tests"]["attention_forward_eval"]["message"]
-    assert len(results["huge_import_message"]["message"]) < 2 * job.MAX_MESSAGE
+    assert len(results["huge_import_message"]["message"]) < 2 * sandbox_outputs.MAX_MESSAGE
     for sid in ("zip_not_utf8", "zip_corrupt_deflate", "zip_file_and_folder", "zip_long_name"):
         assert results[sid]["status"] == "bad-submission" and results[sid]["message"], sid
     _, rows = read_grades(out)
@@ -325,8 +402,9 @@ def test_small_chaos_batch(tmp_path):
     _, rows = read_grades(out)
     assert len(rows) == len(results) == len(list(subs.iterdir()))
     correct = [sid for sid, kind in kinds.items() if kind == "correct"]
-    assert correct and all(results[sid]["percent"] == 100.0 for sid in correct), \
-        {sid: results[sid]["message"] for sid in correct if results[sid]["percent"] != 100.0}
+    assert correct and all(results[sid]["percent"] == 100.0 for sid in correct), {
+        sid: results[sid]["message"] for sid in correct if results[sid]["percent"] != 100.0
+    }
 
 
 FAKE_CHILD = r"""
@@ -356,8 +434,14 @@ def test_a_child_that_timed_out_during_a_reference_call_is_marked_unsure(tmp_pat
     restarts such a process before the next test."""
     (tmp_path / "child.py").write_text(FAKE_CHILD)
     argv = [sys.executable, str(tmp_path / "child.py"), "{in}", "{out}", str(Path(wire.__file__).parent)]
-    r = remote.Remote(argv, None, dict(os.environ), 512, time.monotonic() + 60,
-                      refcall=lambda m: {"ok": True, "value": torch.zeros(3)})
+    r = remote.Remote(
+        argv,
+        None,
+        dict(os.environ),
+        512,
+        time.monotonic() + 60,
+        refcall=lambda m: {"ok": True, "value": torch.zeros(3)},
+    )
     try:
         assert r.next_message(time.monotonic() + 30) == {"ready": True}
         reply = r.request({"op": "call", "method": "forward"}, 5)

@@ -1,5 +1,6 @@
 """The kit's layout rules: the student package never imports the instructor package; no import cycles; no file
 over 400 lines and no function over 80 lines in either package; one atomic-write helper; one override syntax."""
+
 from __future__ import annotations
 
 import ast
@@ -39,15 +40,22 @@ def _imports(path, src):
 
 def test_no_file_over_400_lines_and_no_function_over_80():
     long_files = [f"{p.relative_to(ROOT)}: {src.count(chr(10))}" for p, src in _sources() if src.count("\n") > 400]
-    long_functions = [f"{p.relative_to(ROOT)}:{n.lineno} {n.name}: {n.end_lineno - n.lineno + 1}"
-                      for p, src in _sources() for n in ast.walk(ast.parse(src))
-                      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno >= 80]
+    long_functions = [
+        f"{p.relative_to(ROOT)}:{n.lineno} {n.name}: {n.end_lineno - n.lineno + 1}"
+        for p, src in _sources()
+        for n in ast.walk(ast.parse(src))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno >= 80
+    ]
     assert not long_files and not long_functions, (long_files, long_functions)
 
 
 def test_the_student_package_never_names_the_instructor_package():
-    offenders = [f"{p.relative_to(ROOT)}: {m}" for p, src in _sources(("captioning", "data_prep"))
-                 for m in _imports(p, src) if m.split(".")[0] == "instructor"]
+    offenders = [
+        f"{p.relative_to(ROOT)}: {m}"
+        for p, src in _sources(("captioning", "data_prep"))
+        for m in _imports(p, src)
+        if m.split(".")[0] == "instructor"
+    ]
     assert not offenders
     # nor does it fall back on a missing module
     assert not [p for p, src in _sources(("captioning",)) if "except ImportError" in src and "plugins" not in p.name]
@@ -70,7 +78,7 @@ def test_no_import_cycles():
         state[n] = "open"
         for d in sorted(graph[n]):
             if state.get(d) == "open":
-                cycles.append(" -> ".join(path[path.index(d):] + [d]) if d in path else f"{n} -> {d}")
+                cycles.append(" -> ".join(path[path.index(d) :] + [d]) if d in path else f"{n} -> {d}")
             elif d not in state:
                 visit(d, path + [d])
         state[n] = "done"
@@ -82,18 +90,50 @@ def test_no_import_cycles():
 
 
 def test_one_atomic_write_helper():
-    """Every "write to a temporary name, then rename" goes through captioning.atomic, except writers of a set of
+    """Every "write to a temporary name, then rename" goes through captioning.internals.atomic, except writers of a set of
     files or a folder (prepare's ten files, the feature cache's resumable .partial, the release folder)."""
-    allowed = {"captioning/atomic.py", "captioning/prepare.py", "captioning/features.py", "instructor/release.py"}
+    allowed = {
+        "captioning/internals/atomic.py",
+        "captioning/data/prepare.py",
+        "captioning/data/features.py",
+        "instructor/release.py",
+    }
     users = {str(p.relative_to(ROOT)) for p, src in _sources() if "os.replace(" in src or ".rename(" in src}
     assert users <= allowed, users - allowed
 
 
-@pytest.mark.parametrize("cmd", [["captioning", "train"], ["instructor", "demo"], ["instructor", "notebooks"],
-                                 ["instructor", "grade"]])
+@pytest.mark.parametrize(
+    "cmd", [["captioning", "train"], ["instructor", "demo"], ["instructor", "notebooks"], ["instructor", "grade"]]
+)
 def test_one_override_syntax(cmd):
     """Every command that takes settings takes them as key=value words."""
-    res = subprocess.run([sys.executable, "-m", *cmd, "--help"], capture_output=True, text=True, timeout=120,
-                         cwd=ROOT)
+    res = subprocess.run([sys.executable, "-m", *cmd, "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "key=value" in res.stdout and " -p " not in res.stdout
+
+
+def test_the_infrastructure_imports_nothing_of_the_course_layer():
+    """``captioning.internals`` is the machinery students never read: it may import only itself (and the standard
+    library / third-party packages), never the course layer (models, solver, datasets…) nor ``data`` /
+    ``evaluation``, at any depth of the file (lazy imports count)."""
+    offenders = [
+        f"{p.relative_to(ROOT)}: {m}"
+        for p, src in _sources(("captioning",))
+        if "internals" in p.relative_to(ROOT).parts
+        for m in _imports(p, src)
+        if m.split(".")[0] in ("captioning", "instructor") and not m.startswith("captioning.internals")
+    ]
+    assert not offenders, offenders
+
+
+def test_the_top_of_the_package_holds_what_the_course_names():
+    """What a student opens first: the course's files at the top, everything else in three subpackages."""
+    top = sorted(p.stem for p in (ROOT / "captioning").glob("*.py"))
+    assert top == sorted(
+        "__init__ __main__ adaptive check checkpoints cli config datasets decoding encoder models notebooks solver".split()
+    ), top
+    assert sorted(p.name for p in (ROOT / "captioning").iterdir() if (p / "__init__.py").is_file()) == [
+        "data",
+        "evaluation",
+        "internals",
+    ]

@@ -1,5 +1,6 @@
 """The reference models: shapes, gradients, the forward/one_step contract, padding, attention invariants,
 and that each decoder can fit a handful of captions."""
+
 import copy
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from captioning.errors import KitError
+from captioning.internals.errors import KitError
 from captioning.models import Attention, DecoderWithAttention, DecoderWithRNN, Encoder, TodoError
 
 V, E, D, A, C, S = 23, 8, 12, 10, 6, 3
@@ -46,8 +47,10 @@ def test_forward_shapes_and_gradients(decoder):
     assert torch.equal(caps_sorted, caps[sort_ind])
     if alphas is not None:
         assert alphas.shape == (4, 8, S * S)
-    loss = F.cross_entropy(pack_padded_sequence(preds, dec_lens, batch_first=True).data,
-                           pack_padded_sequence(caps_sorted[:, 1:], dec_lens, batch_first=True).data)
+    loss = F.cross_entropy(
+        pack_padded_sequence(preds, dec_lens, batch_first=True).data,
+        pack_padded_sequence(caps_sorted[:, 1:], dec_lens, batch_first=True).data,
+    )
     loss.backward()
     assert enc.grad is not None and enc.grad.abs().sum() > 0
     for name, p in decoder.named_parameters():
@@ -64,8 +67,7 @@ def test_forward_equals_one_step_by_hand(decoder):
         emb = decoder.embedding(caps_sorted[:, t])
         if decoder.has_attention:
             p, a, h, c = decoder.one_step(emb, e, h, c)
-            torch.testing.assert_close(alphas[:, t][torch.tensor(dec_lens) > t],
-                                       a[torch.tensor(dec_lens) > t])
+            torch.testing.assert_close(alphas[:, t][torch.tensor(dec_lens) > t], a[torch.tensor(dec_lens) > t])
         else:
             p, h, c = decoder.one_step(emb, h, c)
         live = torch.tensor(dec_lens) > t
@@ -91,8 +93,10 @@ def test_padding_never_influences_shorter_captions(decoder):
 
 def test_learned_initial_state_does_not_depend_on_the_image():
     torch.manual_seed(0)
-    course, learned = DecoderWithAttention(CFG, encoder_dim=C), DecoderWithAttention(dict(CFG, init_state="learned"),
-                                                                                     encoder_dim=C)
+    course, learned = (
+        DecoderWithAttention(CFG, encoder_dim=C),
+        DecoderWithAttention(dict(CFG, init_state="learned"), encoder_dim=C),
+    )
     learned.load_state_dict(course.state_dict())  # same layers, same names: checkpoints stay compatible
     enc = torch.randn(2, S * S, C)
     h, c = learned.init_hidden_state(enc)
@@ -122,8 +126,10 @@ def test_decoder_overfits_a_handful_of_captions(cls):
     opt = torch.optim.Adam(dec.parameters(), lr=5e-3)
     for step in range(300):
         preds, caps_sorted, dec_lens, alphas, _ = run(dec, enc, caps, lens)
-        loss = F.cross_entropy(pack_padded_sequence(preds, dec_lens, batch_first=True).data,
-                               pack_padded_sequence(caps_sorted[:, 1:], dec_lens, batch_first=True).data)
+        loss = F.cross_entropy(
+            pack_padded_sequence(preds, dec_lens, batch_first=True).data,
+            pack_padded_sequence(caps_sorted[:, 1:], dec_lens, batch_first=True).data,
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -234,7 +240,7 @@ def test_the_kits_resnet_is_torchvisions(depth):
     (ImageNet weights, a local .pth) load as they are, and caches keyed by the weights stay valid."""
     import torchvision
 
-    from captioning.encoder import ResNet
+    from captioning.internals.backbones import ResNet
 
     torch.manual_seed(0)
     ours = ResNet(depth).eval()
@@ -285,6 +291,8 @@ def test_pool_averages_the_windows_of_adaptive_avg_pool(h, w, s):
 
 def test_a_resnet_encoder_does_not_import_torchvision():
     """torchvision's import (1.4–1.5 s) is paid only for ImageNet weights or another backbone."""
-    code = ("import sys; import captioning.cli, captioning.evaluate; from captioning.encoder import Encoder; "
-            "Encoder(2, weights=None).for_inference(); assert 'torchvision' not in sys.modules, 'torchvision imported'")
+    code = (
+        "import sys; import captioning.cli, captioning.evaluation.evaluate; from captioning.encoder import Encoder; "
+        "Encoder(2, weights=None).for_inference(); assert 'torchvision' not in sys.modules, 'torchvision imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

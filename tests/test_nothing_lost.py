@@ -5,6 +5,7 @@ In the style of ``test_reliability.py``: kills are injected (a child that SIGKIL
 full disk is a simulated ``ENOSPC`` from the file the kit writes to. Tiny shapes data and the shapes_cnn encoder;
 one finished 2-epoch run is trained once per module and copied by the tests that need one.
 """
+
 from __future__ import annotations
 
 import errno
@@ -16,15 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import captioning.atomic as atomic
-import captioning.checkpoints as checkpoints
-from captioning.atomic import write_json
-from captioning.checkpoints import CHECKSUM, load_checkpoint, save_checkpoint
-from captioning.errors import KitError
-from captioning.prepare import create_input_files
-from captioning.solver import Trainer, fit
 from test_reliability import cfg_for, copy_data, run_child
+
+import captioning.checkpoints as checkpoints
+import captioning.internals.atomic as atomic
+from captioning.checkpoints import CHECKSUM, load_checkpoint, save_checkpoint
+from captioning.data.prepare import create_input_files
+from captioning.internals.atomic import write_json
+from captioning.internals.errors import KitError
+from captioning.solver import Trainer, fit
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +149,9 @@ def _flip_tensor_bytes(path, n=2000):
     with zipfile.ZipFile(path) as z:
         info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
     raw = bytearray(Path(path).read_bytes())
-    name_len, extra_len = (int.from_bytes(raw[info.header_offset + k:info.header_offset + k + 2], "little")
-                           for k in (26, 28))
+    name_len, extra_len = (
+        int.from_bytes(raw[info.header_offset + k : info.header_offset + k + 2], "little") for k in (26, 28)
+    )
     start = info.header_offset + 30 + name_len + extra_len + (info.file_size - n) // 2
     for i in range(start, start + n):
         raw[i] ^= 0xFF
@@ -260,25 +262,36 @@ def test_prepare_stops_while_a_training_run_reads_its_data(shapes_data, tmp_path
 
     def train_epoch(self, epoch):  # a prepare into the same folder while the run trains
         try:
-            create_input_files("shapes", shapes_data.karpathy_json, shapes_data.karpathy_json.parent,
-                               captions_per_image=5, min_word_freq=1, output_folder=data, image_size=64, seed=1,
-                               workers=1)
+            create_input_files(
+                "shapes",
+                shapes_data.karpathy_json,
+                shapes_data.karpathy_json.parent,
+                captions_per_image=5,
+                min_word_freq=1,
+                output_folder=data,
+                image_size=64,
+                seed=1,
+                workers=1,
+            )
         except KitError as e:
             errors.append(str(e))
         return real(self, epoch)
 
     monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
     fit(cfg_for(shapes_data, tmp_path / "run", data_folder=str(data), feature_cache=False))
-    assert len(errors) == 1 and f"the data '{shapes_data.data_name}' in {data} is in use by another run (pid " \
-        f"{os.getpid()}" in errors[0]
-    assert {k: v for k, v in contents(data).items() if not k.startswith(".lock")} == \
-        {k: v for k, v in before.items() if not k.startswith(".lock")}
+    assert (
+        len(errors) == 1
+        and f"the data '{shapes_data.data_name}' in {data} is in use by another run (pid {os.getpid()}" in errors[0]
+    )
+    assert {k: v for k, v in contents(data).items() if not k.startswith(".lock")} == {
+        k: v for k, v in before.items() if not k.startswith(".lock")
+    }
 
 
 def test_training_waits_for_a_prepare_that_is_writing(tmp_path, capsys):
     import threading
 
-    from captioning.locks import DATA_LOCK, data_lock, folder_lock
+    from captioning.internals.locks import DATA_LOCK, data_lock, folder_lock
 
     held, release = threading.Event(), threading.Event()
 
@@ -294,7 +307,9 @@ def test_training_waits_for_a_prepare_that_is_writing(tmp_path, capsys):
     with data_lock(tmp_path, "d"):  # waits until the prepare is done
         assert release.is_set()
     t.join()
-    assert f"waiting for a prepare run to finish writing 'd' in {tmp_path} (pid {os.getpid()}" in capsys.readouterr().err
+    assert (
+        f"waiting for a prepare run to finish writing 'd' in {tmp_path} (pid {os.getpid()}" in capsys.readouterr().err
+    )
 
 
 # ------------------------------------------------------------------------ 11: the notebooks' message comes first

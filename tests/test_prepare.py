@@ -1,4 +1,5 @@
-"""Karpathy JSON + images -> the ten input files (captioning.prepare)."""
+"""Karpathy JSON + images -> the ten input files (captioning.data.prepare)."""
+
 from __future__ import annotations
 
 import json
@@ -9,35 +10,117 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import captioning.images as images
-import captioning.prepare as prepare
-from captioning.errors import KitError
-from captioning.images import load_image
-from captioning.prepare import build_word_map, choose_captions, create_input_files
+import captioning.data.images as images
+import captioning.data.prepare as prepare
+from captioning.data.images import load_image
+from captioning.data.prepare import build_word_map, choose_captions, create_input_files
+from captioning.internals.errors import KitError
 
 KINDS = ("IMAGES", "CAPTIONS", "CAPLENS")
 
 # The course's example record (section 2.2), verbatim apart from dropping "cocoid".
 COURSE_RECORD = {
-    "filepath": "val2014", "sentids": [770337, 771687, 772707, 776154, 781998],
-    "filename": "COCO_val2014_000000391895.jpg", "imgid": 0, "split": "test",
+    "filepath": "val2014",
+    "sentids": [770337, 771687, 772707, 776154, 781998],
+    "filename": "COCO_val2014_000000391895.jpg",
+    "imgid": 0,
+    "split": "test",
     "sentences": [
-        {"tokens": ["a", "man", "with", "a", "red", "helmet", "on", "a", "small", "moped", "on", "a", "dirt",
-                    "road"], "raw": "A man with a red helmet on a small moped on a dirt road. ", "imgid": 0,
-         "sentid": 770337},
-        {"tokens": ["man", "riding", "a", "motor", "bike", "on", "a", "dirt", "road", "on", "the", "countryside"],
-         "raw": "Man riding a motor bike on a dirt road on the countryside.", "imgid": 0, "sentid": 771687},
-        {"tokens": ["a", "man", "riding", "on", "the", "back", "of", "a", "motorcycle"],
-         "raw": "A man riding on the back of a motorcycle.", "imgid": 0, "sentid": 772707},
-        {"tokens": ["a", "dirt", "path", "with", "a", "young", "person", "on", "a", "motor", "bike", "rests", "to",
-                    "the", "foreground", "of", "a", "verdant", "area", "with", "a", "bridge", "and", "a",
-                    "background", "of", "cloud", "wreathed", "mountains"],
-         "raw": "A dirt path with a young person on a motor bike rests to the foreground of a verdant area with a "
-                "bridge and a background of cloud-wreathed mountains. ", "imgid": 0, "sentid": 776154},
-        {"tokens": ["a", "man", "in", "a", "red", "shirt", "and", "a", "red", "hat", "is", "on", "a", "motorcycle",
-                    "on", "a", "hill", "side"],
-         "raw": "A man in a red shirt and a red hat is on a motorcycle on a hill side.", "imgid": 0,
-         "sentid": 781998},
+        {
+            "tokens": [
+                "a",
+                "man",
+                "with",
+                "a",
+                "red",
+                "helmet",
+                "on",
+                "a",
+                "small",
+                "moped",
+                "on",
+                "a",
+                "dirt",
+                "road",
+            ],
+            "raw": "A man with a red helmet on a small moped on a dirt road. ",
+            "imgid": 0,
+            "sentid": 770337,
+        },
+        {
+            "tokens": ["man", "riding", "a", "motor", "bike", "on", "a", "dirt", "road", "on", "the", "countryside"],
+            "raw": "Man riding a motor bike on a dirt road on the countryside.",
+            "imgid": 0,
+            "sentid": 771687,
+        },
+        {
+            "tokens": ["a", "man", "riding", "on", "the", "back", "of", "a", "motorcycle"],
+            "raw": "A man riding on the back of a motorcycle.",
+            "imgid": 0,
+            "sentid": 772707,
+        },
+        {
+            "tokens": [
+                "a",
+                "dirt",
+                "path",
+                "with",
+                "a",
+                "young",
+                "person",
+                "on",
+                "a",
+                "motor",
+                "bike",
+                "rests",
+                "to",
+                "the",
+                "foreground",
+                "of",
+                "a",
+                "verdant",
+                "area",
+                "with",
+                "a",
+                "bridge",
+                "and",
+                "a",
+                "background",
+                "of",
+                "cloud",
+                "wreathed",
+                "mountains",
+            ],
+            "raw": "A dirt path with a young person on a motor bike rests to the foreground of a verdant area with a "
+            "bridge and a background of cloud-wreathed mountains. ",
+            "imgid": 0,
+            "sentid": 776154,
+        },
+        {
+            "tokens": [
+                "a",
+                "man",
+                "in",
+                "a",
+                "red",
+                "shirt",
+                "and",
+                "a",
+                "red",
+                "hat",
+                "is",
+                "on",
+                "a",
+                "motorcycle",
+                "on",
+                "a",
+                "hill",
+                "side",
+            ],
+            "raw": "A man in a red shirt and a red hat is on a motorcycle on a hill side.",
+            "imgid": 0,
+            "sentid": 781998,
+        },
     ],
 }
 
@@ -45,6 +128,7 @@ COURSE_RECORD = {
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def record(filename, split, sentences, filepath=None, **extra) -> dict:
     rec = {"filename": filename, "split": split, "sentences": [{"tokens": s.split()} for s in sentences], **extra}
@@ -71,8 +155,9 @@ def make_dataset(root: Path, records: list[dict], images=True) -> tuple[Path, Pa
 
 
 def simple_records(n_train=3) -> list[dict]:
-    recs = [record(f"tr{i}.png", "train", [f"a red square number {i}", "a red box", "red square"])
-            for i in range(n_train)]
+    recs = [
+        record(f"tr{i}.png", "train", [f"a red square number {i}", "a red box", "red square"]) for i in range(n_train)
+    ]
     recs.append(record("va.png", "val", ["a blue circle", "blue round thing"]))
     recs.append(record("te.png", "test", ["a green star", "green star shape"]))
     return recs
@@ -99,12 +184,14 @@ def outputs(out: Path, base: str) -> dict:
 
 def as_json(data) -> str:
     """A canonical text form of ``outputs()`` for comparing two runs."""
+
     def default(x):
         if isinstance(x, np.ndarray):
             return [default(v) for v in x] if x.dtype == object else x.tolist()
         if isinstance(x, bytes):
             return x.decode()
         return x.item()
+
     return json.dumps(data, default=default, sort_keys=True)
 
 
@@ -112,21 +199,27 @@ def decode(caption: list[int], word_map: dict) -> list[str]:
     rev = {i: w for w, i in word_map.items()}
     words = [rev[i] for i in caption]
     assert words[0] == "<start>"
-    return words[1:words.index("<end>")]
+    return words[1 : words.index("<end>")]
 
 
 def expected_names(base: str) -> set[str]:
-    return ({f"{s}_{k}_{base}.{'hdf5' if k == 'IMAGES' else 'json'}" for s in ("TRAIN", "VAL", "TEST") for k in KINDS}
-            | {f"WORDMAP_{base}.json", f"MANIFEST_{base}.json"})
+    return {
+        f"{s}_{k}_{base}.{'hdf5' if k == 'IMAGES' else 'json'}" for s in ("TRAIN", "VAL", "TEST") for k in KINDS
+    } | {f"WORDMAP_{base}.json", f"MANIFEST_{base}.json"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # the happy path
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def test_course_example_record(tmp_path):
-    train = record("COCO_train2014_000000000009.jpg", "train",
-                   ["a man riding a motorcycle on a road", "a red motorcycle on a dirt road"], filepath="train2014")
+    train = record(
+        "COCO_train2014_000000000009.jpg",
+        "train",
+        ["a man riding a motorcycle on a road", "a red motorcycle on a dirt road"],
+        filepath="train2014",
+    )
     val = record("COCO_val2014_000000000042.jpg", "val", ["a man on a bike"], filepath="val2014")
     folder = tmp_path / "coco2014"
     for rec, size in ((train, (640, 480)), (val, (500, 375)), (COURSE_RECORD, (500, 375))):
@@ -134,8 +227,17 @@ def test_course_example_record(tmp_path):
     json_path = tmp_path / "dataset_coco.json"
     json_path.write_text(json.dumps({"images": [train, val, COURSE_RECORD], "dataset": "coco"}))
 
-    summary = create_input_files("coco", json_path, folder, captions_per_image=5, min_word_freq=0,
-                                 output_folder=tmp_path / "out", max_len=50, image_size=32, workers=1)
+    summary = create_input_files(
+        "coco",
+        json_path,
+        folder,
+        captions_per_image=5,
+        min_word_freq=0,
+        output_folder=tmp_path / "out",
+        max_len=50,
+        image_size=32,
+        workers=1,
+    )
     base = "coco_5_cap_per_img_0_min_word_freq"
     assert summary["data_name"] == base
     assert (summary["n_train"], summary["n_val"], summary["n_test"]) == (1, 1, 1)
@@ -183,19 +285,21 @@ def test_captions_belong_to_their_image_and_objects_are_kept(shapes_data):
         ids = [s.decode() for s in data[f"{split}_IMAGES"]["image_ids"]]
         for i, image_id in enumerate(ids):
             rec = records[image_id]
-            mine = [decode(c, wm) for c in data[f"{split}_CAPTIONS"][5 * i:5 * i + 5]]
+            mine = [decode(c, wm) for c in data[f"{split}_CAPTIONS"][5 * i : 5 * i + 5]]
             assert sorted(mine) == sorted([w if w in wm else "<unk>" for w in s["tokens"]] for s in rec["sentences"])
             assert json.loads(data[f"{split}_IMAGES"]["objects"][i]) == rec["objects"]
 
 
 def test_pixels_and_rescaled_bboxes(shapes_data, tmp_path):
     _, _, json_path = shapes_data
-    summary = create_input_files("shapes", json_path, json_path.parent, min_word_freq=1, image_size=32,
-                                 output_folder=tmp_path, workers=1)
+    summary = create_input_files(
+        "shapes", json_path, json_path.parent, min_word_freq=1, image_size=32, output_folder=tmp_path, workers=1
+    )
     data = outputs(tmp_path, summary["data_name"])
     rec = json.loads(json_path.read_text())["images"][0]
-    original = np.asarray(Image.open(json_path.parent / rec["filepath"] / rec["filename"]).resize(
-        (32, 32), Image.Resampling.BILINEAR))
+    original = np.asarray(
+        Image.open(json_path.parent / rec["filepath"] / rec["filename"]).resize((32, 32), Image.Resampling.BILINEAR)
+    )
     assert np.array_equal(data["TRAIN_IMAGES"]["images"][0], original.transpose(2, 0, 1))
     objects = json.loads(data["TRAIN_IMAGES"]["objects"][0])
     assert [o["bbox"] for o in objects] == [[v / 2 for v in o["bbox"]] for o in rec["objects"]]
@@ -208,7 +312,7 @@ def test_flickr_records_without_filepath_and_restval(tmp_path):
     assert summary["n_train"] == 2
     data = outputs(tmp_path / "out", summary["data_name"])
     assert [s.decode() for s in data["TRAIN_IMAGES"]["image_ids"]] == ["tr0.png", "rv.png"]
-    assert "objects" not in data["TRAIN_IMAGES"]       # the records carry no objects
+    assert "objects" not in data["TRAIN_IMAGES"]  # the records carry no objects
     assert "restval" in data["WORDMAP"]
 
 
@@ -226,10 +330,19 @@ def test_rerun_overwrites(tmp_path):
 # caption semantics
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def test_word_map_min_word_freq_and_order():
     captions = [["b", "a", "c"], ["b", "a"], ["b", "d"], ["<unk>"]]
-    assert build_word_map(captions, 0) == {"<pad>": 0, "b": 1, "a": 2, "c": 3, "d": 4,
-                                           "<unk>": 5, "<start>": 6, "<end>": 7}
+    assert build_word_map(captions, 0) == {
+        "<pad>": 0,
+        "b": 1,
+        "a": 2,
+        "c": 3,
+        "d": 4,
+        "<unk>": 5,
+        "<start>": 6,
+        "<end>": 7,
+    }
     # Kept means seen MORE than min_word_freq times: "a" (2x) survives 1 but not 2.
     assert list(build_word_map(captions, 1)) == ["<pad>", "b", "a", "<unk>", "<start>", "<end>"]
     assert list(build_word_map(captions, 2)) == ["<pad>", "b", "<unk>", "<start>", "<end>"]
@@ -263,6 +376,7 @@ def test_long_captions_dropped(tmp_path):
 
 def test_choose_captions_top_up_and_sample():
     import random
+
     rng = random.Random(0)
     few = [["a"], ["b"]]
     topped = choose_captions(few, 5, rng)
@@ -277,8 +391,8 @@ def test_top_up_through_prepare(tmp_path):
     summary = run(tmp_path, json_path, folder, captions_per_image=5)
     data = outputs(tmp_path / "out", summary["data_name"])
     first = [" ".join(decode(c, data["WORDMAP"])) for c in data["TRAIN_CAPTIONS"][:5]]
-    assert first[:3] == ["a red square number 0", "a red box", "red square"]   # all three kept, in order
-    assert set(first[3:]) <= set(first[:3])                                   # plus two repeats
+    assert first[:3] == ["a red square number 0", "a red box", "red square"]  # all three kept, in order
+    assert set(first[3:]) <= set(first[:3])  # plus two repeats
     assert len(data["VAL_CAPTIONS"]) == 5 and data["VAL_CAPLENS"][:2] == [5, 5]
 
 
@@ -286,12 +400,16 @@ def test_deterministic_for_a_seed(tmp_path):
     recs = [record(f"tr{i}.png", "train", [f"caption {k} of {i}" for k in range(6)]) for i in range(4)]
     recs += [record("va.png", "val", ["one"]), record("te.png", "test", ["two"])]
     json_path, folder = make_dataset(tmp_path, recs)
-    results = [outputs(tmp_path / name, run(tmp_path, json_path, folder, seed=seed, output_folder=tmp_path / name)
-                       ["data_name"]) for name, seed in (("a", 1), ("b", 1), ("c", 2))]
+    results = [
+        outputs(
+            tmp_path / name, run(tmp_path, json_path, folder, seed=seed, output_folder=tmp_path / name)["data_name"]
+        )
+        for name, seed in (("a", 1), ("b", 1), ("c", 2))
+    ]
     dump = [as_json(r) for r in results]
     assert dump[0] == dump[1]
     assert results[0]["TRAIN_CAPTIONS"] != results[2]["TRAIN_CAPTIONS"]
-    for file in expected_names("toy_3_cap_per_img_0_min_word_freq"):   # the HDF5 files too: no timestamps
+    for file in expected_names("toy_3_cap_per_img_0_min_word_freq"):  # the HDF5 files too: no timestamps
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
 
 
@@ -308,7 +426,7 @@ def test_parallel_workers_match_serial(shapes_data, tmp_path):
 # odd image modes
 # ----------------------------------------------------------------------------------------------------------------
 
-TIFF_ONLY = ("CMYK", "I32")   # modes Pillow cannot write as PNG
+TIFF_ONLY = ("CMYK", "I32")  # modes Pillow cannot write as PNG
 
 
 def _odd_images():
@@ -329,7 +447,7 @@ def _odd_images():
         ("CMYK", Image.new("CMYK", (8, 6), (0, 255, 255, 0)), (255, 0, 0)),
         ("I16", Image.fromarray(np.full((6, 8), 32896, np.uint16)), (128, 128, 128)),
         ("I16_white", Image.fromarray(np.full((6, 8), 65535, np.uint16)), (255, 255, 255)),
-        ("I32", Image.fromarray(np.full((6, 8), 13107, np.int32)), (51, 51, 51)),   # 16-bit data in mode "I"
+        ("I32", Image.fromarray(np.full((6, 8), 13107, np.int32)), (51, 51, 51)),  # 16-bit data in mode "I"
     ]
 
 
@@ -338,7 +456,7 @@ def test_odd_modes_become_rgb(tmp_path, name, img, rgb):
     path = tmp_path / (name + (".tif" if name in TIFF_ONLY else ".png"))
     img.save(path)
     if name.startswith("I16"):
-        assert Image.open(path).mode in ("I;16", "I")   # the 16-bit file really is read back as 16-bit
+        assert Image.open(path).mode in ("I;16", "I")  # the 16-bit file really is read back as 16-bit
     pixels, original = load_image(str(path), 4)
     assert original == (8, 6)
     assert pixels.shape == (3, 4, 4) and pixels.dtype == np.uint8
@@ -362,6 +480,7 @@ def test_odd_modes_through_prepare(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # bad input: a clear KitError and nothing that looks like output
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def assert_no_output(out: Path) -> None:
     assert not out.exists() or not [p.name for p in out.iterdir()]
@@ -390,8 +509,9 @@ def test_corrupt_image_named(tmp_path, damage):
     victim = folder / "tr1.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(victim)
     content = victim.read_bytes()
-    victim.write_bytes({"garbage": b"this is not a png" * 10, "truncated": content[:len(content) // 2],
-                        "empty": b""}[damage])
+    victim.write_bytes(
+        {"garbage": b"this is not a png" * 10, "truncated": content[: len(content) // 2], "empty": b""}[damage]
+    )
     with pytest.raises(KitError, match="tr1.png"):
         run(tmp_path, json_path, folder)
     assert_no_output(tmp_path / "out")
@@ -405,14 +525,17 @@ def test_malformed_json_names_position(tmp_path):
     assert str(path) in str(e.value) and "line 2, column" in str(e.value)
 
 
-@pytest.mark.parametrize("breakage,needle", [
-    (lambda r: r.pop("sentences"), "record 1 (filename 'tr1.png')"),
-    (lambda r: r.pop("split"), '"split"'),
-    (lambda r: r.update(split="training"), "'training'"),
-    (lambda r: r.pop("filename"), 'record 1 of "images"'),
-    (lambda r: r["sentences"].__setitem__(0, {"raw": "no tokens"}), "sentence 0"),
-    (lambda r: r.update(filepath=3), '"filepath"'),
-])
+@pytest.mark.parametrize(
+    "breakage,needle",
+    [
+        (lambda r: r.pop("sentences"), "record 1 (filename 'tr1.png')"),
+        (lambda r: r.pop("split"), '"split"'),
+        (lambda r: r.update(split="training"), "'training'"),
+        (lambda r: r.pop("filename"), 'record 1 of "images"'),
+        (lambda r: r["sentences"].__setitem__(0, {"raw": "no tokens"}), "sentence 0"),
+        (lambda r: r.update(filepath=3), '"filepath"'),
+    ],
+)
 def test_missing_or_bad_field(tmp_path, breakage, needle):
     recs = simple_records()
     breakage(recs[1])
@@ -466,13 +589,14 @@ def test_bad_arguments(tmp_path):
 # atomic writing
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
     json_path, folder = make_dataset(tmp_path, simple_records(n_train=40))
     real, calls = images.load_image, []
 
     def flaky(path, size):
         calls.append(path)
-        if len(calls) == 30:   # TRAIN is half written (chunks of 16): its HDF5 temp file exists
+        if len(calls) == 30:  # TRAIN is half written (chunks of 16): its HDF5 temp file exists
             raise RuntimeError("simulated crash")
         return real(path, size)
 
@@ -516,13 +640,26 @@ def test_disk_error_becomes_kit_error(tmp_path, monkeypatch):
 # command lines
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def test_cli_and_course_script(tmp_path, capsys):
     from captioning.cli import main as cli_main
     from data_prep.create_input_files import main as script_main
 
     json_path, folder = make_dataset(tmp_path, simple_records())
-    common = ["--dataset", "shapes", "--karpathy-json", str(json_path), "--image-folder", str(folder),
-              "--min-word-freq", "0", "--image-size", "8", "--workers", "1"]
+    common = [
+        "--dataset",
+        "shapes",
+        "--karpathy-json",
+        str(json_path),
+        "--image-folder",
+        str(folder),
+        "--min-word-freq",
+        "0",
+        "--image-size",
+        "8",
+        "--workers",
+        "1",
+    ]
     assert script_main(common + ["--output-folder", str(tmp_path / "s")]) == 0
     assert "data_name: shapes_5_cap_per_img_0_min_word_freq" in capsys.readouterr().out
     assert cli_main(["prepare"] + common + ["--output-folder", str(tmp_path / "c")]) == 0

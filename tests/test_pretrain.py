@@ -1,13 +1,14 @@
 """The shapes_cnn encoder and its pretraining on the shapes boxes (the offline stand-in for ImageNet weights)."""
+
 import h5py
 import pytest
 import torch
 
 from captioning.cli import main
-from captioning.errors import KitError
+from captioning.data.pretrain import NONE, cell_targets, pretrain_encoder
 from captioning.datasets import split_paths
+from captioning.internals.errors import KitError
 from captioning.models import Encoder
-from captioning.pretrain import NONE, cell_targets, pretrain_encoder
 
 
 def test_cell_targets_mark_cells_whose_centre_is_in_the_box():
@@ -65,8 +66,9 @@ def test_pretrain_needs_object_boxes(shapes_data, tmp_path):
 
 
 def test_pretrain_cli_names_a_missing_file(tmp_path, capsys):
-    rc = main(["pretrain-encoder", "--data-folder", str(tmp_path), "--data-name", "nope", "--out",
-               str(tmp_path / "x.pth")])
+    rc = main(
+        ["pretrain-encoder", "--data-folder", str(tmp_path), "--data-name", "nope", "--out", str(tmp_path / "x.pth")]
+    )
     assert rc == 2 and "TRAIN_IMAGES_nope.hdf5' does not exist" in capsys.readouterr().err
 
 
@@ -74,7 +76,7 @@ def test_ensure_encoder_pretrains_once_and_again_when_data_or_settings_change(sh
     import os
     import shutil
 
-    from captioning.pretrain import ensure_encoder
+    from captioning.data.pretrain import ensure_encoder
 
     folder, name, _ = shapes_data
     data = tmp_path / "data"

@@ -4,6 +4,7 @@ Instructor-only (not part of the release). One release of this repository is bui
 each verification step is its own test, so a failure names the step; a tiny synthetic kit covers marker errors,
 notebooks, instructor-only files and --zip without subprocesses.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,23 @@ import nbformat
 import pytest
 import torch
 
-from captioning.errors import KitError
 from captioning.check import kit_root, run_checks
+from captioning.internals.errors import KitError
 from instructor.regions import BEGIN, END, find_regions, solution_lines, strip_solutions
 from instructor.release import STUDENT_FILES, kit_files, make_release, verify_runs, verify_static
 
 ROOT = kit_root()
 MODELS = (ROOT / "captioning" / "models.py").read_text(encoding="utf-8")
-TODOS = ["DecoderWithRNN.__init__", "DecoderWithRNN.forward", "DecoderWithRNN.one_step", "Attention.__init__",
-         "Attention.forward", "DecoderWithAttention.__init__", "DecoderWithAttention.forward",
-         "DecoderWithAttention.one_step"]
+TODOS = [
+    "DecoderWithRNN.__init__",
+    "DecoderWithRNN.forward",
+    "DecoderWithRNN.one_step",
+    "Attention.__init__",
+    "Attention.forward",
+    "DecoderWithAttention.__init__",
+    "DecoderWithAttention.forward",
+    "DecoderWithAttention.one_step",
+]
 
 
 def _env(release):
@@ -63,21 +71,26 @@ def test_strip_solutions_stubs_each_region_and_keeps_the_banner():
     compile(text, "models.py", "exec")
 
 
-@pytest.mark.parametrize("src, line, what", [
-    (f"x = 1\n{BEGIN}\ny = 2\n{BEGIN}\n{END}\n{END}\n", 4, "nested"),
-    (f"def f():\n    {BEGIN}\n    return 1\n", 2, "never closed"),
-    (f"x = 1\n{END}\n", 2, "stray"),
-    ("x = 1\n\n# BEGIN SOLUTION\n", 3, "malformed"),
-    ("x = 1\n    ##  END  SOLUTION\n", 2, "malformed"),
-])
+@pytest.mark.parametrize(
+    "src, line, what",
+    [
+        (f"x = 1\n{BEGIN}\ny = 2\n{BEGIN}\n{END}\n{END}\n", 4, "nested"),
+        (f"def f():\n    {BEGIN}\n    return 1\n", 2, "never closed"),
+        (f"x = 1\n{END}\n", 2, "stray"),
+        ("x = 1\n\n# BEGIN SOLUTION\n", 3, "malformed"),
+        ("x = 1\n    ##  END  SOLUTION\n", 2, "malformed"),
+    ],
+)
 def test_marker_errors_name_file_and_line(src, line, what):
     with pytest.raises(KitError, match=rf"^pkg/mod\.py:{line}: .*{what}"):
         find_regions(src, "pkg/mod.py")
 
 
 def test_todo_name_from_enclosing_def_without_banner():
-    src = (f"class A:\n    def go(self):\n        {BEGIN}\n        return 1\n        {END}\n\n"
-           f"def helper():\n    {BEGIN}\n    return 2\n    {END}\n")
+    src = (
+        f"class A:\n    def go(self):\n        {BEGIN}\n        return 1\n        {END}\n\n"
+        f"def helper():\n    {BEGIN}\n    return 2\n    {END}\n"
+    )
     text, regs = strip_solutions(src, "pkg/util.py")
     assert [r.name for r in regs] == ["A.go", "util.helper"]
     assert 'raise NotImplementedError("TODO A.go")' in text and 'raise NotImplementedError("TODO util.helper")' in text
@@ -91,17 +104,23 @@ def _mini_kit(root, models_src=None):
     (root / "instructor" / "student_edition" / "README.md").write_text("# For students\n")
     (root / "instructor" / "student_edition" / "Makefile").write_text("test:\n\tpytest tests/public\n")
     (root / "README.md").write_text("# Instructor README: solutions, hidden tests\n")
-    (root / "pyproject.toml").write_text('[project]\nname = "kit"\n\n[project.entry-points."captioning.plugins"]\n'
-                                         'fast_path = "instructor.fastpath"\n\n[tool.x]\ny = 1\n')
+    (root / "pyproject.toml").write_text(
+        '[project]\nname = "kit"\n\n[project.entry-points."captioning.plugins"]\n'
+        'fast_path = "instructor.fastpath"\n\n[tool.x]\ny = 1\n'
+    )
     (root / "benchmarks").mkdir()
     (root / "benchmarks" / "speed.py").write_text("x = 1\n")
     (root / "captioning" / "__init__.py").write_text("")
-    (root / "captioning" / "models.py").write_text(models_src or (
-        "class Net:\n    def __init__(self):\n"
-        "        # ===== TODO Net.__init__ =====\n"
-        f"        {BEGIN}\n        self.w = 41 + 1\n        {END}\n\n"
-        "    def run(self):\n        # ===== TODO Net.run =====\n"
-        f"        {BEGIN}\n        return self.w * 1000\n        {END}\n"))
+    (root / "captioning" / "models.py").write_text(
+        models_src
+        or (
+            "class Net:\n    def __init__(self):\n"
+            "        # ===== TODO Net.__init__ =====\n"
+            f"        {BEGIN}\n        self.w = 41 + 1\n        {END}\n\n"
+            "    def run(self):\n        # ===== TODO Net.run =====\n"
+            f"        {BEGIN}\n        return self.w * 1000\n        {END}\n"
+        )
+    )
     (root / "instructor" / "grading" / "hidden.py").write_text("SECRET = 1\n")
     (root / "tests" / "public").mkdir(parents=True)
     (root / "tests" / "grading_fixtures").mkdir()
@@ -113,7 +132,8 @@ def _mini_kit(root, models_src=None):
     (root / "outputs" / "run.txt").write_text("x")
     nb = nbformat.v4.new_notebook()
     code = nbformat.v4.new_code_cell(
-        f"a = 1\n# ===== TODO notebook.cell =====\n{BEGIN}\nb = a * 12345\n{END}\nprint(b)")
+        f"a = 1\n# ===== TODO notebook.cell =====\n{BEGIN}\nb = a * 12345\n{END}\nprint(b)"
+    )
     code.outputs = [nbformat.v4.new_output("stream", text="12345\n")]
     code.execution_count = 3
     code.metadata["papermill"] = {"duration": 1.0}
@@ -131,10 +151,22 @@ def test_release_of_a_kit_without_git(tmp_path):
     res = make_release(tmp_path / "out", root=kit, verify=False, zip_=True)
     out = Path(res["out"])
     released = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert released == ["Makefile", "README.md", "captioning/__init__.py", "captioning/models.py",
-                        "notebooks/train.ipynb", "pyproject.toml", "tests/public/test_net.py"]
-    assert set(res["left_out"]) >= {"instructor/grading/hidden.py", "tests/test_grading.py", "tests/test_release.py",
-                                    "tests/grading_fixtures/mutant.py", "benchmarks/speed.py"}
+    assert released == [
+        "Makefile",
+        "README.md",
+        "captioning/__init__.py",
+        "captioning/models.py",
+        "notebooks/train.ipynb",
+        "pyproject.toml",
+        "tests/public/test_net.py",
+    ]
+    assert set(res["left_out"]) >= {
+        "instructor/grading/hidden.py",
+        "tests/test_grading.py",
+        "tests/test_release.py",
+        "tests/grading_fixtures/mutant.py",
+        "benchmarks/speed.py",
+    }
     assert (out / "README.md").read_text() == "# For students\n"  # the students' README, not the kit's
     pyproject = (out / "pyproject.toml").read_text()
     assert "entry-points" not in pyproject and "instructor" not in pyproject and "[tool.x]" in pyproject
@@ -183,9 +215,16 @@ def test_release_refuses_existing_folder(tmp_path):
 def test_release_files(release):
     out, res = release
     files = set(res["files"])
-    assert "captioning/models.py" in files and "captioning/shapes.py" in files and "captioning/prepare.py" in files
-    assert {"tests/public/public_checks.py", "tests/public/reference_values.pt",
-            "tests/public/make_reference_values.py"} <= files
+    assert (
+        "captioning/models.py" in files
+        and "captioning/data/shapes.py" in files
+        and "captioning/data/prepare.py" in files
+    )
+    assert {
+        "tests/public/public_checks.py",
+        "tests/public/reference_values.pt",
+        "tests/public/make_reference_values.py",
+    } <= files
     for rel in files:
         assert not rel.startswith(("instructor/", "benchmarks/", "tests/grading_fixtures/", "outputs/")), rel
         assert rel not in ("tests/test_grading.py", "tests/test_release.py")
@@ -220,8 +259,14 @@ def test_release_imports_and_public_tests_fail_only_with_todo(release):
 
 def test_check_on_the_release_names_the_todos(release):
     out, _ = release
-    res = subprocess.run([sys.executable, "-m", "captioning", "check", "attention"], cwd=out, env=_env(out),
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "captioning", "check", "attention"],
+        cwd=out,
+        env=_env(out),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 1, res.stdout + res.stderr
     fails = [l for l in res.stdout.splitlines() if l.startswith("FAIL")]
     assert len(fails) == 4 and all("TODO Attention." in l for l in fails), res.stdout

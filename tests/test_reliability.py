@@ -4,6 +4,7 @@ Every kill here is injected (a child process that SIGKILLs itself at a chosen po
 never left to timing. Tiny data (the session's shapes data, 40 training images of 64 px) and the small shapes_cnn
 encoder keep the whole file within a minute or two.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,30 +23,53 @@ import torch
 
 from captioning.checkpoints import data_folder_of, load_checkpoint, save_checkpoint
 from captioning.config import make_cfg
+from captioning.data.features import build_feature_cache, cache_path
+from captioning.data.prepare import create_input_files
 from captioning.datasets import CaptionDataset, ImageCaptions
 from captioning.encoder import Encoder
-from captioning.errors import KitError
-from captioning.features import build_feature_cache, cache_path
-from captioning.locks import folder_lock
-from captioning.prepare import create_input_files
+from captioning.internals.errors import KitError
+from captioning.internals.locks import folder_lock
 from captioning.solver import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def cfg_for(shapes_data, out, **kw):
-    cfg = dict(data_folder=str(shapes_data.data_folder), data_name=shapes_data.data_name, encoder="shapes_cnn",
-               encoder_weights=None, encoded_image_size=2, embed_dim=16, decoder_dim=24, attention_dim=16,
-               dropout=0.0, batch_size=40, epochs=1, workers=0, decoder_lr=3e-3, print_freq=0, output_dir=str(out),
-               recalibrate_images=20, progress=False, device="cpu", decoder="attention")
+    cfg = dict(
+        data_folder=str(shapes_data.data_folder),
+        data_name=shapes_data.data_name,
+        encoder="shapes_cnn",
+        encoder_weights=None,
+        encoded_image_size=2,
+        embed_dim=16,
+        decoder_dim=24,
+        attention_dim=16,
+        dropout=0.0,
+        batch_size=40,
+        epochs=1,
+        workers=0,
+        decoder_lr=3e-3,
+        print_freq=0,
+        output_dir=str(out),
+        recalibrate_images=20,
+        progress=False,
+        device="cpu",
+        decoder="attention",
+    )
     cfg.update(kw)
     return cfg
 
 
 def run_child(code, **env):
     """Run ``code`` in a fresh Python; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, **env},
+    )
 
 
 def copy_data(shapes_data, dst):
@@ -62,7 +86,7 @@ def test_feature_cache_killed_mid_build_is_continued(shapes_data, tmp_path):
     child = run_child(f"""
         import os, signal, torch
         from captioning.encoder import Encoder
-        from captioning.features import build_feature_cache
+        from captioning.data.features import build_feature_cache
         torch.manual_seed(0)
         enc = Encoder(2, weights=None, arch="shapes_cnn")
         calls = []
@@ -100,8 +124,9 @@ def test_feature_cache_killed_mid_build_is_continued(shapes_data, tmp_path):
     path = build_feature_cache(enc, data, shapes_data.data_name, "TRAIN", batch_size=16, progress=False)
     assert sum(passes) == n - 16  # the resumed run encodes only what is missing, not the first batch again
     del enc.for_inference
-    fresh = build_feature_cache(enc, data, shapes_data.data_name, "TRAIN", cache_folder=tmp_path / "fresh",
-                                batch_size=16, progress=False)
+    fresh = build_feature_cache(
+        enc, data, shapes_data.data_name, "TRAIN", cache_folder=tmp_path / "fresh", batch_size=16, progress=False
+    )
     with h5py.File(path, "r") as a, h5py.File(fresh, "r") as b:
         assert (a["features"][:] == b["features"][:]).all()
     assert not os.path.exists(partial)
@@ -154,15 +179,27 @@ def test_divergence_stops_training_and_no_diverged_epoch_is_kept(shapes_data, tm
     assert not list(tmp_path.glob("*.pth.tar"))  # neither a checkpoint nor a BEST of a blown-up epoch
 
 
-@pytest.mark.parametrize("setting,message", [
-    ("batch_size=abc", "batch_size = 'abc' is not allowed: batch_size must be an integer >= 1"),
-    ("epochs=abc", "epochs = 'abc' is not allowed"), ("decoder_lr=-1", "decoder_lr must be a number > 0"),
-    ("embed_dim=0", "embed_dim must be an integer >= 1"), ("batch_size=-5", "batch_size = -5 is not allowed"),
-    ("attention=maybe", "attention must be True or False"), ("epochs=0", "epochs must be an integer >= 1"),
-    ("encoded_image_size=0", "encoded_image_size must be an integer >= 1")])
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("batch_size=abc", "batch_size = 'abc' is not allowed: batch_size must be an integer >= 1"),
+        ("epochs=abc", "epochs = 'abc' is not allowed"),
+        ("decoder_lr=-1", "decoder_lr must be a number > 0"),
+        ("embed_dim=0", "embed_dim must be an integer >= 1"),
+        ("batch_size=-5", "batch_size = -5 is not allowed"),
+        ("attention=maybe", "attention must be True or False"),
+        ("epochs=0", "epochs must be an integer >= 1"),
+        ("encoded_image_size=0", "encoded_image_size must be an integer >= 1"),
+    ],
+)
 def test_bad_settings_stop_at_once_naming_the_key(setting, message, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "captioning", "train", setting, f"output_dir={tmp_path / 'o'}"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "captioning", "train", setting, f"output_dir={tmp_path / 'o'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
 
@@ -201,7 +238,7 @@ def _prepare_child(shapes_data, out, kill_at):
     (its worker pids written to out/pids), "rename" after moving 3 of its files into place."""
     return run_child(f"""
         import os, signal
-        import captioning.prepare as p
+        import captioning.data.prepare as p
         if {kill_at!r} == "chunk":
             real = p.write_images
             def write(tmp, items, *a, **k):
@@ -233,20 +270,34 @@ def test_prepare_killed_leaves_no_workers_behind(shapes_data, tmp_path):
     deadline = time.time() + 10
     while time.time() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
         time.sleep(0.1)
-    alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in Path(f"/proc/{p}/stat").read_text()
-             .split(")")[-1].split()[0]]
+    alive = [
+        p
+        for p in pids
+        if os.path.exists(f"/proc/{p}") and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[-1].split()[0]
+    ]
     assert not alive, f"orphan workers {alive}"
 
 
 def test_a_set_mixed_by_a_killed_prepare_is_refused(shapes_data, tmp_path):
     out = copy_data(shapes_data, tmp_path / "out")  # a complete set from seed 0 …
     assert _prepare_child(shapes_data, out, "rename").returncode == -signal.SIGKILL  # … half replaced by seed 1
-    for reader in (lambda: CaptionDataset(out, shapes_data.data_name, "TRAIN"),
-                   lambda: ImageCaptions(out, shapes_data.data_name, "TEST")):
+    for reader in (
+        lambda: CaptionDataset(out, shapes_data.data_name, "TRAIN"),
+        lambda: ImageCaptions(out, shapes_data.data_name, "TEST"),
+    ):
         with pytest.raises(KitError, match="incomplete: a prepare run stopped while moving them into place"):
             reader()
-    create_input_files("shapes", shapes_data.karpathy_json, shapes_data.karpathy_json.parent, captions_per_image=5,
-                       min_word_freq=1, output_folder=out, image_size=64, seed=1, workers=1)
+    create_input_files(
+        "shapes",
+        shapes_data.karpathy_json,
+        shapes_data.karpathy_json.parent,
+        captions_per_image=5,
+        min_word_freq=1,
+        output_folder=out,
+        image_size=64,
+        seed=1,
+        workers=1,
+    )
     CaptionDataset(out, shapes_data.data_name, "TRAIN")  # prepared again: one set
     caps = out / f"TRAIN_CAPLENS_{shapes_data.data_name}.json"
     caps.write_text(json.dumps(list(reversed(json.loads(caps.read_text())))))  # a file from elsewhere
@@ -258,8 +309,16 @@ def test_a_second_prepare_into_the_same_folder_stops_naming_the_first(shapes_dat
     out = tmp_path / "out"
     with folder_lock(out, f"prepare-{shapes_data.data_name}", wait=False):
         with pytest.raises(KitError, match=r"in use by another run \(pid \d+"):
-            create_input_files("shapes", shapes_data.karpathy_json, shapes_data.karpathy_json.parent,
-                               captions_per_image=5, min_word_freq=1, output_folder=out, image_size=64, workers=1)
+            create_input_files(
+                "shapes",
+                shapes_data.karpathy_json,
+                shapes_data.karpathy_json.parent,
+                captions_per_image=5,
+                min_word_freq=1,
+                output_folder=out,
+                image_size=64,
+                workers=1,
+            )
     assert sorted(p.name for p in out.iterdir()) == []  # nothing written, the other run's files untouched
 
 
@@ -269,8 +328,16 @@ def test_duplicates_and_split_leaks_are_reported_and_stored_once(shapes_data, tm
     data["images"] += [dict(train[0]), dict(train[1], split="test")]  # a repeat, and a training image in test
     j = tmp_path / "dataset.json"
     j.write_text(json.dumps(data))
-    s = create_input_files("shapes", j, shapes_data.karpathy_json.parent, captions_per_image=5, min_word_freq=1,
-                           output_folder=tmp_path / "out", image_size=64, workers=1)
+    s = create_input_files(
+        "shapes",
+        j,
+        shapes_data.karpathy_json.parent,
+        captions_per_image=5,
+        min_word_freq=1,
+        output_folder=tmp_path / "out",
+        image_size=64,
+        workers=1,
+    )
     err = capsys.readouterr().err
     assert "1 image(s) is listed more than once" in err and "1 image(s) is in two splits (a leak" in err
     assert (s["n_train"], s["n_test"]) == (40, 10)
@@ -283,9 +350,28 @@ def test_caption_writes_what_it_can_and_names_each_failure(shapes_data, tmp_path
     bad = tmp_path / "truncated.jpg"
     bad.write_bytes(good[0].read_bytes()[:60])
     (tmp_path / "folder").mkdir()
-    r = subprocess.run([sys.executable, "-m", "captioning", "caption", str(good[0]), str(bad), str(tmp_path / "folder"),
-                        str(good[1]), "--checkpoint", res["best_checkpoint"], "--out", str(tmp_path / "figs"),
-                        "--beam-size", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "captioning",
+            "caption",
+            str(good[0]),
+            str(bad),
+            str(tmp_path / "folder"),
+            str(good[1]),
+            "--checkpoint",
+            res["best_checkpoint"],
+            "--out",
+            str(tmp_path / "figs"),
+            "--beam-size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(f"{g.stem}.caption.png" for g in good)
     assert f"cannot read image {bad}" in r.stderr and "replace it or leave it out" in r.stderr
@@ -339,9 +425,19 @@ def test_report_takes_what_it_can_and_says_what_it_skipped(shapes_data, tmp_path
     run = tmp_path / "runs"
     res = fit(cfg_for(shapes_data, run / "notebooks"))
     # a notebook's test metrics: scores without captions
-    (run / "notebooks" / "test_attention.metrics.json").write_text(json.dumps(
-        {"bleu1": 0.5, "bleu2": 0.4, "bleu3": 0.3, "bleu4": 0.2, "split": "TEST", "beam_size": 5,
-         "checkpoint": res["best_checkpoint"]}))
+    (run / "notebooks" / "test_attention.metrics.json").write_text(
+        json.dumps(
+            {
+                "bleu1": 0.5,
+                "bleu2": 0.4,
+                "bleu3": 0.3,
+                "bleu4": 0.2,
+                "split": "TEST",
+                "beam_size": 5,
+                "checkpoint": res["best_checkpoint"],
+            }
+        )
+    )
     (run / "broken").mkdir()
     (run / "broken" / "BEST_checkpoint_Attention_x.pth.tar").write_text("not a checkpoint")
     md = make_report([str(run)], str(tmp_path / "report"))
@@ -361,9 +457,11 @@ def test_the_demo_validates_its_training_settings_like_train(tmp_path):
 
 
 def test_a_second_training_into_the_same_checkpoints_stops_naming_the_first(shapes_data, tmp_path):
-    from captioning.locks import training_lock
+    from captioning.config import make_output_dir
+    from captioning.internals.locks import training_lock
 
     cfg = make_cfg(cfg_for(shapes_data, tmp_path / "run"))
+    make_output_dir(cfg)
     with training_lock(cfg):  # the first run, still training
         with pytest.raises(KitError, match=r"training the attention decoder into .* is in use by another run \(pid"):
             fit(cfg)
@@ -383,10 +481,32 @@ def test_a_write_failure_mid_hdf5_gives_the_message_and_no_crash(shapes_data, tm
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "captioning", "prepare", "--dataset", "shapes", "--karpathy-json",
-                        str(shapes_data.karpathy_json), "--image-folder", str(shapes_data.karpathy_json.parent),
-                        "--output-folder", str(out), "--image-size", "64", "--min-word-freq", "1", "--workers", "1"],
-                       capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "captioning",
+            "prepare",
+            "--dataset",
+            "shapes",
+            "--karpathy-json",
+            str(shapes_data.karpathy_json),
+            "--image-folder",
+            str(shapes_data.karpathy_json.parent),
+            "--output-folder",
+            str(out),
+            "--image-size",
+            "64",
+            "--min-word-freq",
+            "1",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=300,
+    )
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "error: writing into" in r.stderr and "Traceback" not in r.stderr
     assert not [p.name for p in out.iterdir() if not p.name.startswith(".lock")]  # no half-written file left
@@ -411,9 +531,14 @@ def test_notebooks_check_their_parameters_before_any_work(tmp_path):
             check_parameters({key: value})
     t0 = time.time()
     with pytest.raises(papermill.PapermillExecutionError, match="parameter epochs = 'notanumber' is not allowed"):
-        papermill.execute_notebook(str(kit_root() / "notebooks" / "train1.ipynb"), str(tmp_path / "out.ipynb"),
-                                   parameters={"epochs": "notanumber", "output_dir": str(tmp_path)},
-                                   cwd=str(kit_root() / "notebooks"), progress_bar=False, kernel_name="python3")
+        papermill.execute_notebook(
+            str(kit_root() / "notebooks" / "train1.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"epochs": "notanumber", "output_dir": str(tmp_path)},
+            cwd=str(kit_root() / "notebooks"),
+            progress_bar=False,
+            kernel_name="python3",
+        )
     assert not (tmp_path / "data").exists()  # stopped before the data step
     print(f"stopped after {time.time() - t0:.1f} s")
 
@@ -423,8 +548,14 @@ def test_recalibrated_batchnorm_is_kept_with_the_cache(shapes_data, tmp_path, mo
     from captioning.solver import build_encoder
 
     data = copy_data(shapes_data, tmp_path / "data")
-    cfg = make_cfg(cfg_for(shapes_data, tmp_path / "out"), data_folder=str(data), encoder="resnet50",
-                   encoder_weights=None, recalibrate_images=16, encoded_image_size=2)
+    cfg = make_cfg(
+        cfg_for(shapes_data, tmp_path / "out"),
+        data_folder=str(data),
+        encoder="resnet50",
+        encoder_weights=None,
+        recalibrate_images=16,
+        encoded_image_size=2,
+    )
     first = build_encoder(cfg, progress=False).state_dict()
     assert len(list((data / "features").glob("BN_*.pt"))) == 1
 

@@ -1,4 +1,5 @@
 """The kit's setup files agree with each other, and the test settings do what they say."""
+
 import os
 import re
 import subprocess
@@ -29,14 +30,20 @@ def _pytest_in(folder, tmpdir, files):
     for name, text in files.items():
         (folder / name).write_text(text)
     tmpdir.mkdir(exist_ok=True)
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder)], cwd=folder,
-                         capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(tmpdir)))
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder)],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TMPDIR=str(tmpdir)),
+    )
     return res.returncode, res.stdout + res.stderr
 
 
-WRITES = ("def test_{name}(tmp_path):\n"
-          "    (tmp_path / 'checkpoint.pth.tar').write_bytes(bytes(1 << 20))\n"
-          "    assert {ok}\n")
+WRITES = (
+    "def test_{name}(tmp_path):\n    (tmp_path / 'checkpoint.pth.tar').write_bytes(bytes(1 << 20))\n    assert {ok}\n"
+)
 
 
 def test_the_suite_keeps_only_the_folders_of_failed_tests(tmp_path):
@@ -46,9 +53,14 @@ def test_the_suite_keeps_only_the_folders_of_failed_tests(tmp_path):
     pyproject = (ROOT / "pyproject.toml").read_text()
     project, tmpdir = tmp_path / "project", tmp_path / "tmp"
     project.mkdir()
-    rc, out = _pytest_in(project, tmpdir, {"pyproject.toml": pyproject,
-                                           "test_some.py": WRITES.format(name="passes", ok=True)
-                                           + WRITES.format(name="fails", ok=False)})
+    rc, out = _pytest_in(
+        project,
+        tmpdir,
+        {
+            "pyproject.toml": pyproject,
+            "test_some.py": WRITES.format(name="passes", ok=True) + WRITES.format(name="fails", ok=False),
+        },
+    )
     assert rc == 1, out
     kept = [p.relative_to(tmpdir) for p in tmpdir.rglob("checkpoint.pth.tar")]
     assert [p.parent.name for p in kept] == ["test_fails0"], kept
@@ -60,10 +72,15 @@ def test_the_suite_keeps_only_the_folders_of_failed_tests(tmp_path):
 
 def test_a_full_disk_is_named_once_in_the_summary(tmp_path):
     """The conftest's summary names the cause when tests fail because the disk filled up."""
-    rc, out = _pytest_in(tmp_path, tmp_path / "tmp", {
-        "conftest.py": (ROOT / "tests" / "conftest.py").read_text(),
-        "test_full.py": "import errno, os\n\ndef test_writes():\n"
-                        "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n\ndef test_fine():\n    pass\n"})
+    rc, out = _pytest_in(
+        tmp_path,
+        tmp_path / "tmp",
+        {
+            "conftest.py": (ROOT / "tests" / "conftest.py").read_text(),
+            "test_full.py": "import errno, os\n\ndef test_writes():\n"
+            "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n\ndef test_fine():\n    pass\n",
+        },
+    )
     assert rc == 1, out
     assert "the disk is full" in out
     assert "1 test(s) failed with 'No space left on device', the first: test_full.py::test_writes" in out

@@ -1,4 +1,5 @@
 """The procedurally generated shapes dataset."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioning.errors import KitError
-from captioning import shapes
-from captioning.shapes import COLORS, PLURAL, SHAPES, SIZE_RANGE, generate_shapes
+from captioning.data import shapes
+from captioning.data.shapes import COLORS, PLURAL, SHAPES, SIZE_RANGE, generate_shapes
+from captioning.internals.errors import KitError
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +64,25 @@ def _first_named(sentence, objects):
 
 def _larger_first_rate(data):
     """Among captions of images whose objects differ in size: how often the first phrase names a large object."""
-    firsts = [any(o["size"] == "large" for o in _first_named(s, im["objects"]))
-              for im in data["images"] if len({o["size"] for o in im["objects"]}) == 2 for s in im["sentences"]]
+    firsts = [
+        any(o["size"] == "large" for o in _first_named(s, im["objects"]))
+        for im in data["images"]
+        if len({o["size"] for o in im["objects"]}) == 2
+        for s in im["sentences"]
+    ]
     return float(np.mean(firsts)), len(firsts)
 
 
 def test_captions_name_larger_objects_first(tmp_path, monkeypatch):
-    data = json.loads(generate_shapes(tmp_path / "a", n_train=120, n_val=0, n_test=0, image_size=96,
-                                      seed=5).read_text())
+    data = json.loads(
+        generate_shapes(tmp_path / "a", n_train=120, n_val=0, n_test=0, image_size=96, seed=5).read_text()
+    )
     rate, n = _larger_first_rate(data)
     assert n > 150 and rate == 1.0
     monkeypatch.setattr(shapes, "LARGER_FIRST", 0.0)
-    shuffled = json.loads(generate_shapes(tmp_path / "b", n_train=120, n_val=0, n_test=0, image_size=96,
-                                          seed=5).read_text())
+    shuffled = json.loads(
+        generate_shapes(tmp_path / "b", n_train=120, n_val=0, n_test=0, image_size=96, seed=5).read_text()
+    )
     assert 0.3 < _larger_first_rate(shuffled)[0] < 0.8  # a random order: a large group is one of two or three
     # the grammar has its own random stream: the pictures do not depend on how captions are drawn
     assert [im["objects"] for im in shuffled["images"]] == [im["objects"] for im in data["images"]]
@@ -94,7 +101,7 @@ def test_objects_inside_image_apart_and_sized(generated):
             lo, hi = SIZE_RANGE[o["size"]]
             assert lo * size - 1 <= x1 - x0 <= hi * size + 1
         for i, a in enumerate(objects):
-            for b in objects[i + 1:]:
+            for b in objects[i + 1 :]:
                 overlap_w = min(a["bbox"][2], b["bbox"][2]) - max(a["bbox"][0], b["bbox"][0])
                 overlap_h = min(a["bbox"][3], b["bbox"][3]) - max(a["bbox"][1], b["bbox"][1])
                 assert overlap_w <= 0 or overlap_h <= 0
@@ -108,7 +115,7 @@ def test_images_show_the_objects_in_their_colours(generated):
         for o in im["objects"]:
             x0, y0, x1, y1 = o["bbox"]
             # The middle of every shape's box is filled (the star's centre too).
-            centre = pixels[(y0 + y1) // 2 - 1:(y0 + y1) // 2 + 2, (x0 + x1) // 2 - 1:(x0 + x1) // 2 + 2]
+            centre = pixels[(y0 + y1) // 2 - 1 : (y0 + y1) // 2 + 2, (x0 + x1) // 2 - 1 : (x0 + x1) // 2 + 2]
             mean = centre.reshape(-1, 3).mean(0)
             nearest = min(COLORS, key=lambda c: np.abs(np.asarray(COLORS[c]) - mean).sum())
             assert nearest == o["color"], (im["filename"], o, mean)
@@ -131,8 +138,9 @@ def test_parallel_drawing_matches_serial(tmp_path):
     big_images = json.loads(big.read_text())["images"][:12]
     assert big_images == json.loads(small.read_text())["images"]
     for im in big_images:
-        assert ((tmp_path / "big/images" / im["filename"]).read_bytes()
-                == (tmp_path / "small/images" / im["filename"]).read_bytes())
+        assert (tmp_path / "big/images" / im["filename"]).read_bytes() == (
+            tmp_path / "small/images" / im["filename"]
+        ).read_bytes()
 
 
 @pytest.mark.parametrize("kwargs", [dict(n_train=-1), dict(n_train=0, n_val=0, n_test=0), dict(image_size=16)])

@@ -1,7 +1,8 @@
 """The CLI's CPU threads: the CPUs idle at start, between 1 and the usable CPUs; OMP_NUM_THREADS overrides."""
+
 import torch
 
-from captioning import threads
+from captioning.internals import threads
 
 
 def test_the_idle_cpus_pick_the_threads(monkeypatch):

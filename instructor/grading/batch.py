@@ -14,6 +14,7 @@ A submission is a folder or a ``.zip`` (one per student; the id is its name) hol
 Outputs (``grades.csv``, ``feedback/ID.md``, ``summary.md``, ``results.json``, ``logs/ID.log``) are written at the
 end, each to a temporary name then renamed. One grading run per output folder at a time (a lock file).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -23,9 +24,9 @@ import sys
 import threading
 from pathlib import Path
 
-from captioning.errors import KitError
-from captioning.locks import folder_lock
-from captioning.recipe import GRADING, notebook_parameters
+from captioning.data.recipe import GRADING, notebook_parameters
+from captioning.internals.errors import KitError
+from captioning.internals.locks import folder_lock
 from instructor.grading.canary import run_canary
 from instructor.grading.job import Job, result_dict
 from instructor.grading.journal import Journal, grader_key, run_seed, submission_key
@@ -37,11 +38,13 @@ from instructor.grading.submissions import SubmissionError, discover, stage
 # What --notebooks runs (`python -m instructor.notebook_runs --only …`) and its small sizes on the shapes data;
 # the grader's key=value words after --notebooks (`--notebooks epochs=2`) override or add parameters.
 NOTEBOOK_RUNS = ("train1", "train2", "test_rnn", "test_attention")
-# the shapes recipe at grading size (captioning/recipe.py), one PyTorch thread: with --jobs 2 on 2 cores, the
+# the shapes recipe at grading size (captioning/data/recipe.py), one PyTorch thread: with --jobs 2 on 2 cores, the
 # notebooks' default of 2 threads would put 4 threads on 2 cores, which slowed training ~30x in a measured case
 SMALL_NOTEBOOK_PARAMS = {**notebook_parameters(GRADING), "threads": 1}
-_PARAM_RUNS = {"beam_size": ("test_rnn", "test_attention"),  # others: the training notebooks (train1, train2)
-               "threads": ("train1", "train2", "test_rnn", "test_attention")}
+_PARAM_RUNS = {
+    "beam_size": ("test_rnn", "test_attention"),  # others: the training notebooks (train1, train2)
+    "threads": ("train1", "train2", "test_rnn", "test_attention"),
+}
 
 
 def check_layers(allow_unsandboxed):
@@ -49,20 +52,39 @@ def check_layers(allow_unsandboxed):
     layers = probe_layers()
     missing = {k: detail for k, (ok, detail) in layers.items() if not ok}
     if missing and not allow_unsandboxed:
-        raise KitError("the grading sandbox is incomplete on this machine: " +
-                       "; ".join(f"{k}: {d}" for k, d in missing.items()) +
-                       f". Install what is missing ({INSTALL_HINT}; cgroups need root) or pass --allow-unsandboxed "
-                       f"to grade without these layers (student code then runs with fewer protections)")
+        raise KitError(
+            "the grading sandbox is incomplete on this machine: "
+            + "; ".join(f"{k}: {d}" for k, d in missing.items())
+            + f". Install what is missing ({INSTALL_HINT}; cgroups need root) or pass --allow-unsandboxed "
+            f"to grade without these layers (student code then runs with fewer protections)"
+        )
     if missing:
-        print("warning: grading WITHOUT these sandbox layers (--allow-unsandboxed): " +
-              "; ".join(f"{k}: {d}" for k, d in missing.items()), file=sys.stderr, flush=True)
+        print(
+            "warning: grading WITHOUT these sandbox layers (--allow-unsandboxed): "
+            + "; ".join(f"{k}: {d}" for k, d in missing.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     return [k for k in LAYERS if layers[k][0]], missing
 
 
 # ---------------------------------------------------------------------------------------------------- grading
-def grade(subs_dir, out, jobs=2, timeout=300.0, memory_mb=2048, notebooks=False, notebook_timeout=1800.0,
-          notebook_params=(), rubric_path=RUBRIC, progress=True, keep_sandboxes=False, test_timeout=None,
-          notebook_runs=NOTEBOOK_RUNS, allow_unsandboxed=False):
+def grade(
+    subs_dir,
+    out,
+    jobs=2,
+    timeout=300.0,
+    memory_mb=2048,
+    notebooks=False,
+    notebook_timeout=1800.0,
+    notebook_params=(),
+    rubric_path=RUBRIC,
+    progress=True,
+    keep_sandboxes=False,
+    test_timeout=None,
+    notebook_runs=NOTEBOOK_RUNS,
+    allow_unsandboxed=False,
+):
     """Grade every submission of ``subs_dir``; write the outputs into ``out``. Returns the list of results.
 
     ``timeout``: wall-clock seconds per submission; ``test_timeout``: seconds per hidden test and for importing
@@ -79,9 +101,13 @@ def grade(subs_dir, out, jobs=2, timeout=300.0, memory_mb=2048, notebooks=False,
         raise KitError(f"no submissions (folders or .zip files) in '{subs_dir}'")
     layers, missing = check_layers(allow_unsandboxed)
     per_test = min(float(test_timeout or rubric["per_test_timeout_s"]), float(timeout))
-    opts = {"timeout": float(timeout), "memory_mb": int(memory_mb), "per_test": per_test,
-            "notebooks": _notebook_args(notebook_runs, notebook_params, notebook_timeout) if notebooks else None,
-            "notebook_timeout": float(notebook_timeout)}
+    opts = {
+        "timeout": float(timeout),
+        "memory_mb": int(memory_mb),
+        "per_test": per_test,
+        "notebooks": _notebook_args(notebook_runs, notebook_params, notebook_timeout) if notebooks else None,
+        "notebook_timeout": float(notebook_timeout),
+    }
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, "grading", wait=False, what=f"grading into {out}"):
         work = out / ".work"
@@ -89,8 +115,17 @@ def grade(subs_dir, out, jobs=2, timeout=300.0, memory_mb=2048, notebooks=False,
         remove_stale_groups()
         work.mkdir()
         try:
-            results = _grade_all(subs, out, work, dict(opts, rubric=rubric), rubric_path, layers, max(1, int(jobs)),
-                                 progress, keep_sandboxes)
+            results = _grade_all(
+                subs,
+                out,
+                work,
+                dict(opts, rubric=rubric),
+                rubric_path,
+                layers,
+                max(1, int(jobs)),
+                progress,
+                keep_sandboxes,
+            )
         finally:
             if not keep_sandboxes:
                 shutil.rmtree(work, ignore_errors=True)
@@ -130,9 +165,16 @@ def _grade_all(subs, out, work, opts, rubric_path, layers, jobs, progress, keep)
         try:
             res = Job(sub, work / sub.id, edition, reference, opts, layers, run_id).run()
         except Exception as e:  # noqa: BLE001 - a grader bug: this row says so, the batch goes on
-            res = result_dict(sub, opts["rubric"], {}, "grader-error", f"the grader failed on this submission "
-                              f"({type(e).__name__}: {e}); it is not journaled: re-run the same command to grade "
-                              f"it again", 0.0)
+            res = result_dict(
+                sub,
+                opts["rubric"],
+                {},
+                "grader-error",
+                f"the grader failed on this submission "
+                f"({type(e).__name__}: {e}); it is not journaled: re-run the same command to grade "
+                f"it again",
+                0.0,
+            )
         _journal(journal, sub, key, res)
         if not keep:
             shutil.rmtree(work / sub.id, ignore_errors=True)
@@ -180,8 +222,8 @@ def _journal(journal, sub, key, res):
 def _edition(dest, with_notebooks):
     """The student edition's ``captioning/`` (and ``notebooks/``) — what a sandbox may hold of the kit."""
     from captioning.check import kit_root
-    from instructor.release import in_student_edition, kit_files
     from instructor.regions import strip_solutions
+    from instructor.release import in_student_edition, kit_files
 
     root = kit_root()
     for rel in kit_files(root):
@@ -208,8 +250,11 @@ def _notebook_args(notebook_runs, notebook_params, notebook_timeout):
     """The arguments of ``python -m instructor.notebook_runs`` after ``--out DIR``: the grading sizes of the
     selected runs, updated by the ``key=value`` strings ``notebook_params``."""
     # the runner refuses a parameter that none of the selected notebooks has
-    params = {k: str(v) for k, v in SMALL_NOTEBOOK_PARAMS.items()
-              if set(_PARAM_RUNS.get(k, ("train1", "train2"))) & set(notebook_runs)}
+    params = {
+        k: str(v)
+        for k, v in SMALL_NOTEBOOK_PARAMS.items()
+        if set(_PARAM_RUNS.get(k, ("train1", "train2"))) & set(notebook_runs)
+    }
     for kv in notebook_params:
         k, sep, v = kv.partition("=")
         if not sep or not k:

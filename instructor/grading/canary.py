@@ -7,6 +7,7 @@ The causes it names: a Python, venv or site-packages folder reached through a sy
 folder the link points to, so the path the grader runs does not exist inside the sandbox); otherwise the
 reference's status and its first failed tests (e.g. torch not importable in the sandbox, a limit too small).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from captioning.errors import KitError
+from captioning.internals.errors import KitError
 
 CANARY_ID = "_canary"  # a submission id never starts with "_" or "." (submissions.discover)
 CANARY_DIR = ".canary"
@@ -35,8 +36,11 @@ def link_problems(paths=None):
     from instructor.grading.sandbox import site_packages
 
     if paths is None:
-        paths = [("the venv", sys.prefix), ("the Python interpreter", sys.executable),
-                 *(("site-packages", p) for p in site_packages())]
+        paths = [
+            ("the venv", sys.prefix),
+            ("the Python interpreter", sys.executable),
+            *(("site-packages", p) for p in site_packages()),
+        ]
     out, seen = [], set()
     for what, path in paths:
         found = _first_link(path)
@@ -47,9 +51,11 @@ def link_problems(paths=None):
         if what == "the Python interpreter" and str(link) == os.path.abspath(path):
             # the venv's own bin/python -> /usr/bin/python3.x is fine: the sandbox resolves it itself
             continue
-        out.append(f"{what} at {path} is not visible inside the sandbox: {link} is a symbolic link to {target} "
-                   f"(the sandbox binds {target}, not the link). Run the grader with the venv's real path "
-                   f"({target}), or replace the link by the folder itself")
+        out.append(
+            f"{what} at {path} is not visible inside the sandbox: {link} is a symbolic link to {target} "
+            f"(the sandbox binds {target}, not the link). Run the grader with the venv's real path "
+            f"({target}), or replace the link by the folder itself"
+        )
     return out
 
 
@@ -57,18 +63,21 @@ def explain(result, layers, paths=None):
     """Why the reference scored below 100 %: what ``link_problems`` finds (with bubblewrap), then its status and
     its first failed tests."""
     causes = link_problems(paths) if "bwrap" in layers else []
-    failed = [f"{name}: {t.get('message', '')[:200]}" for name, t in result.get("tests", {}).items()
-              if not t.get("ok")]
-    what = (f"the reference solution scored {result.get('total')}/{result.get('max')} in the grading sandbox "
-            f"(status {result.get('status')}{': ' + result['message'][:300] if result.get('message') else ''})")
+    failed = [f"{name}: {t.get('message', '')[:200]}" for name, t in result.get("tests", {}).items() if not t.get("ok")]
+    what = (
+        f"the reference solution scored {result.get('total')}/{result.get('max')} in the grading sandbox "
+        f"(status {result.get('status')}{': ' + result['message'][:300] if result.get('message') else ''})"
+    )
     lines = [f"canary failed: {what}, so every submission would be graded wrongly; no grades were written."]
     if causes:
         lines.append("Cause: " + "; ".join(causes) + ".")
     if failed:
         lines.append("First failed tests: " + " | ".join(failed[:3]))
     if not causes:
-        lines.append("Check the environment (python -m instructor grade --check-sandbox; torch importable; the "
-                     "limits --timeout, --test-timeout, --memory-mb) and grade again.")
+        lines.append(
+            "Check the environment (python -m instructor grade --check-sandbox; torch importable; the "
+            "limits --timeout, --test-timeout, --memory-mb) and grade again."
+        )
     return "\n".join(lines)
 
 
@@ -85,8 +94,9 @@ def run_canary(edition, reference, opts, layers, work, run_id):
     src.mkdir(parents=True)
     shutil.copyfile(kit_root() / "captioning" / "models.py", src / "models.py")
     try:
-        result = Job(Submission(CANARY_ID, src, models=src / "models.py"), folder, edition, reference, opts, layers,
-                     run_id).run()
+        result = Job(
+            Submission(CANARY_ID, src, models=src / "models.py"), folder, edition, reference, opts, layers, run_id
+        ).run()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if result.get("status") != "ok" or result.get("total") != result.get("max"):

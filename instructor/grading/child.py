@@ -1,5 +1,5 @@
-"""The process that runs ONE submission's code — copied into its sandbox as ``_grade_child.py`` (with ``_wire.py``)
-and started there by the grader (``remote.py``):
+"""The process that runs ONE submission's code — copied into its sandbox as ``_grade_child.py`` (with ``_wire.py``
+and ``_child_errors.py``) and started there by the grader (``remote.py``):
 
     python -S _grade_child.py FD_IN FD_OUT MEMORY_MB
 
@@ -23,62 +23,33 @@ time over two pipes (``wire.py`` messages), and sends back raw outputs, which th
 Standard library and torch only before the student's code is imported; messages about the student's exceptions
 name their line in models.py and never quote another file.
 """
+
 import os
-import re
 import resource
 import signal
 import sys
 import time
-import traceback
 
-_ALLOC = re.compile(r"can't allocate memory|not enough memory|DefaultCPUAllocator|bad_alloc|out of memory|"
-                    r"Cannot allocate memory|failed to map segment", re.IGNORECASE)
-SETTINGS = ("in_features", "out_features", "input_size", "hidden_size", "num_embeddings", "embedding_dim",
-            "padding_idx", "num_features", "eps", "momentum", "affine", "track_running_stats", "p", "inplace", "dim",
-            "normalized_shape")
+from _child_errors import classify, describe, on_alarm  # staged beside this script, like _wire.py
 
-
-class TestTimeout(BaseException):
-    """Raised when one request runs past its limit: SIGPROF after ``cpu_limit`` seconds of CPU time (so a busy
-    machine does not cost a correct submission its points), SIGALRM after ``limit`` seconds of wall-clock time (a
-    backstop for code that sleeps). A BaseException: ``except Exception`` in the student's code does not swallow
-    it. The grader kills the process if neither fires (the student's code may have changed the timers)."""
-
-    def __init__(self, clock="cpu"):
-        super().__init__(clock)
-        self.clock = clock
-
-
-def _on_alarm(signum, frame):
-    raise TestTimeout("cpu" if signum == signal.SIGPROF else "wall")
-
-
-def classify(e):
-    if isinstance(e, TestTimeout):
-        return "timeout"
-    if isinstance(e, MemoryError) or (isinstance(e, (RuntimeError, OSError, ImportError)) and _ALLOC.search(str(e))):
-        return "memory"
-    if isinstance(e, SystemExit):
-        return "exit"
-    return "error"
-
-
-def describe(e, models_path, limit_s, cpu_s=None):
-    if isinstance(e, TestTimeout):
-        if e.clock == "cpu" and cpu_s is not None:
-            return f"did not finish within {cpu_s:g} s of CPU time (an endless loop?)"
-        return f"did not finish within {limit_s:g} s (an endless loop, or waiting for something?)"
-    if isinstance(e, SystemExit):
-        return f"your code called sys.exit({e.code!r}); never exit from models.py"
-    where = ""
-    for fs in reversed(traceback.extract_tb(e.__traceback__)):
-        if os.path.abspath(fs.filename) == models_path:
-            where = f" (models.py line {fs.lineno}, in {fs.name})"
-            break
-    text = " ".join(str(e).split())[:400]
-    if classify(e) == "memory":
-        return f"ran out of memory: {type(e).__name__}: {text}{where}"
-    return f"{type(e).__name__}: {text}{where}"
+SETTINGS = (
+    "in_features",
+    "out_features",
+    "input_size",
+    "hidden_size",
+    "num_embeddings",
+    "embedding_dim",
+    "padding_idx",
+    "num_features",
+    "eps",
+    "momentum",
+    "affine",
+    "track_running_stats",
+    "p",
+    "inplace",
+    "dim",
+    "normalized_shape",
+)
 
 
 def _vm_bytes():
@@ -94,10 +65,9 @@ def _vm_bytes():
 
 class Server:
     def __init__(self, fd_in, fd_out, models_path):
+        import _wire
         import torch
         from torch import nn
-
-        import _wire
 
         self.torch, self.nn, self.wire = torch, nn, _wire
         self.fd_in, self.fd_out, self.models_path = fd_in, fd_out, models_path
@@ -118,17 +88,27 @@ class Server:
 
     def refcall(self, oid, path, args, kwargs, train):
         """Ask the grader to run the reference's ``path`` (a method or sub-module of object ``oid``)."""
-        self.send({"op": "refcall", "id": oid, "path": path, "args": tuple(args), "kwargs": dict(kwargs),
-                   "train": bool(train)})
+        self.send(
+            {
+                "op": "refcall",
+                "id": oid,
+                "path": path,
+                "args": tuple(args),
+                "kwargs": dict(kwargs),
+                "train": bool(train),
+            }
+        )
         answer = self.receive()
         if not isinstance(answer, dict) or not answer.get("ok"):
-            raise RuntimeError(f"the reference {path} could not run on these inputs: "
-                               f"{answer.get('message') if isinstance(answer, dict) else answer}")
+            raise RuntimeError(
+                f"the reference {path} could not run on these inputs: "
+                f"{answer.get('message') if isinstance(answer, dict) else answer}"
+            )
         return answer["value"]
 
     def serve(self):
-        signal.signal(signal.SIGALRM, _on_alarm)
-        signal.signal(signal.SIGPROF, _on_alarm)
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.signal(signal.SIGPROF, on_alarm)
         while True:
             req = self.receive()
             if not isinstance(req, dict) or req.get("op") == "exit":
@@ -182,9 +162,12 @@ class Server:
                 setattr(self.stu, name, v)
         oid = len(self.objects)
         self.objects[oid] = obj
-        return {"id": oid, "modules": self._describe(obj), "recorded": recorded,
-                "state": {k: [list(v.shape), str(v.dtype).removeprefix("torch.")]
-                          for k, v in obj.state_dict().items()}}
+        return {
+            "id": oid,
+            "modules": self._describe(obj),
+            "recorded": recorded,
+            "state": {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in obj.state_dict().items()},
+        }
 
     def _recorder(self, name, recorded, recipe=None):
         """A stand-in for the student's class ``name`` inside another class's ``__init__``: it records the
@@ -206,8 +189,7 @@ class Server:
                 bound.update(kwargs)
                 try:
                     for lname, kind, kw in recipe["layers"]:
-                        kw = {k: bound[v[1:]] if isinstance(v, str) and v.startswith("$") else v
-                              for k, v in kw.items()}
+                        kw = {k: bound[v[1:]] if isinstance(v, str) and v.startswith("$") else v for k, v in kw.items()}
                         self.add_module(lname, getattr(nn, kind)(**kw))
                 except Exception:  # noqa: BLE001 - e.g. a missing argument, a float size
                     pass
@@ -350,21 +332,22 @@ def main():
 
     torch.set_num_threads(1)
     server = Server(fd_in, fd_out, models_path)
-    import captioning.errors  # noqa: F401  (the sandbox's package, not an installed one)
+    import captioning.internals.errors  # noqa: F401  (the sandbox's package, not an installed one)
 
-    if os.path.dirname(os.path.abspath(captioning.errors.__file__)) != os.path.join(here, "captioning"):
-        server.send({"fatal": f"captioning was imported from {captioning.errors.__file__}, not the sandbox"})
+    sandbox_errors = os.path.join(here, "captioning", "internals")  # where the sandbox holds errors.py
+    if os.path.dirname(os.path.abspath(captioning.internals.errors.__file__)) != sandbox_errors:
+        server.send({"fatal": f"captioning was imported from {captioning.internals.errors.__file__}, not the sandbox"})
         return
     # From here on the student's code may run: tighten the address-space limit to what is mapped now plus the
     # submission's allowance (one process; the sandbox's cgroup limits all of them together).
     vm = _vm_bytes()
     if memory_mb > 0 and vm:
-        limit = vm + memory_mb * 2 ** 20
+        limit = vm + memory_mb * 2**20
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    server.send({"ready": True, "vm_mb": None if vm is None else round(vm / 2 ** 20), "t": time.time()})
+    server.send({"ready": True, "vm_mb": None if vm is None else round(vm / 2**20), "t": time.time()})
     server.serve()
     os._exit(0)  # skip atexit handlers the student's code may have registered
 

@@ -2,6 +2,7 @@
 contained. The probe runs exactly as a submission's process runs (same command, same cgroups, same limits); what
 can be checked from outside (files, processes, a listening socket) is checked here, not taken from the probe.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from instructor.grading.sandbox import (LAYERS, Cgroups, child_env, cpu_budget, preexec, probe_layers,
-                                        BASE_ADDRESS_SPACE_MB)
+from instructor.grading.sandbox import (
+    BASE_ADDRESS_SPACE_MB,
+    LAYERS,
+    Cgroups,
+    child_env,
+    cpu_budget,
+    preexec,
+    probe_layers,
+)
 
-PROBE = r'''
+PROBE = r"""
 import json, os, socket, sys, time
 args = json.loads(sys.argv[1])
 def say(name, contained, detail=""):
@@ -102,7 +110,7 @@ codes = [os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids]
 say("3 forked children x 1 GiB (limit 2048 MB beyond torch)", any(c != 0 for c in codes), f"exit codes {codes}")
 # the parent a submission sees: the namespace's own init (SIGKILL from inside cannot reach it), not the grader
 say("SIGKILL the grader (getppid)", os.getppid() == 1, f"getppid() = {os.getppid()}")
-'''
+"""
 
 
 def check_sandbox(out=print):
@@ -127,9 +135,13 @@ def check_sandbox(out=print):
     listener.listen(1)
     listener.settimeout(0.1)
     root = kit_root()
-    args = {"reference": str(root / "captioning" / "models.py"),
-            "hidden": str(root / "instructor" / "grading" / "hidden_tests.py"), "victim": str(victim),
-            "port": listener.getsockname()[1], "token": token}
+    args = {
+        "reference": str(root / "captioning" / "models.py"),
+        "hidden": str(root / "instructor" / "grading" / "hidden_tests.py"),
+        "victim": str(victim),
+        "port": listener.getsockname()[1],
+        "token": token,
+    }
     cg = Cgroups(f"grade-check-{os.getpid()}", 2048, active)
     try:
         rows = _run_probe(active, sandbox, args, cg)
@@ -141,11 +153,14 @@ def check_sandbox(out=print):
             pass
         cg.kill_all()
         time.sleep(0.2)
-        rows.append({"name": "children that called setsid() outlive the sandbox",
-                     "contained": not alive_with(token)})
+        rows.append({"name": "children that called setsid() outlive the sandbox", "contained": not alive_with(token)})
         rows.append({"name": "another submission's file unchanged", "contained": victim.read_text() == "untouched"})
-        rows.append({"name": "nothing written into the kit", "contained": not (root / "ESCAPED").exists()
-                     and not (Path.cwd() / "ESCAPED").exists()})
+        rows.append(
+            {
+                "name": "nothing written into the kit",
+                "contained": not (root / "ESCAPED").exists() and not (Path.cwd() / "ESCAPED").exists(),
+            }
+        )
     finally:
         listener.close()
         cg.remove()
@@ -156,8 +171,10 @@ def check_sandbox(out=print):
     for r in rows:
         c = r.get("contained")
         ok &= c is not False
-        out(f"{'contained' if c else ('n/a' if c is None else 'NOT CONTAINED'):<14} {r['name']}"
-            + (f" ({r['detail']})" if r.get("detail") else ""))
+        out(
+            f"{'contained' if c else ('n/a' if c is None else 'NOT CONTAINED'):<14} {r['name']}"
+            + (f" ({r['detail']})" if r.get("detail") else "")
+        )
     out("every escape is contained" if ok else "some escapes are NOT contained: do not grade untrusted code here")
     return ok
 
@@ -168,9 +185,15 @@ def _run_probe(layers, sandbox, args, cg):
     where = "/sandbox" if "bwrap" in layers else str(sandbox)
     argv, cwd, pypath = command(layers, sandbox, [f"{where}/probe.py", json.dumps(args)])
     env = child_env("/tmp" if "bwrap" in layers else sandbox, pypath)
-    r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, timeout=120, start_new_session=True,
-                       preexec_fn=preexec((2048 + BASE_ADDRESS_SPACE_MB) * 2 ** 20, cg.procs_files,
-                                          cpu_budget(20.0, 1)))
+    r = subprocess.run(
+        argv,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        timeout=120,
+        start_new_session=True,
+        preexec_fn=preexec((2048 + BASE_ADDRESS_SPACE_MB) * 2**20, cg.procs_files, cpu_budget(20.0, 1)),
+    )
     rows = []
     for line in r.stdout.decode(errors="replace").splitlines():
         try:

@@ -7,6 +7,7 @@ the inputs (drawn from the run's secret seed, ``Context(seed=…)``), and the st
 run one of their methods on the reference's layers and weights, the graded methods it calls answered by the
 reference over the pipe (``serve_refcall``). The child only returns raw outputs; every comparison is made here.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,16 +25,26 @@ REL_TOL = 1e-4
 CFG = dict(vocab_size=23, embed_dim=8, decoder_dim=12, attention_dim=10, dropout=0.3)
 C, S = 7, 3  # encoder channels, grid side (P = 9 regions)
 P = S * S
-GRADED = {"DecoderWithRNN": ("forward", "one_step"), "Attention": ("forward",),
-          "DecoderWithAttention": ("forward", "one_step")}
+GRADED = {
+    "DecoderWithRNN": ("forward", "one_step"),
+    "Attention": ("forward",),
+    "DecoderWithAttention": ("forward", "one_step"),
+}
 REMOTE_MODULES = {"DecoderWithAttention": ("attention",)}
 # the graded methods each graded method may call: only these are answered with the reference
 CALLS = {"forward": ("one_step",), "one_step": ()}
 LENGTHS = (6, 9, 3, 7, 4)  # caption lengths incl. <start>/<end>, deliberately unsorted; T = 9
 # Without a run seed (unit tests, the public checks' comparisons) the inputs and weights come from these fixed
 # seeds; a grading run passes its secret seed (``Context(seed=…)``), from which every one of them is derived.
-SEEDS = {"inputs": 2024, "padding": 5, "dropout": 77, "layers": 31,
-         "weights:DecoderWithRNN": 11, "weights:Attention": 13, "weights:DecoderWithAttention": 17}
+SEEDS = {
+    "inputs": 2024,
+    "padding": 5,
+    "dropout": 77,
+    "layers": 31,
+    "weights:DecoderWithRNN": 11,
+    "weights:Attention": 13,
+    "weights:DecoderWithAttention": 17,
+}
 N_STEP = 5  # rows of the one_step inputs (differs from P, C, D so a wrong dimension shows)
 DROPOUT_SEED = SEEDS["dropout"]
 
@@ -65,8 +76,10 @@ def test(region, needs=None):
             ctx.passed[name] = False
             fn(ctx)
             if needs is not None and not ctx.passed.get(needs):
-                raise Failed(f"this check passed, but it earns its points only when {needs} passes too (your "
-                             f"outputs must first match the reference's)")
+                raise Failed(
+                    f"this check passed, but it earns its points only when {needs} passes too (your "
+                    f"outputs must first match the reference's)"
+                )
             ctx.passed[name] = True
 
         run.__name__, run.__doc__, run.needs = fn.__name__, fn.__doc__, needs
@@ -86,20 +99,26 @@ def rel_error(got, expected):
 
 
 def matches(got, want):
-    return is_tensor(got) and tuple(got.shape) == tuple(want.shape) and got.device == want.device and \
-        (got.numel() == 0 or rel_error(got, want) <= REL_TOL)
+    return (
+        is_tensor(got)
+        and tuple(got.shape) == tuple(want.shape)
+        and got.device == want.device
+        and (got.numel() == 0 or rel_error(got, want) <= REL_TOL)
+    )
 
 
 def close(name, got, want, hint=""):
     if not is_tensor(got):
         raise Failed(f"{name} should be a tensor of shape {tuple(want.shape)}, got {_kind(got)}")
     if tuple(got.shape) != tuple(want.shape):
-        raise Failed(f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}" +
-                     (f". {hint}" if hint else ""))
+        raise Failed(
+            f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}" + (f". {hint}" if hint else "")
+        )
     err = rel_error(got, want)
     if not err <= REL_TOL:
-        raise Failed(f"{name} differs from the reference: relative error {err:.2e} > {REL_TOL:g}" +
-                     (f". {hint}" if hint else ""))
+        raise Failed(
+            f"{name} differs from the reference: relative error {err:.2e} > {REL_TOL:g}" + (f". {hint}" if hint else "")
+        )
 
 
 def _kind(x):
@@ -123,8 +142,13 @@ def _settings(m):
     if isinstance(m, nn.Embedding):
         return dict(num_embeddings=m.num_embeddings, embedding_dim=m.embedding_dim, padding_idx=m.padding_idx)
     if isinstance(m, nn.BatchNorm1d):
-        return dict(num_features=m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
-                    track_running_stats=m.track_running_stats)
+        return dict(
+            num_features=m.num_features,
+            eps=m.eps,
+            momentum=m.momentum,
+            affine=m.affine,
+            track_running_stats=m.track_running_stats,
+        )
     if isinstance(m, nn.Dropout):
         return dict(p=m.p)
     if isinstance(m, (nn.Sigmoid, nn.ReLU, nn.Tanh)):
@@ -135,15 +159,27 @@ def _settings(m):
 def hybrid_spec(cls, ref, method, state):
     """The ``hybrid`` request that rebuilds the reference object ``ref`` around the student's ``method``."""
     remote_mods = REMOTE_MODULES.get(cls, ())
-    modules = [[name, "remote" if name in remote_mods else type(m).__name__,
-                {} if name in remote_mods else _settings(m)] for name, m in ref._modules.items()]
-    attrs = {k: v for k, v in vars(ref).items()
-             if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str))}
-    own = [[C, CFG["decoder_dim"], CFG["attention_dim"]], {}] if cls == "Attention" else [[dict(CFG)],
-                                                                                          {"encoder_dim": C}]
-    return {"op": "hybrid", "cls": cls, "modules": modules, "attrs": attrs, "own": own,
-            "state": {k: v for k, v in state.items() if not any(k.startswith(m + ".") for m in remote_mods)},
-            "remote": [m for m in CALLS.get(method, ()) if m in GRADED[cls]]}
+    modules = [
+        [name, "remote" if name in remote_mods else type(m).__name__, {} if name in remote_mods else _settings(m)]
+        for name, m in ref._modules.items()
+    ]
+    attrs = {
+        k: v
+        for k, v in vars(ref).items()
+        if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str))
+    }
+    own = (
+        [[C, CFG["decoder_dim"], CFG["attention_dim"]], {}] if cls == "Attention" else [[dict(CFG)], {"encoder_dim": C}]
+    )
+    return {
+        "op": "hybrid",
+        "cls": cls,
+        "modules": modules,
+        "attrs": attrs,
+        "own": own,
+        "state": {k: v for k, v in state.items() if not any(k.startswith(m + ".") for m in remote_mods)},
+        "remote": [m for m in CALLS.get(method, ()) if m in GRADED[cls]],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- context
@@ -165,21 +201,28 @@ class Context:
         caps = torch.randint(1, CFG["vocab_size"], (len(LENGTHS), max(LENGTHS)), generator=g)
         for i, n in enumerate(LENGTHS):
             caps[i, n:] = 0
-        self.fwd = {"encoder_out": torch.randn(len(LENGTHS), S, S, C, generator=g), "captions": caps,
-                    "lengths": torch.tensor(LENGTHS)}
-        self.step = {"embeddings": torch.randn(N_STEP, CFG["embed_dim"], generator=g),
-                     "h": torch.randn(N_STEP, CFG["decoder_dim"], generator=g),
-                     "c": torch.randn(N_STEP, CFG["decoder_dim"], generator=g),
-                     "encoder_out": torch.randn(N_STEP, P, C, generator=g)}
-        self.att_in = {"encoder_out": torch.randn(6, P, C, generator=g),
-                       "h": torch.randn(6, CFG["decoder_dim"], generator=g)}
+        self.fwd = {
+            "encoder_out": torch.randn(len(LENGTHS), S, S, C, generator=g),
+            "captions": caps,
+            "lengths": torch.tensor(LENGTHS),
+        }
+        self.step = {
+            "embeddings": torch.randn(N_STEP, CFG["embed_dim"], generator=g),
+            "h": torch.randn(N_STEP, CFG["decoder_dim"], generator=g),
+            "c": torch.randn(N_STEP, CFG["decoder_dim"], generator=g),
+            "encoder_out": torch.randn(N_STEP, P, C, generator=g),
+        }
+        self.att_in = {
+            "encoder_out": torch.randn(6, P, C, generator=g),
+            "h": torch.randn(6, CFG["decoder_dim"], generator=g),
+        }
 
     def derive(self, label):
         """The seed for ``label`` (e.g. "inputs", "weights:Attention"): fixed without a run seed, else drawn from
         the run's seed by SHA-256 (one seed cannot be told from another, nor the run's seed from any of them)."""
         if self.seed is None:
             return SEEDS[label]
-        return int.from_bytes(hashlib.sha256(f"{self.seed}\0{label}".encode()).digest()[:8], "little") % 2 ** 62
+        return int.from_bytes(hashlib.sha256(f"{self.seed}\0{label}".encode()).digest()[:8], "little") % 2**62
 
     def generator(self, label):
         return torch.Generator().manual_seed(self.derive(label))
@@ -200,8 +243,11 @@ class Context:
             with torch.no_grad():
                 for name, t in sorted(mod.state_dict().items()):
                     if t.is_floating_point():
-                        t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
-                                else torch.randn(t.shape, generator=g) * 0.4)
+                        t.copy_(
+                            torch.rand(t.shape, generator=g) + 0.5
+                            if name.endswith("running_var")
+                            else torch.randn(t.shape, generator=g) * 0.4
+                        )
             self._states[cls] = {k: v.clone() for k, v in mod.state_dict().items()}
         return self._states[cls]
 
@@ -231,9 +277,16 @@ class Context:
                 else:
                     args, kwargs = [dict(CFG)], {"encoder_dim": C}
                 record = ["Attention"] if cls == "DecoderWithAttention" else []
-                self._builds[cls] = self._request({"op": "build", "cls": cls, "args": args, "kwargs": kwargs,
-                                                   "record": record,
-                                                   "recipes": {r: self.recipe(r) for r in record}})
+                self._builds[cls] = self._request(
+                    {
+                        "op": "build",
+                        "cls": cls,
+                        "args": args,
+                        "kwargs": kwargs,
+                        "record": record,
+                        "recipes": {r: self.recipe(r) for r in record},
+                    }
+                )
             except StudentError as e:
                 self._builds[cls] = e
         got = self._builds[cls]
@@ -257,8 +310,10 @@ class Context:
         by_value = {v: k for k, v in values.items() if k in params}
         layers = []
         for name, m in ref._modules.items():
-            kw = {k: (f"${by_value[v]}" if isinstance(v, int) and not isinstance(v, bool) and v in by_value else v)
-                  for k, v in _settings(m).items()}
+            kw = {
+                k: (f"${by_value[v]}" if isinstance(v, int) and not isinstance(v, bool) and v in by_value else v)
+                for k, v in _settings(m).items()
+            }
             layers.append([name, type(m).__name__, kw])
         return {"params": params, "layers": layers}
 
@@ -287,17 +342,30 @@ class Context:
             oid = self._request(hybrid_spec(cls, ref, method, state))["id"]
         except StudentError as e:
             raise Failed(f"models.py: {cls} could not be set up for the test: {e.message}") from None
-        self._refs[oid] = {"module": ref, "paths": {m for m in CALLS.get(method, ()) if m in GRADED[cls]}
-                           | set(REMOTE_MODULES.get(cls, ())), "meta": None}
+        self._refs[oid] = {
+            "module": ref,
+            "paths": {m for m in CALLS.get(method, ()) if m in GRADED[cls]} | set(REMOTE_MODULES.get(cls, ())),
+            "meta": None,
+        }
         return oid
 
     def call(self, oid, method, args, train=False, seed=None, device="cpu", cpu_args=(), return_args=False):
         """Their ``method`` (or sub-module, a dotted path) of object ``oid`` on ``args``; what it returned (with
         ``return_args``: (that, the args as the call left them)). Raises Failed with their error."""
         try:
-            return self._request({"op": "call", "id": oid, "method": method, "args": list(args), "train": train,
-                                  "seed": seed, "device": device, "cpu_args": list(cpu_args),
-                                  "return_args": return_args})
+            return self._request(
+                {
+                    "op": "call",
+                    "id": oid,
+                    "method": method,
+                    "args": list(args),
+                    "train": train,
+                    "seed": seed,
+                    "device": device,
+                    "cpu_args": list(cpu_args),
+                    "return_args": return_args,
+                }
+            )
         except StudentError as e:
             raise Failed(e.message) from None
 
@@ -327,31 +395,3 @@ class StudentError(Exception):
     def __init__(self, kind, message):
         super().__init__(message)
         self.kind, self.message = kind, message
-
-
-def forward_outputs(kind, out):
-    names = ["predictions", "encoded_captions", "decode_lengths", "sort_ind"]
-    if kind == "DecoderWithAttention":
-        names.insert(3, "alphas")
-    return unpack(out, names)
-
-
-def one_step_names(kind):
-    return ["preds", "h", "c"] if kind == "DecoderWithRNN" else ["preds", "alpha", "h", "c"]
-
-
-def one_step_args(kind, inp):
-    if kind == "DecoderWithRNN":
-        return [inp["embeddings"], inp["h"], inp["c"]]
-    return [inp["embeddings"], inp["encoder_out"], inp["h"], inp["c"]]
-
-
-def ref_one_step(kind, mod, inp):
-    with torch.no_grad():
-        return unpack(mod.one_step(*one_step_args(kind, inp)), one_step_names(kind))
-
-
-def dropout_mask(shape, p, seed, dtype=torch.float32):
-    """The scaled mask nn.Dropout(p) draws first after torch.manual_seed(seed) (CPU)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.empty(shape, dtype=dtype).bernoulli_(1 - p, generator=g).div_(1 - p)

@@ -16,21 +16,37 @@ layers on 3-d inputs) pays only when ``…_layer_names_shapes`` passed; ``att_in
 ``Attention(...)`` they build, stood in for by the reference's layers made from their arguments, loads the
 grader's attention weights and computes with them.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from instructor.grading.hidden_harness import C, CFG, Failed, close, dropout_mask, is_tensor, test
+from instructor.grading.hidden_checks import dropout_mask
+from instructor.grading.hidden_harness import CFG, C, Failed, close, is_tensor, test
 
 # the reference's layers (for hints; the verdicts come from what the layers compute)
 EXPECTED_TYPES = {
-    "DecoderWithRNN": {"embedding": "Embedding", "decode_step": "LSTMCell", "init": "Linear", "bn": "BatchNorm1d",
-                       "fc": "Linear", "dropout": "Dropout"},
+    "DecoderWithRNN": {
+        "embedding": "Embedding",
+        "decode_step": "LSTMCell",
+        "init": "Linear",
+        "bn": "BatchNorm1d",
+        "fc": "Linear",
+        "dropout": "Dropout",
+    },
     "Attention": {"encoder_att": "Linear", "decoder_att": "Linear", "att": "Linear"},
-    "DecoderWithAttention": {"attention": "Attention", "embedding": "Embedding", "decode_step": "LSTMCell",
-                             "init_h": "Linear", "init_c": "Linear", "f_beta": "Linear", "sigmoid": "Sigmoid",
-                             "fc": "Linear", "dropout": "Dropout"},
+    "DecoderWithAttention": {
+        "attention": "Attention",
+        "embedding": "Embedding",
+        "decode_step": "LSTMCell",
+        "init_h": "Linear",
+        "init_c": "Linear",
+        "f_beta": "Linear",
+        "sigmoid": "Sigmoid",
+        "fc": "Linear",
+        "dropout": "Dropout",
+    },
 }
 STAND_IN = "attention"  # the sub-module built by another graded class (judged by att_init_attention_arguments)
 N_ROWS = 4  # rows of the layer inputs
@@ -41,8 +57,11 @@ def _todo(cls, msg):
 
 
 def _top(built):
-    return {m["name"]: m for m in built["modules"] if isinstance(m, dict) and isinstance(m.get("name"), str)
-            and "." not in m["name"]}
+    return {
+        m["name"]: m
+        for m in built["modules"]
+        if isinstance(m, dict) and isinstance(m.get("name"), str) and "." not in m["name"]
+    }
 
 
 def _weighted(module):
@@ -57,8 +76,10 @@ def _layer_inputs(ctx, m, path, three_d=False):
     if isinstance(m, nn.Embedding):
         return [torch.randint(0, m.num_embeddings, (N_ROWS, 5), generator=g)]
     if isinstance(m, nn.LSTMCell):
-        return [torch.randn(N_ROWS, m.input_size, generator=g),
-                (torch.randn(N_ROWS, m.hidden_size, generator=g), torch.randn(N_ROWS, m.hidden_size, generator=g))]
+        return [
+            torch.randn(N_ROWS, m.input_size, generator=g),
+            (torch.randn(N_ROWS, m.hidden_size, generator=g), torch.randn(N_ROWS, m.hidden_size, generator=g)),
+        ]
     if isinstance(m, nn.Linear):
         return [torch.randn(*lead, m.in_features, generator=g)]
     if isinstance(m, nn.BatchNorm1d):
@@ -93,8 +114,9 @@ def _verdicts(ctx, cls):
     if key not in ctx._loads:
         oid, _, _ = ctx.load(cls)
         ref = ctx.reference(cls)
-        ctx._loads[key] = {name: _computes(ctx, oid, name, m) for name, m in ref._modules.items()
-                           if name != STAND_IN and _weighted(m)}
+        ctx._loads[key] = {
+            name: _computes(ctx, oid, name, m) for name, m in ref._modules.items() if name != STAND_IN and _weighted(m)
+        }
     return ctx._loads[key]
 
 
@@ -102,7 +124,9 @@ def _load_hint(ctx, cls, problems, extra):
     """A hint from their process's description (names, shapes) for the modules that did not load."""
     built = ctx.build(cls)
     want = {k: list(v.shape) for k, v in ctx.state(cls).items() if not k.startswith(STAND_IN + ".")}
-    have = {k: v[0] for k, v in built["state"].items() if isinstance(v, list) and v and not k.startswith(STAND_IN + ".")}
+    have = {
+        k: v[0] for k, v in built["state"].items() if isinstance(v, list) and v and not k.startswith(STAND_IN + ".")
+    }
     missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing:
         return f"weights missing: {', '.join(missing)} (layer names are graded; use the banner's names)"
@@ -119,8 +143,9 @@ def _names_shapes(ctx, cls):
     problems = {m: why for m, why in problems.items() if m != STAND_IN}
     extra = [m for m in extra if m != STAND_IN]
     if problems or extra:
-        raise _todo(cls, "the grader's weights do not load into your layers by name: "
-                         + _load_hint(ctx, cls, problems, extra))
+        raise _todo(
+            cls, "the grader's weights do not load into your layers by name: " + _load_hint(ctx, cls, problems, extra)
+        )
     wrong = {name: why for name, why in _verdicts(ctx, cls).items() if why}
     if wrong:
         name, why = sorted(wrong.items())[0]
@@ -166,11 +191,15 @@ def _dropout(ctx, cls, oid, name, described):
     want = x * dropout_mask(x.shape, CFG["dropout"], ctx.dropout_seed)
     if not is_tensor(got) or tuple(got.shape) != tuple(x.shape) or (got - want).abs().max().item() > 1e-5:
         p = (described.get("settings") or {}).get("p")
-        raise _todo(cls, f"self.{name} should be nn.Dropout(p=self.dropout_p) (cfg dropout {CFG['dropout']}): in "
-                         f"train mode it does not drop what that layer drops" + (f" (its p is {p})" if p else ""))
+        raise _todo(
+            cls,
+            f"self.{name} should be nn.Dropout(p=self.dropout_p) (cfg dropout {CFG['dropout']}): in "
+            f"train mode it does not drop what that layer drops" + (f" (its p is {p})" if p else ""),
+        )
     if not isinstance(after, tuple) or not after or not is_tensor(after[0]) or not torch.equal(after[0], x):
-        raise _todo(cls, f"self.{name} must not be in place (inplace=True would also change the h returned to the "
-                         f"next step)")
+        raise _todo(
+            cls, f"self.{name} must not be in place (inplace=True would also change the h returned to the next step)"
+        )
     if not is_tensor(ev) or not torch.equal(ev, x):
         raise _todo(cls, f"self.{name} should be nn.Dropout: in eval mode it must return its input unchanged")
 
@@ -220,17 +249,27 @@ def test_att_init_attention_arguments(ctx):
     cls = "DecoderWithAttention"
     oid, problems, _ = ctx.load(cls)
     ref_att = ctx.reference(cls).attention
-    wrong = [why for name, m in ref_att._modules.items() if _weighted(m)
-             for why in [None if STAND_IN in problems else _computes(ctx, oid, f"{STAND_IN}.{name}", m)] if why]
+    wrong = [
+        why
+        for name, m in ref_att._modules.items()
+        if _weighted(m)
+        for why in [None if STAND_IN in problems else _computes(ctx, oid, f"{STAND_IN}.{name}", m)]
+        if why
+    ]
     if STAND_IN not in problems and not wrong:
         return
     calls = [c for c in ctx.build(cls)["recorded"] if isinstance(c, dict) and c.get("cls") == "Attention"]
     want = f"Attention({C}, {CFG['decoder_dim']}, {CFG['attention_dim']})"
     if len(calls) != 1:
-        raise _todo(cls, f"self.attention should be Attention(encoder_dim, decoder_dim, attention_dim) = {want}, "
-                         f"built once; it was built {len(calls)} times")
+        raise _todo(
+            cls,
+            f"self.attention should be Attention(encoder_dim, decoder_dim, attention_dim) = {want}, "
+            f"built once; it was built {len(calls)} times",
+        )
     args = [repr(a) for a in calls[0].get("args", ())] if isinstance(calls[0].get("args"), (list, tuple)) else []
     kwargs = calls[0].get("kwargs") if isinstance(calls[0].get("kwargs"), dict) else {}
     got = ", ".join(args + [f"{k}={v!r}" for k, v in kwargs.items()])
-    raise _todo(cls, f"self.attention should be Attention(encoder_dim, decoder_dim, attention_dim) = {want}, got "
-                     f"Attention({got})")
+    raise _todo(
+        cls,
+        f"self.attention should be Attention(encoder_dim, decoder_dim, attention_dim) = {want}, got Attention({got})",
+    )

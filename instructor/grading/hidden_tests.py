@@ -22,85 +22,37 @@ from an earlier test and replayed.
 
 Numbers: rel_error(got, expected) = max|got - expected| / (max|expected| + 1e-8) <= 1e-4, as in the public checks.
 """
+
 from __future__ import annotations
 
 import torch
-from instructor.grading.hidden_harness import (C, CFG, LENGTHS, P, REL_TOL, TESTS, Context, Failed,
-                                               close, dropout_mask, forward_outputs, is_tensor, matches,
-                                               one_step_args, one_step_names, ref_one_step, rel_error, test, unpack)
 
+import instructor.grading.hidden_attention_tests  # noqa: F401  (registers the Attention.forward tests, after __init__'s)
+from instructor.grading.hidden_checks import (
+    dropout_mask,
+    forward_outputs,
+    on_meta,
+    one_step_args,
+    one_step_names,
+    ref_one_step,
+)
+from instructor.grading.hidden_harness import (
+    CFG,
+    LENGTHS,
+    REL_TOL,
+    TESTS,
+    Context,
+    Failed,
+    close,
+    is_tensor,
+    matches,
+    rel_error,
+    test,
+    unpack,
+)
 from instructor.grading.hidden_init_tests import EXPECTED_TYPES  # importing it registers the __init__ tests first
 
 __all__ = ["TESTS", "Context", "Failed", "EXPECTED_TYPES"]  # what the grader (job.py, the rubric check) uses
-
-# --------------------------------------------------------------------------------------------- attention tests
-def _attend(ctx, inp, oid=None):
-    oid = oid if oid is not None else ctx.hybrid("Attention", "forward")
-    return unpack(ctx.call(oid, "forward", [inp["encoder_out"], inp["h"]]), ["z", "alpha"])
-
-
-@test("Attention.forward")
-def test_attention_forward_eval(ctx):
-    with torch.no_grad():
-        want = unpack(ctx.reference("Attention")(ctx.att_in["encoder_out"], ctx.att_in["h"]), ["z", "alpha"])
-    got = _attend(ctx, ctx.att_in)
-    close("alpha", got["alpha"], want["alpha"],
-          "alpha = softmax over regions of att(relu(encoder_att(encoder_out) + decoder_att(h).unsqueeze(1)))")
-    close("z", got["z"], want["z"], "z = sum over regions of encoder_out * alpha")
-
-
-@test("Attention.forward", needs="attention_forward_eval")
-def test_attention_softmax_over_regions(ctx):
-    alpha = _attend(ctx, ctx.att_in)["alpha"]
-    n = ctx.att_in["h"].size(0)
-    if not is_tensor(alpha) or tuple(alpha.shape) != (n, P):
-        raise Failed(f"alpha should have shape (N, P) = {(n, P)}, got "
-                     f"{tuple(alpha.shape) if is_tensor(alpha) else type(alpha).__name__}")
-    s = alpha.sum(dim=1)
-    if (alpha < 0).any() or (s - 1).abs().max().item() > 1e-4:
-        raise Failed("alpha does not sum to 1 over the regions for each row: take the softmax over dim=1 (the P "
-                     "regions), not over the batch")
-
-
-@test("Attention.forward", needs="attention_forward_eval")
-def test_attention_batch_of_one(ctx):
-    oid = ctx.hybrid("Attention", "forward")
-    full = _attend(ctx, ctx.att_in, oid)
-    one = _attend(ctx, {k: v[:1] for k, v in ctx.att_in.items()}, oid)
-    for k, shape in (("z", (1, C)), ("alpha", (1, P))):
-        if not is_tensor(one[k]) or tuple(one[k].shape) != shape:
-            raise Failed(f"with a batch of one row, {k} should have shape {shape}, got "
-                         f"{tuple(one[k].shape) if is_tensor(one[k]) else type(one[k]).__name__}: squeeze a named "
-                         f"dimension (squeeze(2)), never all of them (squeeze())")
-        if is_tensor(full[k]) and full[k].dim() == 2 and rel_error(one[k][0], full[k][0]) > REL_TOL:
-            raise Failed(f"with a batch of one row, {k} differs from the same row in a batch of "
-                         f"{ctx.att_in['h'].size(0)}: the rows of a batch must not influence each other (an "
-                         f"operation over dim 0 mixes them)")
-
-
-def _on_meta(ctx, what, run, outputs):
-    """``run(device)`` on the CPU (a failure there is not a device problem: it fails with its own error) and on the
-    ``meta`` device; every tensor of ``outputs(result)`` must stay on meta."""
-    run("cpu")
-    try:
-        got = run("meta")
-    except Failed as e:
-        raise Failed(f"{what} fails when the model and its inputs are on another device than the CPU ({e}): create "
-                     f"new tensors on the inputs' device (device=x.device or x.new_zeros(...))") from None
-    for k, v in outputs(got).items():
-        if not is_tensor(v) or v.device.type != "meta":
-            raise Failed(f"{k} should stay on the inputs' device (meta in this test), got "
-                         f"{v.device if is_tensor(v) else type(v).__name__}")
-
-
-@test("Attention.forward", needs="attention_forward_eval")
-def test_attention_forward_device(ctx):
-    # no GPU when grading: the meta device (no data) stands in for it; a tensor made on the CPU mixes devices
-    oid = ctx.hybrid("Attention", "forward")
-    _on_meta(ctx, "Attention.forward",
-             lambda device: unpack(ctx.call(oid, "forward", [ctx.att_in["encoder_out"], ctx.att_in["h"]],
-                                            device=device), ["z", "alpha"]),
-             lambda got: got)
 
 
 # ---------------------------------------------------------------------------------------------- one_step tests
@@ -114,8 +66,12 @@ def _one_step_eval(ctx, cls):
     want = ref_one_step(cls, ctx.reference(cls), ctx.step)
     got = _step(ctx, cls)
     for k in want:
-        close(k, got[k], want[k], "With the reference's layers and weights (eval mode) your one_step should give "
-                                  "the same numbers")
+        close(
+            k,
+            got[k],
+            want[k],
+            "With the reference's layers and weights (eval mode) your one_step should give the same numbers",
+        )
 
 
 def _one_step_h_c(ctx, cls):
@@ -150,8 +106,12 @@ def _one_step_dropout(ctx, cls):
     # the scores in train mode, from this very h: fc(dropout(h)) with the mask nn.Dropout draws from the seed
     with torch.no_grad():
         want = ref.fc(ev["h"] * dropout_mask(ev["h"].shape, CFG["dropout"], ctx.dropout_seed, ev["h"].dtype))
-    close("preds (train mode)", tr["preds"], want, "apply self.dropout once, to h, right before self.fc "
-                                                   "(preds = self.fc(self.dropout(h))), and nowhere else")
+    close(
+        "preds (train mode)",
+        tr["preds"],
+        want,
+        "apply self.dropout once, to h, right before self.fc (preds = self.fc(self.dropout(h))), and nowhere else",
+    )
 
 
 def _one_step_keeps_state(ctx, cls):
@@ -164,10 +124,14 @@ def _one_step_keeps_state(ctx, cls):
         if rel_error(tr[k], ev[k]) > REL_TOL:
             mask = dropout_mask(ev[k].shape, CFG["dropout"], ctx.dropout_seed, ev[k].dtype)
             if matches(tr[k], ev[k] * mask):
-                raise Failed(f"in train mode the returned {k} is dropped out: dropout was applied in place (to the "
-                             f"state itself); use self.dropout(h) as the input of fc only, not in place")
-            raise Failed(f"in train mode the returned {k} differs from eval mode: dropout must not act on the "
-                         f"LSTM's input or state, only on the input of fc")
+                raise Failed(
+                    f"in train mode the returned {k} is dropped out: dropout was applied in place (to the "
+                    f"state itself); use self.dropout(h) as the input of fc only, not in place"
+                )
+            raise Failed(
+                f"in train mode the returned {k} differs from eval mode: dropout must not act on the "
+                f"LSTM's input or state, only on the input of fc"
+            )
 
 
 def _one_step_batch_of_one(ctx, cls):
@@ -179,22 +143,32 @@ def _one_step_batch_of_one(ctx, cls):
             raise Failed(f"{k} should be a tensor")
         want_shape = (1,) + tuple(full[k].shape[1:])
         if tuple(one[k].shape) != want_shape:
-            raise Failed(f"with a batch of one row, {k} has shape {tuple(one[k].shape)}, expected {want_shape}: "
-                         f"squeeze/unsqueeze a named dimension (squeeze(1)), never all of them (squeeze())")
+            raise Failed(
+                f"with a batch of one row, {k} has shape {tuple(one[k].shape)}, expected {want_shape}: "
+                f"squeeze/unsqueeze a named dimension (squeeze(1)), never all of them (squeeze())"
+            )
         if rel_error(one[k][0], full[k][0]) > REL_TOL:
-            raise Failed(f"with a batch of one row, {k} differs from the same row in a batch of {ctx.step['h'].size(0)}: "
-                         f"the rows of a batch must not influence each other")
+            raise Failed(
+                f"with a batch of one row, {k} differs from the same row in a batch of {ctx.step['h'].size(0)}: "
+                f"the rows of a batch must not influence each other"
+            )
 
 
 def _one_step_device(ctx, cls):
     oid = ctx.hybrid(cls, "one_step")
-    _on_meta(ctx, f"{cls}.one_step", lambda device: _step(ctx, cls, oid=oid, device=device), lambda got: got)
+    on_meta(ctx, f"{cls}.one_step", lambda device: _step(ctx, cls, oid=oid, device=device), lambda got: got)
 
 
 for _cls, _p in (("DecoderWithRNN", "rnn"), ("DecoderWithAttention", "att")):
-    for _suffix, _fn in (("eval", _one_step_eval), ("h_c_order", _one_step_h_c), ("dropout_train", _one_step_dropout),
-                         ("train_keeps_state", _one_step_keeps_state), ("batch_of_one", _one_step_batch_of_one),
-                         ("device", _one_step_device)):
+    for _suffix, _fn in (
+        ("eval", _one_step_eval),
+        ("h_c_order", _one_step_h_c),
+        ("dropout_train", _one_step_dropout),
+        ("train_keeps_state", _one_step_keeps_state),
+        ("batch_of_one", _one_step_batch_of_one),
+        ("device", _one_step_device),
+    ):
+
         def _t(ctx, _fn=_fn, _cls=_cls):
             _fn(ctx, _cls)
 
@@ -215,16 +189,17 @@ def test_att_one_step_gate(ctx):
         if not is_tensor(a[k]) or not is_tensor(b[k]) or a[k].shape != b[k].shape:
             raise Failed(f"{k} should be a tensor of shape {tuple(ctx.step['h'].shape[:1])} + (…)")
         if rel_error(b[k], a[k]) > REL_TOL:
-            raise Failed("with the gate closed (sigmoid(f_beta(h)) ~ 0) the image still reaches the LSTM: multiply "
-                         "the context by the gate, z = self.sigmoid(self.f_beta(h)) * z, before concatenating it")
+            raise Failed(
+                "with the gate closed (sigmoid(f_beta(h)) ~ 0) the image still reaches the LSTM: multiply "
+                "the context by the gate, z = self.sigmoid(self.f_beta(h)) * z, before concatenating it"
+            )
 
 
 # ----------------------------------------------------------------------------------------------- forward tests
 def _fwd(ctx, cls, inp=None, oid=None, device="cpu"):
     inp = inp or ctx.fwd
     oid = oid if oid is not None else ctx.hybrid(cls, "forward")
-    out = ctx.call(oid, "forward", [inp["encoder_out"], inp["captions"], inp["lengths"]], device=device,
-                   cpu_args=(2,))
+    out = ctx.call(oid, "forward", [inp["encoder_out"], inp["captions"], inp["lengths"]], device=device, cpu_args=(2,))
     return forward_outputs(cls, out)
 
 
@@ -241,8 +216,13 @@ def _forward_eval(ctx, cls):
         raise Failed("encoded_captions should be returned sorted by decreasing length")
     for k in ("predictions", "alphas"):
         if k in want:
-            close(k, got[k], want[k], "forward should loop t over range(max(decode_lengths)) on the shrinking "
-                                      "batch, calling self.one_step and storing its outputs at [:num, t]")
+            close(
+                k,
+                got[k],
+                want[k],
+                "forward should loop t over range(max(decode_lengths)) on the shrinking "
+                "batch, calling self.one_step and storing its outputs at [:num, t]",
+            )
 
 
 def _rows_past_end(ctx, cls):
@@ -255,8 +235,10 @@ def _rows_past_end(ctx, cls):
         for i, d in enumerate(got["decode_lengths"]):
             tail = got[k][i, d:]
             if tail.numel() and tail.abs().max().item() != 0:
-                raise Failed(f"{k}[{i}, {d}:] should stay 0: caption {i} has decode length {d}, so steps t >= {d} "
-                             f"must not run for it (num = captions with decode length > t)")
+                raise Failed(
+                    f"{k}[{i}, {d}:] should stay 0: caption {i} has decode length {d}, so steps t >= {d} "
+                    f"must not run for it (num = captions with decode length > t)"
+                )
 
 
 def _alone(ctx, cls):
@@ -264,18 +246,22 @@ def _alone(ctx, cls):
     full = _fwd(ctx, cls, oid=oid)
     order = full["sort_ind"].tolist() if is_tensor(full["sort_ind"]) else []
     for row, i in enumerate(order):
-        one = _fwd(ctx, cls, {k: v[i:i + 1] for k, v in ctx.fwd.items()}, oid=oid)
+        one = _fwd(ctx, cls, {k: v[i : i + 1] for k, v in ctx.fwd.items()}, oid=oid)
         d = full["decode_lengths"][row]
         for k in ("predictions", "alphas"):
             if k not in full:
                 continue
             if not is_tensor(one[k]) or one[k].dim() != 3 or one[k].size(0) != 1:
-                raise Failed(f"with a batch of one caption, {k} should have shape (1, {d}, …), got "
-                             f"{tuple(one[k].shape) if is_tensor(one[k]) else type(one[k]).__name__}: keep the "
-                             f"batch dimension (squeeze a named dimension, never all of them)")
+                raise Failed(
+                    f"with a batch of one caption, {k} should have shape (1, {d}, …), got "
+                    f"{tuple(one[k].shape) if is_tensor(one[k]) else type(one[k]).__name__}: keep the "
+                    f"batch dimension (squeeze a named dimension, never all of them)"
+                )
             if rel_error(full[k][row, :d], one[k][0, :d]) > REL_TOL:
-                raise Failed(f"the {k} of caption {i} (length {LENGTHS[i]}) differ when it is decoded alone: other "
-                             f"captions of the batch must not influence it")
+                raise Failed(
+                    f"the {k} of caption {i} (length {LENGTHS[i]}) differ when it is decoded alone: other "
+                    f"captions of the batch must not influence it"
+                )
 
 
 def _padding(ctx, cls):
@@ -287,24 +273,30 @@ def _padding(ctx, cls):
     a = _fwd(ctx, cls, oid=oid)
     b = _fwd(ctx, cls, dict(ctx.fwd, captions=caps), oid=oid)
     for k in ("predictions", "alphas"):
-        if k in a and (not is_tensor(a[k]) or not is_tensor(b[k]) or a[k].shape != b[k].shape
-                       or rel_error(b[k], a[k]) > REL_TOL):
-            raise Failed(f"{k} depend on the padding: replacing the <pad> words after each caption's end changed "
-                         f"them; only captions longer than t may run at step t")
+        if k in a and (
+            not is_tensor(a[k]) or not is_tensor(b[k]) or a[k].shape != b[k].shape or rel_error(b[k], a[k]) > REL_TOL
+        ):
+            raise Failed(
+                f"{k} depend on the padding: replacing the <pad> words after each caption's end changed "
+                f"them; only captions longer than t may run at step t"
+            )
 
 
 def _first_step(ctx, cls):
     with torch.no_grad():
-        want = forward_outputs(cls, ctx.reference(cls)(ctx.fwd["encoder_out"], ctx.fwd["captions"],
-                                                       ctx.fwd["lengths"]))
+        want = forward_outputs(cls, ctx.reference(cls)(ctx.fwd["encoder_out"], ctx.fwd["captions"], ctx.fwd["lengths"]))
     got = _fwd(ctx, cls)
     for k in ("predictions", "alphas"):
         if k in want:
             if not is_tensor(got[k]) or got[k].dim() != 3 or got[k].shape[:1] != want[k].shape[:1]:
                 raise Failed(f"{k} should have shape {tuple(want[k].shape)}")
-            close(f"{k}[:, 0]", got[k][:, 0], want[k][:, 0],
-                  "the first step already differs: start from (h, c) = self.init_hidden_state(encoder_out) (the "
-                  "given line above the TODO) and do not reset or swap them")
+            close(
+                f"{k}[:, 0]",
+                got[k][:, 0],
+                want[k][:, 0],
+                "the first step already differs: start from (h, c) = self.init_hidden_state(encoder_out) (the "
+                "given line above the TODO) and do not reset or swap them",
+            )
 
 
 def _device(ctx, cls):
@@ -313,19 +305,29 @@ def _device(ctx, cls):
     try:
         got = _fwd(ctx, cls, device="meta")
     except Failed as e:
-        raise Failed(f"forward fails when the model and encoder_out are on another device than the CPU ({e}): "
-                     f"create new tensors on encoder_out's device (device=encoder_out.device or "
-                     f"encoder_out.new_zeros(...))") from None
+        raise Failed(
+            f"forward fails when the model and encoder_out are on another device than the CPU ({e}): "
+            f"create new tensors on encoder_out's device (device=encoder_out.device or "
+            f"encoder_out.new_zeros(...))"
+        ) from None
     for k in ("predictions", "alphas"):
         if k in got and (not is_tensor(got[k]) or got[k].device.type != "meta"):
-            raise Failed(f"{k} should stay on encoder_out's device (meta in this test), got "
-                         f"{got[k].device if is_tensor(got[k]) else type(got[k]).__name__}")
+            raise Failed(
+                f"{k} should stay on encoder_out's device (meta in this test), got "
+                f"{got[k].device if is_tensor(got[k]) else type(got[k]).__name__}"
+            )
 
 
 for _cls, _p in (("DecoderWithRNN", "rnn"), ("DecoderWithAttention", "att")):
-    for _suffix, _fn in (("eval", _forward_eval), ("rows_past_end_zero", _rows_past_end),
-                         ("short_caption_alone", _alone), ("padding_independent", _padding),
-                         ("starts_from_initial_state", _first_step), ("device", _device)):
+    for _suffix, _fn in (
+        ("eval", _forward_eval),
+        ("rows_past_end_zero", _rows_past_end),
+        ("short_caption_alone", _alone),
+        ("padding_independent", _padding),
+        ("starts_from_initial_state", _first_step),
+        ("device", _device),
+    ):
+
         def _t(ctx, _fn=_fn, _cls=_cls):
             _fn(ctx, _cls)
 

@@ -1,16 +1,15 @@
 """Grading ONE submission: its sandbox folder, its process, the hidden tests run against it, its result.
 
 The sandbox folder holds only what students have anyway: the student edition's ``captioning/`` package with the
-submission's ``models.py``, the child script (``child.py`` as ``_grade_child.py``) and the message format
-(``wire.py`` as ``_wire.py``). The hidden tests and the reference run here, in the grader's process.
+submission's ``models.py``, the child script (``child.py`` as ``_grade_child.py``, with ``child_errors.py`` as
+``_child_errors.py``) and the message format (``wire.py`` as ``_wire.py``). The hidden tests and the reference run
+here, in the grader's process.
 """
+
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -20,28 +19,34 @@ from instructor.grading import remote as rem
 from instructor.grading.hidden_harness import Context, Failed
 from instructor.grading.hidden_tests import TESTS
 from instructor.grading.outputs import plain
-from instructor.grading.sandbox import (BASE_ADDRESS_SPACE_MB, SANDBOX_UID, WALL_BACKSTOP, Cgroups, bwrap_args,
-                                        child_env, cpu_budget, ended_by_cpu_budget, exit_status, preexec,
-                                        site_packages)
+from instructor.grading.sandbox import (
+    BASE_ADDRESS_SPACE_MB,
+    SANDBOX_UID,
+    WALL_BACKSTOP,
+    Cgroups,
+    bwrap_args,
+    child_env,
+    cpu_budget,
+    ended_by_cpu_budget,
+    exit_status,
+    preexec,
+    site_packages,
+)
+from instructor.grading.sandbox_outputs import clip, notebook_result, tail_of
 
 HERE = Path(__file__).resolve().parent
 MAX_RESTARTS = 3
-MAX_MESSAGE = 1500  # characters of one message (an exception's text may be megabytes): cut once, stored once
 NOTEBOOK_GLOBS = ("train*.ipynb", "test*.ipynb")  # the student's notebooks that replace the kit's
-NOT_RUN = {"import-error": "not run: models.py could not be imported",
-           "timeout": "not run: grading stopped at the time limit",
-           "memory": "not run: grading stopped after running out of memory",
-           "crashed": "not run: the grading process ended early",
-           "no-models": "not run: no models.py", "bad-submission": "not run: submission rejected",
-           "protocol-error": "not run: the grading process broke the message protocol",
-           "grader-error": "not run: the grader failed on its own side (re-run to grade it)"}
-
-
-def clip(text, limit=MAX_MESSAGE):
-    """``text`` (any object) printable (``outputs.plain``) and at most ``limit`` characters, saying how much was
-    cut: each message is cut here once, where it enters a result."""
-    text = plain(text, newlines=True)
-    return text if len(text) <= limit else text[:limit] + f" … [{len(text) - limit} more characters cut]"
+NOT_RUN = {
+    "import-error": "not run: models.py could not be imported",
+    "timeout": "not run: grading stopped at the time limit",
+    "memory": "not run: grading stopped after running out of memory",
+    "crashed": "not run: the grading process ended early",
+    "no-models": "not run: no models.py",
+    "bad-submission": "not run: submission rejected",
+    "protocol-error": "not run: the grading process broke the message protocol",
+    "grader-error": "not run: the grader failed on its own side (re-run to grade it)",
+}
 
 
 def build_sandbox(sub, folder, edition, with_notebooks=False):
@@ -51,6 +56,7 @@ def build_sandbox(sub, folder, edition, with_notebooks=False):
     shutil.copyfile(sub.models, folder / "captioning" / "models.py")
     shutil.copyfile(HERE / "child.py", folder / "_grade_child.py")
     shutil.copyfile(HERE / "wire.py", folder / "_wire.py")
+    shutil.copyfile(HERE / "child_errors.py", folder / "_child_errors.py")
     if with_notebooks:
         shutil.copytree(edition / "notebooks", folder / "notebooks")
         (folder / "instructor").mkdir()
@@ -88,11 +94,20 @@ class Job:
     def _start(self, ctx):
         sandbox = self.work / "sandbox"
         where = "/sandbox" if "bwrap" in self.layers else str(sandbox)
-        argv, cwd, pypath = command(self.layers, sandbox, [f"{where}/_grade_child.py", "{in}", "{out}",
-                                                           str(self.opts["memory_mb"])])
+        argv, cwd, pypath = command(
+            self.layers, sandbox, [f"{where}/_grade_child.py", "{in}", "{out}", str(self.opts["memory_mb"])]
+        )
         env = child_env("/tmp" if "bwrap" in self.layers else self.work / "home", pypath)
-        self.remote = rem.Remote(argv, cwd, env, self.opts["memory_mb"], self.deadline, self.cgroups,
-                                 refcall=ctx.serve_refcall, cpu_seconds=self.cpu_seconds)
+        self.remote = rem.Remote(
+            argv,
+            cwd,
+            env,
+            self.opts["memory_mb"],
+            self.deadline,
+            self.cgroups,
+            refcall=ctx.serve_refcall,
+            cpu_seconds=self.cpu_seconds,
+        )
         ready = self.remote.next_message(time.monotonic() + min(120.0, self.opts["timeout"]))
         if not isinstance(ready, dict) or not ready.get("ready"):
             raise rem.ChildGone(f"grader problem: {ready.get('fatal') if isinstance(ready, dict) else ready}")
@@ -116,12 +131,18 @@ class Job:
             return "memory", "ran out of memory (all processes of the submission together)"
         rc = exit_status(self.remote.proc) if self.remote is not None else None
         if ended_by_cpu_budget(rc):  # RLIMIT_CPU: the kernel ended it (it had stopped or outrun its own timers)
-            return "timeout", f"used its whole CPU-time budget ({self.cpu_seconds} s for the process) and was " \
-                              f"stopped by the kernel: does models.py cancel the grader's timers (signal.setitimer) " \
-                              f"or spin in a thread?"
+            return (
+                "timeout",
+                f"used its whole CPU-time budget ({self.cpu_seconds} s for the process) and was "
+                f"stopped by the kernel: does models.py cancel the grader's timers (signal.setitimer) "
+                f"or spin in a thread?",
+            )
         how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}"
-        return "crashed", f"the submission's process ended ({how}{'; ' + str(e) if str(e) else ''}): does " \
-                          f"models.py call os._exit, kill its process or crash the interpreter?"
+        return (
+            "crashed",
+            f"the submission's process ended ({how}{'; ' + str(e) if str(e) else ''}): does "
+            f"models.py call os._exit, kill its process or crash the interpreter?",
+        )
 
     # ------------------------------------------------------------------------------------------------- tests
     def run(self):
@@ -135,11 +156,15 @@ class Job:
                 (self.work / "home").mkdir(exist_ok=True)
                 self.cgroups = Cgroups(f"grade-{self.run_id}-{self.sub.id}", self.opts["memory_mb"], self.layers)
             except OSError as e:  # the grader's side (a full disk, cgroups): this row says so, the batch goes on
-                return self._result({}, "grader-error", f"could not set up the sandbox: {e}", None,
-                                    time.monotonic() - t0)
+                return self._result(
+                    {}, "grader-error", f"could not set up the sandbox: {e}", None, time.monotonic() - t0
+                )
             status, message = self._run_tests(tests)
-            nb = self._notebooks() if self.opts["notebooks"] is not None and status not in (
-                "import-error", "crashed") else None
+            nb = (
+                self._notebooks()
+                if self.opts["notebooks"] is not None and status not in ("import-error", "crashed")
+                else None
+            )
         finally:
             self._stop()
             if self.cgroups is not None:
@@ -147,8 +172,38 @@ class Job:
         return self._result(tests, status, message, nb, time.monotonic() - t0)
 
     def _run_tests(self, tests):
+        """Run every hidden test into ``tests`` ({name: result}); (status, message) of the whole run."""
         ctx = Context(self.ref_module, seed=self.opts.get("seed"))
-        status, message = "ok", ""
+        failed = self._start_and_import(ctx)
+        if failed is not None:
+            return failed
+        ctx.remote = self.remote
+        stuck = {}  # region -> its first test that timed out
+        for name, (region, fn) in TESTS.items():
+            if self.remote is None:  # restart after a crash, a bounded number of times
+                ctx = self._restart(ctx)
+                if ctx is None:
+                    continue
+            if region in stuck:  # its method hung once: running it again would only wait for the limit again
+                tests[name] = {
+                    "region": region,
+                    "ok": False,
+                    "kind": "timeout",
+                    "seconds": 0.0,
+                    "message": f"not run: {stuck[region]} did not finish within the time limit",
+                }
+                continue
+            tests[name] = self._run_one(ctx, region, fn)
+            if self.remote is not None and self.remote.unsure:  # its pipe may be out of step: a fresh process
+                self._stop()
+                self.restarts -= 1  # the grader's slowness, not the submission's: not one of its restarts
+            if tests[name]["kind"] == "timeout":
+                stuck.setdefault(region, name)
+        return self._overall(tests)
+
+    def _start_and_import(self, ctx):
+        """Start the submission's process and import their models.py: None when it imported, else the run's
+        (status, message)."""
         try:
             reply = self._start(ctx)
         except (rem.ChildGone, rem.ChildTimeout) as e:
@@ -158,76 +213,93 @@ class Job:
             return "protocol-error", "the import request was answered out of protocol"
         if not reply.get("ok"):
             kind = reply.get("kind")
-            return {"memory": "memory", "timeout": "timeout"}.get(kind, "import-error"), \
-                f"models.py could not be imported: {reply.get('message')}"
-        ctx.remote = self.remote
-        stuck = {}  # region -> its first test that timed out
-        for name, (region, fn) in TESTS.items():
-            if self.remote is None:  # restart after a crash, a bounded number of times
-                if self.restarts >= MAX_RESTARTS or time.monotonic() > self.deadline:
-                    continue
-                self.restarts += 1
-                try:
-                    ctx = Context(self.ref_module, seed=self.opts.get("seed"), passed=ctx.passed)
-                    self._start(ctx)
-                    ctx.remote = self.remote
-                except (rem.ChildGone, rem.ChildTimeout) as e:
-                    self.problems.append(self._problem(e)[0])
-                    self._stop()
-                    continue
-            t = time.monotonic()
-            if region in stuck:  # its method hung once: running it again would only wait for the limit again
-                tests[name] = {"region": region, "ok": False, "kind": "timeout", "seconds": 0.0,
-                               "message": f"not run: {stuck[region]} did not finish within the time limit"}
-                continue
-            # CPU time per test (the child's timer), a wall-clock backstop several times larger (a busy machine)
-            ctx.cpu_limit = self.opts["per_test"]
-            ctx.deadline = min(self.deadline, t + WALL_BACKSTOP * self.opts["per_test"])
-            try:
-                fn(ctx)
-                ok, kind, msg = True, "pass", ""
-            except Failed as e:
-                ok, kind, msg = False, "fail", str(e)
-            except (rem.ChildGone, rem.ChildTimeout) as e:
-                kind, msg = self._problem(e)
-                ok = False
-                self.problems.append(kind)
-                self._stop()
-            except Exception as e:  # noqa: BLE001 - the test could not use what the code returned (None, a
-                # wrong rank...): this test scores 0 and says why; the others run on
-                ok, kind = False, "test-error"
-                msg = (f"this test could not use what your code returned ({type(e).__name__}: {e}): check the "
-                       f"types, shapes and devices of the values your method returns")
-                self.problems.append(kind)
-            if not ok and kind == "fail" and "did not finish within" in msg:
-                kind = "timeout"
-            if not ok and kind == "fail" and msg.startswith("ran out of memory"):
-                kind = "memory"
-            tests[name] = {"region": region, "ok": ok, "kind": kind, "message": clip(msg),
-                           "seconds": round(time.monotonic() - t, 3)}
-            if self.remote is not None and self.remote.unsure:  # its pipe may be out of step: a fresh process
-                self._stop()
-                self.restarts -= 1  # the grader's slowness, not the submission's: not one of its restarts
-            if kind == "timeout":
-                stuck.setdefault(region, name)
+            return {"memory": "memory", "timeout": "timeout"}.get(
+                kind, "import-error"
+            ), f"models.py could not be imported: {reply.get('message')}"
+        return None
+
+    def _restart(self, ctx):
+        """A fresh process (and Context, keeping which tests passed) after a crash; None when no more restarts
+        are allowed or the new process did not start."""
+        if self.restarts >= MAX_RESTARTS or time.monotonic() > self.deadline:
+            return None
+        self.restarts += 1
+        try:
+            ctx = Context(self.ref_module, seed=self.opts.get("seed"), passed=ctx.passed)
+            self._start(ctx)
+            ctx.remote = self.remote
+        except (rem.ChildGone, rem.ChildTimeout) as e:
+            self.problems.append(self._problem(e)[0])
+            self._stop()
+            return None
+        return ctx
+
+    def _run_one(self, ctx, region, fn):
+        """Run one hidden test ``fn``; its result ({region, ok, kind, message, seconds})."""
+        t = time.monotonic()
+        # CPU time per test (the child's timer), a wall-clock backstop several times larger (a busy machine)
+        ctx.cpu_limit = self.opts["per_test"]
+        ctx.deadline = min(self.deadline, t + WALL_BACKSTOP * self.opts["per_test"])
+        try:
+            fn(ctx)
+            ok, kind, msg = True, "pass", ""
+        except Failed as e:
+            ok, kind, msg = False, "fail", str(e)
+        except (rem.ChildGone, rem.ChildTimeout) as e:
+            kind, msg = self._problem(e)
+            ok = False
+            self.problems.append(kind)
+            self._stop()
+        except Exception as e:  # noqa: BLE001 - the test could not use what the code returned (None, a
+            # wrong rank...): this test scores 0 and says why; the others run on
+            ok, kind = False, "test-error"
+            msg = (
+                f"this test could not use what your code returned ({type(e).__name__}: {e}): check the "
+                f"types, shapes and devices of the values your method returns"
+            )
+            self.problems.append(kind)
+        if not ok and kind == "fail" and "did not finish within" in msg:
+            kind = "timeout"
+        if not ok and kind == "fail" and msg.startswith("ran out of memory"):
+            kind = "memory"
+        return {
+            "region": region,
+            "ok": ok,
+            "kind": kind,
+            "message": clip(msg),
+            "seconds": round(time.monotonic() - t, 3),
+        }
+
+    def _overall(self, tests):
+        """(status, message) of a run whose tests all ran: the first problem met, in this order, else ("ok", "")."""
         kinds = {t["kind"] for t in tests.values()} | set(self.problems)
-        for k, text in (("timeout", f"stopped by the time limit ({self.opts['per_test']:g} s per test, "
-                                    f"{self.opts['timeout']:g} s in all)"),
-                        ("memory", f"ran out of memory (limit: {self.opts['memory_mb']} MB beyond what torch "
-                                   f"needs)"),
-                        ("crashed", "the submission's process ended during the tests"),
-                        ("protocol-error", "the submission's process sent a message outside the protocol (was "
-                                           "the grading process tampered with?); it was restarted for the tests "
-                                           "left"),
-                        ("test-error", "a hidden test could not use what the code returned: "
-                                       + "; ".join(n for n, t in tests.items() if t["kind"] == "test-error"))):
+        for k, text in (
+            (
+                "timeout",
+                f"stopped by the time limit ({self.opts['per_test']:g} s per test, {self.opts['timeout']:g} s in all)",
+            ),
+            ("memory", f"ran out of memory (limit: {self.opts['memory_mb']} MB beyond what torch needs)"),
+            ("crashed", "the submission's process ended during the tests"),
+            (
+                "protocol-error",
+                "the submission's process sent a message outside the protocol (was "
+                "the grading process tampered with?); it was restarted for the tests "
+                "left",
+            ),
+            (
+                "test-error",
+                "a hidden test could not use what the code returned: "
+                + "; ".join(n for n, t in tests.items() if t["kind"] == "test-error"),
+            ),
+        ):
             if k in kinds:
                 return k, text
-        return status, message
+        return "ok", ""
 
     def _result(self, ran, status, message, nb, seconds):
-        return result_dict(self.sub, self.opts["rubric"], ran, status, message, seconds, "\n".join(self.logs),
-                           self.log_bytes, nb)
+        return result_dict(
+            self.sub, self.opts["rubric"], ran, status, message, seconds, "\n".join(self.logs), self.log_bytes, nb
+        )
 
     # --------------------------------------------------------------------------------------------- notebooks
     def _notebooks(self):
@@ -250,10 +322,19 @@ class Job:
         log = self.work / "notebooks.log"
         timed_out = False
         with open(log, "wb") as f:
-            p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                 start_new_session=True,
-                                 preexec_fn=preexec((self.opts["memory_mb"] + BASE_ADDRESS_SPACE_MB) * 2 ** 20,
-                                                    self.cgroups.procs_files if self.cgroups else []))
+            p = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=preexec(
+                    (self.opts["memory_mb"] + BASE_ADDRESS_SPACE_MB) * 2**20,
+                    self.cgroups.procs_files if self.cgroups else [],
+                ),
+            )
             try:
                 rc = p.wait(timeout=self.opts["notebook_timeout"])
             except subprocess.TimeoutExpired:
@@ -265,69 +346,6 @@ class Job:
         text = tail_of(log, rem.LOG_TAIL).decode("utf-8", "replace")
         self.logs.append("--- notebooks ---\n" + text)
         return notebook_result(sandbox / "notebook_outputs", text, rc, timed_out)
-
-
-MAX_METRICS_BYTES = 1 << 20  # a metrics file is a few hundred bytes
-
-
-def read_regular(path, limit):
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else None. The folder it is in was
-    writable by the student's process: a symbolic link is not followed (``O_NOFOLLOW``), a FIFO or device is not
-    opened for reading (``lstat`` first, ``O_NONBLOCK`` so that even a swapped-in FIFO cannot block the open) and
-    the size is checked on the open file."""
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        data = os.read(fd, limit + 1)
-        return data if len(data) <= limit else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def tail_of(path, n):
-    """The last ``n`` bytes of the file ``path`` (a log the student's process filled: never read whole)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - n))
-            return f.read(n)
-    except OSError:
-        return b""
-
-
-def notebook_result(out_dir, log, returncode, timed_out):
-    """{run: BLEU-4} from the ``<run>.metrics.json`` files the notebooks runner wrote, and how the run ended.
-    ``out_dir`` was written by the student's process: only regular files are read, bounded (``read_regular``)."""
-    found = {}
-    try:
-        is_dir = stat.S_ISDIR(os.lstat(out_dir).st_mode)  # a link to another folder is not followed either
-        entries = sorted(e.name for e in os.scandir(out_dir)) if is_dir else []
-    except OSError:
-        entries = []
-    for name in entries[:1000]:
-        if not name.endswith(".metrics.json"):
-            continue
-        data = read_regular(os.path.join(out_dir, name), MAX_METRICS_BYTES)
-        try:
-            m = json.loads(data.decode("utf-8")) if data is not None else None
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(m, dict):
-            v = m.get("bleu4", m.get("best_bleu4"))
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                found[clip(name[:-len(".metrics.json")], 80)] = float(v)
-    errors = [ln[len("error:"):].strip() for ln in log.splitlines() if ln.startswith("error:")]
-    status = "timeout" if timed_out else ("ok" if returncode == 0 else "failed")
-    message = errors[-1] if errors else ("" if status == "ok" else f"exit status {returncode}")
-    return {"status": status, "returncode": returncode, "bleu4": found, "message": clip(message)}
 
 
 def result_dict(sub, rubric, ran, status, message, seconds, log="", log_bytes=0, nb=None):
@@ -342,16 +360,26 @@ def result_dict(sub, rubric, ran, status, message, seconds, log="", log_bytes=0,
             if ev is None:
                 # the submission's message is stored once, in the result; each test only points to it
                 msg = NOT_RUN.get(status, "not run") + (" (see the message above)" if message else "")
-                tests[name] = {"region": region, "ok": False, "kind": "not-run", "message": msg, "points": 0,
-                               "max": p}
+                tests[name] = {"region": region, "ok": False, "kind": "not-run", "message": msg, "points": 0, "max": p}
             else:
                 tests[name] = dict(ev, points=p if ev["ok"] else 0, max=p)
                 got += p if ev["ok"] else 0
         regions[region] = [got, sum(pts.values())]
     total = sum(v[0] for v in regions.values())
     maximum = sum(v[1] for v in regions.values())
-    return {"id": sub.id, "source": plain(sub.source), "status": status, "message": message,
-            "notes": [clip(n, 300) for n in sub.notes], "regions": regions, "tests": tests, "total": total,
-            "max": maximum,
-            "percent": round(100.0 * total / maximum, 1) if maximum else 0.0, "seconds": round(seconds, 2),
-            "log": log, "log_bytes": log_bytes, "notebooks": nb}
+    return {
+        "id": sub.id,
+        "source": plain(sub.source),
+        "status": status,
+        "message": message,
+        "notes": [clip(n, 300) for n in sub.notes],
+        "regions": regions,
+        "tests": tests,
+        "total": total,
+        "max": maximum,
+        "percent": round(100.0 * total / maximum, 1) if maximum else 0.0,
+        "seconds": round(seconds, 2),
+        "log": log,
+        "log_bytes": log_bytes,
+        "notebooks": nb,
+    }

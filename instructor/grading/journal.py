@@ -9,6 +9,7 @@ The hidden inputs and weights are drawn from a secret seed per output folder (``
 ``os.urandom`` by the first run, kept in ``journal/seed`` so that a resumed run uses the same one (and an audit can
 reproduce every input: ``hidden_harness.Context(reference, seed=…)``), and never sent to a sandbox.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,11 +17,23 @@ import json
 import os
 from pathlib import Path
 
-from captioning.atomic import write_json, write_text
+from captioning.internals.atomic import write_json, write_text
 
 HERE = Path(__file__).resolve().parent
 # the files whose code decides a score (a change in any of them invalidates every journal entry)
-SCORING_FILES = ("hidden_tests.py", "hidden_init_tests.py", "hidden_harness.py", "child.py", "wire.py", "job.py", "remote.py")
+SCORING_FILES = (
+    "hidden_tests.py",
+    "hidden_init_tests.py",
+    "hidden_attention_tests.py",
+    "hidden_checks.py",
+    "hidden_harness.py",
+    "child.py",
+    "child_errors.py",
+    "wire.py",
+    "job.py",
+    "sandbox_outputs.py",
+    "remote.py",
+)
 
 
 def _hash_files(h, paths):

@@ -1,11 +1,12 @@
 """The outputs of a grading run: ``grades.csv``, ``feedback/ID.md``, ``summary.md``, ``results.json`` and
-``logs/ID.log``, each written to a temporary name then renamed (``captioning.atomic``).
+``logs/ID.log``, each written to a temporary name then renamed (``captioning.internals.atomic``).
 
 Text that comes from a submission (messages, notes, logs) is untrusted: it may hold lone surrogates, NUL, terminal
 escape sequences, HTML or Markdown that would fetch a remote image. ``plain`` makes it printable (control and
 format characters shown as ``\\xNN`` escapes, invalid UTF-8 as ``\\udcNN``), ``_md`` also escapes HTML and
 Markdown, so that feedback shows the text and never acts on it. Writing one file never stops the others.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,14 +18,15 @@ import statistics
 import sys
 from pathlib import Path
 
-from captioning.atomic import write_text
+from captioning.internals.atomic import write_text
 from instructor.grading.remote import LOG_TAIL
-
 
 # C0/C1 controls (NUL, ESC: terminal escape sequences), DEL, lone surrogates, and the invisible format characters
 # (zero-width, bidi overrides, line/paragraph separators) that can make shown text differ from what it is
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
-                     "\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]"
+)
 _UNSAFE_ALL = re.compile(_UNSAFE.pattern[:-1] + "\n\t]")
 
 
@@ -32,8 +34,9 @@ def plain(text, newlines=False):
     """``text`` (any object) as printable text that always encodes to UTF-8: control and invisible format
     characters (ESC, NUL, bidi overrides) and lone surrogates become visible escapes (``\\x1b``, ``\\udcff``);
     with ``newlines``, newlines and tabs stay."""
-    return (_UNSAFE if newlines else _UNSAFE_ALL).sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 256
-                                                      else f"\\u{ord(m[0]):04x}", str(text))
+    return (_UNSAFE if newlines else _UNSAFE_ALL).sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 256 else f"\\u{ord(m[0]):04x}", str(text)
+    )
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
@@ -67,11 +70,17 @@ def write_outputs(out, results, rubric, notebooks=False, sandbox=None):
     w = csv.writer(buf, lineterminator="\n")
     nb_cols = (["notebooks_status"] + [f"bleu4_{run}" for run in runs]) if notebooks else []
     w.writerow(["id", *regions, "total", "percent", "grading_status", *nb_cols])
-    w.writerow(["max", *[_num(maxima[r]) for r in regions], _num(sum(maxima.values())), "100.0", ""] +
-               [""] * len(nb_cols))
+    w.writerow(
+        ["max", *[_num(maxima[r]) for r in regions], _num(sum(maxima.values())), "100.0", ""] + [""] * len(nb_cols)
+    )
     for r in results:
-        row = [r["id"], *[_num(r["regions"][g][0]) for g in regions], _num(r["total"]), f"{r['percent']:.1f}",
-               r["status"]]
+        row = [
+            r["id"],
+            *[_num(r["regions"][g][0]) for g in regions],
+            _num(r["total"]),
+            f"{r['percent']:.1f}",
+            r["status"],
+        ]
         if notebooks:
             nb = r.get("notebooks") or {}
             bleu = nb.get("bleu4") or {}
@@ -80,9 +89,15 @@ def write_outputs(out, results, rubric, notebooks=False, sandbox=None):
     _atomic_write(out / "grades.csv", buf.getvalue())
     for r in results:
         _atomic_write(out / "feedback" / f"{r['id']}.md", _or_error(feedback_md, r, rubric))
-        _atomic_write(out / "logs" / f"{r['id']}.log", plain(r.get("log") or "", newlines=True) +
-                      (f"\n[{r['log_bytes']} bytes of output in all; last {LOG_TAIL} kept]\n"
-                       if r.get("log_bytes", 0) > LOG_TAIL else ""))
+        _atomic_write(
+            out / "logs" / f"{r['id']}.log",
+            plain(r.get("log") or "", newlines=True)
+            + (
+                f"\n[{r['log_bytes']} bytes of output in all; last {LOG_TAIL} kept]\n"
+                if r.get("log_bytes", 0) > LOG_TAIL
+                else ""
+            ),
+        )
     _atomic_write(out / "summary.md", _or_error(summary_md, results, rubric, sandbox))
     public = [{k: v for k, v in r.items() if k != "log"} for r in results]
     # ensure_ascii: lone surrogates and control characters become \\u escapes, valid JSON that any reader takes
@@ -113,27 +128,39 @@ _STATUS_TEXT = {
     "no-models": "no models.py found in the submission",
     "bad-submission": "the submission could not be unpacked safely",
     "protocol-error": "the grading process broke the message protocol (tampered output?); the tests that were "
-                      "left could not run",
+    "left could not run",
     "test-error": "a hidden test could not use what your code returned (see the test's message)",
     "grader-error": "the grader failed on its own side, not because of your code: the instructor re-grades it",
 }
 
 
 def feedback_md(r, rubric):
-    lines = [f"# Feedback: {_md(r['id'])}", "",
-             f"**Score: {_num(r['total'])} / {_num(r['max'])} points ({r['percent']:.1f} %)**", "",
-             f"Grading status: `{_md(r['status'])}` — {_STATUS_TEXT.get(r['status'], '')}"]
+    lines = [
+        f"# Feedback: {_md(r['id'])}",
+        "",
+        f"**Score: {_num(r['total'])} / {_num(r['max'])} points ({r['percent']:.1f} %)**",
+        "",
+        f"Grading status: `{_md(r['status'])}` — {_STATUS_TEXT.get(r['status'], '')}",
+    ]
     if r.get("message"):
         lines.append(f"\n> {_md(r['message'])}")
     for n in r.get("notes", []):
         lines.append(f"\nNote: {_md(n)}")
-    lines += ["", "Each TODO region of `models.py` is tested on its own: your code for that region runs with the "
-                  "reference layers, weights and other methods, so a mistake costs the points of its own region. "
-                  "Numbers are compared with max|got − expected| / (max|expected| + 1e-8) ≤ 1e-4.", ""]
+    lines += [
+        "",
+        "Each TODO region of `models.py` is tested on its own: your code for that region runs with the "
+        "reference layers, weights and other methods, so a mistake costs the points of its own region. "
+        "Numbers are compared with max|got − expected| / (max|expected| + 1e-8) ≤ 1e-4.",
+        "",
+    ]
     for region, pts in rubric["regions"].items():
         got, mx = r["regions"][region]
-        lines += [f"## {region} — {_num(got)} / {_num(mx)}", "", "| test | result | points | message |",
-                  "|---|---|---|---|"]
+        lines += [
+            f"## {region} — {_num(got)} / {_num(mx)}",
+            "",
+            "| test | result | points | message |",
+            "|---|---|---|---|",
+        ]
         for name in pts:
             t = r["tests"][name]
             res = "pass" if t["ok"] else ("fail" if t["kind"] == "fail" else t["kind"])
@@ -141,8 +168,12 @@ def feedback_md(r, rubric):
         lines.append("")
     nb = r.get("notebooks")
     if nb:
-        lines += ["## Notebooks (not graded here: small sizes on the shapes data)", "", f"Run: {nb['status']}"
-                  + (f" — {_md(nb['message'])}" if nb.get("message") else ""), ""]
+        lines += [
+            "## Notebooks (not graded here: small sizes on the shapes data)",
+            "",
+            f"Run: {nb['status']}" + (f" — {_md(nb['message'])}" if nb.get("message") else ""),
+            "",
+        ]
         lines += [f"- {run}: BLEU-4 {v:.4f}" for run, v in sorted((nb.get("bleu4") or {}).items())]
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -155,8 +186,11 @@ def summary_md(results, rubric, sandbox=None):
     if sandbox is not None:
         lines += ["## Sandbox", "", "Layers in use: " + (", ".join(sandbox["layers"]) or "none") + "."]
         if sandbox["missing"]:
-            lines += ["", "**Graded WITHOUT these layers (--allow-unsandboxed):** " +
-                      "; ".join(f"{k} ({_md(d)})" for k, d in sandbox["missing"].items())]
+            lines += [
+                "",
+                "**Graded WITHOUT these layers (--allow-unsandboxed):** "
+                + "; ".join(f"{k} ({_md(d)})" for k, d in sandbox["missing"].items()),
+            ]
         lines.append("")
     counts = {}
     for r in results:
@@ -165,8 +199,10 @@ def summary_md(results, rubric, sandbox=None):
     lines += [f"| {s} | {c} |" for s, c in sorted(counts.items(), key=lambda x: -x[1])]
     lines += ["", "## Score distribution", ""]
     if pct:
-        lines.append(f"mean {statistics.mean(pct):.1f} %, median {statistics.median(pct):.1f} %, min {min(pct):.1f} %, "
-                     f"max {max(pct):.1f} %")
+        lines.append(
+            f"mean {statistics.mean(pct):.1f} %, median {statistics.median(pct):.1f} %, min {min(pct):.1f} %, "
+            f"max {max(pct):.1f} %"
+        )
         lines += ["", "| percent | submissions | |", "|---|---|---|"]
         for lo in range(0, 100, 10):
             hi = lo + 10

@@ -6,6 +6,7 @@ started.
 raises ``ChildGone`` when the process ended or broke the protocol and ``ChildTimeout`` when it did not answer in
 time (the process is then killed: a child that blocks SIGALRM cannot hang the batch).
 """
+
 from __future__ import annotations
 
 import os
@@ -59,10 +60,19 @@ class Remote:
         cmd = [c.replace("{in}", str(c_in)).replace("{out}", str(c_out)) for c in cmd]
         try:
             self.proc = subprocess.Popen(
-                cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                pass_fds=(c_in, c_out), close_fds=True, start_new_session=True,
-                preexec_fn=preexec((memory_mb + BASE_ADDRESS_SPACE_MB) * 2 ** 20,
-                                   cgroups.procs_files if cgroups else [], cpu_seconds))
+                cmd,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(c_in, c_out),
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=preexec(
+                    (memory_mb + BASE_ADDRESS_SPACE_MB) * 2**20, cgroups.procs_files if cgroups else [], cpu_seconds
+                ),
+            )
         except BaseException:
             for fd in (p_in, p_out):
                 os.close(fd)
@@ -95,7 +105,7 @@ class Remote:
                         self.open.discard(fd)
                     self.log_bytes += len(data)
                     self.log += data
-                    del self.log[:max(0, len(self.log) - LOG_TAIL)]
+                    del self.log[: max(0, len(self.log) - LOG_TAIL)]
                     continue
                 if not data:
                     self.open.discard(fd)
@@ -114,7 +124,7 @@ class Remote:
             _, ready, _ = select.select([], [self.w], [], min(until, self.deadline) - now)
             if ready:
                 try:
-                    buf = buf[os.write(self.w, buf):]
+                    buf = buf[os.write(self.w, buf) :]
                 except BlockingIOError:
                     continue
                 except OSError:
@@ -177,7 +187,7 @@ class Remote:
                     break
                 self.log_bytes += len(data)
                 self.log += data
-                del self.log[:max(0, len(self.log) - LOG_TAIL)]
+                del self.log[: max(0, len(self.log) - LOG_TAIL)]
         except OSError:
             pass
         self.proc.stdout.close()
@@ -193,9 +203,13 @@ MAX_TEXT = 20_000  # characters of an error message kept from a reply (clipped f
 
 def checked_refcall(m):
     """The child's call of a reference method, its fields of the protocol's types (else ProtocolError)."""
-    if not isinstance(m.get("id"), (int, str)) or isinstance(m.get("id"), bool) or \
-            not isinstance(m.get("path"), str) or not isinstance(m.get("args", ()), (list, tuple)) or \
-            not isinstance(m.get("kwargs", {}), dict):
+    if (
+        not isinstance(m.get("id"), (int, str))
+        or isinstance(m.get("id"), bool)
+        or not isinstance(m.get("path"), str)
+        or not isinstance(m.get("args", ()), (list, tuple))
+        or not isinstance(m.get("kwargs", {}), dict)
+    ):
         raise ProtocolError("sent a call to the reference whose id, path, args or kwargs are of the wrong type")
     return m
 
@@ -218,8 +232,9 @@ def checked_reply(request, reply):
             raise ProtocolError("sent an error reply whose kind or message is not a string")
         return {"ok": False, "kind": kind[:40], "message": message[:MAX_TEXT]}
     value, op = reply.get("value"), request.get("op")
-    if op == "hybrid" and not (isinstance(value, dict) and isinstance(value.get("id"), int)
-                               and not isinstance(value.get("id"), bool)):
+    if op == "hybrid" and not (
+        isinstance(value, dict) and isinstance(value.get("id"), int) and not isinstance(value.get("id"), bool)
+    ):
         raise ProtocolError(f"answered 'hybrid' with {type(value).__name__} instead of an object id")
     if op == "build" and not isinstance(value, dict):
         raise ProtocolError(f"answered 'build' with {type(value).__name__} instead of a description")
@@ -232,14 +247,22 @@ def checked_reply(request, reply):
         return {"ok": False, "kind": "error", "message": f"{method} returned {e}"}
     if method == "forward" and isinstance(value, tuple) and len(value) >= 3:
         lengths = value[2]
-        if isinstance(lengths, torch.Tensor) and lengths.dim() == 1 and not lengths.is_floating_point() \
-                and lengths.device.type == "cpu":
+        if (
+            isinstance(lengths, torch.Tensor)
+            and lengths.dim() == 1
+            and not lengths.is_floating_point()
+            and lengths.device.type == "cpu"
+        ):
             lengths = lengths.tolist()
-        if not (isinstance(lengths, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool)
-                                                           for d in lengths)):
-            return {"ok": False, "kind": "error",
-                    "message": f"forward returned decode_lengths of type {type(value[2]).__name__}: it should be "
-                               f"the list of ints (caption_lengths - 1).tolist(), one per caption"}
+        if not (
+            isinstance(lengths, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool) for d in lengths)
+        ):
+            return {
+                "ok": False,
+                "kind": "error",
+                "message": f"forward returned decode_lengths of type {type(value[2]).__name__}: it should be "
+                f"the list of ints (caption_lengths - 1).tolist(), one per caption",
+            }
         value = (*value[:2], list(lengths), *value[3:])
     return {"ok": True, "value": value}
 
@@ -256,12 +279,16 @@ def _checked_tensors(v, on_cpu, depth=0):
         raise _Refused("values nested too deep")
     if isinstance(v, torch.Tensor):
         if on_cpu and v.device.type == "meta":
-            raise _Refused(f"a tensor of shape {tuple(v.shape)} on the meta device, although every input was on "
-                           f"the CPU: a module or tensor was moved to the meta device (.to('meta'))")
+            raise _Refused(
+                f"a tensor of shape {tuple(v.shape)} on the meta device, although every input was on "
+                f"the CPU: a module or tensor was moved to the meta device (.to('meta'))"
+            )
         if v.is_floating_point() and v.dtype != torch.float32:
-            raise _Refused(f"a {str(v.dtype).removeprefix('torch.')} tensor of shape {tuple(v.shape)}: the model "
-                           f"and its inputs are float32, keep every tensor float32 (a {v.dtype} state or score "
-                           f"breaks the next step's float32 layers; do not call .double() or .half())")
+            raise _Refused(
+                f"a {str(v.dtype).removeprefix('torch.')} tensor of shape {tuple(v.shape)}: the model "
+                f"and its inputs are float32, keep every tensor float32 (a {v.dtype} state or score "
+                f"breaks the next step's float32 layers; do not call .double() or .half())"
+            )
         return v
     if isinstance(v, (tuple, list)):
         for x in v:

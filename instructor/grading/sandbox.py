@@ -18,6 +18,7 @@ Layers (``probe_layers`` finds which this machine has; the grader refuses to run
 Plus, always: a new session (process group), resource limits set between fork and exec (address space per
 process, no core dumps, 1 GiB files, a CPU-time budget: ``cpu_budget``) and a minimal environment.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,7 +38,7 @@ INSTALL_HINT = "apt-get install -y bubblewrap"
 BASE_ADDRESS_SPACE_MB = 8192  # ceiling allowance for what Python + torch map at import (per process)
 BASE_MEMORY_MB = 1024  # what Python + torch take (resident, all processes of one sandbox) besides --memory-mb
 MAX_TASKS = 64  # processes + threads of one sandbox
-FILE_SIZE_LIMIT = 2 ** 30
+FILE_SIZE_LIMIT = 2**30
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 GROUP_PREFIX = "grade-"
 # Limits are CPU time (the child's per-request timer, ITIMER_PROF), so a busy machine does not cost a correct
@@ -87,8 +88,12 @@ def probe_layers():
     else:
         try:
             r = subprocess.run(bwrap_args([], None) + ["true"], capture_output=True, timeout=30)
-            out["bwrap"] = (r.returncode == 0, bwrap if r.returncode == 0 else
-                            f"bwrap cannot create namespaces here: {r.stderr.decode(errors='replace').strip()}")
+            out["bwrap"] = (
+                r.returncode == 0,
+                bwrap
+                if r.returncode == 0
+                else f"bwrap cannot create namespaces here: {r.stderr.decode(errors='replace').strip()}",
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             out["bwrap"] = (False, f"bwrap failed: {e}")
     out["cgroup-memory"] = _cgroup_writable("memory")
@@ -121,8 +126,17 @@ def site_packages():
 
 SANDBOX_UID = 65534  # "nobody"
 # the sandboxed program runs as the host's unprivileged user 65534, with no capabilities, and cannot regain any
-SETPRIV = ["setpriv", "--reuid", str(SANDBOX_UID), "--regid", str(SANDBOX_UID), "--clear-groups", "--no-new-privs",
-           "--inh-caps=-all", "--bounding-set=-all"]
+SETPRIV = [
+    "setpriv",
+    "--reuid",
+    str(SANDBOX_UID),
+    "--regid",
+    str(SANDBOX_UID),
+    "--clear-groups",
+    "--no-new-privs",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+]
 
 
 def bwrap_args(binds, sandbox, writable=False):
@@ -132,8 +146,22 @@ def bwrap_args(binds, sandbox, writable=False):
     and gid 65534 without capabilities. As root no user namespace is needed, so 65534 is the host's unprivileged
     user; the new root's own directories (0755) lead to a Python under /root (0700 on the host)."""
     root = os.geteuid() == 0
-    args = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    args = [
+        "bwrap",
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--ro-bind",
+        "/etc",
+        "/etc",
+    ]
     if not root:  # unprivileged: a user namespace; the sandbox's user is then the grader's own user outside it
         args[1:1] = ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
     for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
@@ -169,9 +197,9 @@ class Cgroups:
         if "cgroup-memory" in layers:
             d = _own_cgroup("memory") / name
             d.mkdir(exist_ok=True)
-            (d / "memory.limit_in_bytes").write_text(str((BASE_MEMORY_MB + memory_mb) * 2 ** 20))
+            (d / "memory.limit_in_bytes").write_text(str((BASE_MEMORY_MB + memory_mb) * 2**20))
             try:  # swap too, where the kernel accounts it
-                (d / "memory.memsw.limit_in_bytes").write_text(str((BASE_MEMORY_MB + memory_mb) * 2 ** 20))
+                (d / "memory.memsw.limit_in_bytes").write_text(str((BASE_MEMORY_MB + memory_mb) * 2**20))
             except OSError:
                 pass
             self.dirs.append(d)

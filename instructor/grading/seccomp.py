@@ -20,6 +20,7 @@ What the program does (one architecture: the one the grader runs on, x86-64 or a
   whole; ENOSYS ("not implemented") makes glibc fall back to ``clone``, which the filter can check;
 * everything else is allowed.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -34,14 +35,29 @@ import tempfile
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 # the system call numbers (arch/x86/entry/syscalls/syscall_64.tbl; include/uapi/asm-generic/unistd.h for aarch64)
 SYSCALLS = {
-    "x86_64": {"clone": 56, "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272, "setns": 308,
-               "clone3": 435},
-    "aarch64": {"clone": 220, "add_key": 217, "request_key": 218, "keyctl": 219, "unshare": 97, "setns": 268,
-                "clone3": 435},
+    "x86_64": {
+        "clone": 56,
+        "add_key": 248,
+        "request_key": 249,
+        "keyctl": 250,
+        "unshare": 272,
+        "setns": 308,
+        "clone3": 435,
+    },
+    "aarch64": {
+        "clone": 220,
+        "add_key": 217,
+        "request_key": 218,
+        "keyctl": 219,
+        "unshare": 97,
+        "setns": 268,
+        "clone3": 435,
+    },
 }
 X32_SYSCALL_BIT = 0x40000000
-CLONE_NS_FLAGS = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
-                  | 0x40000000)  # NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+CLONE_NS_FLAGS = (
+    0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+)  # NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 REFUSED = ("add_key", "request_key", "keyctl", "unshare", "setns")
 
 # linux/filter.h, linux/seccomp.h
@@ -63,19 +79,26 @@ def program(machine=None):
         raise ValueError(f"no seccomp filter for the architecture {machine}")
     nr = SYSCALLS[machine]
     # (code, jump-if-true label, jump-if-false label, k); labels are resolved to relative offsets below
-    code = [(BPF_LD_W_ABS, None, None, OFF_ARCH),
-            (BPF_JEQ_K, None, "eperm", AUDIT_ARCH[machine]),
-            (BPF_LD_W_ABS, None, None, OFF_NR)]
+    code = [
+        (BPF_LD_W_ABS, None, None, OFF_ARCH),
+        (BPF_JEQ_K, None, "eperm", AUDIT_ARCH[machine]),
+        (BPF_LD_W_ABS, None, None, OFF_NR),
+    ]
     if machine == "x86_64":
         code.append((BPF_JGE_K, "eperm", None, X32_SYSCALL_BIT))
     code += [(BPF_JEQ_K, "eperm", None, nr[name]) for name in REFUSED]
-    code += [(BPF_JEQ_K, "enosys", None, nr["clone3"]),
-             (BPF_JEQ_K, None, "allow", nr["clone"]),
-             (BPF_LD_W_ABS, None, None, OFF_ARG0),
-             (BPF_JSET_K, "eperm", "allow", CLONE_NS_FLAGS)]
+    code += [
+        (BPF_JEQ_K, "enosys", None, nr["clone3"]),
+        (BPF_JEQ_K, None, "allow", nr["clone"]),
+        (BPF_LD_W_ABS, None, None, OFF_ARG0),
+        (BPF_JSET_K, "eperm", "allow", CLONE_NS_FLAGS),
+    ]
     labels = {"allow": len(code), "eperm": len(code) + 1, "enosys": len(code) + 2}
-    code += [(BPF_RET_K, None, None, SECCOMP_RET_ALLOW), (BPF_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM),
-             (BPF_RET_K, None, None, SECCOMP_RET_ERRNO | ENOSYS)]
+    code += [
+        (BPF_RET_K, None, None, SECCOMP_RET_ALLOW),
+        (BPF_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM),
+        (BPF_RET_K, None, None, SECCOMP_RET_ERRNO | ENOSYS),
+    ]
     out = bytearray()
     for i, (op, jt, jf, k) in enumerate(code):
         offs = [0 if j is None else labels[j] - i - 1 for j in (jt, jf)]
@@ -88,10 +111,12 @@ _FILE = None
 # Opens the filter on the lowest free descriptor (never one the grader passes to the child: those are open) and
 # becomes bubblewrap with ``--seccomp <that descriptor>``. A fixed number (a shell's ``9<file``) could replace one of
 # the child's pipes.
-WRAPPER = ("import os, sys\n"
-           "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
-           "os.set_inheritable(fd, True)\n"
-           "os.execvp(sys.argv[2], [sys.argv[2], '--seccomp', str(fd), *sys.argv[3:]])\n")
+WRAPPER = (
+    "import os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+    "os.set_inheritable(fd, True)\n"
+    "os.execvp(sys.argv[2], [sys.argv[2], '--seccomp', str(fd), *sys.argv[3:]])\n"
+)
 
 
 def program_file():

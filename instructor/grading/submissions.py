@@ -1,5 +1,6 @@
 """The submissions of a folder (``discover``) and their staging (``stage``): the files grading needs are copied out
 of each folder or .zip (checked: no path traversal, no links, bounded sizes) before any student code runs."""
+
 from __future__ import annotations
 
 import errno
@@ -12,12 +13,12 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from captioning.errors import KitError
+from captioning.internals.errors import KitError
 
 MAX_MEMBERS = 2000
-MAX_FILE_BYTES = 256 * 2 ** 20
-MAX_TOTAL_BYTES = 512 * 2 ** 20
-MAX_MODELS_BYTES = 2 * 2 ** 20
+MAX_FILE_BYTES = 256 * 2**20
+MAX_TOTAL_BYTES = 512 * 2**20
+MAX_MODELS_BYTES = 2 * 2**20
 MAX_ID_CHARS = 80  # ids name files (journal/ID.json, feedback/ID.md) and cgroups: well under NAME_MAX (255)
 # OSErrors that say the grader's machine is short of something (not that the submission is malformed)
 GRADER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EROFS, errno.EIO}
@@ -61,7 +62,7 @@ def discover(subs_dir, out=None):
         base = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-") or "submission"
         if len(base) > MAX_ID_CHARS:  # a 300-character name: shortened, kept unique by a hash of the whole name
             digest = hashlib.sha256(os.fsencode(stem)).hexdigest()[:8]
-            base = f"{base[:MAX_ID_CHARS - 9]}-{digest}"
+            base = f"{base[: MAX_ID_CHARS - 9]}-{digest}"
         sid, k = base, 2
         while sid in seen:
             sid, k = f"{base}-{k}", k + 1
@@ -92,6 +93,7 @@ def _safe_rel(name):
         return None
     return "/".join(p for p in rel.split("/") if p not in ("", "."))
 
+
 def stage(sub, dest, with_extras=False):
     """Copy the files of ``sub`` that grading needs into ``dest`` (checked: no path traversal, no links, bounded
     sizes); fill in sub.models / notebooks / checkpoints. Raises SubmissionError."""
@@ -114,8 +116,9 @@ def _os_error(e, rel):
     where = f"'{_printable(rel)}': " if rel else ""
     if e.errno in GRADER_ERRNOS:
         return SubmissionError("grader-error", f"the grader could not stage the submission ({where}{e.strerror or e})")
-    return SubmissionError("bad-submission", f"cannot copy out {where}{e.strerror or e} — rename or remove that "
-                                             f"entry and submit again")
+    return SubmissionError(
+        "bad-submission", f"cannot copy out {where}{e.strerror or e} — rename or remove that entry and submit again"
+    )
 
 
 def _printable(name, limit=120):
@@ -152,9 +155,12 @@ def _stage_folder(source, dest, with_extras):
             size = src.stat().st_size
             total += size
             if size > MAX_FILE_BYTES or total > MAX_TOTAL_BYTES:
-                raise SubmissionError("bad-submission", f"'{_printable(rel)}' is too large (limit "
-                                                        f"{MAX_FILE_BYTES >> 20} "
-                                                        f"MiB per file, {MAX_TOTAL_BYTES >> 20} MiB in all)")
+                raise SubmissionError(
+                    "bad-submission",
+                    f"'{_printable(rel)}' is too large (limit "
+                    f"{MAX_FILE_BYTES >> 20} "
+                    f"MiB per file, {MAX_TOTAL_BYTES >> 20} MiB in all)",
+                )
             try:
                 dst = _target(dest, rel)
                 shutil.copyfile(src, dst)
@@ -171,9 +177,12 @@ def _stage_zip(source, dest, with_extras):
     try:
         zf = zipfile.ZipFile(source)
     except Exception as e:  # noqa: BLE001 - BadZipFile, a non-UTF-8 name (UnicodeDecodeError), a bad header...
-        raise SubmissionError("bad-submission", f"not a readable zip file ({type(e).__name__}: "
-                                                f"{_printable(str(e))}): zip the folder again, with plain file "
-                                                f"names") from None
+        raise SubmissionError(
+            "bad-submission",
+            f"not a readable zip file ({type(e).__name__}: "
+            f"{_printable(str(e))}): zip the folder again, with plain file "
+            f"names",
+        ) from None
     with zf:
         infos = zf.infolist()
         if len(infos) > MAX_MEMBERS:
@@ -181,8 +190,10 @@ def _stage_zip(source, dest, with_extras):
         for info in infos:
             rel = _safe_rel(info.filename)
             if rel is None:
-                raise SubmissionError("bad-submission", f"unsafe path '{_printable(info.filename)}' in the zip "
-                                                        f"(absolute or with '..'): not extracted")
+                raise SubmissionError(
+                    "bad-submission",
+                    f"unsafe path '{_printable(info.filename)}' in the zip (absolute or with '..'): not extracted",
+                )
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise SubmissionError("bad-submission", f"symbolic link '{_printable(info.filename)}' in the zip")
@@ -214,17 +225,21 @@ def _extract(zf, info, rel, dst, total):
                 written += len(chunk)
                 total += len(chunk)
                 if written > MAX_FILE_BYTES or total > MAX_TOTAL_BYTES:
-                    raise SubmissionError("bad-submission", f"'{_printable(rel)}' unpacks to too many bytes (limit "
-                                                            f"{MAX_FILE_BYTES >> 20} MiB per file, "
-                                                            f"{MAX_TOTAL_BYTES >> 20} MiB in all)")
+                    raise SubmissionError(
+                        "bad-submission",
+                        f"'{_printable(rel)}' unpacks to too many bytes (limit "
+                        f"{MAX_FILE_BYTES >> 20} MiB per file, "
+                        f"{MAX_TOTAL_BYTES >> 20} MiB in all)",
+                    )
                 out.write(chunk)
     except SubmissionError:
         raise
     except OSError as e:
         raise _os_error(e, rel) from None
     except Exception as e:  # noqa: BLE001 - a corrupt deflate stream (zlib.error), a bad CRC, an unknown method...
-        raise SubmissionError("bad-submission", f"cannot extract '{_printable(rel)}': {type(e).__name__}: "
-                                                f"{_printable(str(e), 300)}") from None
+        raise SubmissionError(
+            "bad-submission", f"cannot extract '{_printable(rel)}': {type(e).__name__}: {_printable(str(e), 300)}"
+        ) from None
     return total
 
 

@@ -5,6 +5,7 @@ Nothing here unpickles or evaluates: a message is a header line ``b"<json bytes>
 dtypes and nesting are bounded, so a hostile process can make a message fail to decode, never make the grader run
 code or allocate without bound. Copied into each sandbox as ``_wire.py`` (the child imports it from there).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,21 @@ MAX_JSON = 1 << 20
 MAX_DATA = 64 << 20
 MAX_DEPTH = 8
 MAX_DIMS = 8
-DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16,
-                                                     torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8,
-                                                     torch.bool)}
+DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    )
+}
 DEVICES = ("cpu", "meta")
 
 
@@ -48,7 +61,7 @@ def encode(value):
         if v is None or isinstance(v, (bool, str)):
             return v
         if isinstance(v, int):
-            return v if abs(v) < 2 ** 62 else {"__u": "huge int"}
+            return v if abs(v) < 2**62 else {"__u": "huge int"}
         if isinstance(v, float):
             return v if math.isfinite(v) else {"__f": repr(v)}
         if isinstance(v, torch.Tensor):
@@ -131,18 +144,24 @@ def _dec_tensor(s, data, offset):
     if "bad" in s:
         return Unencodable(str(s["bad"])[:80]), offset
     dtype, shape, device, n = s.get("dtype"), s.get("shape"), s.get("device"), s.get("n")
-    if dtype not in DTYPES or device not in DEVICES or not isinstance(shape, list) or len(shape) > MAX_DIMS or \
-            not all(isinstance(d, int) and 0 <= d < 2 ** 31 for d in shape) or not isinstance(n, int):
+    if (
+        dtype not in DTYPES
+        or device not in DEVICES
+        or not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and 0 <= d < 2**31 for d in shape)
+        or not isinstance(n, int)
+    ):
         raise WireError("malformed tensor header")
     numel = math.prod(shape)
     if device == "meta":
-        if n != 0 or numel > 2 ** 40:
+        if n != 0 or numel > 2**40:
             raise WireError("malformed meta tensor")
         return torch.empty(shape, dtype=DTYPES[dtype], device="meta"), offset
     itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
     if n != numel * itemsize or offset + n > len(data):
         raise WireError("tensor size does not match its data")
-    raw = bytearray(data[offset:offset + n])
+    raw = bytearray(data[offset : offset + n])
     t = torch.frombuffer(raw, dtype=DTYPES[dtype]) if n else torch.empty(0, dtype=DTYPES[dtype])
     return t.reshape(shape), offset + n
 
@@ -180,7 +199,7 @@ class Reader:
             end = nl + 1 + nh + nd
             if len(self.buf) < end:
                 return out
-            head = bytes(self.buf[nl + 1:nl + 1 + nh])
-            data = bytes(self.buf[nl + 1 + nh:end])
+            head = bytes(self.buf[nl + 1 : nl + 1 + nh])
+            data = bytes(self.buf[nl + 1 + nh : end])
             del self.buf[:end]
             out.append(decode(head, data))

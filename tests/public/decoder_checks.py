@@ -9,6 +9,7 @@ a batch of one, in train mode (where dropout goes: the mask is reproduced from t
 scores with ``fc(dropout(h))`` of the very h you return), and the gate by what it does (closed, the image must not
 reach the LSTM).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,7 @@ def _types(part):
     common = {"embedding": nn.Embedding, "decode_step": nn.LSTMCell, "fc": nn.Linear, "dropout": nn.Dropout}
     if part == "rnn":
         return {**common, "init": nn.Linear, "bn": nn.BatchNorm1d}
-    return {"attention": pc.models().Attention, **common, "init_h": nn.Linear, "init_c": nn.Linear,
-            "f_beta": nn.Linear}
+    return {"attention": pc.models().Attention, **common, "init_h": nn.Linear, "init_c": nn.Linear, "f_beta": nn.Linear}
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -64,12 +64,17 @@ def layers(part):
     pc.layer_types(dec, _types(part), init)
     p = pc.cfg()[0]["dropout"]
     if dec.dropout.p != p:
-        pc.fail(init, f"self.dropout has p={dec.dropout.p}, expected self.dropout_p (here {p}): pass "
-                      f"p=self.dropout_p" + (" (nn.Dropout() alone uses PyTorch's default, 0.5)"
-                                             if dec.dropout.p == 0.5 else ""))
+        pc.fail(
+            init,
+            f"self.dropout has p={dec.dropout.p}, expected self.dropout_p (here {p}): pass "
+            f"p=self.dropout_p" + (" (nn.Dropout() alone uses PyTorch's default, 0.5)" if dec.dropout.p == 0.5 else ""),
+        )
     if dec.dropout.inplace:
-        pc.fail(init, "self.dropout has inplace=True: in train mode it would overwrite (in place) the h that "
-                      "one_step returns; leave inplace out")
+        pc.fail(
+            init,
+            "self.dropout has inplace=True: in train mode it would overwrite (in place) the h that "
+            "one_step returns; leave inplace out",
+        )
     return "layer names, types and shapes match the banner; dropout p = self.dropout_p"
 
 
@@ -121,14 +126,21 @@ def one_step_values(part):
             pc.fail(step, "h and c are swapped at the LSTMCell's output: nn.LSTMCell returns (h, c), in that order")
         swapped = _with_hx_swapped(part, dec, inp)
         if swapped is not None and all(pc.close(swapped[k], want[k]) for k in want):
-            pc.fail(step, "h and c are swapped at the LSTMCell's input: nn.LSTMCell takes (input, (h, c)), in that "
-                          "order")
+            pc.fail(
+                step, "h and c are swapped at the LSTMCell's input: nn.LSTMCell takes (input, (h, c)), in that order"
+            )
         if part == "attention-decoder" and not pc.close(out["alpha"], want["alpha"]):
-            pc.fail(step, "alpha differs from the reference: take z, alpha from self.attention(encoder_out, h) with "
-                          "the h one_step was given (and check `attention` first)")
-    hint = ("With the same weights and inputs (eval mode) your one_step should give the reference's numbers" +
-            ("; alpha matches, so look after the attention: the gate (see gate_closes_context), the LSTM's input "
-             "[embeddings ; gate * z], fc" if part == "attention-decoder" else ""))
+            pc.fail(
+                step,
+                "alpha differs from the reference: take z, alpha from self.attention(encoder_out, h) with "
+                "the h one_step was given (and check `attention` first)",
+            )
+    hint = "With the same weights and inputs (eval mode) your one_step should give the reference's numbers" + (
+        "; alpha matches, so look after the attention: the gate (see gate_closes_context), the LSTM's input "
+        "[embeddings ; gate * z], fc"
+        if part == "attention-decoder"
+        else ""
+    )
     errs = [pc.compare(step, k, out[k], want[k], hint) for k in want]
     return f"matches the reference (max relative error {max(errs):.1e})"
 
@@ -140,8 +152,11 @@ def one_step_batch_of_one(part):
     for k, v in full.items():
         pc.shape(step, k, one[k], (1, *v.shape[1:]), n1=True)
         if pc.differs(one[k], v[:1]):
-            pc.fail(step, f"with a batch of one (N=1) {k} differs from row 0 of the same inputs run as a batch of "
-                          f"{v.size(0)}: rows must not depend on each other or on N")
+            pc.fail(
+                step,
+                f"with a batch of one (N=1) {k} differs from row 0 of the same inputs run as a batch of "
+                f"{v.size(0)}: rows must not depend on each other or on N",
+            )
     return "a batch of one (N=1) gives row 0 of the batch"
 
 
@@ -157,16 +172,22 @@ def _dropout_verdict(dec, preds, h, seed, p):
         m1, m2 = _masks(seed, p, h.shape, 2)
         if pc.close(preds, dec.fc(h * m1)):
             return None
-        other = [(dec.fc(h), "no dropout in train mode: preds = fc(dropout(h)), with self.dropout"),
-                 (_masks(seed, p, preds.shape)[0] * dec.fc(h), "dropout is applied to the scores (after fc), not "
-                                                               "to h: preds = fc(dropout(h))"),
-                 (dec.fc(h * m1 * m2), "dropout is applied twice: apply it once, to h, right before fc"),
-                 (dec.fc(h * _masks(seed, 0.5, h.shape)[0]), f"dropout uses p=0.5, not self.dropout_p (here {p})")]
+        other = [
+            (dec.fc(h), "no dropout in train mode: preds = fc(dropout(h)), with self.dropout"),
+            (
+                _masks(seed, p, preds.shape)[0] * dec.fc(h),
+                "dropout is applied to the scores (after fc), not to h: preds = fc(dropout(h))",
+            ),
+            (dec.fc(h * m1 * m2), "dropout is applied twice: apply it once, to h, right before fc"),
+            (dec.fc(h * _masks(seed, 0.5, h.shape)[0]), f"dropout uses p=0.5, not self.dropout_p (here {p})"),
+        ]
     for want, msg in other:
         if pc.close(preds, want):
             return msg
-    return ("in train mode preds are not fc(dropout(h)) of the h one_step returns: apply dropout with "
-            "p=self.dropout_p once, to h, right before fc")
+    return (
+        "in train mode preds are not fc(dropout(h)) of the h one_step returns: apply dropout with "
+        "p=self.dropout_p once, to h, right before fc"
+    )
 
 
 def one_step_dropout_train(part):
@@ -179,10 +200,16 @@ def one_step_dropout_train(part):
         pc.shape(step, f"{k} (train mode)", tr[k], ev[k].shape)
         if pc.differs(tr[k], ev[k]):
             if pc.close(tr[k], ev[k] * mask):
-                pc.fail(step, f"in train mode the {k} that one_step returns has dropout applied ({k} = dropout({k}), "
-                              f"or inplace=True): return the LSTM's {k} untouched and give dropout(h) to fc only")
-            pc.fail(step, f"in train mode the {k} that one_step returns differs from eval mode: dropout goes on h "
-                          f"only, right before fc — not on the embeddings, the context or the LSTM's input")
+                pc.fail(
+                    step,
+                    f"in train mode the {k} that one_step returns has dropout applied ({k} = dropout({k}), "
+                    f"or inplace=True): return the LSTM's {k} untouched and give dropout(h) to fc only",
+                )
+            pc.fail(
+                step,
+                f"in train mode the {k} that one_step returns differs from eval mode: dropout goes on h "
+                f"only, right before fc — not on the embeddings, the context or the LSTM's input",
+            )
     pc.shape(step, "preds (train mode)", tr["preds"], ev["preds"].shape)
     verdict = _dropout_verdict(dec, tr["preds"], tr["h"], seed, p)
     if verdict:
@@ -203,14 +230,20 @@ def gate_closes_context(part):
         dec.f_beta.bias.fill_(-30.0)  # sigmoid(-30) ~ 1e-13: a closed gate
     a, b = _eval_step(part, dec, inp), _eval_step(part, dec, other)
     if any(pc.differs(b[k], a[k]) for k in names):
-        pc.fail(step, "with the gate closed (sigmoid(f_beta(h)) ~ 0) the image still changes preds, h, c: the gate "
-                      "is missing — multiply the context z by gate = sigmoid(f_beta(h)) before the LSTM")
+        pc.fail(
+            step,
+            "with the gate closed (sigmoid(f_beta(h)) ~ 0) the image still changes preds, h, c: the gate "
+            "is missing — multiply the context z by gate = sigmoid(f_beta(h)) before the LSTM",
+        )
     with torch.no_grad():
         dec.f_beta.bias.fill_(30.0)  # an open gate
     a, b = _eval_step(part, dec, inp), _eval_step(part, dec, other)
     if not any(pc.differs(b[k], a[k]) for k in ("h", "c")):
-        pc.fail(step, "with the gate open (sigmoid(f_beta(h)) ~ 1) the image does not reach h: the LSTM's input is "
-                      "[embeddings ; gate * z]")
+        pc.fail(
+            step,
+            "with the gate open (sigmoid(f_beta(h)) ~ 1) the image does not reach h: the LSTM's input is "
+            "[embeddings ; gate * z]",
+        )
     return "the gate sigmoid(f_beta(h)) scales the context that reaches the LSTM"
 
 

@@ -6,6 +6,7 @@ by hand from init_hidden_state, for rows past a caption's end, padding, each cap
 and with the module and encoder_out on another device than the CPU (PyTorch's data-less ``meta`` device: a tensor
 created on the CPU then meets one on ``meta``).
 """
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,10 @@ def forward_shapes(part):
         p = inp["encoder_out"].reshape(b, -1, pc.cfg()[1]).size(1)
         pc.shape(fwd, "alphas", out["alphas"], (b, max(dl), p))
     if list(out["decode_lengths"]) != dl:
-        pc.fail(fwd, f"decode_lengths should be {dl} (caption lengths - 1, longest first), got "
-                     f"{list(out['decode_lengths'])}")
+        pc.fail(
+            fwd,
+            f"decode_lengths should be {dl} (caption lengths - 1, longest first), got {list(out['decode_lengths'])}",
+        )
     return "shapes of predictions" + (", alphas" if "alphas" in out else "") + " and decode_lengths"
 
 
@@ -82,8 +85,11 @@ def forward_rows_past_end_are_zero(part):
     for i, d in enumerate(out["decode_lengths"]):
         for name in ("predictions", "alphas"):
             if name in out and out[name][i, d:].numel() and out[name][i, d:].abs().max().item() != 0:
-                pc.fail(fwd, f"{name}[{i}, {d}:] should stay 0 (caption {i} has decode length {d}): rows past a "
-                             f"caption's end are not zero — store only the captions still longer than t at step t")
+                pc.fail(
+                    fwd,
+                    f"{name}[{i}, {d}:] should stay 0 (caption {i} has decode length {d}): rows past a "
+                    f"caption's end are not zero — store only the captions still longer than t at step t",
+                )
     return "rows past each caption's end stay 0"
 
 
@@ -100,10 +106,16 @@ def forward_equals_one_step_by_hand(part):
         for name, want in wanted.items():
             if pc.differs(out[name][:n, t], want[:n, t]):
                 if t == 0:
-                    pc.fail(fwd, f"{name} at step 0 differ from one_step run by hand: start from h, c = "
-                                 f"self.init_hidden_state(encoder_out) (given above the TODO) and embeddings[:, 0]")
-                pc.fail(fwd, f"{name} at step {t} differ from one_step run by hand (the steps before agree): feed "
-                             f"embeddings[:num, t, :] and the h, c that the previous one_step returned")
+                    pc.fail(
+                        fwd,
+                        f"{name} at step 0 differ from one_step run by hand: start from h, c = "
+                        f"self.init_hidden_state(encoder_out) (given above the TODO) and embeddings[:, 0]",
+                    )
+                pc.fail(
+                    fwd,
+                    f"{name} at step {t} differ from one_step run by hand (the steps before agree): feed "
+                    f"embeddings[:num, t, :] and the h, c that the previous one_step returned",
+                )
     return "forward equals running one_step by hand from init_hidden_state"
 
 
@@ -117,8 +129,11 @@ def padding_does_not_matter(part):
     b = _forward_eval(part, dec, dict(inp, captions=caps))
     for name in ("predictions", "alphas"):
         if name in a and pc.differs(b[name], a[name]):
-            pc.fail(fwd, f"{name} depend on padding: changing the words after a caption's <end> changed them; "
-                         f"stop each caption at its decode length (shrinking batch)")
+            pc.fail(
+                fwd,
+                f"{name} depend on padding: changing the words after a caption's <end> changed them; "
+                f"stop each caption at its decode length (shrinking batch)",
+            )
     return "padding never influences the predictions"
 
 
@@ -137,21 +152,26 @@ def _forward_shrinking_to_one(part, dec, inp):
             _forward_eval(part, dec, dict(inp, lengths=torch.tensor([t, t, t - 2, t - 2])))
         except Exception:  # noqa: BLE001 - it fails anyway: report the first failure as it is
             raise e from None
-        pc.fail(pc.todo(part, "forward"), f"fails once one caption is left in the batch (num=1, a batch of one): "
-                                        f"{pc.describe(e)}{pc.SQUEEZE_HINT}")
+        pc.fail(
+            pc.todo(part, "forward"),
+            f"fails once one caption is left in the batch (num=1, a batch of one): {pc.describe(e)}{pc.SQUEEZE_HINT}",
+        )
 
 
 def forward_batch_of_one(part):
     fwd, dec, inp = pc.todo(part, "forward"), pc.build(part), pc.ref(part)["forward_in"]
     full = _forward_shrinking_to_one(part, dec, inp)
     for row, i in enumerate(torch.as_tensor(full["sort_ind"]).tolist()):
-        alone = {k: v[i:i + 1] for k, v in inp.items()}
+        alone = {k: v[i : i + 1] for k, v in inp.items()}
         one = pc.batch_of_one(fwd, lambda: _forward_eval(part, dec, alone))
         d = full["decode_lengths"][row]
         pc.shape(fwd, "predictions", one["predictions"], (1, d, pc.cfg()[0]["vocab_size"]), n1=True)
         if pc.differs(full["predictions"][row, :d], one["predictions"][0, :d]):
-            pc.fail(fwd, f"caption {i} decoded alone (a batch of one) gives other predictions than in the batch: "
-                         f"the other captions of the batch must not influence it")
+            pc.fail(
+                fwd,
+                f"caption {i} decoded alone (a batch of one) gives other predictions than in the batch: "
+                f"the other captions of the batch must not influence it",
+            )
     return "each caption decoded alone (a batch of one) gives its predictions in the batch"
 
 
@@ -163,8 +183,11 @@ def _reads_data(e):
 
 def forward_on_input_device(part):
     fwd, dec, inp = pc.todo(part, "forward"), pc.build(part), pc.ref(part)["forward_in"]
-    meta = {"encoder_out": inp["encoder_out"].to("meta"), "captions": inp["captions"].to("meta"),
-            "lengths": inp["lengths"]}  # the given code calls .tolist() on the lengths
+    meta = {
+        "encoder_out": inp["encoder_out"].to("meta"),
+        "captions": inp["captions"].to("meta"),
+        "lengths": inp["lengths"],
+    }  # the given code calls .tolist() on the lengths
     try:
         with torch.no_grad():
             out = _forward(part, dec.to("meta"), meta)
@@ -175,11 +198,16 @@ def forward_on_input_device(part):
             raise
         text = str(e)
         if any(s in text for s in ("expected device", "same device", "two devices")):
-            pc.fail(fwd, f"with encoder_out on another device than the CPU it mixes devices ({pc.describe(e)}): "
-                         f"{DEVICE_HINT}")
+            pc.fail(
+                fwd,
+                f"with encoder_out on another device than the CPU it mixes devices ({pc.describe(e)}): {DEVICE_HINT}",
+            )
         if "copy out of meta" in text and not _reads_data(e):
-            return pc.warn(fwd, f"with encoder_out on another device than the CPU it copies into a CPU tensor "
-                                f"({pc.describe(e)}): {DEVICE_HINT}")
+            return pc.warn(
+                fwd,
+                f"with encoder_out on another device than the CPU it copies into a CPU tensor "
+                f"({pc.describe(e)}): {DEVICE_HINT}",
+            )
         _forward_eval(part, pc.build(part), inp)  # fails on the CPU too: report that failure as it is
         return f"not checked: forward does not run on PyTorch's data-less 'meta' device ({pc.describe(e)})"
     for name in ("predictions", "alphas"):
@@ -214,8 +242,14 @@ def forward_values(part):
 
 def checks(part):
     """(name, function of part) of the forward checks of a decoder part, in the order students meet them."""
-    fns = [forward_shapes, forward_rows_past_end_are_zero, forward_equals_one_step_by_hand, padding_does_not_matter,
-           forward_batch_of_one, forward_on_input_device]
+    fns = [
+        forward_shapes,
+        forward_rows_past_end_are_zero,
+        forward_equals_one_step_by_hand,
+        padding_does_not_matter,
+        forward_batch_of_one,
+        forward_on_input_device,
+    ]
     if part == "attention-decoder":
         fns.append(alphas_sum_to_one)
     fns.append(forward_values)

@@ -12,6 +12,7 @@ values (not the default init, so that every bias and BatchNorm statistic matters
 plain state dicts, so the checks load them into a student's modules by layer name. Everything is a plain
 tensor / int / float / str, so the file loads with ``weights_only=True``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,17 +67,29 @@ def make_values():
     torch.manual_seed(SEED)
     g = torch.Generator().manual_seed(SEED)
     D, E, P, C = CFG["decoder_dim"], CFG["embed_dim"], GRID * GRID, ENCODER_DIM
-    out = {"meta": {"cfg": dict(CFG), "encoder_dim": C, "grid": GRID, "seed": SEED, "train_seed": TRAIN_SEED,
-                    "rel_tol": 1e-4, "measure": "max|got - expected| / (max|expected| + 1e-8)",
-                    "torch": str(torch.__version__)}}
+    out = {
+        "meta": {
+            "cfg": dict(CFG),
+            "encoder_dim": C,
+            "grid": GRID,
+            "seed": SEED,
+            "train_seed": TRAIN_SEED,
+            "rel_tol": 1e-4,
+            "measure": "max|got - expected| / (max|expected| + 1e-8)",
+            "torch": str(torch.__version__),
+        }
+    }
 
     for key, cls in (("rnn", DecoderWithRNN), ("attention_decoder", DecoderWithAttention)):
         dec = cls(dict(CFG), encoder_dim=C)
         state = seeded_weights(dec, SEED + (1 if key == "rnn" else 2))
         dec.eval()
         n = 3
-        step_in = {"embeddings": torch.randn(n, E, generator=g), "h": torch.randn(n, D, generator=g),
-                   "c": torch.randn(n, D, generator=g)}
+        step_in = {
+            "embeddings": torch.randn(n, E, generator=g),
+            "h": torch.randn(n, D, generator=g),
+            "c": torch.randn(n, D, generator=g),
+        }
         caps, lens = captions_batch(g, [5, 8, 3, 6], 8)
         fwd_in = {"encoder_out": torch.randn(4, GRID, GRID, C, generator=g), "captions": caps, "lengths": lens}
         with torch.no_grad():
@@ -84,18 +97,29 @@ def make_values():
                 preds, h, c = dec.one_step(step_in["embeddings"], step_in["h"], step_in["c"])
                 step_out = {"preds": preds, "h": h, "c": c}
                 p, ec, dl, si = dec(fwd_in["encoder_out"], caps, lens)
-                fwd_out = {"predictions": p, "encoded_captions": ec, "decode_lengths": torch.tensor(dl),
-                           "sort_ind": si}
+                fwd_out = {"predictions": p, "encoded_captions": ec, "decode_lengths": torch.tensor(dl), "sort_ind": si}
             else:
                 step_in["encoder_out"] = torch.randn(n, P, C, generator=g)
-                preds, alpha, h, c = dec.one_step(step_in["embeddings"], step_in["encoder_out"], step_in["h"],
-                                                  step_in["c"])
+                preds, alpha, h, c = dec.one_step(
+                    step_in["embeddings"], step_in["encoder_out"], step_in["h"], step_in["c"]
+                )
                 step_out = {"preds": preds, "alpha": alpha, "h": h, "c": c}
                 p, ec, dl, al, si = dec(fwd_in["encoder_out"], caps, lens)
-                fwd_out = {"predictions": p, "encoded_captions": ec, "decode_lengths": torch.tensor(dl),
-                           "alphas": al, "sort_ind": si}
-        out[key] = {"state_dict": state, "one_step_in": step_in, "one_step_out": step_out,
-                    "one_step_train_out": train_step(dec, key, step_in), "forward_in": fwd_in, "forward_out": fwd_out}
+                fwd_out = {
+                    "predictions": p,
+                    "encoded_captions": ec,
+                    "decode_lengths": torch.tensor(dl),
+                    "alphas": al,
+                    "sort_ind": si,
+                }
+        out[key] = {
+            "state_dict": state,
+            "one_step_in": step_in,
+            "one_step_out": step_out,
+            "one_step_train_out": train_step(dec, key, step_in),
+            "forward_in": fwd_in,
+            "forward_out": fwd_out,
+        }
 
     att = Attention(C, D, CFG["attention_dim"])
     state = seeded_weights(att, SEED + 3)

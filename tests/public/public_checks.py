@@ -17,6 +17,7 @@ were computed with fixed, seeded weights and inputs at tiny sizes (vocabulary 23
 attention 10, encoder channels 6, a 3×3 grid; dropout 0.3). The weights are stored with them as state dicts and
 loaded into your modules *by layer name* — which is why the layer names in the TODO banners matter.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,10 +34,11 @@ from torch import nn
 REL_TOL = 1e-4
 REFERENCE_FILE = Path(__file__).with_name("reference_values.pt")
 PARTS = {"rnn": "DecoderWithRNN", "attention": "Attention", "attention-decoder": "DecoderWithAttention"}
-SQUEEZE_HINT = (" (a squeeze() without a dim also removes the batch dimension when N=1: name the dim, e.g. "
-                "squeeze(1))")
-RANDOM_IN_EVAL = ("in eval mode {} gives different numbers on every call: dropout must be off in eval mode (use "
-                  "self.dropout(h), or F.dropout(h, self.dropout_p, self.training))")
+SQUEEZE_HINT = " (a squeeze() without a dim also removes the batch dimension when N=1: name the dim, e.g. squeeze(1))"
+RANDOM_IN_EVAL = (
+    "in eval mode {} gives different numbers on every call: dropout must be off in eval mode (use "
+    "self.dropout(h), or F.dropout(h, self.dropout_p, self.training))"
+)
 
 _CHECKS = []  # (part, name, function)
 
@@ -202,14 +204,20 @@ def load_weights(mod, state, todo):
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))
     if missing:
-        fail(todo, f"layer weights missing: {', '.join(missing)} (define the layers with exactly the names in the "
-                   f"TODO banner)")
+        fail(
+            todo,
+            f"layer weights missing: {', '.join(missing)} (define the layers with exactly the names in the "
+            f"TODO banner)",
+        )
     if extra:
         fail(todo, f"unexpected weights {', '.join(extra)}: only the layers in the banner, with those names")
     for k in want:
         if have[k] != want[k]:
-            hint = attention_order_hint() if k.startswith("attention.") else \
-                f"check the sizes you pass to the layer '{k.split('.')[0]}'"
+            hint = (
+                attention_order_hint()
+                if k.startswith("attention.")
+                else f"check the sizes you pass to the layer '{k.split('.')[0]}'"
+            )
             fail(todo, f"{k} has shape {have[k]}, expected {want[k]}: {hint}")
     mod.load_state_dict(state)
 
@@ -219,14 +227,19 @@ def attention_order_hint():
     c, enc_dim = cfg()
     try:
         att = models().Attention(enc_dim, c["decoder_dim"], c["attention_dim"])
-        want = {k[len("attention."):]: tuple(v.shape) for k, v in reference()["attention_decoder"]["state_dict"]
-                .items() if k.startswith("attention.")}
+        want = {
+            k[len("attention.") :]: tuple(v.shape)
+            for k, v in reference()["attention_decoder"]["state_dict"].items()
+            if k.startswith("attention.")
+        }
         right = {k: tuple(v.shape) for k, v in att.state_dict().items()} == want
     except Exception:  # noqa: BLE001 - student code
         right = False
     if right:
-        return ("the arguments of Attention(...) are in the wrong order: it takes (encoder_dim, decoder_dim, "
-                "attention_dim), in that order (or pass them by keyword)")
+        return (
+            "the arguments of Attention(...) are in the wrong order: it takes (encoder_dim, decoder_dim, "
+            "attention_dim), in that order (or pass them by keyword)"
+        )
     return "your Attention.__init__ gives these sizes: run `python -m captioning check attention` first"
 
 
@@ -235,8 +248,12 @@ def layer_types(mod, types_, todo):
     for name, cls in types_.items():
         layer = getattr(mod, name)
         if not isinstance(layer, cls):
-            fail(todo, f"self.{name} is a {type(layer).__name__}, expected nn.{cls.__name__}"
-                 if cls.__module__.startswith("torch") else f"self.{name} should be your {cls.__name__}")
+            fail(
+                todo,
+                f"self.{name} is a {type(layer).__name__}, expected nn.{cls.__name__}"
+                if cls.__module__.startswith("torch")
+                else f"self.{name} should be your {cls.__name__}",
+            )
 
 
 def shape(todo, name, t, want, n1=False):
@@ -245,16 +262,22 @@ def shape(todo, name, t, want, n1=False):
         fail(todo, f"{name} should be a tensor of shape {tuple(want)}, got {type(t).__name__}")
     if tuple(t.shape) != tuple(want):
         lost = n1 and tuple(t.shape) == tuple(d for d in want if d != 1)
-        fail(todo, ("with a batch of one (N=1) " if n1 else "") + f"{name} has shape {tuple(t.shape)}, expected "
-                   f"{tuple(want)}" + (SQUEEZE_HINT if lost else ""))
+        fail(
+            todo,
+            ("with a batch of one (N=1) " if n1 else "") + f"{name} has shape {tuple(t.shape)}, expected "
+            f"{tuple(want)}" + (SQUEEZE_HINT if lost else ""),
+        )
 
 
 def compare(todo, name, got, want, hint=""):
     shape(todo, name, got, want.shape)
     err = rel_error(got, want)
     if not err <= REL_TOL:
-        fail(todo, f"{name} differs from the reference: relative error {err:.2e} > {REL_TOL:g}" +
-             (f". {hint}" if hint else ""))
+        fail(
+            todo,
+            f"{name} differs from the reference: relative error {err:.2e} > {REL_TOL:g}"
+            + (f". {hint}" if hint else ""),
+        )
     return err
 
 
@@ -314,13 +337,19 @@ def check_alpha_sums_to_one():
     s = alpha.sum(dim=1)
     if (s - 1).abs().max().item() > 1e-4:
         over_batch = alpha.dim() == 2 and (alpha.sum(dim=0) - 1).abs().max().item() <= 1e-4
-        fail(ATT, f"alpha does not sum to 1 over regions (sums over dim 1: {[round(x, 3) for x in s.tolist()]})"
-                  + ("; it sums to 1 over dim 0, the batch: the softmax is over the wrong dim" if over_batch else "")
-                  + "; take the softmax over the P regions, dim=1")
+        fail(
+            ATT,
+            f"alpha does not sum to 1 over regions (sums over dim 1: {[round(x, 3) for x in s.tolist()]})"
+            + ("; it sums to 1 over dim 0, the batch: the softmax is over the wrong dim" if over_batch else "")
+            + "; take the softmax over the P regions, dim=1",
+        )
     s1 = alpha1.sum(dim=1)
     if (s1 - 1).abs().max().item() > 1e-4:
-        fail(ATT, f"with a batch of one (N=1) alpha sums to {round(s1.max().item(), 3)} over the regions, not 1: "
-                  f"take the softmax over the P regions (dim=1), not over the batch (dim 0)")
+        fail(
+            ATT,
+            f"with a batch of one (N=1) alpha sums to {round(s1.max().item(), 3)} over the regions, not 1: "
+            f"take the softmax over the P regions (dim=1), not over the batch (dim 0)",
+        )
     return "alpha sums to 1 over the regions, also with a batch of one"
 
 
@@ -330,14 +359,22 @@ def check_values():
     with torch.no_grad():
         z, alpha = _attend(att, ref["in"])
         z1, alpha1 = _attend(att, _first(ref["in"]), n1=True)
-    e1 = compare(ATT, "alpha", alpha, ref["out"]["alpha"],
-                 "alpha = softmax over the P regions of att(relu(encoder_att(encoder_out) + decoder_att(h)))")
+    e1 = compare(
+        ATT,
+        "alpha",
+        alpha,
+        ref["out"]["alpha"],
+        "alpha = softmax over the P regions of att(relu(encoder_att(encoder_out) + decoder_att(h)))",
+    )
     e2 = compare(ATT, "z", z, ref["out"]["z"], "z = the sum over the P regions of encoder_out weighted by alpha")
     for name, got, want in (("alpha", alpha1, ref["out"]["alpha"][:1]), ("z", z1, ref["out"]["z"][:1])):
         shape(ATT, name, got, want.shape, n1=True)
         if rel_error(got, want) > REL_TOL:
-            fail(ATT, f"with a batch of one (N=1) {name} differs from row 0 of the batch of 4 (relative error "
-                      f"{rel_error(got, want):.2e})")
+            fail(
+                ATT,
+                f"with a batch of one (N=1) {name} differs from row 0 of the batch of 4 (relative error "
+                f"{rel_error(got, want):.2e})",
+            )
     return f"matches the reference (max relative error {max(e1, e2):.1e}), also with a batch of one"
 
 

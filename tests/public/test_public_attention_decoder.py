@@ -1,7 +1,7 @@
 """Public tests of models.py, part 'attention-decoder' — the same checks as `python -m captioning check attention-decoder`
 (see public_checks.py for what they check and the relative-error measure)."""
-import pytest
 
+import pytest
 from public_checks import checks_of
 
 

@@ -5,6 +5,7 @@ The cache stores the backbone's feature map *before* the adaptive pooling, (N, C
 256-pixel ResNet input, 3× smaller than the pooled 14×14 grid — and ``Encoder.pool`` is applied on load, so the
 decoder sees exactly what ``Encoder.forward`` would give (up to fp16 rounding).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from captioning.atomic import atomic_path
+from captioning.data.images_h5 import _Sink
 from captioning.datasets import ImageCaptions, _check_files, normalize, split_paths
-from captioning.errors import KitError
-from captioning.images_h5 import _Sink
-from captioning.locks import folder_lock
+from captioning.internals.atomic import atomic_path
+from captioning.internals.errors import KitError
+from captioning.internals.locks import folder_lock
 
 # 2: every row carries a CRC32 ("crc32", written with the row) that is checked before the cache is renamed into
 # place and again when a run finds it; a version-1 cache (whose rows a full disk could leave as zeros) is rebuilt.
@@ -39,14 +40,31 @@ def cache_path(cache_folder, data_name, split, encoder):
 
 def cache_key(images_path, encoder):
     st = os.stat(images_path)
-    return json.dumps({"version": CACHE_VERSION, "images": os.path.abspath(images_path), "size": st.st_size,
-                       "mtime_ns": st.st_mtime_ns, "arch": encoder.arch, "weights": encoder.weights_digest()},
-                      sort_keys=True)
+    return json.dumps(
+        {
+            "version": CACHE_VERSION,
+            "images": os.path.abspath(images_path),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "arch": encoder.arch,
+            "weights": encoder.weights_digest(),
+        },
+        sort_keys=True,
+    )
 
 
 @torch.no_grad()
-def build_feature_cache(encoder, data_folder, data_name, split, cache_folder=None, batch_size=None,
-                        device="cpu", progress=True, required=True):
+def build_feature_cache(
+    encoder,
+    data_folder,
+    data_name,
+    split,
+    cache_folder=None,
+    batch_size=None,
+    device="cpu",
+    progress=True,
+    required=True,
+):
     """Encode every image of ``split`` once into an fp16 HDF5 cache; returns its path.
 
     Resumable (an interrupted run continues after the last finished batch; an unreadable leftover is rebuilt) and
@@ -84,9 +102,11 @@ def build_feature_cache(encoder, data_folder, data_name, split, cache_folder=Non
     if not _writable(cache_folder):
         if not required:
             return None
-        raise KitError(f"the {split} feature cache {path} {problem}, and it cannot be (re)built: {cache_folder} is "
-                       f"not writable. Make the folder writable, or set feature_cache=False (train; encodes the "
-                       f"images at every epoch, slower)")
+        raise KitError(
+            f"the {split} feature cache {path} {problem}, and it cannot be (re)built: {cache_folder} is "
+            f"not writable. Make the folder writable, or set feature_cache=False (train; encodes the "
+            f"images at every epoch, slower)"
+        )
     # one run builds a split's cache; a second one started meanwhile waits, then finds it built
     with folder_lock(cache_folder, f"{split}_{encoder.arch}", what=f"the {split} feature cache in {cache_folder}"):
         problem = _check(path, key)
@@ -94,15 +114,20 @@ def build_feature_cache(encoder, data_folder, data_name, split, cache_folder=Non
             return path
         if os.path.exists(path):
             if problem != STALE:
-                print(f"warning: the {split} feature cache {path} {problem}: building it again", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"warning: the {split} feature cache {path} {problem}: building it again",
+                    file=sys.stderr,
+                    flush=True,
+                )
             os.remove(path)  # stale (images or encoder changed) or failed its check
         _encode(encoder, images_path, partial, key, split, batch_size, device, progress)
         problem = _check(partial, key, full=True)
         if problem is not None:  # a disk that lost writes without an error: never renamed into place
             os.remove(partial)
-            raise KitError(f"the {split} feature cache just written to {partial} {problem}: it was removed. Check "
-                           f"the disk of {cache_folder} (free space, errors in the system log) and run again")
+            raise KitError(
+                f"the {split} feature cache just written to {partial} {problem}: it was removed. Check "
+                f"the disk of {cache_folder} (free space, errors in the system log) and run again"
+            )
         os.replace(partial, path)
         _checked[_stamp(path)] = True  # checked in full just now
     return path
@@ -119,9 +144,18 @@ def recalibrate_once(encoder, data_folder, data_name, n_images, progress=True):
     images_path = split_paths(data_folder, data_name, "TRAIN")[0]
     _check_files([images_path])
     st = os.stat(images_path)
-    key = json.dumps({"version": CACHE_VERSION, "images": os.path.abspath(images_path), "size": st.st_size,
-                      "mtime_ns": st.st_mtime_ns, "arch": encoder.arch, "n": n_images,
-                      "init": encoder.weights_digest()}, sort_keys=True)
+    key = json.dumps(
+        {
+            "version": CACHE_VERSION,
+            "images": os.path.abspath(images_path),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "arch": encoder.arch,
+            "n": n_images,
+            "init": encoder.weights_digest(),
+        },
+        sort_keys=True,
+    )
     folder = os.path.join(data_folder, "features")
     path = os.path.join(folder, f"BN_{data_name}_{encoder.arch}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt")
     bns = {name: m for name, m in encoder.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
@@ -139,9 +173,10 @@ def recalibrate_once(encoder, data_folder, data_name, n_images, progress=True):
     batches = (normalize(data.images(i, min(n, i + 32))) for i in range(0, n, 32))
     encoder.recalibrate(tqdm(batches, total=-(-n // 32), desc="recalibrating BatchNorm", disable=not progress))
     data.close()
-    stats = {name: {b: getattr(m, b).detach().cpu().clone() for b in ("running_mean", "running_var",
-                                                                        "num_batches_tracked")}
-             for name, m in bns.items()}
+    stats = {
+        name: {b: getattr(m, b).detach().cpu().clone() for b in ("running_mean", "running_var", "num_batches_tracked")}
+        for name, m in bns.items()
+    }
     try:
         os.makedirs(folder, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -215,8 +250,7 @@ def _open_partial(partial, key, n, probe):
             fh = open(partial, "r+b", buffering=0)
             sink = _Sink(fh)
             dst = h5py.File(sink, "r+")
-            if (dst.attrs.get("key") == key and "features" in dst and dst["features"].shape[0] == n
-                    and "crc32" in dst):
+            if dst.attrs.get("key") == key and "features" in dst and dst["features"].shape[0] == n and "crc32" in dst:
                 return dst, sink, None
             dst.close()
         except OSError:
@@ -241,9 +275,11 @@ def _space_error(split, partial, n, row_bytes, error=None):
     folder = os.path.dirname(os.path.abspath(partial))
     free = shutil.disk_usage(folder).free
     what = f"writing the {split} feature cache {partial} failed ({error}); " if error else ""
-    return KitError(f"{what}the cache needs about {n * row_bytes / 2**20:.1f} MB and {folder} has "
-                    f"{free / 2**20:.1f} MB free: free some space and run again (the cache is rebuilt), or set "
-                    f"feature_cache=False (train; encodes the images at every epoch, slower)")
+    return KitError(
+        f"{what}the cache needs about {n * row_bytes / 2**20:.1f} MB and {folder} has "
+        f"{free / 2**20:.1f} MB free: free some space and run again (the cache is rebuilt), or set "
+        f"feature_cache=False (train; encodes the images at every epoch, slower)"
+    )
 
 
 def encode_pixels(net, pixels, device):

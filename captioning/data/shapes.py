@@ -24,6 +24,7 @@ JSON record (one per image, in ``dataset_shapes.json``)::
 
 ``bbox`` is in pixels of the saved image (x1, y1 exclusive).  Everything is a deterministic function of the seed.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from captioning.atomic import write_text
-from captioning.errors import KitError
+from captioning.internals.atomic import write_text
+from captioning.internals.errors import KitError
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars", "cross": "crosses"}
@@ -76,9 +77,8 @@ def cells_in_box(bbox, image_size: float, side: int) -> np.ndarray:
     return ((centres >= y0) & (centres < y1))[:, None] & ((centres >= x0) & (centres < x1))[None, :]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Scene layout (main process, one seeded random.Random for the whole dataset)
-# ----------------------------------------------------------------------------------------------------------------
+# ---------------------------------------- scene layout (main process, one seeded random.Random for the whole dataset)
+
 
 def _place_objects(rng: random.Random, size: int, n_objects: int) -> list[dict]:
     """Objects with non-overlapping boxes (at least ~3% of the side apart), or fewer if they do not fit."""
@@ -122,15 +122,14 @@ def _background(rng: random.Random) -> dict:
     return {
         "tone": "dark" if dark else "light",
         "rgb": [min(255.0, max(0.0, level + t)) for t in tint],
-        "gradient": rng.uniform(0, 30),            # total brightness change across the image
+        "gradient": rng.uniform(0, 30),  # total brightness change across the image
         "angle": rng.uniform(0, 2 * math.pi),
-        "noise": rng.randint(0, 12),               # per-pixel noise is uniform in [-noise, noise]
+        "noise": rng.randint(0, 12),  # per-pixel noise is uniform in [-noise, noise]
     }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Captions
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------- captions
+
 
 def _groups(objects: list[dict]) -> list[list[dict]]:
     """Objects with the same colour and shape, in order of first appearance."""
@@ -155,6 +154,7 @@ def _group_phrase(rng: random.Random, group: list[dict]) -> list[str]:
 
 def _relation(a: list[dict], b: list[dict], image_size: int) -> str | None:
     """Where group a lies relative to group b: 'left', 'right', 'above', 'below', or None when not clear cut."""
+
     def centres(g, axis):
         return [(o["bbox"][axis] + o["bbox"][axis + 2]) / 2 for o in g]
 
@@ -205,13 +205,20 @@ def _caption(rng: random.Random, objects: list[dict], tone: str, image_size: int
     plural = len(objects) > 1
     order = _mention_order(rng, groups)
     # the first pair in mention order whose relation is clear cut (a, then b)
-    pairs = [(a, b, r) for i, a in enumerate(order) for b in order[i + 1:] if (r := _relation(a, b, image_size))]
+    pairs = [(a, b, r) for i, a in enumerate(order) for b in order[i + 1 :] if (r := _relation(a, b, image_size))]
     kind = rng.choice(("list", "list", "relation", "relation") if pairs else ("list",))
     if kind == "list":
         body = _list_phrase(rng, order)
-        opening = rng.choice((
-            [], [], ["a", "picture", "of"], ["an", "image", "of"], ["an", "image", "with"],
-            ["there", "are"] if plural else ["there", "is"]))
+        opening = rng.choice(
+            (
+                [],
+                [],
+                ["a", "picture", "of"],
+                ["an", "image", "of"],
+                ["an", "image", "with"],
+                ["there", "are"] if plural else ["there", "is"],
+            )
+        )
         tokens = opening + body
         if rng.random() < 0.4:
             tokens += _background_phrase(rng, tone)
@@ -244,9 +251,8 @@ def _captions(rng: random.Random, objects: list[dict], tone: str, image_size: in
     raise AssertionError(f"could not draw {CAPTIONS_PER_IMAGE} distinct captions for {objects}")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Drawing (worker processes; pure function of the job tuple)
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------- drawing (worker processes; pure function of the job tuple)
+
 
 def _polygon(shape: str, box) -> list[tuple[float, float]]:
     x0, y0, x1, y1 = box
@@ -257,14 +263,26 @@ def _polygon(shape: str, box) -> list[tuple[float, float]]:
     if shape == "star":
         pts = []
         for k in range(10):
-            r = (w / 2 if k % 2 == 0 else w * 0.22)
+            r = w / 2 if k % 2 == 0 else w * 0.22
             ang = -math.pi / 2 + k * math.pi / 5
             pts.append((cx + r * math.cos(ang), cy + 2 + r * math.sin(ang)))
         return pts
     if shape == "cross":
-        t = w / 6   # half the bar thickness: bars are a third of the side wide
-        return [(cx - t, y0), (cx + t, y0), (cx + t, cy - t), (x1 - 1, cy - t), (x1 - 1, cy + t), (cx + t, cy + t),
-                (cx + t, y1 - 1), (cx - t, y1 - 1), (cx - t, cy + t), (x0, cy + t), (x0, cy - t), (cx - t, cy - t)]
+        t = w / 6  # half the bar thickness: bars are a third of the side wide
+        return [
+            (cx - t, y0),
+            (cx + t, y0),
+            (cx + t, cy - t),
+            (x1 - 1, cy - t),
+            (x1 - 1, cy + t),
+            (cx + t, cy + t),
+            (cx + t, y1 - 1),
+            (cx - t, y1 - 1),
+            (cx - t, cy + t),
+            (x0, cy + t),
+            (x0, cy - t),
+            (cx - t, cy - t),
+        ]
     raise ValueError(shape)
 
 
@@ -297,9 +315,8 @@ def _render(job) -> None:
     out.save(path, "JPEG", quality=95, subsampling=0)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Public entry point
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------- public entry point
+
 
 def generate_shapes(out_dir, n_train=1000, n_val=100, n_test=100, image_size=256, seed=0) -> pathlib.Path:
     """Write ``out_dir/dataset_shapes.json`` (Karpathy format) and ``out_dir/images/{split}_{imgid:06d}.jpg``.
@@ -321,8 +338,9 @@ def generate_shapes(out_dir, n_train=1000, n_val=100, n_test=100, image_size=256
     try:
         image_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise KitError(f"cannot create the output folder {image_dir}: {e.strerror or e}. "
-                       "Choose another --out folder.") from e
+        raise KitError(
+            f"cannot create the output folder {image_dir}: {e.strerror or e}. Choose another --out folder."
+        ) from e
 
     rng = random.Random(seed)
     caption_rng = random.Random(f"captions-{seed}")  # its own stream: the grammar never moves the layouts
@@ -335,12 +353,20 @@ def generate_shapes(out_dir, n_train=1000, n_val=100, n_test=100, image_size=256
         captions = _captions(caption_rng, objects, background["tone"], image_size)
         filename = f"{split}_{imgid:06d}.jpg"
         sentids = [imgid * CAPTIONS_PER_IMAGE + k for k in range(CAPTIONS_PER_IMAGE)]
-        records.append({
-            "filepath": "images", "filename": filename, "imgid": imgid, "split": split, "sentids": sentids,
-            "sentences": [{"tokens": t, "raw": " ".join(t).capitalize() + ".", "imgid": imgid, "sentid": s}
-                          for t, s in zip(captions, sentids)],
-            "objects": objects,
-        })
+        records.append(
+            {
+                "filepath": "images",
+                "filename": filename,
+                "imgid": imgid,
+                "split": split,
+                "sentids": sentids,
+                "sentences": [
+                    {"tokens": t, "raw": " ".join(t).capitalize() + ".", "imgid": imgid, "sentid": s}
+                    for t, s in zip(captions, sentids)
+                ],
+                "objects": objects,
+            }
+        )
         jobs.append((str(image_dir / filename), image_size, background, objects, (seed, imgid)))
 
     workers = min(os.cpu_count() or 1, max(1, len(jobs) // 64))

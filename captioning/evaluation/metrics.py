@@ -2,6 +2,7 @@
 
 nltk is imported on the first BLEU, not with this module: the kit (training, the fast path, the GPU check's
 imports) then loads on a machine without nltk, and only computing BLEU needs it."""
+
 from __future__ import annotations
 
 import sys
@@ -18,6 +19,7 @@ def _import_corpus_bleu():
     """
     if "nltk" in sys.modules or "scipy.stats" in sys.modules:
         from nltk.translate.bleu_score import corpus_bleu
+
         return corpus_bleu
     sys.modules["scipy.stats"] = None  # a None entry makes `import scipy.stats` raise ImportError
     try:

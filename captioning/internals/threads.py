@@ -6,6 +6,7 @@ each other at every operation while one of them is descheduled, and a run with f
 leave idle while it starts up and uses that many threads, at least 1 and at most the CPUs this process may run on.
 ``OMP_NUM_THREADS`` in the environment overrides it, as it does for PyTorch.
 """
+
 from __future__ import annotations
 
 import os

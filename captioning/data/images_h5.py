@@ -2,6 +2,7 @@
 and streamed into ``images`` (N, 3, S, S) uint8, one HDF5 chunk per image, with their ids and (shapes data) their
 objects' boxes rescaled to S. A full disk gives an OSError, never a crash (see ``_Sink``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,8 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from captioning.errors import KitError
-from captioning.images import decoded_chunks
+from captioning.data.images import decoded_chunks
+from captioning.internals.errors import KitError
 
 
 def _rescale_objects(objects: list[dict], original: tuple[int, int], size: int) -> list[dict]:
@@ -43,7 +44,7 @@ class _Sink:
         view = memoryview(b).cast("B")
         try:
             while view:  # an unbuffered file may write less than asked
-                view = view[self.f.write(view):]
+                view = view[self.f.write(view) :]
         except OSError as e:
             self.failed = e
         return len(b)
@@ -68,8 +69,17 @@ class _Sink:
         return self.f.tell()
 
 
-def write_images(tmp_path: Path, items: list[dict], size: int, cpi: int, pool, workers: int,
-                  with_objects: bool, desc: str, set_id: str) -> None:
+def write_images(
+    tmp_path: Path,
+    items: list[dict],
+    size: int,
+    cpi: int,
+    pool,
+    workers: int,
+    with_objects: bool,
+    desc: str,
+    set_id: str,
+) -> None:
     """Decode ``items`` (dicts with path, image_id, objects) into a new HDF5 file, streaming chunk by chunk; the
     file is read back and checked (every image against the CRC32 of what was written, the ids) before the caller
     renames it into place: a KitError when it differs."""
@@ -108,8 +118,10 @@ def _verify(tmp_path, items, crcs):
     except OSError as e:
         problem = f"cannot be read back ({e})"
     if problem is not None:
-        raise KitError(f"{tmp_path}, just written, {problem}: nothing was moved into place. Check the disk of "
-                       f"{tmp_path.parent} (free space, errors in the system log) and run prepare again")
+        raise KitError(
+            f"{tmp_path}, just written, {problem}: nothing was moved into place. Check the disk of "
+            f"{tmp_path.parent} (free space, errors in the system log) and run prepare again"
+        )
 
 
 def _crc(image):
@@ -139,12 +151,12 @@ def _fill_images(h, items, size, cpi, pool, workers, with_objects, desc, set_id,
     with tqdm(total=n, desc=desc, unit="img") as progress, contextlib.closing(chunks):
         for batch, originals in chunks:
             k = len(batch)
-            images[start:start + k] = batch
+            images[start : start + k] = batch
             crcs.extend(_crc(image) for image in batch)
             if objects is not None:
-                objects[start:start + k] = [
-                    json.dumps(_rescale_objects(items[start + j]["objects"], originals[j], size))
-                    for j in range(k)]
+                objects[start : start + k] = [
+                    json.dumps(_rescale_objects(items[start + j]["objects"], originals[j], size)) for j in range(k)
+                ]
             start += k
             progress.update(k)
             if sink.failed:

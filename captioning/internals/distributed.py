@@ -2,6 +2,7 @@
 backward, sums and lists gathered so that every process sees the whole split's numbers. With one process (the
 usual case) every method is the identity.
 """
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from captioning.errors import KitError
+from captioning.internals.errors import KitError
 
 
 class ProcessGroup:
@@ -24,10 +25,12 @@ class ProcessGroup:
                 local = int(os.environ.get("LOCAL_RANK", "0"))
                 gpus = torch.cuda.device_count()
                 if local >= gpus:  # NCCL refuses two processes on one GPU, after a long wait
-                    raise KitError(f"torchrun process LOCAL_RANK={local} has no GPU of its own: this machine has "
-                                   f"{gpus} GPU(s) and NCCL needs one per process. Start at most {gpus} processes "
-                                   f"(torchrun --nproc_per_node {max(gpus, 1)}), or train on the CPU (device=cpu: "
-                                   "gloo)")
+                    raise KitError(
+                        f"torchrun process LOCAL_RANK={local} has no GPU of its own: this machine has "
+                        f"{gpus} GPU(s) and NCCL needs one per process. Start at most {gpus} processes "
+                        f"(torchrun --nproc_per_node {max(gpus, 1)}), or train on the CPU (device=cpu: "
+                        "gloo)"
+                    )
                 torch.cuda.set_device(local)
                 cfg["device"] = f"cuda:{local}"  # each process on its own GPU
             dist.init_process_group("nccl" if cuda else "gloo")

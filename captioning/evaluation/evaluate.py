@@ -1,6 +1,7 @@
 """Using a trained checkpoint: BLEU on a split with beam search (``evaluate``), captions for any image files
 (``caption_images``), and the attention "pointing game" on data whose images carry object boxes (``grounding``).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,19 +16,31 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captioning.checkpoints import data_folder_of, load_checkpoint, word_map_id
+from captioning.data.features import build_feature_cache
 from captioning.datasets import ImageCaptions, load_word_map, normalize, split_paths
 from captioning.decoding import beam_search, decode_words
-from captioning.errors import KitError
-from captioning.features import build_feature_cache
-from captioning.metrics import bleu, strip_special
-from captioning.outputs import check_file, write_json
+from captioning.evaluation.metrics import bleu, strip_special
+from captioning.evaluation.outputs import check_file, write_json
+from captioning.internals.errors import KitError
 from captioning.solver import encode_batch, models_from_checkpoint
 
 
 @torch.no_grad()
-def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=None, device="cpu",
-             batch_images=50, max_images=None, max_len=50, out=None, progress=True, coco=True,
-             length_penalty=None):
+def evaluate(
+    checkpoint,
+    split="TEST",
+    beam_size=5,
+    data_folder=None,
+    data_name=None,
+    device="cpu",
+    batch_images=50,
+    max_images=None,
+    max_len=50,
+    out=None,
+    progress=True,
+    coco=True,
+    length_penalty=None,
+):
     """Caption every image of ``split`` with beam search and score BLEU-1..4 against all its references.
 
     ``length_penalty``: see :func:`decoding.beam_search` (0, the course's choice, favours short captions); None:
@@ -51,41 +64,26 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     check_value("beam_size", beam_size, _int(1))
     if out:
         check_file(out, "out")
-    ckpt = load_checkpoint(checkpoint)
-    encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
+    ckpt, encoder, decoder, word_map, cfg = _checked_models(checkpoint, device, data_folder, data_name)
     length_penalty = cfg["length_penalty"] if length_penalty is None else length_penalty
-    for key in ("encoder_state", "decoder_state", "encoder_optimizer", "decoder_optimizer"):
-        ckpt.pop(key, None)  # loaded into the models: the copies would only add to the peak memory
     data_folder = data_folder or data_folder_of(cfg, checkpoint)
     data_name = data_name or cfg["data_name"]
-    data_wm = load_word_map(data_folder, data_name)
-    if word_map_id(data_wm) != ckpt["word_map_id"]:
-        raise KitError(f"checkpoint '{checkpoint}' was trained with another word map than the data in "
-                       f"'{data_folder}' ({data_name}): evaluate it on the data it was trained on")
     rev = {v: k for k, v in word_map.items()}
     # folded once, and the unfolded weights freed: the copy stands for them in the cache key too
     encoder = encoder.for_inference()
-    cached = not cfg["fine_tune_encoder"]
-    features = build_feature_cache(encoder, data_folder, data_name, split, device=device, progress=progress,
-                                   required=False) if cached else None
-    if cached and features is None:
-        print(f"note: no feature cache can be written in {data_folder} (not writable): encoding the {split} images "
-              f"batch by batch instead", file=sys.stderr, flush=True)
-        cached = False
-    data = ImageCaptions(data_folder, data_name, split, features=features, limit=max_images)
+    data, cached = _split_data(encoder, cfg, data_folder, data_name, split, device, max_images, progress)
     loader = DataLoader(data, batch_size=batch_images, shuffle=False, num_workers=0)
-    refs, hyps, rows, all_alphas = [], [], [], []
-    for x, caps, _ in tqdm(loader, desc=f"{split.lower()} beam {beam_size}", disable=not progress):
-        enc = encode_batch(encoder, x, cached, torch.device(device))
-        for img_caps, cap in zip(caps.tolist(), beam_search(decoder, enc, word_map, beam_size, max_len,
-                                                                 length_penalty=length_penalty)):
-            refs.append([strip_special(c, word_map) for c in img_caps])
-            hyps.append(strip_special(cap.tokens, word_map))
-            all_alphas.append(cap.alphas)
-            rows.append({"caption": " ".join(decode_words(cap.tokens, rev)), "finished": cap.finished,
-                         "references": [" ".join(decode_words(c, rev)) for c in img_caps]})
-    result = {"checkpoint": os.fspath(checkpoint), "decoder": ckpt["decoder_type"], "split": split,
-              "beam_size": beam_size, "length_penalty": length_penalty, "n_images": len(hyps)}
+    refs, hyps, rows, all_alphas = _beam_all(
+        loader, encoder, decoder, word_map, cached, device, beam_size, max_len, length_penalty, split, progress
+    )
+    result = {
+        "checkpoint": os.fspath(checkpoint),
+        "decoder": ckpt["decoder_type"],
+        "split": split,
+        "beam_size": beam_size,
+        "length_penalty": length_penalty,
+        "n_images": len(hyps),
+    }
     result.update(bleu(refs, hyps))
     ids, objects = _image_records(split_paths(data_folder, data_name, split)[0], len(rows))
     for row, image_id in zip(rows, ids):
@@ -94,30 +92,98 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     if decoder.has_attention and any(objects):
         image_size = data.image_shape[-1]
         result["grounding"] = grounding(hyps, all_alphas, objects, rev, image_size)
-    result["coco"] = None
-    if coco:
-        from captioning.cocoeval import coco_metrics
-
-        plain = lambda text: text.replace("<unk>", "unk")  # noqa: E731  (keep the tokenizer off '<', '>')
-        result["coco"] = coco_metrics({i: [plain(r) for r in row["references"]] for i, row in enumerate(rows)},
-                                      {i: plain(row["caption"]) for i, row in enumerate(rows)})
+    result["coco"] = _coco(rows) if coco else None
     result["captions"] = rows
     if out:
         write_json(result, out, "out")
     return result
 
 
+def _beam_all(loader, encoder, decoder, word_map, cached, device, beam_size, max_len, length_penalty, split, progress):
+    """Beam search over every batch of ``loader``: (references, hypotheses) as word indices without the special
+    tokens, the per-image rows (caption, finished, references as text) and each caption's attention maps."""
+    rev = {v: k for k, v in word_map.items()}
+    refs, hyps, rows, all_alphas = [], [], [], []
+    for x, caps, _ in tqdm(loader, desc=f"{split.lower()} beam {beam_size}", disable=not progress):
+        enc = encode_batch(encoder, x, cached, torch.device(device))
+        for img_caps, cap in zip(
+            caps.tolist(), beam_search(decoder, enc, word_map, beam_size, max_len, length_penalty=length_penalty)
+        ):
+            refs.append([strip_special(c, word_map) for c in img_caps])
+            hyps.append(strip_special(cap.tokens, word_map))
+            all_alphas.append(cap.alphas)
+            rows.append(
+                {
+                    "caption": " ".join(decode_words(cap.tokens, rev)),
+                    "finished": cap.finished,
+                    "references": [" ".join(decode_words(c, rev)) for c in img_caps],
+                }
+            )
+    return refs, hyps, rows, all_alphas
+
+
+def _checked_models(checkpoint, device, data_folder, data_name):
+    """(ckpt without its weights, encoder, decoder, word_map, cfg); a KitError when the data's word map is not
+    the checkpoint's."""
+    ckpt = load_checkpoint(checkpoint)
+    encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt, device, checkpoint)
+    for key in ("encoder_state", "decoder_state", "encoder_optimizer", "decoder_optimizer"):
+        ckpt.pop(key, None)  # loaded into the models: the copies would only add to the peak memory
+    data_folder = data_folder or data_folder_of(cfg, checkpoint)
+    data_name = data_name or cfg["data_name"]
+    if word_map_id(load_word_map(data_folder, data_name)) != ckpt["word_map_id"]:
+        raise KitError(
+            f"checkpoint '{checkpoint}' was trained with another word map than the data in "
+            f"'{data_folder}' ({data_name}): evaluate it on the data it was trained on"
+        )
+    return ckpt, encoder, decoder, word_map, cfg
+
+
+def _split_data(encoder, cfg, data_folder, data_name, split, device, max_images, progress):
+    """(ImageCaptions of ``split``, whether it reads the feature cache). The cache is built on first use when the
+    encoder is frozen; a data folder that cannot be written means encoding batch by batch."""
+    cached = not cfg["fine_tune_encoder"]
+    features = None
+    if cached:
+        features = build_feature_cache(
+            encoder, data_folder, data_name, split, device=device, progress=progress, required=False
+        )
+    if cached and features is None:
+        print(
+            f"note: no feature cache can be written in {data_folder} (not writable): encoding the {split} images "
+            f"batch by batch instead",
+            file=sys.stderr,
+            flush=True,
+        )
+        cached = False
+    return ImageCaptions(data_folder, data_name, split, features=features, limit=max_images), cached
+
+
+def _coco(rows):
+    """pycocoevalcap's scores of the generated captions against the references (``cocoeval``)."""
+    from captioning.evaluation.cocoeval import coco_metrics
+
+    plain = lambda text: text.replace("<unk>", "unk")  # noqa: E731  (keep the tokenizer off '<', '>')
+    return coco_metrics(
+        {i: [plain(r) for r in row["references"]] for i, row in enumerate(rows)},
+        {i: plain(row["caption"]) for i, row in enumerate(rows)},
+    )
+
+
 def _image_records(images_path, n):
     """(image ids, objects lists) stored by ``prepare`` in the images HDF5 (empty when absent)."""
     with h5py.File(images_path, "r") as f:
-        ids = [v.decode() if isinstance(v, bytes) else str(v) for v in f["image_ids"][:n]] if "image_ids" in f \
+        ids = (
+            [v.decode() if isinstance(v, bytes) else str(v) for v in f["image_ids"][:n]]
+            if "image_ids" in f
             else [str(i) for i in range(n)]
+        )
         objs = [json.loads(v) for v in f["objects"][:n]] if "objects" in f else [[] for _ in range(n)]
     return ids, objs
 
 
 def _names(word, obj):
-    from captioning.shapes import PLURAL
+    from captioning.data.shapes import PLURAL
 
     return word in (obj.get("shape"), PLURAL.get(obj.get("shape")), obj.get("color"))
 
@@ -142,7 +208,7 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
         the words by the size of the objects they name ("large", "small", "mixed" when both): a map that spreads
         the same mass over a large object's many cells peaks less high than on a small object's few.
     """
-    from captioning.shapes import COLORS, PLURAL, SHAPES, cells_in_box
+    from captioning.data.shapes import COLORS, PLURAL, SHAPES, cells_in_box
 
     shape_words = set(SHAPES) | set(PLURAL.values())
     hits = {"shape": [], "color": []}
@@ -182,14 +248,22 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
                 on_other = any(cells_in_box(o["bbox"], image_size, side)[r, c] for o in objs if o not in named)
                 misses["other_object" if on_other else "background"] += 1
                 # a peak one cell off the box: the map found the object but leaked onto a neighbour
-                misses["next_to_named"] += not on_other and bool(mask[max(r - 1, 0): r + 2, max(c - 1, 0): c + 2].any())
+                misses["next_to_named"] += not on_other and bool(
+                    mask[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].any()
+                )
             chance.append(mask.mean())  # a uniformly random cell's hit rate
     both = hits["shape"] + hits["color"]
     rate = lambda v: float(np.mean(v)) if v else None  # noqa: E731
-    return {"shape": rate(hits["shape"]), "color": rate(hits["color"]), "all": rate(both),
-            "chance": rate(chance), "n_words": len(both), "misses": misses,
-            "by_position": {k: {"rate": rate(v), "n": len(v)} for k, v in by_position.items()},
-            "by_size": {k: {"rate": rate(v), "n": len(v)} for k, v in by_size.items()}}
+    return {
+        "shape": rate(hits["shape"]),
+        "color": rate(hits["color"]),
+        "all": rate(both),
+        "chance": rate(chance),
+        "n_words": len(both),
+        "misses": misses,
+        "by_position": {k: {"rate": rate(v), "n": len(v)} for k, v in by_position.items()},
+        "by_size": {k: {"rate": rate(v), "n": len(v)} for k, v in by_size.items()},
+    }
 
 
 def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50, length_penalty=None):
@@ -212,7 +286,7 @@ def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, len
     """As ``caption_images``, one image at a time; an image that cannot be read yields ``{"path", "error"}`` (the
     message names the file) and the others are still captioned."""
     from captioning.config import _int, check_device, check_value
-    from captioning.images import load_image
+    from captioning.data.images import load_image
 
     device = check_device(device)
     check_value("beam_size", beam_size, _int(1))
@@ -237,5 +311,11 @@ def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, len
             continue
         enc = encoder(normalize(torch.from_numpy(pixels.copy())[None]).to(device))
         cap = beam_search(decoder, enc, word_map, beam_size, max_len, length_penalty=length_penalty)[0]
-        yield {"path": path, "words": decode_words(cap.tokens, rev), "alphas": cap.alphas,
-               "pixels": pixels.transpose(1, 2, 0), "decoder": decoder_type, "finished": cap.finished}
+        yield {
+            "path": path,
+            "words": decode_words(cap.tokens, rev),
+            "alphas": cap.alphas,
+            "pixels": pixels.transpose(1, 2, 0),
+            "decoder": decoder_type,
+            "finished": cap.finished,
+        }

@@ -2,6 +2,7 @@
 Any mode Pillow opens becomes 8-bit RGB (``to_rgb``); ``decoded_chunks`` decodes many files in worker processes
 with a bounded window, so memory stays flat however many images there are.
 """
+
 from __future__ import annotations
 
 import collections
@@ -10,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image
 
-from captioning.errors import KitError
+from captioning.internals.errors import KitError
 
 CHUNK = 16  # images per task sent to a worker: big enough to amortise pickling, small enough to stream
 
@@ -46,7 +47,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")   # L, 1, P, CMYK, YCbCr, ...
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
 
 
 def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -65,8 +66,10 @@ def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     except KitError:
         raise
     except Exception as e:  # PIL reports a bad file with many exception types (OSError, SyntaxError, ...)
-        raise KitError(f"cannot read image {path}: {type(e).__name__}: {e}. The file is corrupt or not an image; "
-                       "replace it or leave it out.") from e
+        raise KitError(
+            f"cannot read image {path}: {type(e).__name__}: {e}. The file is corrupt or not an image; "
+            "replace it or leave it out."
+        ) from e
     return pixels.transpose(2, 0, 1), original
 
 
@@ -81,7 +84,7 @@ def decoded_chunks(paths: list[str], size: int, pool: ProcessPoolExecutor | None
     With a pool at most ``2 * workers`` chunks are in flight, so memory stays flat however many images there are
     (``Pool.imap`` would queue every result if the HDF5 writer fell behind).  Without one, decode in-process.
     """
-    chunks = (paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK))
+    chunks = (paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK))
     if pool is None:
         for chunk in chunks:
             yield _load_chunk(chunk, size)
@@ -99,5 +102,5 @@ def decoded_chunks(paths: list[str], size: int, pool: ProcessPoolExecutor | None
                 pending.append(pool.submit(_load_chunk, nxt, size))
             yield result
     finally:
-        for future in pending:   # after an error: don't decode the rest of the window for nothing
+        for future in pending:  # after an error: don't decode the rest of the window for nothing
             future.cancel()

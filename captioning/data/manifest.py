@@ -4,6 +4,7 @@ from two runs (a ``prepare`` killed while it renamed its files into place) is re
 
 Files without a manifest (written by other tools, or by an older kit) are read as they are.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,8 @@ import os
 
 import h5py
 
-from captioning.atomic import write_json
-from captioning.errors import KitError
+from captioning.internals.atomic import write_json
+from captioning.internals.errors import KitError
 
 
 def manifest_path(folder, base):
@@ -52,8 +53,10 @@ def check_prepared(folder, base):
     except (OSError, ValueError, KeyError, TypeError):
         raise KitError(f"'{path}' is unreadable: {redo}") from None
     if m.get("status") != "complete":
-        raise KitError(f"the prepared files in '{folder}' are incomplete: a prepare run stopped while moving them "
-                       f"into place ({path} says so); {redo}")
+        raise KitError(
+            f"the prepared files in '{folder}' are incomplete: a prepare run stopped while moving them "
+            f"into place ({path} says so); {redo}"
+        )
     for name, digest in files.items():
         p = os.path.join(folder, name)
         try:
@@ -65,5 +68,7 @@ def check_prepared(folder, base):
         except OSError:
             same = False
         if not same:
-            raise KitError(f"the prepared files in '{folder}' are a mixed set: {name} does not come from the "
-                           f"prepare run that wrote the others (or it changed since); {redo}")
+            raise KitError(
+                f"the prepared files in '{folder}' are a mixed set: {name} does not come from the "
+                f"prepare run that wrote the others (or it changed since); {redo}"
+            )

@@ -6,6 +6,7 @@ at once instead of replacing the files under them (a run would finish on new cap
 An advisory ``fcntl.flock`` on a lock file in the folder: the kernel releases it when its holder exits, however it
 exits (``kill -9`` included), so a stale lock never blocks anyone. The holder removes the file when it is done.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,7 @@ import re
 import sys
 import time
 
-from captioning.errors import KitError
+from captioning.internals.errors import KitError
 
 
 def _acquire(path, wait, what):
@@ -29,8 +30,9 @@ def _acquire(path, wait, what):
             other = _holders(fh.read()) or "another process"
             if not wait:
                 fh.close()
-                raise KitError(f"{what} is in use by another run ({other}): wait for it to finish, or use another "
-                               f"folder") from None
+                raise KitError(
+                    f"{what} is in use by another run ({other}): wait for it to finish, or use another folder"
+                ) from None
             print(f"waiting for another run to finish {what} ({other}) …", file=sys.stderr, flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:  # the holder before us may have removed the file meanwhile: then lock the new one
@@ -78,14 +80,16 @@ def folder_lock(folder, name, wait=True, what="this folder"):
 
 def training_lock(cfg):
     """One training run per decoder, data and output folder: a second ``fit`` that would overwrite the first's
-    checkpoints stops at once, naming it. Under torchrun only rank 0 (the one that writes) takes it."""
+    checkpoints stops at once, naming it. Under torchrun only rank 0 (the one that writes) takes it. The caller
+    has made ``cfg["output_dir"]`` (``config.make_output_dir``)."""
     if int(os.environ.get("RANK", "0")) != 0:
         return contextlib.nullcontext()
-    from captioning.config import make_output_dir  # here: prepare imports this module, and need not load torch
-
-    make_output_dir(cfg)
-    return folder_lock(cfg["output_dir"], f"train-{cfg['decoder']}-{cfg['data_name']}", wait=False,
-                       what=f"training the {cfg['decoder']} decoder into {cfg['output_dir']}")
+    return folder_lock(
+        cfg["output_dir"],
+        f"train-{cfg['decoder']}-{cfg['data_name']}",
+        wait=False,
+        what=f"training the {cfg['decoder']} decoder into {cfg['output_dir']}",
+    )
 
 
 DATA_LOCK = "data-{data_name}"  # ``prepare`` holds it exclusively while it writes, training shared while it reads
@@ -108,8 +112,12 @@ def data_lock(folder, data_name):
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            print(f"waiting for a prepare run to finish writing '{data_name}' in {folder} "
-                  f"({_holders(fh.read()) or 'another process'}) …", file=sys.stderr, flush=True)
+            print(
+                f"waiting for a prepare run to finish writing '{data_name}' in {folder} "
+                f"({_holders(fh.read()) or 'another process'}) …",
+                file=sys.stderr,
+                flush=True,
+            )
             fcntl.flock(fh, fcntl.LOCK_SH)
         try:  # the prepare before us removes its lock file when done: then hold the new one
             if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:

@@ -14,6 +14,7 @@ Input: a prepared images HDF5 (``images`` (N, 3, H, W) uint8 and ``objects``, wr
 Karpathy JSON has boxes). Output: a ``ShapesCNN`` state dict (.pth) for ``Encoder(arch="shapes_cnn",
 weights=path)``, written atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from captioning.atomic import atomic_path, write_json
-from captioning.errors import KitError
+from captioning.data.shapes import COLORS, SHAPES, cells_in_box
 from captioning.datasets import normalize, split_paths
-from captioning.encoder import ShapesCNN
-from captioning.shapes import COLORS, SHAPES, cells_in_box
+from captioning.internals.atomic import atomic_path, write_json
+from captioning.internals.backbones import ShapesCNN
+from captioning.internals.errors import KitError
 
 SIZES = ("small", "large")
 STRIDE = ShapesCNN.STRIDE
@@ -72,19 +73,25 @@ def cell_weights(objects, image_size, grid):
 def _load(data_folder, data_name, split, limit=None):
     path = split_paths(data_folder, data_name, split)[0]
     if not os.path.isfile(path):
-        raise KitError(f"prepared images file '{path}' does not exist: run `python -m captioning prepare …` first "
-                       f"(check data_folder / data_name)")
+        raise KitError(
+            f"prepared images file '{path}' does not exist: run `python -m captioning prepare …` first "
+            f"(check data_folder / data_name)"
+        )
     with h5py.File(path, "r") as f:
         if "objects" not in f:
-            raise KitError(f"'{path}' has no object boxes: the encoder can only be pretrained on data whose "
-                           f"Karpathy JSON lists \"objects\" (the built-in shapes data does)")
+            raise KitError(
+                f"'{path}' has no object boxes: the encoder can only be pretrained on data whose "
+                f'Karpathy JSON lists "objects" (the built-in shapes data does)'
+            )
         n = f["images"].shape[0] if limit is None else min(int(limit), f["images"].shape[0])
         images = torch.from_numpy(f["images"][:n])
         objects = [json.loads(v) for v in f["objects"][:n]]
     size = images.shape[-1]
     if size % STRIDE:
-        raise KitError(f"'{path}' holds {size} px images: the shapes_cnn encoder needs a multiple of {STRIDE} px; "
-                       f"prepare with another image_size")
+        raise KitError(
+            f"'{path}' holds {size} px images: the shapes_cnn encoder needs a multiple of {STRIDE} px; "
+            f"prepare with another image_size"
+        )
     grid = size // STRIDE
     targets = torch.stack([cell_targets(o, size, grid) for o in objects])  # (N, 3, g, g)
     weights = torch.stack([cell_weights(o, size, grid) for o in objects])  # (N, g, g)
@@ -126,11 +133,11 @@ def _loss(logits, tone_logits, targets, weights, dark):
     loss = F.binary_cross_entropy_with_logits(logits[:, 0], on_object.float())
     start = 1
     for h, (_key, names) in enumerate(HEADS.items()):
-        loss = loss + _weighted_ce(logits[:, start: start + len(names)], targets[:, h], weights)
+        loss = loss + _weighted_ce(logits[:, start : start + len(names)], targets[:, h], weights)
         start += len(names)
     # shape and colour jointly as well: the cells then code which colour goes with which shape, so that their mean
     # (all the decoder without attention sees) still tells "a red circle and a blue square" from the reverse
-    loss = loss + _weighted_ce(logits[:, start: start + N_PAIRS], _pair_target(targets), weights)
+    loss = loss + _weighted_ce(logits[:, start : start + N_PAIRS], _pair_target(targets), weights)
     return loss + F.cross_entropy(tone_logits, dark)
 
 
@@ -141,12 +148,14 @@ def _losses_and_hits(logits, tone_logits, targets, weights, dark):
     hits = {"object": (int(((logits[:, 0] > 0) == on_object).sum()), int(on_object.numel()))}
     start = 1
     for h, (key, names) in enumerate(HEADS.items()):
-        pred = logits[:, start: start + len(names)].argmax(dim=1)
+        pred = logits[:, start : start + len(names)].argmax(dim=1)
         start += len(names)
         hits[key] = (int((pred == targets[:, h])[on_object].sum()), int(on_object.sum()))
     pair = _pair_target(targets)
-    hits["shape_color"] = (int((logits[:, start: start + N_PAIRS].argmax(dim=1) == pair)[on_object].sum()),
-                           int(on_object.sum()))
+    hits["shape_color"] = (
+        int((logits[:, start : start + N_PAIRS].argmax(dim=1) == pair)[on_object].sum()),
+        int(on_object.sum()),
+    )
     hits["background"] = (int((tone_logits.argmax(1) == dark).sum()), int(dark.numel()))
     return _loss(logits, tone_logits, targets, weights, dark), hits
 
@@ -167,8 +176,9 @@ def train_step(model, opt, images, targets, weights, dark, flip, device):
     return loss
 
 
-def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e-3, seed=0, progress=True,
-                     max_images=None, device="cpu"):
+def pretrain_encoder(
+    data_folder, data_name, out, epochs=4, batch_size=32, lr=2e-3, seed=0, progress=True, max_images=None, device="cpu"
+):
     """Train ``ShapesCNN`` on the TRAIN split's boxes (on ``device``), save its state dict to ``out``; returns a
     summary dict.
 
@@ -178,9 +188,13 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
     from captioning.config import _int, _number, _optional, check_value
 
     # checked before any work: epochs=0 used to write an untrained encoder as if it were pretrained
-    for key, value, rule in (("epochs", epochs, _int(1)), ("batch_size", batch_size, _int(1)),
-                             ("lr", lr, _number(0, lo_open=True)), ("seed", seed, _int(0, 2**32 - 1)),
-                             ("max_images", max_images, _optional(_int(1)))):
+    for key, value, rule in (
+        ("epochs", epochs, _int(1)),
+        ("batch_size", batch_size, _int(1)),
+        ("lr", lr, _number(0, lo_open=True)),
+        ("seed", seed, _int(0, 2**32 - 1)),
+        ("max_images", max_images, _optional(_int(1))),
+    ):
         check_value(key, value, rule)
     torch.manual_seed(seed)
     images, targets, weights, dark = _load(data_folder, data_name, "TRAIN", max_images)
@@ -197,7 +211,7 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
     for _epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
-            idx = order[i: i + batch_size]
+            idx = order[i : i + batch_size]
             flip = bool(torch.rand((), generator=gen) < 0.5)  # CPU-side generator: mirror image and labels
             loss = train_step(model, opt, images[idx], targets[idx], weights[idx], dark[idx], flip, device)
             if not torch.isfinite(loss):  # checked after the step: a diverged model is never saved
@@ -213,9 +227,10 @@ def pretrain_encoder(data_folder, data_name, out, epochs=4, batch_size=32, lr=2e
     totals = {}
     with torch.no_grad():
         for i in range(0, v_images.size(0), 64):
-            logits, tone = model(normalize(v_images[i: i + 64].to(device)))
-            _, hits = _losses_and_hits(logits, tone, *(t[i: i + 64].to(device) for t in (v_targets, v_weights,
-                                                                                         v_dark)))
+            logits, tone = model(normalize(v_images[i : i + 64].to(device)))
+            _, hits = _losses_and_hits(
+                logits, tone, *(t[i : i + 64].to(device) for t in (v_targets, v_weights, v_dark))
+            )
             for k, (c, m) in hits.items():
                 tc, tm = totals.get(k, (0, 0))
                 totals[k] = (tc + c, tm + m)
@@ -243,9 +258,15 @@ def ensure_encoder(data_folder, data_name, epochs, seed=0, images=None, progress
     stamp_path = os.path.splitext(path)[0] + ".json"
     path_images = split_paths(data_folder, data_name, "TRAIN")[0]
     st = os.stat(path_images) if os.path.isfile(path_images) else None
-    wanted = {"loss": "per-object", "epochs": epochs, "seed": seed, "max_images": images,
-              "images": os.path.basename(path_images),
-              "images_size": st and st.st_size, "images_mtime_ns": st and st.st_mtime_ns}
+    wanted = {
+        "loss": "per-object",
+        "epochs": epochs,
+        "seed": seed,
+        "max_images": images,
+        "images": os.path.basename(path_images),
+        "images_size": st and st.st_size,
+        "images_mtime_ns": st and st.st_mtime_ns,
+    }
     if os.path.isfile(path) and os.path.isfile(stamp_path):
         try:
             with open(stamp_path) as fh:
@@ -254,35 +275,46 @@ def ensure_encoder(data_folder, data_name, epochs, seed=0, images=None, progress
             stamp = {}  # unreadable: pretrain again
         if {k: stamp.get(k) for k in wanted} == wanted and "summary" in stamp:
             return dict(stamp["summary"], path=path, status="found")
-    print(f"pretraining the shapes_cnn encoder on the TRAIN boxes ({epochs} epochs; once, then cached in "
-          f"{path})", flush=True)
-    summary = pretrain_encoder(data_folder, data_name, path, epochs=epochs, seed=seed, progress=progress,
-                               max_images=images)
+    print(
+        f"pretraining the shapes_cnn encoder on the TRAIN boxes ({epochs} epochs; once, then cached in {path})",
+        flush=True,
+    )
+    summary = pretrain_encoder(
+        data_folder, data_name, path, epochs=epochs, seed=seed, progress=progress, max_images=images
+    )
     write_json(dict(wanted, summary={k: v for k, v in summary.items() if k != "path"}), stamp_path)
     return dict(summary, status="pretrained")
 
 
 def register(sub):
-    p = sub.add_parser("pretrain-encoder", help="pretrain the small shapes_cnn encoder on the shapes boxes",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "pretrain-encoder",
+        help="pretrain the small shapes_cnn encoder on the shapes boxes",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--data-folder", required=True, help="folder of the prepared files")
     p.add_argument("--data-name", required=True, help="e.g. shapes_5_cap_per_img_5_min_word_freq")
     p.add_argument("--out", required=True, help="where to write the .pth state dict")
-    from captioning.arguments import AT_LEAST_1, FINITE_ABOVE_0, checked
+    from captioning.internals.arguments import AT_LEAST_1, FINITE_ABOVE_0, checked
 
     p.add_argument("--epochs", type=checked(AT_LEAST_1), default=4)
     p.add_argument("--batch-size", type=checked(AT_LEAST_1), default=32)
     p.add_argument("--lr", type=checked(FINITE_ABOVE_0, float), default=2e-3)
-    p.add_argument("--seed", type=checked(((lambda v: 0 <= v < 2**32), "an integer >= 0 and <= 4294967295")),
-                   default=0)
+    p.add_argument("--seed", type=checked(((lambda v: 0 <= v < 2**32), "an integer >= 0 and <= 4294967295")), default=0)
     p.set_defaults(func=_cli)
 
 
 def _cli(args):
-    res = pretrain_encoder(args.data_folder, args.data_name, args.out, epochs=args.epochs,
-                           batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    res = pretrain_encoder(
+        args.data_folder,
+        args.data_name,
+        args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
     acc = ", ".join(f"{k} {v:.3f}" for k, v in res["val_accuracy"].items() if v is not None)
     print(f"wrote {res['path']} ({res['seconds']:.0f} s). VAL accuracy on object cells: {acc}")
-    print(f"train with: encoder=shapes_cnn encoder_weights={res['path']} "
-          f"encoded_image_size=<image_size // {STRIDE}>")
+    print(f"train with: encoder=shapes_cnn encoder_weights={res['path']} encoded_image_size=<image_size // {STRIDE}>")
     return 0

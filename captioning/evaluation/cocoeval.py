@@ -10,6 +10,7 @@ Java is needed by the PTB tokenizer and METEOR. Without Java, METEOR is skipped 
 Python tokenizer with the same rules (lower case, split on spaces, drop the COCO punctuation tokens) is used.
 SPICE needs Stanford CoreNLP models downloaded at run time, which is impossible offline: it is left out.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Figures, returned as matplotlib Figures: shown inline by the notebooks, saved as PNG by the command line."""
+
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import textwrap
 import matplotlib.pyplot as plt
 from skimage.transform import resize
 
-from captioning.atomic import atomic_path
+from captioning.internals.atomic import atomic_path
 
 
 def caption_figure(result, max_cols=5, panel=2.6):
@@ -50,8 +51,13 @@ def caption_figure(result, max_cols=5, panel=2.6):
     for i, word in enumerate(words):
         ax = axes.flat[i + 1]
         ax.imshow(pixels)
-        shown = ax.imshow(resize(maps[i], size, order=1, mode="edge", anti_aliasing=False), alpha=0.6,
-                          cmap="magma", vmin=0.0, vmax=top)
+        shown = ax.imshow(
+            resize(maps[i], size, order=1, mode="edge", anti_aliasing=False),
+            alpha=0.6,
+            cmap="magma",
+            vmin=0.0,
+            vmax=top,
+        )
         title = f"{word}\npeak {maps[i].max():.2f}"
         if has_sentinel:
             title += f"  β={float(alphas[i, -1]):.2f}"

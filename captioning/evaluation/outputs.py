@@ -2,6 +2,7 @@
 search would lose it), and every file read back before it is renamed into place (``atomic.atomic_path``), so that
 a full disk or a lost write never leaves a file that looks finished. Failures are KitErrors naming the file, the
 error and what to do."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import os
 import shutil
 import tempfile
 
-from captioning.atomic import atomic_path
-from captioning.errors import KitError
+from captioning.internals.atomic import atomic_path
+from captioning.internals.errors import KitError
 
 MIN_FREE = 1 << 20  # bytes a place must have free before the work starts (a metrics JSON or a figure is smaller)
 
@@ -24,12 +25,16 @@ def check_folder(folder, setting, what="files"):
         with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise KitError(f"cannot write {what} into {folder} ({e.strerror or e}): choose another place with "
-                       f"{setting}, or make that folder writable. Nothing was done") from None
+        raise KitError(
+            f"cannot write {what} into {folder} ({e.strerror or e}): choose another place with "
+            f"{setting}, or make that folder writable. Nothing was done"
+        ) from None
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE:
-        raise KitError(f"cannot write {what} into {folder}: its disk is full ({free // 1024} KB free). Free some "
-                       f"space or choose another place with {setting}. Nothing was done")
+        raise KitError(
+            f"cannot write {what} into {folder}: its disk is full ({free // 1024} KB free). Free some "
+            f"space or choose another place with {setting}. Nothing was done"
+        )
     return folder
 
 
@@ -44,10 +49,13 @@ def check_file(path, setting, what=None):
 
 def _write_error(path, e, setting, done):
     full = {28: " (the disk is full: free some space)", 27: " (the file size limit was reached)"}.get(
-        getattr(e, "errno", None), "")
-    return KitError(f"cannot write {path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}{full}. "
-                    f"{done}A file of that name from before, if any, is as it was; run again with another {setting} "
-                    f"or after fixing the place")
+        getattr(e, "errno", None), ""
+    )
+    return KitError(
+        f"cannot write {path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}{full}. "
+        f"{done}A file of that name from before, if any, is as it was; run again with another {setting} "
+        f"or after fixing the place"
+    )
 
 
 def write_json(obj, path, setting="--out", done=""):
@@ -69,7 +77,7 @@ def write_json(obj, path, setting="--out", done=""):
 
 def save_figure(fig, path, setting="--out"):
     """``figures.save`` (checked PNG, atomic) with a KitError naming the file on failure."""
-    from captioning.figures import save
+    from captioning.evaluation.figures import save
 
     try:
         return save(fig, path)

@@ -1,6 +1,7 @@
 """Checked command-line values: an argparse ``type`` per rule, so that a value out of range stops at once with
 argparse's message naming the option, the value and what is allowed. Without torch (``prepare`` and ``shapes`` do
 not load it); the rules match ``config.RULES``."""
+
 from __future__ import annotations
 
 import argparse

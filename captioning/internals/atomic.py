@@ -1,6 +1,7 @@
 """Write a file so that its name never points at half-written content: write a temporary file beside it, check
 it, then rename it over the real name (``os.replace`` is atomic on one filesystem). The one helper every writer
 uses."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,7 @@ import os
 import re
 import shutil
 
-from captioning.errors import KitError
+from captioning.internals.errors import KitError
 
 # ``.{name}.{pid}.tmp{suffix}``: the temporary names ``atomic_path`` gives out
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp(?P<suffix>[.\w]*)$")
@@ -78,17 +79,22 @@ def no_room_message(path, error, needed=None, elsewhere="write it elsewhere"):
     need = f", about {needed / 2**20:.1f} MB needed" if needed else ""
     if error.errno == errno.EFBIG:
         cause = f"the file is larger than this process may write (a file-size limit, `ulimit -f`; {free}{need})"
-        return (f"cannot write {os.path.basename(path)} in {folder}: {cause}; raise the limit or {elsewhere}")
-    return (f"no space left on {folder} while writing {os.path.basename(path)} ({free}{need}): free some space "
-            f"there or {elsewhere}")
+        return f"cannot write {os.path.basename(path)} in {folder}: {cause}; raise the limit or {elsewhere}"
+    return (
+        f"no space left on {folder} while writing {os.path.basename(path)} ({free}{need}): free some space "
+        f"there or {elsewhere}"
+    )
 
 
 def _verify_text(text):
     def verify(tmp):
         with open(tmp, encoding="utf-8") as fh:
             if fh.read() != text:
-                raise KitError(f"{tmp} does not read back as written (a full disk or a failing one?): nothing was "
-                               f"replaced; check the disk and run again")
+                raise KitError(
+                    f"{tmp} does not read back as written (a full disk or a failing one?): nothing was "
+                    f"replaced; check the disk and run again"
+                )
+
     return verify
 
 

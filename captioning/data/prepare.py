@@ -16,6 +16,7 @@ The run is all-or-nothing: every problem we can detect up front (bad JSON, missi
 splits, unwritable folder) is reported before any image is decoded; all files are written under ``.tmp-`` names
 and renamed into place only after the last one succeeded.
 """
+
 from __future__ import annotations
 
 import collections
@@ -28,18 +29,17 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from captioning.errors import KitError
-from captioning.images import CHUNK, die_with_parent
-from captioning.images_h5 import write_images
-from captioning.locks import DATA_LOCK, folder_lock
-from captioning.manifest import set_id_of, write_manifest
+from captioning.data.images import CHUNK, die_with_parent
+from captioning.data.images_h5 import write_images
+from captioning.data.karpathy import SPLIT_OF, check_duplicates, load_records, relative_path
+from captioning.data.manifest import set_id_of, write_manifest
+from captioning.internals.errors import KitError
+from captioning.internals.locks import DATA_LOCK, folder_lock
 
 SPLITS = ("TRAIN", "VAL", "TEST")
-# Karpathy's "restval" is the part of COCO val2014 that is not in his 5k val / 5k test: it is training data.
-SPLIT_OF = {"train": "TRAIN", "restval": "TRAIN", "val": "VAL", "test": "TEST"}
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<start>", "<end>")
 TMP_PREFIX = ".tmp-"
-MAX_EXAMPLES = 5    # how many offending file names an error message lists
+MAX_EXAMPLES = 5  # how many offending file names an error message lists
 
 
 def base_name(dataset: str, captions_per_image: int, min_word_freq: int) -> str:
@@ -47,69 +47,8 @@ def base_name(dataset: str, captions_per_image: int, min_word_freq: int) -> str:
     return f"{dataset}_{captions_per_image}_cap_per_img_{min_word_freq}_min_word_freq"
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Reading and checking the Karpathy JSON
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------- word map and caption encoding
 
-def _load_karpathy_json(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise KitError(f"Karpathy JSON file {path} does not exist. Download caption_datasets.zip (dataset_coco.json, "
-                       "dataset_flickr8k.json, ...) or generate one with `python -m captioning shapes --out DIR`.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise KitError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (character {e.pos}). "
-                       "The file is probably truncated or edited by hand; download or generate it again.") from e
-    except UnicodeDecodeError as e:
-        raise KitError(f"{path} is not UTF-8 text (byte {e.start}); is it really the Karpathy JSON?") from e
-    except OSError as e:
-        raise KitError(f"cannot read {path}: {e.strerror or e}") from e
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise KitError(f"{path} has no top-level \"images\" list; expected the Karpathy format "
-                       '{"images": [{"filename": ..., "split": ..., "sentences": [{"tokens": [...]}]}, ...]}')
-    return data["images"]
-
-
-def _check_record(rec, index: int, path: Path) -> None:
-    """Raise KitError naming the record and field if ``rec`` is not a usable Karpathy image record."""
-    if not isinstance(rec, dict):
-        raise KitError(f"record {index} of \"images\" in {path} is a {type(rec).__name__}, not an object")
-    name = rec.get("filename")
-    where = f"record {index} (filename {name!r}) of \"images\" in {path}"
-    if not isinstance(name, str) or not name:
-        raise KitError(f"record {index} of \"images\" in {path} has no \"filename\" string (got {name!r})")
-    if "filepath" in rec and not isinstance(rec["filepath"], str):
-        raise KitError(f"{where}: \"filepath\" must be a string, got {rec['filepath']!r}")
-    if "split" not in rec:
-        raise KitError(f"{where} has no \"split\" field (one of {sorted(SPLIT_OF)})")
-    if not isinstance(rec["split"], str) or rec["split"] not in SPLIT_OF:
-        raise KitError(f"{where} has split {rec['split']!r}; expected one of {sorted(SPLIT_OF)}")
-    sentences = rec.get("sentences")
-    if not isinstance(sentences, list):
-        raise KitError(f"{where} has no \"sentences\" list (got {sentences!r:.60})")
-    for k, s in enumerate(sentences):
-        tokens = s.get("tokens") if isinstance(s, dict) else None
-        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            raise KitError(f"{where}: sentence {k} has no \"tokens\" list of strings (got {s!r:.80})")
-    objects = rec.get("objects", [])
-    if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
-        raise KitError(f"{where}: \"objects\" must be a list of objects, got {objects!r:.80}")
-    for o in objects:
-        box = o.get("bbox")
-        if box is not None and (not isinstance(box, list) or len(box) != 4
-                                or not all(isinstance(v, (int, float)) for v in box)):
-            raise KitError(f"{where}: object bbox must be [x0, y0, x1, y1] numbers, got {box!r:.80}")
-
-
-def _relative_path(rec: dict) -> str:
-    # COCO records say which folder (train2014 / val2014) the file is in; Flickr records have no filepath.
-    return f"{rec['filepath']}/{rec['filename']}" if rec.get("filepath") else rec["filename"]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Word map and caption encoding
-# ----------------------------------------------------------------------------------------------------------------
 
 def build_word_map(captions, min_word_freq: int) -> dict[str, int]:
     """Word map from tokenised captions (an iterable of token lists).
@@ -130,8 +69,12 @@ def encode_caption(tokens: list[str], word_map: dict[str, int], max_len: int) ->
     special tokens written literally in a caption ("<end>", "<pad>", "<start>"): as their own indices they would
     end the caption early, pad it, or restart it inside the training targets and the BLEU references."""
     unk = word_map["<unk>"]
-    return ([word_map["<start>"]] + [unk if w in SPECIAL_TOKENS else word_map.get(w, unk) for w in tokens]
-            + [word_map["<end>"]] + [word_map["<pad>"]] * (max_len - len(tokens)))
+    return (
+        [word_map["<start>"]]
+        + [unk if w in SPECIAL_TOKENS else word_map.get(w, unk) for w in tokens]
+        + [word_map["<end>"]]
+        + [word_map["<pad>"]] * (max_len - len(tokens))
+    )
 
 
 def _check_vocabulary(word_map, captions, min_word_freq):
@@ -142,17 +85,27 @@ def _check_vocabulary(word_map, captions, min_word_freq):
     top = freq.most_common(1)
     if words == 0:
         most = f"the most frequent, {top[0][0]!r}, occurs {top[0][1]} times" if top else "they hold no words"
-        raise KitError(f"min_word_freq = {min_word_freq} keeps no word of the training captions ({most}; a word is "
-                       f"kept when it occurs more than min_word_freq times): every caption would be <unk>. Lower "
-                       f"--min-word-freq (the course uses 5)")
+        raise KitError(
+            f"min_word_freq = {min_word_freq} keeps no word of the training captions ({most}; a word is "
+            f"kept when it occurs more than min_word_freq times): every caption would be <unk>. Lower "
+            f"--min-word-freq (the course uses 5)"
+        )
     if words < 10:
-        print(f"warning: min_word_freq = {min_word_freq} keeps only {words} word(s) of {len(freq)} "
-              f"({', '.join(w for w in word_map if w not in SPECIAL_TOKENS)}); the others become <unk>. Lower "
-              f"--min-word-freq for a useful vocabulary", file=sys.stderr, flush=True)
+        print(
+            f"warning: min_word_freq = {min_word_freq} keeps only {words} word(s) of {len(freq)} "
+            f"({', '.join(w for w in word_map if w not in SPECIAL_TOKENS)}); the others become <unk>. Lower "
+            f"--min-word-freq for a useful vocabulary",
+            file=sys.stderr,
+            flush=True,
+        )
     literal = sum(any(w in SPECIAL_TOKENS for w in c) for c in captions)
     if literal:
-        print(f"warning: {literal} training caption(s) contain a special token ({', '.join(SPECIAL_TOKENS)}) as a "
-              f"word; it is stored as <unk>", file=sys.stderr, flush=True)
+        print(
+            f"warning: {literal} training caption(s) contain a special token ({', '.join(SPECIAL_TOKENS)}) as a "
+            f"word; it is stored as <unk>",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def choose_captions(captions: list[list[str]], cpi: int, rng: random.Random) -> list[list[str]]:
@@ -163,12 +116,11 @@ def choose_captions(captions: list[list[str]], cpi: int, rng: random.Random) -> 
     return rng.sample(captions, cpi)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Writing
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------ writing
+
 
 def _write_json(tmp_path: Path, obj) -> None:
-    text = json.dumps(obj)   # json.dump() would run the slow pure-Python encoder chunk by chunk
+    text = json.dumps(obj)  # json.dump() would run the slow pure-Python encoder chunk by chunk
     with open(tmp_path, "w", encoding="utf-8") as f:
         f.write(text)
 
@@ -177,25 +129,34 @@ def _prepare_output_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:
-        raise KitError(f"cannot create output folder {folder}: {e.filename or folder} is a file, not a folder. "
-                       "Choose another --output-folder.") from e
+        raise KitError(
+            f"cannot create output folder {folder}: {e.filename or folder} is a file, not a folder. "
+            "Choose another --output-folder."
+        ) from e
     except OSError as e:
-        raise KitError(f"cannot create output folder {folder}: {e.strerror or e}. "
-                       "Choose another --output-folder.") from e
+        raise KitError(
+            f"cannot create output folder {folder}: {e.strerror or e}. Choose another --output-folder."
+        ) from e
     try:
         with tempfile.TemporaryFile(dir=folder, prefix=TMP_PREFIX):
             pass
     except OSError as e:
-        raise KitError(f"output folder {folder} is not writable: {e.strerror or e}. "
-                       "Fix its permissions or choose another --output-folder.") from e
+        raise KitError(
+            f"output folder {folder} is not writable: {e.strerror or e}. "
+            "Fix its permissions or choose another --output-folder."
+        ) from e
 
 
 def _check_arguments(dataset, captions_per_image, min_word_freq, max_len, image_size, workers):
     """KitError for a bad argument; returns the number of worker processes."""
     if not isinstance(dataset, str) or not dataset or any(c in dataset for c in "/\\"):
         raise KitError(f"dataset must be a plain name such as 'coco' (it becomes part of file names), got {dataset!r}")
-    for name, value, low in (("captions_per_image", captions_per_image, 1), ("min_word_freq", min_word_freq, 0),
-                             ("max_len", max_len, 1), ("image_size", image_size, 1)):
+    for name, value, low in (
+        ("captions_per_image", captions_per_image, 1),
+        ("min_word_freq", min_word_freq, 0),
+        ("max_len", max_len, 1),
+        ("image_size", image_size, 1),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise KitError(f"{name} must be an integer >= {low}, got {value!r}")
     if workers is None:
@@ -211,13 +172,13 @@ def _group_by_split(records, image_folder, max_len):
     whose file is missing)."""
     items = {s: [] for s in SPLITS}
     too_long, no_captions, missing = 0, [], []
-    split_of = _check_duplicates(records)
+    split_of = check_duplicates(records)
     for rec in records:
-        rel = _relative_path(rec)
+        rel = relative_path(rec)
         if split_of.pop(rel, None) is None:  # a later record of an image already taken: stored once
             continue
         tokens = [s["tokens"] for s in rec["sentences"]]
-        kept = [t for t in tokens if 0 < len(t) <= max_len]   # empty token lists are no captions either
+        kept = [t for t in tokens if 0 < len(t) <= max_len]  # empty token lists are no captions either
         too_long += sum(len(t) > max_len for t in tokens)
         if not kept:
             no_captions.append(rel)
@@ -227,29 +188,9 @@ def _group_by_split(records, image_folder, max_len):
             missing.append(rel)
             continue
         items[SPLIT_OF[rec["split"]]].append(
-            {"path": str(path), "image_id": rel, "captions": kept, "objects": rec.get("objects", [])})
+            {"path": str(path), "image_id": rel, "captions": kept, "objects": rec.get("objects", [])}
+        )
     return items, too_long, no_captions, missing
-
-
-def _check_duplicates(records):
-    """{image path: its first split}. An image listed twice is stored once (the first record); one listed in two
-    splits leaks the test (or validation) data into training: both are reported on stderr, not silently kept."""
-    first, repeats, leaks = {}, [], []
-    for rec in records:
-        rel, split = _relative_path(rec), SPLIT_OF[rec["split"]]
-        if rel not in first:
-            first[rel] = split
-        elif first[rel] == split:
-            repeats.append(rel)
-        else:
-            leaks.append(f"{rel} ({first[rel]} and {split})")
-    for what, names in (("is listed more than once; only its first record is used", repeats),
-                        ("is in two splits (a leak: the model is tested on an image it trained on, or validated "
-                         "on one); only its first record is used", leaks)):
-        if names:
-            shown = ", ".join(names[:MAX_EXAMPLES]) + (" …" if len(names) > MAX_EXAMPLES else "")
-            print(f"warning: {len(names)} image(s) {what}: {shown}", file=sys.stderr, flush=True)
-    return first
 
 
 def _check_splits(items, records, missing, skip_missing, json_path, image_folder, max_len):
@@ -257,28 +198,43 @@ def _check_splits(items, records, missing, skip_missing, json_path, image_folder
     if missing and not skip_missing:
         total = sum(map(len, items.values())) + len(missing)
         shown = "\n  ".join(missing[:MAX_EXAMPLES]) + ("\n  ..." if len(missing) > MAX_EXAMPLES else "")
-        raise KitError(f"{len(missing)} of {total} image files named in {json_path} are missing under {image_folder}:"
-                       f"\n  {shown}\nCheck --image-folder (for COCO it must contain train2014/ and val2014/), or "
-                       "pass --skip-missing (skip_missing=True) to leave those images out.")
+        raise KitError(
+            f"{len(missing)} of {total} image files named in {json_path} are missing under {image_folder}:"
+            f"\n  {shown}\nCheck --image-folder (for COCO it must contain train2014/ and val2014/), or "
+            "pass --skip-missing (skip_missing=True) to leave those images out."
+        )
     listed = collections.Counter(SPLIT_OF[rec["split"]] for rec in records)
     for split in SPLITS:
         if items[split]:
             continue
         name = "train' or 'restval" if split == "TRAIN" else split.lower()
         if not listed[split]:
-            raise KitError(f"no images in split '{name}' of {json_path}. Every split (train, val, test) needs at "
-                           "least one image; edit the \"split\" fields or regenerate the JSON.")
-        raise KitError(f"all {listed[split]} images in split '{name}' of {json_path} were dropped: none has a "
-                       f"caption of 1 to max_len={max_len} tokens, or their files are missing (skip_missing). "
-                       "Raise --max-len or fix the image folder.")
+            raise KitError(
+                f"no images in split '{name}' of {json_path}. Every split (train, val, test) needs at "
+                'least one image; edit the "split" fields or regenerate the JSON.'
+            )
+        raise KitError(
+            f"all {listed[split]} images in split '{name}' of {json_path} were dropped: none has a "
+            f"caption of 1 to max_len={max_len} tokens, or their files are missing (skip_missing). "
+            "Raise --max-len or fix the image folder."
+        )
 
 
 def _write_all(output_folder, base, items, word_map, cpi, max_len, image_size, seed, workers, with_objects):
     """Write the ten files under temporary names, then rename them all into place (nothing on any error)."""
     rng = random.Random(seed)
-    done: list[tuple[Path, Path]] = []   # (temporary, final) pairs written so far
-    set_id = set_id_of([base, cpi, max_len, image_size, seed, word_map,
-                        {s: [(it["image_id"], it["captions"]) for it in items[s]] for s in SPLITS}])
+    done: list[tuple[Path, Path]] = []  # (temporary, final) pairs written so far
+    set_id = set_id_of(
+        [
+            base,
+            cpi,
+            max_len,
+            image_size,
+            seed,
+            word_map,
+            {s: [(it["image_id"], it["captions"]) for it in items[s]] for s in SPLITS},
+        ]
+    )
 
     def tmp_for(name: str) -> Path:
         final = output_folder / name
@@ -298,8 +254,17 @@ def _write_all(output_folder, base, items, word_map, cpi, max_len, image_size, s
                 for c in choose_captions(it["captions"], cpi, rng):
                     enc_captions.append(encode_caption(c, word_map, max_len))
                     caplens.append(len(c) + 2)
-            write_images(tmp_for(f"{split}_IMAGES_{base}.hdf5"), items[split], image_size, cpi,
-                          pool, workers, with_objects, desc=f"{split} images", set_id=set_id)
+            write_images(
+                tmp_for(f"{split}_IMAGES_{base}.hdf5"),
+                items[split],
+                image_size,
+                cpi,
+                pool,
+                workers,
+                with_objects,
+                desc=f"{split} images",
+                set_id=set_id,
+            )
             _write_json(tmp_for(f"{split}_CAPTIONS_{base}.json"), enc_captions)
             _write_json(tmp_for(f"{split}_CAPLENS_{base}.json"), caplens)
         # the set is committed as one: readers refuse it while the manifest says "renaming" (a kill in between)
@@ -319,13 +284,22 @@ def _write_all(output_folder, base, items, word_map, cpi, max_len, image_size, s
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Public entry point
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------- public entry point
 
-def create_input_files(dataset, karpathy_json_path, image_folder, captions_per_image=5, min_word_freq=5,
-                       output_folder=".", max_len=50, image_size=256, seed=0, skip_missing=False,
-                       workers=None) -> dict:
+
+def create_input_files(
+    dataset,
+    karpathy_json_path,
+    image_folder,
+    captions_per_image=5,
+    min_word_freq=5,
+    output_folder=".",
+    max_len=50,
+    image_size=256,
+    seed=0,
+    skip_missing=False,
+    workers=None,
+) -> dict:
     """Turn a Karpathy-format JSON and its images into the ten input files (see the module docstring).
 
     - ``restval`` images join TRAIN; captions with more than ``max_len`` tokens are dropped, and an image left
@@ -348,23 +322,31 @@ def create_input_files(dataset, karpathy_json_path, image_folder, captions_per_i
     t0 = time.time()
     workers = _check_arguments(dataset, captions_per_image, min_word_freq, max_len, image_size, workers)
     json_path, image_folder, output_folder = Path(karpathy_json_path), Path(image_folder), Path(output_folder)
-    records = _load_karpathy_json(json_path)
-    for i, rec in enumerate(records):
-        _check_record(rec, i, json_path)
-    if not image_folder.is_dir():
-        raise KitError(f"image folder {image_folder} does not exist or is not a folder. Pass the folder that the "
-                       f"\"filepath\"/\"filename\" entries of {json_path.name} are relative to.")
+    records = load_records(json_path, image_folder)
     items, too_long, no_captions, missing = _group_by_split(records, image_folder, max_len)
     _check_splits(items, records, missing, skip_missing, json_path, image_folder, max_len)
     word_map = build_word_map((c for it in items["TRAIN"] for c in it["captions"]), min_word_freq)
     _check_vocabulary(word_map, [c for it in items["TRAIN"] for c in it["captions"]], min_word_freq)
     _prepare_output_folder(output_folder)
     base = base_name(dataset, captions_per_image, min_word_freq)
-    with folder_lock(output_folder, f"prepare-{base}", wait=False, what=f"the output folder {output_folder}"), \
-            folder_lock(output_folder, DATA_LOCK.format(data_name=base), wait=False,
-                        what=f"the data '{base}' in {output_folder}"):  # a training run reading it, say
-        _write_all(output_folder, base, items, word_map, captions_per_image, max_len, image_size, seed, workers,
-                   with_objects=any("objects" in rec for rec in records))
+    with (
+        folder_lock(output_folder, f"prepare-{base}", wait=False, what=f"the output folder {output_folder}"),
+        folder_lock(
+            output_folder, DATA_LOCK.format(data_name=base), wait=False, what=f"the data '{base}' in {output_folder}"
+        ),
+    ):  # a training run reading it, say
+        _write_all(
+            output_folder,
+            base,
+            items,
+            word_map,
+            captions_per_image,
+            max_len,
+            image_size,
+            seed,
+            workers,
+            with_objects=any("objects" in rec for rec in records),
+        )
     summary = {
         "data_name": base,
         "output_folder": str(output_folder.resolve()),

@@ -1,4 +1,4 @@
-"""Optional speed-ups installed beside the kit, found at run time through the ``captioning.plugins`` entry-point
+"""Optional speed-ups installed beside the kit, found at run time through the ``captioning.internals.plugins`` entry-point
 group. The instructor kit declares one, ``fast_path`` (pyproject.toml); the student edition declares none and
 trains and decodes with the student's own ``forward`` / ``one_step``. Nothing here names a plug-in's module.
 
@@ -10,12 +10,15 @@ scores (``solver.fast_path_matches``); ``beam_step`` checks itself on a probe.
 ``CAPTIONING_PLUGINS=off`` in the environment turns every plug-in off (what the student edition runs). A run from
 a plain checkout, with no distribution installed, finds no entry point: ``register`` names a plug-in explicitly.
 """
+
 from __future__ import annotations
 
 import importlib
 import os
 import warnings
 from importlib.metadata import distributions
+
+import torch
 
 GROUP = "captioning.plugins"
 DISABLE_ENV = "CAPTIONING_PLUGINS"
@@ -33,8 +36,9 @@ def get(name):
                 _loaded[name] = ep.load()
                 break
             except ImportError as e:  # declared but not importable here (e.g. a copy of the student package)
-                warnings.warn(f"plug-in '{name}' ({ep.value}) could not be imported ({e}); running without it",
-                              stacklevel=2)
+                warnings.warn(
+                    f"plug-in '{name}' ({ep.value}) could not be imported ({e}); running without it", stacklevel=2
+                )
     return _loaded[name]
 
 
@@ -61,3 +65,30 @@ def reload():
     for name, module in list(_loaded.items()):
         if module is not None:
             _loaded[name] = importlib.reload(module)
+
+
+@torch.no_grad()
+def fast_path_matches(decoder_scores, fast, decoder, encoder_out, captions, caplens, rtol=1e-4, atol=1e-5):
+    """Does the plug-in ``fast`` give the decoder's own ``forward`` scores on this batch (eval mode)?
+    ``decoder_scores`` is ``captioning.solver.decoder_scores`` (passed in: nothing here imports the course layer).
+
+    Args: encoder_out (B, S, S, C); captions (B, cpi, T); caplens (B, cpi). Returns: (ok, reason).
+    """
+    was = decoder.training
+    decoder.eval()
+    try:
+        ref, ref_t, ref_a = decoder_scores(decoder, encoder_out.float(), captions, caplens)
+        got, got_t, got_a = decoder_scores(decoder, encoder_out.float(), captions, caplens, fast=fast)
+    except Exception as e:  # a decoder of another shape: not the plug-in's to speed up
+        return False, f"{type(e).__name__}: {e}"
+    finally:
+        decoder.train(was)
+    if ref.shape != got.shape or not torch.equal(ref_t, got_t):
+        return False, "different output shapes"
+    if not torch.allclose(ref, got, rtol=rtol, atol=atol):
+        return False, f"scores differ by up to {(ref - got).abs().max().item():.3g}"
+    if (ref_a is None) != (got_a is None) or (
+        ref_a is not None and not torch.allclose(ref_a.sum(dim=1), got_a.sum(dim=1), rtol=rtol, atol=atol)
+    ):
+        return False, "attention weights differ"
+    return True, ""

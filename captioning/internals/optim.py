@@ -1,4 +1,5 @@
 """The optimiser: fused Adam where available, and the optimiser state of a resumed run."""
+
 from __future__ import annotations
 
 import torch
