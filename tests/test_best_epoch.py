@@ -104,3 +104,23 @@ def test_training_keeps_the_smoothed_best_and_a_resume_agrees(shapes_data, tmp_p
     assert [h["best"] for h in res["history"]] == [True] * 5 + [False]
     kept = load_checkpoint(res["best_checkpoint"])
     assert kept["epoch"] == 4 and kept["history"][-1] == res["history"][4]
+
+
+def test_training_curves_draw_the_smoothed_bleu_and_the_kept_epoch():
+    from captioning.evaluation.figures import training_curves
+
+    _, held = run_online(SPIKY, 3)
+    hist = [
+        {"epoch": i, "train_loss": 1.0, "val_loss": 1.0, "train_top5": 50.0, "val_top5": 50.0, "bleu4": v}
+        for i, v in enumerate(SPIKY)
+    ]
+    hist[held[-1]]["best"] = True
+    fig = training_curves(hist, labels=["attention"])
+    lines = {ln.get_label(): ln for ln in fig.axes[2].get_lines()}
+    mean = lines["attention mean over 3 epochs"]
+    assert list(mean.get_xdata()) == list(range(9))  # the last epoch has no whole window
+    assert mean.get_ydata()[3] == pytest.approx((0.47 + 0.60 + 0.49) / 3)
+    assert list(lines["attention kept (BEST_)"].get_xdata()) == [7]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
