@@ -223,8 +223,8 @@ def history_table(history):
     if history:
         best = [r for r in history if r.get("best")][-1:] or [max(history, key=lambda r: r["bleu4"])]
         lines.append(
-            f"BEST_ keeps epoch {best[0]['epoch']} (validation BLEU-4 {best[0]['bleu4']:.4f}; * = kept when it was "
-            f"the best by the mean over the epochs around it: captioning/evaluation/selection.py)"
+            f"BEST_ keeps epoch {best[0]['epoch']} (validation BLEU-4 {best[0]['bleu4']:.4f}: the best of the best "
+            f"epochs in a row; * = BEST_ moved there)"
         )
     return "\n".join(lines)
 

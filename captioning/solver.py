@@ -363,7 +363,7 @@ class Trainer:
             top = max((h["bleu4"] for h in self.history), default=None)
             self.since_improvement = 0 if top is None or row["bleu4"] > top else self.since_improvement + 1
             self.history.append(dict(row, best=False))
-            self._keep_best(newly_best(self.history, cfg["best_window"]), epoch)
+            self._keep_best(newly_best(self.history, cfg["best_window"], available=self.keeper.has), epoch)
         if self.history and cfg["best_window"] > 1:  # a run too short for a whole window: its last epoch
             self._keep_best(newly_best(self.history, cfg["best_window"], at_end=True), None)
         self.group.barrier()

@@ -77,8 +77,8 @@ def training_curves(histories, labels=None, window=None):
     """Loss, top-5 accuracy and validation BLEU-4 per epoch for one or more runs, on shared axes.
 
     histories: list of per-epoch dict lists (the ``history`` stored in checkpoints). The BLEU-4 panel also draws
-    the mean over ``window`` epochs centred on each (default: ``cfg["best_window"]``'s default, 3), which training
-    uses to choose the epoch BEST_ keeps, where the window is whole at the end; a star marks the kept epoch.
+    the mean over ``window`` epochs centred on each (default: ``cfg["best_window"]``'s default, 3): training keeps
+    the best epoch of the stretch where it is highest (``evaluation.selection``); a star marks the kept epoch.
     """
     from captioning.config import DEFAULT_CFG
     from captioning.evaluation.selection import kept_epoch, smoothed
