@@ -4,6 +4,7 @@ lucky epoch on the 200 validation images is not the one kept; and the bootstrap 
 from __future__ import annotations
 
 import pytest
+import torch
 from test_reliability import cfg_for
 
 from captioning.checkpoints import load_checkpoint
@@ -113,6 +114,20 @@ def test_training_keeps_the_best_of_the_best_stretch_and_a_resume_agrees(shapes_
     assert [h["best"] for h in res["history"]] == [False, True, True, False, False, True, False]
     kept = load_checkpoint(res["best_checkpoint"])
     assert kept["epoch"] == 5 and kept["history"][-1] == res["history"][5]
+
+
+def test_an_earlier_epoch_is_kept_with_its_own_weights(shapes_data, tmp_path, monkeypatch):
+    """BEST_ written one epoch late holds that epoch's weights, not the live ones (on the CPU a state's tensors
+    are the model's own unless copied)."""
+    one = fit(cfg_for(shapes_data, tmp_path / "one", epochs=1, max_train_images=8, max_val_images=2))
+    real = Trainer.validate
+    monkeypatch.setattr(Trainer, "validate", lambda self, epoch=0, **k: dict(real(self, epoch, **k), bleu4=0.5 - epoch))
+    two = fit(cfg_for(shapes_data, tmp_path / "two", epochs=2, max_train_images=8, max_val_images=2))
+    kept, last = load_checkpoint(two["best_checkpoint"]), load_checkpoint(two["checkpoint"])
+    assert kept["epoch"] == 0 and last["epoch"] == 1
+    want = load_checkpoint(one["checkpoint"])["decoder_state"]  # epoch 0 of the same run, trained alone
+    assert all(torch.equal(kept["decoder_state"][k], want[k]) for k in want)
+    assert not all(torch.equal(kept["decoder_state"][k], last["decoder_state"][k]) for k in want)
 
 
 def test_training_curves_draw_the_smoothed_bleu_and_the_kept_epoch():

@@ -16,6 +16,7 @@ The first epochs of a run form shorter stretches (epoch 0 and 1, then 0 to 2).
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections import Counter
@@ -85,7 +86,9 @@ class BestKeeper:
         """Keep ``state`` (one epoch's checkpoint dict) while its epoch can still become BEST_."""
         if self.window == 1:
             return
-        state = dict(state, history=[dict(h) for h in state["history"]])  # later epochs do not change it
+        # a copy that later epochs do not change: on the CPU the state's tensors are the live weights and the
+        # optimiser's own buffers (``.cpu()`` of a CPU tensor is the tensor itself)
+        state = copy.deepcopy(state)
         self.recent[state["epoch"]] = state
         for epoch in [e for e in self.recent if e < state["epoch"] - (self.window - 1)]:
             del self.recent[epoch]
