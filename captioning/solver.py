@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captioning.adaptive import DecoderWithAdaptiveAttention
-from captioning.checkpoints import RunFolder, load_weights, save_checkpoint, word_map_id
+from captioning.checkpoints import RunFolder, load_weights, word_map_id
 from captioning.config import DECODER_NAMES, make_cfg, make_output_dir
 from captioning.data.features import build_feature_cache, recalibrate_once
 from captioning.datasets import ImageCaptions, load_word_map, normalize
@@ -343,8 +343,7 @@ class Trainer:
             return
         if epoch is not None:
             tqdm.write(epoch_line(self.history[-1], self.cfg["val_beam_size"], k == len(self.history) - 1))
-        save_checkpoint(state, self.ckpt_path)
-        self.keeper.write(self.history, k, current=state, say=tqdm.write)
+        self.keeper.save(self.history, k, state, self.ckpt_path, say=tqdm.write)
 
     def fit(self):
         cfg = self.cfg

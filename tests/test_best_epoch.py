@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_reliability import cfg_for
 
+import captioning.checkpoints as checkpoints
 from captioning.checkpoints import load_checkpoint
 from captioning.config import make_cfg
 from captioning.evaluation.metrics import bleu
@@ -122,7 +123,16 @@ def test_an_earlier_epoch_is_kept_with_its_own_weights(shapes_data, tmp_path, mo
     one = fit(cfg_for(shapes_data, tmp_path / "one", epochs=1, max_train_images=8, max_val_images=2))
     real = Trainer.validate
     monkeypatch.setattr(Trainer, "validate", lambda self, epoch=0, **k: dict(real(self, epoch, **k), bleu4=0.5 - epoch))
+    saved, real_save = [], checkpoints.torch.save
+
+    def save(obj, f):
+        saved.append(obj["epoch"]) if isinstance(obj, dict) and "epoch" in obj else None  # checkpoints only
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoints.torch, "save", save)
     two = fit(cfg_for(shapes_data, tmp_path / "two", epochs=2, max_train_images=8, max_val_images=2))
+    # epoch 0's BEST_ is written before epoch 1's checkpoint: killed in between, the run continues from epoch 0
+    assert saved == [0, 0, 1], saved
     kept, last = load_checkpoint(two["best_checkpoint"]), load_checkpoint(two["checkpoint"])
     assert kept["epoch"] == 0 and last["epoch"] == 1
     want = load_checkpoint(one["checkpoint"])["decoder_state"]  # epoch 0 of the same run, trained alone

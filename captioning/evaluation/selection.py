@@ -109,18 +109,25 @@ class BestKeeper:
             state["best_bleu4"] = history[k]["bleu4"]
         return k
 
-    def write(self, history, k, current=None, say=print):
-        """Save epoch ``k``'s state (marked) as BEST_: ``current`` when it is that epoch's, else the kept one; k
-        None: nothing. An epoch other than the latest is named with ``say``."""
-        if k is None:
-            return
-        epoch = history[k]["epoch"]
-        state = current if current is not None and current["epoch"] == epoch else self.recent[epoch]
-        save_checkpoint(state, self.best_path)
-        if self.window > 1:
+    def save(self, history, k, latest, latest_path, say=print):
+        """Write ``latest`` (the state of the epoch just trained) to ``latest_path`` and, when ``k`` is not None,
+        epoch ``k``'s state (marked) as BEST_.
+
+        The order is what lets a run killed between the two writes be continued (``RunFolder.check_best``): the
+        latest epoch's BEST_ after the latest checkpoint (repaired from it), an earlier epoch's BEST_ before it
+        (its weights exist only here; killed before the latest is written, the run continues from the epoch
+        before, which judges the same stretch again).
+        """
+        late = k is not None and history[k]["epoch"] != latest["epoch"]
+        if late:
+            save_checkpoint(self.recent[history[k]["epoch"]], self.best_path)
+        save_checkpoint(latest, latest_path)
+        if k is not None and not late:
+            save_checkpoint(latest, self.best_path)
+        if k is not None and self.window > 1:
             say(
-                f"  BEST_ now holds epoch {epoch} (validation BLEU-4 {history[k]['bleu4']:.4f}), the best of the best "
-                f"{self.window} epochs in a row so far"
+                f"  BEST_ now holds epoch {history[k]['epoch']} (validation BLEU-4 {history[k]['bleu4']:.4f}), the "
+                f"best of the best {self.window} epochs in a row so far"
             )
 
 
