@@ -8,7 +8,7 @@ validation images (as training does, greedy) and the 1,000 test images, keeping 
   changes on validation (200 images) against the same changes on the test split (1,000 images);
 * replicates: each draws a validation set of N images from a pool (the 200 validation images and the first 500
   test images, all from the same generator) and picks an epoch with each rule (the highest single value; the
-  centred mean over 3 epochs as training now does, ``selection.newly_best``); the picked epoch is scored on the
+  best epoch of the best 3 in a row as training now does, ``selection.newly_best``); the picked epoch is scored on the
   other 500 test images, which no rule sees. N = 200 is the recipe, N = 400 doubles it;
 * the seconds one validation of the 200 images takes, beside an epoch's training.
 
@@ -144,7 +144,7 @@ def analyse(run, replicates, seed=0):
             mean = statistics.mean(got)
             counts = {k: picks.count(k) for k in sorted(set(picks))}
             top = ", ".join(f"{k}: {c / replicates:.0%}" for k, c in sorted(counts.items(), key=lambda x: -x[1])[:4])
-            rule = "single value" if window == 1 else f"mean of {window}"
+            rule = "single value" if window == 1 else f"best of best {window}"
             rows[f"{size}/{window}"] = {"mean": mean, "loss": oracle - mean, "picks": counts}
             print(f"{size:6d} | {rule:12s} | {mean:.4f} | {oracle - mean:.4f} | {top}")
     return rows
