@@ -172,8 +172,8 @@ def corpus_bleu4(stats):
 def bootstrap_bleu4(references, hypotheses, samples=1000, seed=0):
     """(corpus BLEU-4, its bootstrap standard error over images): the images are resampled with replacement
     ``samples`` times. The error says how far the value on these images may lie from the value on many more
-    images like them; it is not the noise of a difference between two epochs on the same images (smaller, as
-    most captions stay the same).
+    images like them; it is not the noise of a difference between two epochs on the same images (another
+    quantity: there most captions stay the same).
 
     references: per image, its reference captions (token lists); hypotheses: per image, one caption.
     """
