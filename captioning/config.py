@@ -48,6 +48,9 @@ DEFAULT_CFG = {
     "feature_cache": "auto",  # "auto": cache encoder features when the encoder is frozen; False: never
     "fast_decoder": "auto",  # "auto": fast training path when it matches the decoder's forward; False: never
     "patience": 20,  # stop after this many epochs without a better validation BLEU-4
+    # BEST_ keeps the epoch with the highest validation BLEU-4 averaged over this many epochs centred on it (odd;
+    # 1: the single value, as in the course): one lucky epoch is not kept (captioning/evaluation/selection.py)
+    "best_window": 3,
     "lr_decay_every": 8,  # multiply learning rates by lr_decay_factor after each such run of epochs without gain
     "lr_decay_factor": 0.8,
     "val_beam_size": 1,  # free-running decoding for validation BLEU (1 = greedy)
@@ -185,6 +188,7 @@ RULES = {
     "feature_cache": _one_of("auto", False),
     "fast_decoder": _one_of("auto", False),
     "patience": _int(1),
+    "best_window": ((lambda v: _int(1, 9)[0](v) and v % 2 == 1), "an odd integer from 1 to 9 (1: no smoothing)"),
     "lr_decay_every": _int(1),
     "lr_decay_factor": _number(0, 1, lo_open=True),
     "val_beam_size": _int(1),

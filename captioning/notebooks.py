@@ -221,8 +221,11 @@ def history_table(history):
             f"{r['val_top5']:9.2f} | {r['bleu4']:10.4f}{'  *' if r.get('best') else ''}"
         )
     if history:
-        best = max(history, key=lambda r: r["bleu4"])
-        lines.append(f"best validation BLEU-4 {best['bleu4']:.4f} at epoch {best['epoch']} (* = new best)")
+        best = [r for r in history if r.get("best")][-1:] or [max(history, key=lambda r: r["bleu4"])]
+        lines.append(
+            f"BEST_ keeps epoch {best[0]['epoch']} (validation BLEU-4 {best[0]['bleu4']:.4f}: the best of the best "
+            f"epochs in a row; * = BEST_ moved there)"
+        )
     return "\n".join(lines)
 
 
@@ -309,7 +312,7 @@ def caption_metrics(path, res, checkpoint, beam_size, env):
 def train_metrics(result, cfg, data, env, seconds):
     """What train1/train2 write to their metrics file."""
     hist = result["history"]
-    best = max(hist, key=lambda r: r["bleu4"]) if hist else {}
+    best = ([r for r in hist if r.get("best")][-1:] or [{}])[0]  # the epoch BEST_ holds
     return {
         "decoder": cfg.get("decoder") or ("attention" if cfg["attention"] else "rnn"),
         "epochs_run": len(hist),

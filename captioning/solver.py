@@ -18,13 +18,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captioning.adaptive import DecoderWithAdaptiveAttention
-from captioning.checkpoints import RunFolder, load_weights, save_checkpoint, word_map_id
+from captioning.checkpoints import RunFolder, load_weights, word_map_id
 from captioning.config import DECODER_NAMES, make_cfg, make_output_dir
 from captioning.data.features import build_feature_cache, recalibrate_once
 from captioning.datasets import ImageCaptions, load_word_map, normalize
 from captioning.decoding import beam_search
 from captioning.encoder import Encoder
 from captioning.evaluation.metrics import accuracy, bleu, strip_special
+from captioning.evaluation.selection import BestKeeper, epoch_line, newly_best
 from captioning.internals import plugins
 from captioning.internals.distributed import ProcessGroup
 from captioning.internals.errors import KitError
@@ -150,6 +151,7 @@ class Trainer:
                 self.run.check_best(ckpt, self.source, self.best_bleu4)
             if self.start_epoch >= cfg["epochs"]:
                 self.run.nothing_left(ckpt, self.best_bleu4)
+        self.keeper = BestKeeper(cfg["best_window"], self.best_path, previous=ckpt)
         self.use_cache = cfg["feature_cache"] == "auto" and not cfg["fine_tune_encoder"]
         self.folded = None  # frozen without the cache: the encoder's inference copy, made on the first batch
         self.image_size = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN").image_shape[-1]
@@ -200,6 +202,9 @@ class Trainer:
             tqdm.write(f"note: training with the decoder's own forward (the fast path differs: {why})")
         return fast if ok else None
 
+    def _opts(self):
+        return [opt for opt in (self.dec_opt, self.enc_opt) if opt is not None]
+
     # -- one epoch
     def train_epoch(self, epoch):
         cfg = self.cfg
@@ -229,19 +234,14 @@ class Trainer:
                     f"checkpoint is '{self.ckpt_path}' (if an epoch finished). Lower decoder_lr (now "
                     f"{cfg['decoder_lr']}) or grad_clip (now {cfg['grad_clip']})"
                 )
-            self.dec_opt.zero_grad(set_to_none=True)
-            if self.enc_opt is not None:
-                self.enc_opt.zero_grad(set_to_none=True)
+            for opt in self._opts():
+                opt.zero_grad(set_to_none=True)
             loss.backward()
             self.group.average_gradients([self.decoder] + ([self.encoder] if self.enc_opt is not None else []))
-            if cfg["grad_clip"]:
-                for opt in (self.dec_opt, self.enc_opt):
-                    if opt is not None:
-                        for group in opt.param_groups:
-                            torch.nn.utils.clip_grad_value_(group["params"], cfg["grad_clip"])
-            self.dec_opt.step()
-            if self.enc_opt is not None:
-                self.enc_opt.step()
+            for group in [g for o in self._opts() for g in o.param_groups] if cfg["grad_clip"] else ():
+                torch.nn.utils.clip_grad_value_(group["params"], cfg["grad_clip"])
+            for opt in self._opts():
+                opt.step()
             n = targets.numel()
             top5 = accuracy(scores.detach(), targets, 5)
             tot_loss += loss.item() * n
@@ -271,7 +271,7 @@ class Trainer:
     def validate(self, epoch=0, split="VAL", beam_size=None, limit=None):
         """Teacher-forced loss/top-5 and free-running BLEU-1..4 on ``split``; returns a dict."""
         cfg = self.cfg
-        beam_size = beam_size or cfg["val_beam_size"]
+        beam_size, lp = beam_size or cfg["val_beam_size"], cfg["length_penalty"]
         loader = self.loader(split, shuffle=False, limit=limit if limit is not None else cfg["max_val_images"])
         self.encoder.eval()
         self.decoder.eval()
@@ -285,12 +285,7 @@ class Trainer:
                 scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=self.fast or None)
                 loss = _loss(cfg, scores, targets, alphas)
                 decoded = beam_search(
-                    self.decoder,
-                    enc,
-                    self.word_map,
-                    beam_size,
-                    cfg["max_decode_len"],
-                    length_penalty=cfg["length_penalty"],
+                    self.decoder, enc, self.word_map, beam_size, cfg["max_decode_len"], length_penalty=lp
                 )
             n = targets.numel()
             tot_loss += loss.item() * n
@@ -302,6 +297,7 @@ class Trainer:
         bar.close()
         tot_loss, tot_top5, tot_n = self.group.sum(tot_loss, tot_top5, tot_n, device=self.device)
         refs, hyps = self.group.gather(refs), self.group.gather(hyps)  # BLEU over the whole split, on every rank
+        self.captions = refs, hyps  # the last validation's, for its bootstrap error (benchmarks/best_epoch_noise.py)
         out = {"val_loss": tot_loss / max(tot_n, 1), "val_top5": tot_top5 / max(tot_n, 1), "val_images": len(hyps)}
         out.update(bleu(refs, hyps))
         return out
@@ -335,6 +331,20 @@ class Trainer:
             "epochs_since_improvement": self.since_improvement,
         }
 
+    def _keep_best(self, k, epoch):
+        """Flag history row k (None: none) best, print epoch's line (None: after the last), write the checkpoints."""
+        k = self.keeper.mark(self.history, k)  # None when k's weights are gone (a continued run)
+        self.best_bleu4 = self.best_bleu4 if k is None else self.history[k]["bleu4"]
+        if epoch is None and k is None:
+            return
+        state = self.state(self.history[-1]["epoch"])
+        self.keeper.remember(state)  # on every rank: all flag the same epochs
+        if self.rank != 0:  # rank 0 alone reports and writes checkpoints
+            return
+        if epoch is not None:
+            tqdm.write(epoch_line(self.history[-1], self.cfg["val_beam_size"], k == len(self.history) - 1))
+        self.keeper.save(self.history, k, state, self.ckpt_path, say=tqdm.write)
+
     def fit(self):
         cfg = self.cfg
         for epoch in range(self.start_epoch, cfg["epochs"]):
@@ -342,32 +352,19 @@ class Trainer:
                 tqdm.write(f"stopping early: no better validation BLEU-4 for {self.since_improvement} epochs")
                 break
             if self.since_improvement and self.since_improvement % cfg["lr_decay_every"] == 0:
-                for opt in (self.dec_opt, self.enc_opt):
-                    if opt is not None:
-                        for g in opt.param_groups:
-                            g["lr"] *= cfg["lr_decay_factor"]
+                for g in [g for o in self._opts() for g in o.param_groups]:
+                    g["lr"] *= cfg["lr_decay_factor"]
             row = {"epoch": epoch}
             row.update(self.train_epoch(epoch))
             row.update(self.validate(epoch))
             row["decoder_lr"] = self.dec_opt.param_groups[0]["lr"]
-            # the first epoch is always the best so far: a BEST checkpoint exists even if BLEU stays 0
-            improved = row["bleu4"] > self.best_bleu4 or not any(h.get("best") for h in self.history)
-            self.best_bleu4 = max(row["bleu4"], self.best_bleu4)
-            self.since_improvement = 0 if improved else self.since_improvement + 1
-            row["best"] = improved
-            self.history.append(row)
-            if self.rank != 0:  # rank 0 alone reports and writes checkpoints
-                continue
-            tqdm.write(
-                f"Epoch {epoch}: train LOSS - {row['train_loss']:.3f}, TOP-5 ACCURACY - "
-                f"{row['train_top5']:.3f} | validation (teacher-forced) LOSS - {row['val_loss']:.3f}, "
-                f"TOP-5 ACCURACY - {row['val_top5']:.3f} | validation BLEU-4 (free-running, beam "
-                f"{cfg['val_beam_size']}) - {row['bleu4']:.4f}{'  * best' if improved else ''}"
-            )
-            state = self.state(epoch)
-            save_checkpoint(state, self.ckpt_path)
-            if improved:
-                save_checkpoint(state, self.best_path)
+            # the schedule (lr decay, early stopping) follows the raw BLEU-4, as in the course; BEST_ the smoothed
+            top = max((h["bleu4"] for h in self.history), default=None)
+            self.since_improvement = 0 if top is None or row["bleu4"] > top else self.since_improvement + 1
+            self.history.append(dict(row, best=False))
+            self._keep_best(newly_best(self.history, cfg["best_window"], available=self.keeper.has), epoch)
+        if self.history and cfg["best_window"] > 1:  # a run too short for a whole window: its last epoch
+            self._keep_best(newly_best(self.history, cfg["best_window"], at_end=True), None)
         self.group.barrier()
         return {
             "history": self.history,

@@ -73,11 +73,17 @@ def caption_figure(result, max_cols=5, panel=2.6):
     return fig
 
 
-def training_curves(histories, labels=None):
+def training_curves(histories, labels=None, window=None):
     """Loss, top-5 accuracy and validation BLEU-4 per epoch for one or more runs, on shared axes.
 
-    histories: list of per-epoch dict lists (the ``history`` stored in checkpoints).
+    histories: list of per-epoch dict lists (the ``history`` stored in checkpoints). The BLEU-4 panel also draws
+    the mean over ``window`` epochs centred on each (default: ``cfg["best_window"]``'s default, 3): training keeps
+    the best epoch of the stretch where it is highest (``evaluation.selection``); a star marks the kept epoch.
     """
+    from captioning.config import DEFAULT_CFG
+    from captioning.evaluation.selection import kept_epoch, smoothed
+
+    window = window or DEFAULT_CFG["best_window"]
     if histories and isinstance(histories[0], dict):
         histories = [histories]
     labels = labels or [f"run {i + 1}" for i in range(len(histories))]
@@ -88,7 +94,15 @@ def training_curves(histories, labels=None):
         axes[0].plot(ep, [r["val_loss"] for r in hist], "--o", label=f"{label} val (teacher-forced)")
         axes[1].plot(ep, [r["train_top5"] for r in hist], "-o", label=f"{label} train")
         axes[1].plot(ep, [r["val_top5"] for r in hist], "--o", label=f"{label} val (teacher-forced)")
-        axes[2].plot(ep, [r["bleu4"] for r in hist], "-o", label=f"{label} val (free-running)")
+        bleu4 = [r["bleu4"] for r in hist]
+        (line,) = axes[2].plot(ep, bleu4, ":o", alpha=0.5, markersize=3, label=f"{label} val (free-running)")
+        whole = len(hist) - window // 2  # the last epochs have no whole window: training does not judge them
+        if window > 1 and whole > 0:
+            mean = smoothed(bleu4, window)[:whole]
+            axes[2].plot(ep[:whole], mean, "-", color=line.get_color(), label=f"{label} mean over {window} epochs")
+        k = kept_epoch(hist)
+        if k is not None:
+            axes[2].plot([ep[k]], [bleu4[k]], "*", color=line.get_color(), markersize=13, label=f"{label} kept (BEST_)")
     for ax, title in zip(axes, ("loss", "top-5 accuracy (%)", "BLEU-4")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
