@@ -45,10 +45,11 @@ def mean_beta(checkpoint):
     """β averaged over the TEST references' shape/colour words and over their other words (teacher forcing)."""
     import torch
 
+    from captioning.checkpoints import load_checkpoint
     from captioning.data.features import build_feature_cache
     from captioning.data.shapes import COLORS, PLURAL, SHAPES
     from captioning.datasets import ImageCaptions
-    from captioning.solver import load_checkpoint, models_from_checkpoint
+    from captioning.solver import models_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt)

@@ -44,8 +44,9 @@ def main():
     a = p.parse_args()
     setup(a.threads, "pointing game with and without the image in h0/c0")
 
+    from captioning.checkpoints import load_checkpoint
     from captioning.evaluation.evaluate import evaluate
-    from captioning.solver import fit, load_checkpoint
+    from captioning.solver import fit
 
     summary_path = os.path.join(a.demo_dir, "summary.json")
     if not os.path.isfile(summary_path):

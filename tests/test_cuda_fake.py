@@ -429,7 +429,9 @@ FACTORIES = {
     "sparse_coo_tensor",
 }
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
-SCANNED = sorted((ROOT / "captioning").rglob("*.py")) + [ROOT / "instructor" / n for n in ("fastpath.py", "fastbeam.py")]
+SCANNED = sorted((ROOT / "captioning").rglob("*.py")) + [
+    ROOT / "instructor" / n for n in ("fastpath.py", "fastbeam.py")
+]
 # (file, enclosing function): why its factories without ``device=`` make CPU tensors on purpose
 CPU_SIDE = {
     ("captioning/data/pretrain.py", "cell_targets"): "per-image labels built by the data loading, moved by train_step",

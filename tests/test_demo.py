@@ -2,8 +2,8 @@
 
 import json
 
+from captioning.checkpoints import load_checkpoint
 from captioning.data.recipe import DEMO, RECIPE, decoder_cfg
-from captioning.solver import load_checkpoint
 from instructor.cli import main
 
 

@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 
-from captioning.solver import fit, load_checkpoint
+from captioning.checkpoints import load_checkpoint
+from captioning.solver import fit
 
 
 def test_torchrun_two_processes_matches_single_process(shapes_data, tmp_path):

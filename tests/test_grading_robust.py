@@ -201,7 +201,9 @@ def test_notebook_metrics_are_read_from_regular_files_only(tmp_path):
     secret = tmp_path / "secret.json"
     secret.write_text(json.dumps({"bleu4": 0.99}))
     os.symlink(secret, out / "link.metrics.json")
-    (out / "big.metrics.json").write_text(json.dumps({"bleu4": 0.5, "pad": "x" * (sandbox_outputs.MAX_METRICS_BYTES + 1)}))
+    (out / "big.metrics.json").write_text(
+        json.dumps({"bleu4": 0.5, "pad": "x" * (sandbox_outputs.MAX_METRICS_BYTES + 1)})
+    )
     (out / "deep.metrics.json").write_text("[" * 100_000 + "]" * 100_000)
     r = sandbox_outputs.notebook_result(out, "error: \x1b[31mbad\n", 1, False)
     assert r["bleu4"] == {"train1": 0.25} and r["status"] == "failed" and "\x1b" not in r["message"]

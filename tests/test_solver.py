@@ -7,11 +7,12 @@ import shutil
 import pytest
 import torch
 
+from captioning.checkpoints import load_checkpoint
 from captioning.evaluation.evaluate import caption_images, evaluate
 from captioning.internals.errors import KitError
 from captioning.internals.plugins import fast_path_matches
 from captioning.models import DecoderWithAttention, DecoderWithRNN
-from captioning.solver import Trainer, decoder_scores, fit, load_checkpoint, make_cfg
+from captioning.solver import Trainer, decoder_scores, fit, make_cfg
 from instructor import fastpath
 
 
