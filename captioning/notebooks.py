@@ -61,8 +61,9 @@ def check_parameters(params):
     from captioning.config import _STR, RULES, _int, _number, _one_of, _optional
 
     own = {"shapes_n_train": _int(1), "shapes_n_val": _int(1), "shapes_n_test": _int(1),
-           "shapes_image_size": _int(16), "shapes_seed": _int(0), "threads": _int(0), "beam_size": _int(1),
-           "length_penalty": _number(0), "max_images": _optional(_int(1)), "split": _one_of("TEST", "VAL"),
+           "shapes_image_size": _int(16), "shapes_seed": _int(0), "threads": _optional(_int(0)),
+           "beam_size": _int(1), "length_penalty": _number(0), "max_images": _optional(_int(1)),
+           "split": _one_of("TEST", "VAL"),
            "data_folder": _optional(_STR), "data_name": _optional(_STR), "encoded_image_size": _optional(_int(1)),
            "image": _optional(_STR)}
     for key, (ok, allowed) in {**RULES, **own}.items():
@@ -71,19 +72,25 @@ def check_parameters(params):
                            f"parameters cell)")
 
 
-def setup(threads=1, seed=None):
+def setup(threads=None, seed=None):
     """First call of every notebook: quiet, reproducible defaults; returns facts for the metrics file.
 
-    threads: PyTorch CPU threads (``torch.set_num_threads``); 1 is fastest on a busy shared machine and makes CPU
-        runs repeatable; None or 0 keeps PyTorch's default. seed: ``torch.manual_seed`` if given.
+    threads: PyTorch CPU threads. None: the kit picks them and lowers them while other processes compete for the
+        cores (``captioning/threads.py``; ``OMP_NUM_THREADS`` fixes them); a number fixes them (1 is fastest on a
+        busy shared machine and makes CPU runs repeatable); 0 keeps PyTorch's default. seed: ``torch.manual_seed``
+        if given.
     """
     warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto falls back to text bars
     # nltk's advice to smooth when a caption shares no n-gram with its references: the score is 0 and shown as such
     warnings.filterwarnings("ignore", message=r"\s*The hypothesis contains 0 counts of", category=UserWarning)
     import torch
 
-    if threads:
-        torch.set_num_threads(int(threads))
+    from captioning import threads as cpu_threads
+
+    if threads is None:
+        cpu_threads.auto(note=print)
+    else:
+        cpu_threads.fixed(threads)
     if seed is not None:
         torch.manual_seed(seed)
     return {"python": sys.executable, "prefix": sys.prefix, "torch": torch.__version__,

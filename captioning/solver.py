@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from captioning import plugins
+from captioning import plugins, threads
 from captioning.adaptive import DecoderWithAdaptiveAttention
 from captioning.checkpoints import load_checkpoint, load_weights, save_checkpoint, word_map_id
 from captioning.config import DECODER_NAMES, make_cfg, make_output_dir
@@ -232,6 +232,7 @@ class Trainer:
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch} train", disable=not self.progress, leave=False)
         for i, (x, caps, caplens) in enumerate(bar):
+            threads.adapt()  # fewer CPU threads while other processes compete for the cores (threads.py)
             caps, caplens = caps.to(self.device), caplens.to(self.device)
             with torch.set_grad_enabled(cfg["fine_tune_encoder"]):
                 enc = self.encode(x)
@@ -289,6 +290,7 @@ class Trainer:
         refs, hyps = [], []
         bar = tqdm(loader, desc=f"epoch {epoch} {split.lower()}", disable=not self.progress, leave=False)
         for x, caps, caplens in bar:
+            threads.adapt()
             caps, caplens = caps.to(self.device), caplens.to(self.device)
             enc = self.encode(x)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
