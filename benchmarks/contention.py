@@ -1,18 +1,20 @@
 """Runs that share the cores: the notebooks' training recipe solo, then 2 and 4 copies at once, each copy a separate
-process, with the kit's CPU threads (``captioning/threads.py``: picked at start, lowered while others compete)
-and with a fixed number of threads (the notebooks' old default, 2).
+process, with the kit's CPU threads (``captioning/threads.py``: picked at start, lowered while others compete,
+OpenMP's passive waits) and with the notebooks' settings before issue 30 (2 fixed threads, OpenMP's spinning waits).
 
-    .venv/bin/python benchmarks/contention.py [--copies 1 2 4] [--images 240] [--sides kit,fixed2] [--work DIR]
+    .venv/bin/python benchmarks/contention.py [--copies 1 2 4] [--images 240] [--sides kit,fixed2-spin] [--work DIR]
 
 Each copy is train1's recipe as the notebook runs it (``nb.setup(threads=…)``, then ``solver.fit(cfg)`` with the
 recipe's decoder without attention) for one short epoch: the first ``--images`` TRAIN images (12 per batch) and
 greedy validation on ``--val-images``. The data (the shapes generator at the recipe's 128 px, fewer images), its
-pretrained shapes_cnn encoder and the feature cache are made once beforehand, untimed, as a student's first run
-leaves them. The copies of a round import and build their models, then start ``fit`` together; each reports its
-``fit`` wall time, shown as a ratio to the solo run of the same side. On M idle cores, N equal copies ideally take
-about max(1, N/M)x solo each; issue 30's target on 2 cores: 2 copies <= 2.5x, 4 copies <= 5x.
+shapes_cnn encoder (pretrained one epoch instead of four: the same network, as fast) and the feature cache are made
+once beforehand, untimed, as a student's first run leaves them. The copies of a round import and build their
+models, then start ``fit`` together; each reports its ``fit`` wall time, shown as a ratio to the solo run of the
+same side. On M idle cores N equal copies ideally take about max(1, N/M)x solo each; issue 30's target on 2 cores:
+2 copies <= 2.5x, 4 copies <= 5x. Other sides (``--sides``): ``fixed2`` (2 threads, passive waits), ``fixed1``,
+``kit-spin`` (the kit's threads with OpenMP's spinning: what passive waits cost solo), ``fixed2-spin10k``.
 
-Noise: every other process on the machine competes too; the load average is printed before and after.
+Noise: every other process on the machine competes too; the load average is printed before and after each round.
 """
 from __future__ import annotations
 
@@ -30,9 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, load_note, table  # noqa: E402
 
 NAME = "shapes_5_cap_per_img_5_min_word_freq"
-# side -> (the notebook's threads parameter, extra environment)
-SIDES = {"kit": (None, {}), "fixed2": (2, {}), "fixed1": (1, {}), "kit-passive": (None, {"OMP_WAIT_POLICY": "PASSIVE"}),
-         "fixed2-passive": (2, {"OMP_WAIT_POLICY": "PASSIVE"})}
+# side -> (the notebooks' threads parameter, environment: None removes the variable before torch loads)
+SIDES = {
+    "kit": (None, {}),  # the kit's defaults: threads picked and adapted, OMP_WAIT_POLICY=PASSIVE
+    "fixed2-spin": (2, {"OMP_WAIT_POLICY": None}),  # the notebooks before issue 30: 2 threads, OpenMP's spinning
+    "fixed2": (2, {}),  # 2 fixed threads with the kit's passive waits
+    "fixed1": (1, {}),
+    "kit-spin": (None, {"OMP_WAIT_POLICY": None}),  # the kit's threads with OpenMP's default spinning
+    "fixed2-spin10k": (2, {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"}),
+}
 
 
 def load_line():
@@ -42,13 +50,18 @@ def load_line():
 def prepare(work, a):
     """The data, encoder and feature cache (untimed); returns the copies' cfg."""
     import captioning.notebooks as nb
+    from captioning.pretrain import STRIDE, ensure_encoder
     from captioning.recipe import RECIPE, decoder_cfg
     from captioning.solver import fit
 
     nb.setup(threads=2)
     data = nb.ensure_data(str(work / "data"), NAME, a.train_images, a.val_images, 10, RECIPE["image_size"], 0)
+    # the recipe's encoder (nb.encoder_settings) pretrained for one epoch instead of 4: its speed is the same
+    pre = ensure_encoder(data["data_folder"], NAME, 1, seed=0, images=a.train_images, progress=False)
+    encoder = {"encoder": "shapes_cnn", "encoder_weights": pre["path"],
+               "encoded_image_size": data["image_size"] // STRIDE}
     cfg = {**decoder_cfg(RECIPE, "rnn"), "data_folder": data["data_folder"], "data_name": NAME, "attention": False,
-           **nb.encoder_settings(data, progress=False), "workers": 0, "fine_tune_encoder": False, "print_freq": 0,
+           **encoder, "workers": 0, "fine_tune_encoder": False, "print_freq": 0,
            "device": "cpu", "overwrite": True, "epochs": 1, "max_train_images": a.images,
            "max_val_images": a.val_images, "progress": False}
     fit(dict(cfg, output_dir=str(work / "warmup")), progress=False)  # builds the feature caches
@@ -58,7 +71,10 @@ def prepare(work, a):
 def child(a):
     """One copy: set up as the notebook does, say ready, wait for the go line, run fit, print a JSON line."""
     cfg = json.loads(a.child)
-    import captioning.notebooks as nb
+    import captioning.notebooks as nb  # sets the kit's OMP_WAIT_POLICY default (torch not loaded yet)
+
+    for key in json.loads(os.environ.get("CONTENTION_UNSET", "[]")):  # a side without it
+        os.environ.pop(key, None)
     from captioning import threads
     from captioning.solver import fit
 
@@ -73,6 +89,13 @@ def child(a):
           flush=True)
 
 
+def child_env(side_env):
+    env = {k: v for k, v in os.environ.items() if k not in side_env}
+    env.update({k: v for k, v in side_env.items() if v is not None}, TQDM_DISABLE="1",
+               CONTENTION_UNSET=json.dumps([k for k, v in side_env.items() if v is None]))
+    return env
+
+
 def round_of(work, side, copies, cfg):
     """Start ``copies`` children of ``side``, let them run fit together; returns their result dicts."""
     threads, env = SIDES[side]
@@ -81,9 +104,11 @@ def round_of(work, side, copies, cfg):
         out = work / f"{side}-{copies}-{i}"
         arg = json.dumps(dict(cfg, output_dir=str(out), threads=threads))
         log = open(work / f"{side}-{copies}-{i}.log", "w+")
+        # each copy in its own session, as separate users' notebooks are: Linux's autogroups share the CPU per
+        # session, so copies in this script's session would split one share among themselves
         p = subprocess.Popen([sys.executable, __file__, "--child", arg], cwd=ROOT, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=log, text=True,
-                             env=dict(os.environ, TQDM_DISABLE="1", **env))
+                             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+                             env=child_env(env))
         procs.append((p, log))
     for p, _ in procs:  # all imported and set up
         line = p.stdout.readline()
@@ -106,9 +131,9 @@ def round_of(work, side, copies, cfg):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--copies", type=int, nargs="+", default=[1, 2, 4], help="copies per round; 1 (solo) first")
-    ap.add_argument("--sides", default="kit,fixed2", help=f"comma-separated, of {', '.join(SIDES)}")
+    ap.add_argument("--sides", default="kit,fixed2-spin", help=f"comma-separated, of {', '.join(SIDES)}")
     ap.add_argument("--images", type=int, default=240, help="TRAIN images each copy trains on (12 per batch)")
-    ap.add_argument("--train-images", type=int, default=400, help="TRAIN images generated (and pretrained on)")
+    ap.add_argument("--train-images", type=int, default=240, help="TRAIN images generated (and pretrained on)")
     ap.add_argument("--val-images", type=int, default=24)
     ap.add_argument("--work", default=None, help="data and runs (default: a temporary folder, removed)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -256,6 +256,7 @@ def main(argv=None) -> int:
     from captioning import threads
 
     threads.start()  # the idle CPUs are counted over the start-up (see run_command)
+    threads.prefer_passive_wait()  # before torch loads
     return run_command(parse_command_line(build_parser(), argv))
 
 

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from captioning import threads
 from captioning.checkpoints import data_folder_of, load_checkpoint, word_map_id
 from captioning.datasets import ImageCaptions, load_word_map, normalize, split_paths
 from captioning.decoding import beam_search, decode_words
@@ -76,6 +77,7 @@ def evaluate(checkpoint, split="TEST", beam_size=5, data_folder=None, data_name=
     loader = DataLoader(data, batch_size=batch_images, shuffle=False, num_workers=0)
     refs, hyps, rows, all_alphas = [], [], [], []
     for x, caps, _ in tqdm(loader, desc=f"{split.lower()} beam {beam_size}", disable=not progress):
+        threads.adapt()  # fewer CPU threads while other processes compete for the cores
         enc = encode_batch(encoder, x, cached, torch.device(device))
         for img_caps, cap in zip(caps.tolist(), beam_search(decoder, enc, word_map, beam_size, max_len,
                                                                  length_penalty=length_penalty)):

@@ -32,6 +32,7 @@ from captioning.atomic import write_json
 from captioning.errors import KitError
 from captioning.outputs import write_json as write_checked  # read back before the rename
 from captioning.recipe import RECIPE
+from captioning.threads import prefer_passive_wait
 from captioning.todos import require_todos  # noqa: F401  (the notebooks call nb.require_todos)
 
 # Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): an executed
@@ -39,6 +40,7 @@ from captioning.todos import require_todos  # noqa: F401  (the notebooks call nb
 # first imported, and `import torch` imports it; this module is a notebook's first kit import and imports neither.
 if "tqdm" not in sys.modules:
     os.environ.setdefault("TQDM_MININTERVAL", "5")
+prefer_passive_wait()  # OpenMP threads that sleep, not spin, while they wait: set before torch loads (threads.py)
 
 # The notebooks' default output_dir, relative to notebooks/ (where Jupyter and nbval run them).
 DEFAULT_OUTPUT_DIR = "../outputs/notebooks"

@@ -219,6 +219,24 @@ def check_wait_policy(environ=os.environ):
     return raw.upper()
 
 
+def prefer_passive_wait(environ=os.environ):
+    """Before torch is imported: ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it. Returns whether the
+    setting can still take effect (OpenMP reads it once, when torch loads it).
+
+    Why: by default each OpenMP thread that reaches the end of an operation spins (GNU OpenMP: 300,000 rounds,
+    milliseconds) waiting for the others; when one of them is descheduled by another process, the others burn the
+    CPU it needs. With two fixed threads beside other busy processes one short training run took 42-60 s spinning
+    and 9-11 s passive (``benchmarks/contention.py``, docs/results.md, *Contention*). The kit's own choice of threads
+    goes down to one under load, where there is nothing to wait for; this covers a fixed ``threads`` and the
+    moments before the threads are lowered."""
+    import sys
+
+    if "torch" in sys.modules:
+        return False
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return True
+
+
 # --------------------------------------------------------------------------------------------- applying
 
 _START = None
