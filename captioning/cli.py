@@ -274,4 +274,8 @@ def run_command(args) -> int:
     except KitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        from captioning.threads import stop
+
+        stop()  # adapting the threads ends with the command
     return 0

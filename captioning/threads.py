@@ -219,7 +219,7 @@ def check_wait_policy(environ=os.environ):
     return raw.upper()
 
 
-def prefer_passive_wait(environ=os.environ):
+def prefer_passive_wait(environ=os.environ, modules=None):
     """Before torch is imported: ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it. Returns whether the
     setting can still take effect (OpenMP reads it once, when torch loads it).
 
@@ -231,7 +231,7 @@ def prefer_passive_wait(environ=os.environ):
     moments before the threads are lowered."""
     import sys
 
-    if "torch" in sys.modules:
+    if "torch" in (sys.modules if modules is None else modules):
         return False
     environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return True
@@ -316,6 +316,13 @@ def adapt():
 def governor():
     """The governor :func:`auto` installed, or None (fixed threads)."""
     return _GOVERNOR
+
+
+def stop():
+    """Stop adapting (the threads stay as they are): the command line does after its command, so that code that
+    calls it in-process (tests) does not adapt later."""
+    global _GOVERNOR
+    _GOVERNOR = None
 
 
 def fixed(threads):

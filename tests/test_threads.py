@@ -233,3 +233,22 @@ def test_the_governor_sets_torch_threads(torch_threads):
     machine.advance(0.6)
     threads.adapt()
     assert gov.threads == 1 and torch.get_num_threads() == 1
+
+
+def test_passive_waits_are_preferred_before_torch_loads_and_the_environment_wins():
+    env = {}
+    assert threads.prefer_passive_wait(env, modules={}) and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert threads.prefer_passive_wait(env, modules={}) and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    env = {}
+    assert not threads.prefer_passive_wait(env, modules={"torch": torch}) and env == {}  # too late: unchanged
+
+
+def test_the_command_line_adapts_only_while_its_command_runs(torch_threads, monkeypatch):
+    from captioning import cli
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = []
+    args = type("Args", (), {"command": "test", "func": staticmethod(lambda a: seen.append(threads.governor()))})()
+    assert cli.run_command(args) == 0
+    assert seen[0] is not None and threads.governor() is None
