@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -96,8 +97,9 @@ def child_env(side_env):
     return env
 
 
-def round_of(work, side, copies, cfg):
-    """Start ``copies`` children of ``side``, let them run fit together; returns their result dicts."""
+def round_of(work, side, copies, cfg, limit):
+    """Start ``copies`` children of ``side``, let them run fit together; returns their result dicts. A copy still
+    running ``limit`` seconds after the start is stopped: its "seconds" is None."""
     threads, env = SIDES[side]
     procs = []
     for i in range(copies):
@@ -117,10 +119,17 @@ def round_of(work, side, copies, cfg):
     for p, _ in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
+    t_go = time.monotonic()
     results = []
     for p, log in procs:
-        out = p.stdout.read()
-        if p.wait() != 0:
+        try:
+            out, _ = p.communicate(timeout=max(0.1, limit - (time.monotonic() - t_go)))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)  # the copy's own session: it and anything it started
+            p.wait()
+            results.append({"seconds": None, "cpu": None, "history": None})
+            continue
+        if p.returncode != 0:
             log.seek(0)
             raise SystemExit(f"a copy of {side} failed:\n{log.read()[-3000:]}")
         (line,) = [x for x in out.splitlines() if x.startswith("RESULT ")]
@@ -135,6 +144,8 @@ def main():
     ap.add_argument("--images", type=int, default=240, help="TRAIN images each copy trains on (12 per batch)")
     ap.add_argument("--train-images", type=int, default=240, help="TRAIN images generated (and pretrained on)")
     ap.add_argument("--val-images", type=int, default=24)
+    ap.add_argument("--round-limit", type=float, default=120,
+                    help="seconds after which the copies still running are stopped and reported as '>limit'")
     ap.add_argument("--work", default=None, help="data and runs (default: a temporary folder, removed)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -160,21 +171,23 @@ def main():
         solo = None
         for n in a.copies:
             t0 = time.monotonic()
-            res = round_of(work, side, n, cfg)
-            secs = sorted(r["seconds"] for r in res)
-            solo = solo or secs[0]
-            threads = sorted({h[1] for r in res if r["history"] for h in r["history"]})
-            end_threads = [r["history"][-1][1] for r in res if r["history"]]
-            changes = sum(len(r["history"]) - 1 for r in res if r["history"])
-            rows.append([side, str(n), " ".join(f"{s:.1f}" for s in secs),
-                         " ".join(f"{s / solo:.2f}" for s in secs), f"{max(secs) / solo:.2f}",
-                         f"{sum(r['cpu'] for r in res) / sum(secs):.2f}",
-                         f"{threads or '-'} -> {end_threads or '-'} ({changes} changes)" if threads else "fixed",
-                         load_line()])
-            print(f"{side} x{n}: {' '.join(f'{s:.1f}' for s in secs)} s (round {time.monotonic() - t0:.0f} s), "
-                  f"load {load_line()}", flush=True)
+            res = round_of(work, side, n, cfg, a.round_limit)
+            done = sorted(r["seconds"] for r in res if r["seconds"] is not None)
+            cut = len(res) - len(done)
+            solo = solo or (done[0] if done else None)
+            if solo is None:
+                raise SystemExit(f"{side}'s solo run did not finish in --round-limit {a.round_limit} s")
+            secs = " ".join([f"{s:.1f}" for s in done] + [f">{a.round_limit:.0f}"] * cut)
+            ratios = " ".join([f"{s / solo:.2f}" for s in done] + [f">{a.round_limit / solo:.1f}"] * cut)
+            worst = f">{a.round_limit / solo:.1f}" if cut else f"{done[-1] / solo:.2f}"
+            hist = [r["history"] for r in res if r["history"]]
+            used = f"{sum(r['cpu'] for r in res if r['cpu']) / sum(done):.2f}" if done else "-"
+            threads = (f"{sorted({h[1] for x in hist for h in x})} -> {[x[-1][1] for x in hist]} "
+                       f"({sum(len(x) - 1 for x in hist)} changes)") if hist else "fixed"
+            rows.append([side, str(n), secs, ratios, worst, used, threads, load_line()])
+            print(f"{side} x{n}: {secs} s (round {time.monotonic() - t0:.0f} s), load {load_line()}", flush=True)
     print()
-    print(table(["side", "copies", "fit s per copy", "ratio to solo", "worst", "CPUs used/copy", "threads",
+    print(table(["side", "copies", "fit s per copy", "ratio to solo", "worst", "CPUs used/copy (finished)", "threads",
                  "load avg after"], rows))
     print(load_note())
     if tmp:
