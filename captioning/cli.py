@@ -321,6 +321,7 @@ def main(argv=None) -> int:
     from captioning.internals import threads
 
     threads.start()  # the idle CPUs are counted over the start-up (see run_command)
+    threads.prefer_passive_wait()  # before torch loads
     return run_command(parse_command_line(build_parser(), argv))
 
 
@@ -338,4 +339,8 @@ def run_command(args) -> int:
     except KitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        from captioning.internals.threads import stop
+
+        stop()  # adapting the threads ends with the command
     return 0

@@ -32,12 +32,14 @@ from captioning.check import require_todos  # noqa: F401  (the notebooks call nb
 from captioning.data.ensure import SHAPES_NAME, SHAPES_SETTINGS, data_summary, encoder_settings, ensure_data  # noqa: F401
 from captioning.evaluation.outputs import write_json as write_checked  # read back before the rename
 from captioning.internals.errors import KitError
+from captioning.internals.threads import prefer_passive_wait
 
 # Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): an executed
 # notebook keeps a line or two per epoch instead of one per batch. tqdm reads its TQDM_* settings once, when it is
 # first imported, and `import torch` imports it; this module is a notebook's first kit import and imports neither.
 if "tqdm" not in sys.modules:
     os.environ.setdefault("TQDM_MININTERVAL", "5")
+prefer_passive_wait()  # OpenMP threads that sleep, not spin, while they wait: set before torch loads (threads.py)
 
 # The notebooks' default output_dir, relative to notebooks/ (where Jupyter and nbval run them).
 DEFAULT_OUTPUT_DIR = "../outputs/notebooks"
@@ -63,7 +65,7 @@ def check_parameters(params):
         "shapes_n_test": _int(1),
         "shapes_image_size": _int(16),
         "shapes_seed": _int(0),
-        "threads": _int(0),
+        "threads": _optional(_int(0)),
         "beam_size": _int(1),
         "length_penalty": _number(0),
         "max_images": _optional(_int(1)),
@@ -80,19 +82,25 @@ def check_parameters(params):
             )
 
 
-def setup(threads=1, seed=None):
+def setup(threads=None, seed=None):
     """First call of every notebook: quiet, reproducible defaults; returns facts for the metrics file.
 
-    threads: PyTorch CPU threads (``torch.set_num_threads``); 1 is fastest on a busy shared machine and makes CPU
-        runs repeatable; None or 0 keeps PyTorch's default. seed: ``torch.manual_seed`` if given.
+    threads: PyTorch CPU threads. None: the kit picks them and lowers them while other processes compete for the
+        cores (``captioning/internals/threads.py``; ``OMP_NUM_THREADS`` fixes them); a number fixes them (1 is fastest on a
+        busy shared machine and makes CPU runs repeatable); 0 keeps PyTorch's default. seed: ``torch.manual_seed``
+        if given.
     """
     warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto falls back to text bars
     # nltk's advice to smooth when a caption shares no n-gram with its references: the score is 0 and shown as such
     warnings.filterwarnings("ignore", message=r"\s*The hypothesis contains 0 counts of", category=UserWarning)
     import torch
 
-    if threads:
-        torch.set_num_threads(int(threads))
+    from captioning.internals import threads as cpu_threads
+
+    if threads is None:
+        cpu_threads.auto(note=print)
+    else:
+        cpu_threads.fixed(threads)
     if seed is not None:
         torch.manual_seed(seed)
     return {

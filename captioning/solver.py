@@ -26,7 +26,7 @@ from captioning.decoding import beam_search
 from captioning.encoder import Encoder
 from captioning.evaluation.metrics import accuracy, bleu, strip_special
 from captioning.evaluation.selection import BestKeeper, epoch_line, newly_best
-from captioning.internals import plugins
+from captioning.internals import plugins, threads
 from captioning.internals.distributed import ProcessGroup
 from captioning.internals.errors import KitError
 from captioning.internals.locks import data_lock, training_lock
@@ -218,6 +218,7 @@ class Trainer:
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch} train", disable=not self.progress, leave=False)
         for i, (x, caps, caplens) in enumerate(bar):
+            threads.adapt()  # fewer CPU threads while other processes compete for the cores (threads.py)
             caps, caplens = caps.to(self.device), caplens.to(self.device)
             with torch.set_grad_enabled(cfg["fine_tune_encoder"]):
                 enc = self.encode(x)
@@ -279,6 +280,7 @@ class Trainer:
         refs, hyps = [], []
         bar = tqdm(loader, desc=f"epoch {epoch} {split.lower()}", disable=not self.progress, leave=False)
         for x, caps, caplens in bar:
+            threads.adapt()
             caps, caplens = caps.to(self.device), caplens.to(self.device)
             enc = self.encode(x)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):

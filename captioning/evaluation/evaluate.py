@@ -21,6 +21,7 @@ from captioning.datasets import ImageCaptions, load_word_map, normalize, split_p
 from captioning.decoding import beam_search, decode_words
 from captioning.evaluation.metrics import bleu, strip_special
 from captioning.evaluation.outputs import check_file, write_json
+from captioning.internals import threads
 from captioning.internals.errors import KitError
 from captioning.solver import encode_batch, models_from_checkpoint
 
@@ -105,6 +106,7 @@ def _beam_all(loader, encoder, decoder, word_map, cached, device, beam_size, max
     rev = {v: k for k, v in word_map.items()}
     refs, hyps, rows, all_alphas = [], [], [], []
     for x, caps, _ in tqdm(loader, desc=f"{split.lower()} beam {beam_size}", disable=not progress):
+        threads.adapt()  # fewer CPU threads while other processes compete for the cores
         enc = encode_batch(encoder, x, cached, torch.device(device))
         for img_caps, cap in zip(
             caps.tolist(), beam_search(decoder, enc, word_map, beam_size, max_len, length_penalty=length_penalty)
