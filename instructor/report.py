@@ -40,6 +40,7 @@ def _hyper(cfg, key):
 
 def _runs(run_dirs):
     from captioning.checkpoints import load_checkpoint
+    from captioning.evaluation.selection import kept_epoch
 
     runs = []
     for run_dir in run_dirs:
@@ -61,7 +62,8 @@ def _runs(run_dirs):
                 print(f"report: skipped {ck}: {e}")
                 continue
             test = next((t for t in tests if os.path.basename(t["checkpoint"]) == os.path.basename(ck)), None)
-            best = max(c["history"], key=lambda r: r["bleu4"]) if c["history"] else {}
+            kept = kept_epoch(c["history"])  # the epoch BEST_ holds (training's rule, not the single highest BLEU-4)
+            best = c["history"][kept] if kept is not None else max(c["history"], key=lambda r: r["bleu4"], default={})
             runs.append(
                 {
                     "name": f"{os.path.basename(os.path.normpath(run_dir))}/{c['kind']}",
