@@ -70,7 +70,7 @@ def main():
     fam = familiarity.load_or_fit(encoder, data, name, progress=False)
     first = time.perf_counter() - t
     print(f"statistics: {'loaded' if stored else 'computed'} in {first:.1f} s ({fam.n_train} TRAIN images, "
-          f"{len(fam.val_scores)} VAL images, {len(fam.variances)} directions)")  # fmt: skip
+          f"{len(fam.val_scores)} VAL images)")  # fmt: skip
     net = encoder.for_inference()
     test = fam.score(familiarity._split_features(net, encoder, data, name, "TEST", 10**9, "cpu", False))
     val = fam.val_scores

@@ -308,7 +308,7 @@ def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, len
             continue
         enc = encoder(normalize(torch.from_numpy(pixels.copy())[None]).to(device))
         cap = beam_search(decoder, enc, word_map, beam_size, max_len, length_penalty=length_penalty)[0]
-        judged = familiar.judge(familiarity.mean_features(enc))[0] if familiar else None
+        judged = familiar.judge(familiarity.mean_features(enc), pixels[None])[0] if familiar else None
         yield {
             "path": path,
             "words": decode_words(cap.tokens, rev),

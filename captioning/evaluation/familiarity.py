@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from captioning.internals.atomic import atomic_path
 from captioning.internals.errors import KitError
 
-VERSION = 1
+VERSION = 2
 RANK = 64  # main directions of the fitted Gaussian (fewer when there are fewer images or channels)
 MAX_TRAIN = 2000  # TRAIN images the Gaussian is fitted to (evenly spread over the split)
 MAX_VAL = 500  # VAL images that set the threshold
@@ -52,33 +52,47 @@ DATA = {
 
 
 @dataclass
-class Familiarity:
-    """A Gaussian fitted to the TRAIN images' mean features and the threshold its VAL images set.
-
-    mean (C,), components (R, C) orthonormal rows, variances (R,), residual_variance: the variance in every
-    direction outside the components; val_scores (n_val,); threshold: score above which an image is flagged."""
+class Gaussian:
+    """A Gaussian fitted to N vectors (N, D): mean (D,), components (R, D) orthonormal rows, variances (R,),
+    residual_variance (the variance in every direction outside the components) and typical: the median distance
+    of held-out (VAL) vectors, the unit in which distances of different kinds of vectors are compared."""
 
     mean: torch.Tensor
     components: torch.Tensor
     variances: torch.Tensor
     residual_variance: float
+    typical: float = 1.0
+
+    def distance(self, x):
+        """x (B, D) → (B,) float64 Mahalanobis distances."""
+        y = x.double().cpu() - self.mean
+        inside = y @ self.components.T  # (B, R)
+        outside = (y * y).sum(1) - (inside * inside).sum(1)
+        return ((inside * inside / self.variances).sum(1) + outside.clamp(min=0) / self.residual_variance).sqrt()
+
+
+@dataclass
+class Familiarity:
+    """Gaussians fitted to the TRAIN images' mean encoder features ("features", (N, C)) and simple pixel
+    statistics ("pixels", :func:`image_statistics`), and the threshold the VAL images set. An image's score is
+    its larger distance of the two, each in units of a typical VAL image's: the features see what a shape is,
+    the pixel statistics what a weakly trained encoder may not (noise, a colour gradient)."""
+
+    parts: dict
     val_scores: torch.Tensor
     threshold: float
     n_train: int
     what: str
 
-    def score(self, features):
-        """features (B, C) mean encoder features → (B,) float64 Mahalanobis distances to the TRAIN images."""
-        y = features.double().cpu() - self.mean
-        inside = y @ self.components.T  # (B, R)
-        outside = (y * y).sum(1) - (inside * inside).sum(1)
-        return ((inside * inside / self.variances).sum(1) + outside.clamp(min=0) / self.residual_variance).sqrt()
+    def score(self, inputs):
+        """inputs: {part name: (B, D)} → (B,) float64 scores (1: as far as a typical VAL image)."""
+        return torch.stack([g.distance(inputs[k]) / g.typical for k, g in self.parts.items()]).amax(0)
 
-    def judge(self, features):
-        """features (B, C) → per image {"score", "threshold", "unfamiliar", "data", "warning"} (warning: the text
-        to show, None when the image looks like the training data)."""
+    def judge(self, features, pixels):
+        """features (B, C) mean encoder features, pixels (B, 3, H, W) uint8 → per image {"score", "threshold",
+        "unfamiliar", "data", "warning"} (warning: the text to show, None when the image looks familiar)."""
         rows = []
-        for s in self.score(features).tolist():
+        for s in self.score({"features": features, "pixels": image_statistics(pixels)}).tolist():
             far = s > self.threshold
             rows.append(
                 {
@@ -92,14 +106,20 @@ class Familiarity:
         return rows
 
     def state(self):
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {
+            "parts": {k: vars(g) for k, g in self.parts.items()},
+            **{k: getattr(self, k) for k in ("val_scores", "threshold", "n_train", "what")},
+        }
+
+    @classmethod
+    def from_state(cls, state):
+        return cls(**dict(state, parts={k: Gaussian(**v) for k, v in state["parts"].items()}))
 
 
 def warning(score, threshold, what):
     return (
         f"this image looks unlike the training data (score {score:.3g}; 99 % of images like the training data "
-        f"score ≤ {threshold:.3g}): "
-        f"the model only knows {what}; its caption is a guess"
+        f"score ≤ {threshold:.3g}): the model only knows {what}; its caption is a guess"
     )
 
 
@@ -114,20 +134,42 @@ def mean_features(encoder_output):
     return encoder_output.mean(dim=(1, 2)).double().cpu()
 
 
-def fit(train, val, what):
-    """train (N, C), val (M, C) mean features → :class:`Familiarity`. Needs N ≥ 2 and M ≥ 2."""
-    train, val = train.double(), val.double()
+def image_statistics(pixels):
+    """uint8 images (B, 3, H, W) → (B, 11) float64: per channel the mean, the spread and the mean step to the next
+    pixel (edges and noise), then the mean and spread of the saturation (max - min channel)."""
+    x = torch.tensor(np.asarray(pixels), dtype=torch.float64) / 255  # a copy: the images may be read-only
+    step = (x[..., 1:, :] - x[..., :-1, :]).abs().mean((2, 3)) + (x[..., 1:] - x[..., :-1]).abs().mean((2, 3))
+    sat = x.amax(1) - x.amin(1)
+    return torch.cat([x.mean((2, 3)), x.std((2, 3)), step, sat.mean((1, 2))[:, None], sat.std((1, 2))[:, None]], 1)
+
+
+def gaussian(train):
+    """train (N, D) → :class:`Gaussian` (``typical`` 1). Needs N ≥ 4.
+
+    At most N/4 main directions: N vectors span N - 1 directions, and with as many components there would be no
+    variance left to measure outside them (every new image would be infinitely far)."""
+    train = train.double()
     n, c = train.shape
     mean = train.mean(0)
     x = train - mean
     _, s, vt = torch.linalg.svd(x, full_matrices=False)
-    rank = min(RANK, n - 1, c - 1)
+    rank = min(RANK, n // 4, c - 1)  # the other directions' variance is estimated from the images' rest
     variances = s[:rank] ** 2 / (n - 1)
     total = float((x * x).sum()) / (n - 1)
     # floors: images that are all alike (or a feature that never varies) must not divide by zero
     floor = max(total, 1e-12) * 1e-9
     residual = max((total - float(variances.sum())) / (c - rank), floor)
-    fam = Familiarity(mean, vt[:rank].clone(), variances.clamp(min=floor), residual, torch.zeros(0), 0.0, n, what)
+    return Gaussian(mean, vt[:rank].clone(), variances.clamp(min=floor), residual)
+
+
+def fit(train, val, what):
+    """train, val: {part name: (N, D) / (M, D)} → :class:`Familiarity` (N ≥ 4, M ≥ 2)."""
+    parts = {}
+    for k in train:
+        parts[k] = gaussian(train[k])
+        parts[k].typical = max(float(parts[k].distance(val[k]).median()), 1e-12)
+    n = len(next(iter(train.values())))
+    fam = Familiarity(parts, torch.zeros(0), 0.0, n, what)
     fam.val_scores = fam.score(val)
     logs = fam.val_scores.log()
     fam.threshold = float(torch.exp(logs.mean() + NormalDist().inv_cdf(1 - FALSE_ALARMS) * logs.std()))
@@ -148,7 +190,7 @@ def load_or_fit(encoder, data_folder, data_name, device="cpu", progress=True):
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved.get("key") == key:
-            return Familiarity(**saved["state"])
+            return Familiarity.from_state(saved["state"])
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, EOFError):
         pass  # missing, stale or unreadable: computed again
     net = None if encoder.folded else encoder.for_inference()  # encoder unchanged: the copy shares its weights
@@ -156,9 +198,9 @@ def load_or_fit(encoder, data_folder, data_name, device="cpu", progress=True):
         _split_features(net or encoder, encoder, data_folder, data_name, s, m, device, progress)
         for s, m in (("TRAIN", MAX_TRAIN), ("VAL", MAX_VAL))
     ]
-    if min(len(f) for f in feats) < 2:
-        raise KitError(f"the data in '{data_folder}' ({data_name}) has fewer than 2 TRAIN or VAL images")
-    fam = fit(*feats, describe_data(data_name))
+    if len(feats[0]["features"]) < 4 or len(feats[1]["features"]) < 2:
+        raise KitError(f"the data in '{data_folder}' ({data_name}) has fewer than 4 TRAIN or 2 VAL images")
+    fam = fit(feats[0], feats[1], describe_data(data_name))
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_path(path) as tmp:
@@ -202,22 +244,27 @@ def _key(encoder, paths):
 
 @torch.no_grad()
 def _split_features(net, encoder, data_folder, data_name, split, limit, device, progress):
-    """(n, C) mean features of at most ``limit`` images of ``split``, evenly spread: read from the split's feature
-    cache when it holds these images for this encoder, else encoded by ``net`` (``encoder``'s folded copy)."""
+    """{"features": (n, C) mean encoder features, "pixels": (n, 11) image statistics} of at most ``limit`` images
+    of ``split``, evenly spread. The features are read from the split's feature cache when it holds these images
+    for this encoder, else encoded by ``net`` (``encoder``'s folded copy)."""
     from captioning.data.features import _check, cache_key, cache_path, encode_pixels
     from captioning.datasets import split_paths
 
     images_path = split_paths(data_folder, data_name, split)[0]
     cache = cache_path(os.path.join(data_folder, "features"), data_name, split, encoder)
     cached = _check(cache, cache_key(images_path, encoder)) is None
-    with h5py.File(cache if cached else images_path, "r") as f:
-        rows = f["features" if cached else "images"]
-        n = rows.shape[0]
+    feats, stats = [], []
+    with h5py.File(images_path, "r") as f, h5py.File(cache if cached else images_path, "r") as c:
+        images = f["images"]
+        n = images.shape[0]
         picked = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int))
-        out = []
         what = f"familiarity: {'reading' if cached else 'encoding'} {len(picked)} {split} images"
         for lo in tqdm(range(0, len(picked), BATCH), desc=what, disable=not progress or cached):
-            batch = rows[picked[lo : lo + BATCH]]
-            fmap = torch.from_numpy(batch).float().to(device) if cached else encode_pixels(net, batch, device)
-            out.append(mean_features(encoder.pool(fmap.float())))
-    return torch.cat(out) if out else torch.zeros(0, encoder.encoder_dim, dtype=torch.float64)
+            rows = picked[lo : lo + BATCH]
+            pixels = images[rows]
+            fmap = torch.from_numpy(c["features"][rows]).to(device) if cached else encode_pixels(net, pixels, device)
+            feats.append(mean_features(encoder.pool(fmap.float())))
+            stats.append(image_statistics(pixels))
+    if not feats:
+        return {"features": torch.zeros(0, encoder.encoder_dim, dtype=torch.float64), "pixels": torch.zeros(0, 11)}
+    return {"features": torch.cat(feats), "pixels": torch.cat(stats)}
