@@ -2,19 +2,21 @@
 shapes model calls the astronaut photo "a yellow star with a big red star …" with the same confidence as a real
 shapes image. ``caption`` uses this module to say when an image is far from what the model was trained on.
 
-The measure: the encoder's mean feature over its grid, (C,), compared with those of the TRAIN images through a
-Gaussian fitted to them — its mean, its ``RANK`` main directions with their variances, and one variance for all
-the other directions (probabilistic PCA; a full C×C covariance cannot be estimated from a few hundred images).
-The score is the Mahalanobis distance under that Gaussian: how many standard deviations the image lies from the
-training images, counting directions in which they hardly vary at all (where photos fall) as far.
+Two descriptions of an image: the encoder's mean feature over its grid, (C,), and 11 simple pixel statistics
+(:func:`image_statistics`). For each, a Gaussian is fitted to the TRAIN images' — its mean, its main directions
+(at most ``RANK``) with their variances, and one variance for all the other directions (probabilistic PCA; a full
+covariance cannot be estimated from a few hundred images) — and an image's distance is the Mahalanobis distance
+under it, in units of the median VAL image's. The score is the larger of the two: the features know what a shape
+is, the pixel statistics catch what a briefly trained encoder may map near the shapes (uniform noise did, with the
+tests' tiny encoder).
 
-The threshold comes from images the fit has not seen: the VAL images' scores. Their logarithms are close to
-normal, and the threshold is the 99th percentile of the normal fitted to them: 1 % of images like the training
-data are flagged. A fitted percentile, not the 99th of the scores themselves: with the tens of VAL images of small
-data the empirical one is the largest score, and it scatters with the sample (docs/results.md).
+The threshold comes from images the fits have not seen: the VAL images' scores. Their logarithms are close to
+normal, and the threshold is the 99th percentile of the normal fitted to them: about 1 % of images like the
+training data are flagged. A fitted percentile, not the 99th of the scores themselves: with the tens of VAL
+images of small data the empirical one is the largest score, and it scatters with the sample.
 
-The statistics are computed once per data folder and encoder from the feature cache when it is there (else the
-images are encoded, at most ``MAX_TRAIN`` and ``MAX_VAL`` of them) and stored beside the cache
+The statistics are computed once per data folder and encoder, from the feature cache when it is there (else the
+images are encoded; at most ``MAX_TRAIN`` and ``MAX_VAL`` of them), and stored beside the cache
 (``features/FAMILIARITY_….pt``, keyed by the images files, the encoder's weights and grid size); later calls load
 them. No data folder: no statistics, and no warning.
 """
