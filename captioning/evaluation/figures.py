@@ -27,7 +27,7 @@ def caption_figure(result, max_cols=5, panel=2.6):
     pixels, words, alphas = result["pixels"], result["words"], result["alphas"]
     caption = " ".join(words) if words else "(empty caption)"
     if result.get("warning"):  # an image unlike the training data: said above the caption it explains
-        caption = textwrap.fill(f"WARNING: {result['warning']}", width=60) + "\n" + caption
+        caption = f"WARNING: {result['warning']}\n{caption}"
     if alphas is None:
         fig, ax = plt.subplots(figsize=(4.5, 4.8))
         ax.imshow(pixels)
