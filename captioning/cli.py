@@ -185,6 +185,8 @@ def _cmd_caption(a):
             unwritten.append(png)
             where = "figure not written"
         print(f"{r['path']}: {' '.join(r['words'])}   [{where}]", flush=True)
+        if r.get("warning"):  # an image far from the training data: its caption is a guess
+            print(f"  warning: {r['warning']}", flush=True)
         if r["decoder"] == "adaptive":  # last attention column = β, the sentinel's share (1: the image unused)
             print("  β per word: " + " ".join(f"{w} {float(row[-1]):.2f}" for w, row in zip(r["words"], r["alphas"])))
     problems = []

@@ -19,6 +19,7 @@ from captioning.checkpoints import data_folder_of, load_checkpoint, word_map_id
 from captioning.data.features import build_feature_cache
 from captioning.datasets import ImageCaptions, load_word_map, normalize, split_paths
 from captioning.decoding import beam_search, decode_words
+from captioning.evaluation import familiarity
 from captioning.evaluation.metrics import bleu, strip_special
 from captioning.evaluation.outputs import check_file, write_json
 from captioning.internals import threads
@@ -273,7 +274,10 @@ def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50, le
     ``length_penalty``: as in :func:`evaluate` (None: the checkpoint's).
 
     Returns per image a dict: ``path``, ``words`` (list of str), ``alphas`` ((len(words), P) tensor or None),
-    ``pixels`` (uint8 (S, S, 3) as the model saw it), ``decoder``, ``finished``.
+    ``pixels`` (uint8 (S, S, 3) as the model saw it), ``decoder``, ``finished``, ``warning`` (str, or None when
+    the image looks like the training data or its data cannot be found) and ``familiarity``: how far the image is
+    from the TRAIN images (``familiarity.Familiarity.judge``: ``score``, ``threshold``, ``unfamiliar``, ``data``,
+    ``warning``), or None without the checkpoint's data folder (a note on stderr says so).
     """
     out = []
     for res in iter_captions(checkpoint, images, beam_size, device, max_len, length_penalty):
@@ -297,6 +301,9 @@ def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, len
     length_penalty = cfg["length_penalty"] if length_penalty is None else length_penalty
     decoder_type, size = ckpt["decoder_type"], ckpt.get("image_size") or 256
     del ckpt  # its state dicts are loaded into the models
+    familiar, note = familiarity.for_checkpoint(encoder, cfg, checkpoint, device)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     rev = {v: k for k, v in word_map.items()}
     for path in images:
         path = os.fspath(path)
@@ -313,6 +320,7 @@ def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, len
             continue
         enc = encoder(normalize(torch.from_numpy(pixels.copy())[None]).to(device))
         cap = beam_search(decoder, enc, word_map, beam_size, max_len, length_penalty=length_penalty)[0]
+        judged = familiar.judge(familiarity.mean_features(enc), pixels[None])[0] if familiar else None
         yield {
             "path": path,
             "words": decode_words(cap.tokens, rev),
@@ -320,4 +328,6 @@ def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, len
             "pixels": pixels.transpose(1, 2, 0),
             "decoder": decoder_type,
             "finished": cap.finished,
+            "warning": judged and judged["warning"],
+            "familiarity": judged,
         }

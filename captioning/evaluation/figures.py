@@ -26,6 +26,8 @@ def caption_figure(result, max_cols=5, panel=2.6):
     """
     pixels, words, alphas = result["pixels"], result["words"], result["alphas"]
     caption = " ".join(words) if words else "(empty caption)"
+    if result.get("warning"):  # an image unlike the training data: said above the caption it explains
+        caption = f"WARNING: {result['warning']}\n{caption}"
     if alphas is None:
         fig, ax = plt.subplots(figsize=(4.5, 4.8))
         ax.imshow(pixels)
@@ -63,7 +65,7 @@ def caption_figure(result, max_cols=5, panel=2.6):
             title += f"  β={float(alphas[i, -1]):.2f}"
         ax.set_title(title, fontsize=9)
     # a long caption (an image unlike the training data) wraps instead of running over the panel titles
-    title = textwrap.fill(caption, width=int(22 * cols))
+    title = "\n".join(textwrap.fill(line, width=int(22 * cols)) for line in caption.split("\n"))
     fig.suptitle(title, fontsize=11)
     top = 1 - 0.22 * (title.count("\n") + 1) / fig.get_figheight()
     fig.tight_layout(rect=(0, 0, 1 - 0.7 / fig.get_figwidth(), top))
