@@ -424,7 +424,9 @@ def test_cli_caption_prints_the_adaptive_decoders_beta_per_word(shapes_data, tmp
     img = tmp_path / "x.jpg"
     Image.new("RGB", (64, 64), (255, 0, 0)).save(img)
     assert main(["caption", str(img), "--checkpoint", ck, "--out", str(tmp_path / "figs")]) == 0
-    caption_line, beta_line = capsys.readouterr().out.splitlines()[-2:]
+    lines = capsys.readouterr().out.splitlines()
+    caption_line = next(line for line in lines if line.startswith(f"{img}: "))
+    beta_line = next(line for line in lines if "β per word:" in line)  # a familiarity warning may stand between
     words = caption_line.split(": ", 1)[1].rsplit("   [", 1)[0].split()
     pairs = beta_line.split("β per word:")[1].split()
     assert pairs[0::2] == words  # one β per generated word
