@@ -42,3 +42,21 @@ def test_adaptive_titles_give_beta_and_the_scale_ignores_the_sentinel():
 def test_without_attention_the_figure_is_the_image_and_caption():
     fig = caption_figure(_result(None, ["a", "red", "circle"]))
     assert fig.axes[0].get_title() == "a red circle"
+
+
+def test_the_caption_figure_heads_with_the_caption_and_its_warning_however_long():
+    import warnings
+
+    import numpy as np
+
+    from captioning.evaluation.figures import caption_figure
+
+    warning = "this image looks unlike the training data: " + "its caption is a guess " * 8
+    for words in (["a"], "a red circle and a big blue star on a dark background".split()):
+        r = {"pixels": np.zeros((32, 32, 3), np.uint8), "words": words, "warning": warning}
+        r["alphas"] = torch.rand(len(words), 16).softmax(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "tight layout not applied": the figure grows with the heading
+            fig = caption_figure(r)
+        heading = fig._suptitle.get_text().replace("\n", " ")
+        assert heading.startswith("WARNING: this image looks unlike") and heading.endswith(" ".join(words))

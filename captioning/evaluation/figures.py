@@ -38,7 +38,11 @@ def caption_figure(result, max_cols=5, panel=2.6):
     n = len(words) + 1  # first panel: the image alone
     cols = min(max_cols, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols + 0.9, panel * rows + 0.5), squeeze=False)
+    # a long caption (an image unlike the training data) wraps instead of running over the panel titles, and the
+    # figure grows by its lines
+    heading = "\n".join(textwrap.fill(line, width=int(22 * cols)) for line in caption.split("\n"))
+    lines = heading.count("\n") + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols + 0.9, panel * rows + 0.3 + 0.22 * lines), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     axes[0, 0].imshow(pixels)
@@ -64,10 +68,8 @@ def caption_figure(result, max_cols=5, panel=2.6):
         if has_sentinel:
             title += f"  β={float(alphas[i, -1]):.2f}"
         ax.set_title(title, fontsize=9)
-    # a long caption (an image unlike the training data) wraps instead of running over the panel titles
-    title = "\n".join(textwrap.fill(line, width=int(22 * cols)) for line in caption.split("\n"))
-    fig.suptitle(title, fontsize=11)
-    top = 1 - 0.22 * (title.count("\n") + 1) / fig.get_figheight()
+    fig.suptitle(heading, fontsize=11)
+    top = 1 - 0.22 * lines / fig.get_figheight()
     fig.tight_layout(rect=(0, 0, 1 - 0.7 / fig.get_figwidth(), top))
     if shown is not None:
         bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01)
