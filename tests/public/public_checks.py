@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
-import traceback
 import types
 import warnings
 from pathlib import Path
