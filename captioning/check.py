@@ -78,7 +78,7 @@ def run_checks(part="all", root=None, out=print):
         first = checks.fix_first(groups)
         out(
             f"{len(groups)} causes fail {n_fail} checks. Fix first: {first['checks'][0]} — "
-            f"{first['message'].split(':', 1)[0]} (methods depend on each other in this order: __init__, "
+            f"{first['names']} (methods depend on each other in this order: __init__, "
             f"init_hidden_state, Attention.forward and one_step, forward; the later FAILs may follow from it)"
         )
     return results

@@ -127,6 +127,15 @@ def run(part=None):
     return out
 
 
+def blame_earlier(part, *names):
+    """Run these earlier checks ("name" of ``part``, or "part/name"): a FAIL of theirs, a cause that comes first, is
+    raised as this check's, so that the two are one FAIL line."""
+    want = {n if "/" in n else f"{part}/{n}" for n in names}
+    for p, name, fn in _CHECKS:
+        if f"{p}/{name}" in want:
+            fn()
+
+
 def fail(todo, msg):
     raise CheckFailed(f"{cause.label(todo)}: {msg}")
 
