@@ -205,6 +205,13 @@ def require_todos(decoder_type="rnn"):
                 _expect("the adaptive decoder's alphas", out[3], (B, T - 1, P + 1))
     except NotImplementedError as e:  # includes models.TodoError (a layer not defined yet)
         raise KitError(f"{_todo_message(e)} [checked: {_where(models)}]") from None
+    except Exception as e:  # noqa: BLE001 - student code: one line naming the method and the line, no traceback
+        part = {"rnn": "rnn", "attention": "attention-decoder"}.get(decoder_type)
+        raise KitError(
+            f"models.py: {_one_line(e)}"
+            + (f" — run `python -m captioning check {part}` to find the first cause" if part else "")
+            + f", then re-run this cell [checked: {_where(models)}]"
+        ) from None
     # which file was imported: a student with two copies of the kit sees which one the notebook uses
     print(f"checked {_where(models)}")
     if decoder_type == "adaptive":
@@ -214,6 +221,15 @@ def require_todos(decoder_type="rnn"):
         )
     else:
         print(f"models.py: the {names} TODOs are done (checked on tiny tensors)")
+
+
+def _one_line(e):
+    """The public checks' one line for an exception raised by models.py (the method the TODO check called, the line
+    that raised it); the bare exception when those checks are not there."""
+    try:
+        return str(load_public_checks().crash(e))
+    except Exception:  # noqa: BLE001 - only a nicer message: keep the student's error whatever happens here
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
 
 def _where(module):
