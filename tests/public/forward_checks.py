@@ -115,10 +115,9 @@ def forward_rows_past_end_are_zero(part):
             t, i = bad[0]
             pc.fail(
                 fwd,
-                f"{_at(name, i, t)} holds values (max |x| {out[name][i, t].abs().max().item():.3g}) but should stay "
-                f"0: row {i} has decode length {out['decode_lengths'][i]}, so steps from "
-                f"{out['decode_lengths'][i]} on are past its end — store only the captions still longer than t at "
-                f"step t",
+                f"rows past a caption's end are not zero: {_at(name, i, t)} holds values (max |x| "
+                f"{out[name][i, t].abs().max().item():.3g}), but row {i} has decode length "
+                f"{out['decode_lengths'][i]} — store only the captions still longer than t at step t",
             )
     return "rows past each caption's end stay 0"
 
@@ -137,9 +136,8 @@ def forward_equals_one_step_by_hand(part):
         name, (i, t) = min(bad.items(), key=lambda kv: kv[1][::-1])
         got, want = out[name][i, t], wanted[name][i, t]
         what = (
-            f"{_at(name, i, t)} differs from one_step run by hand (relative error {pc.rel_error(got, want):.2e}"
-            + ("" if t == 0 else f"; steps 0 to {t - 1} agree")
-            + ")"
+            f"{name} at step {t} differ from one_step run by hand, first in row {i} ({name}[{i}, {t}]: relative "
+            f"error {pc.rel_error(got, want):.2e}" + ("" if t == 0 else f"; steps 0 to {t - 1} agree") + ")"
         )
         if t == 0 and got.abs().max().item() != 0:
             pc.fail(

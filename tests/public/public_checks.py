@@ -53,7 +53,7 @@ def _load_sibling(name, helpers):
 
 
 cause = _load_sibling("first_cause", None)  # what a FAIL blames, which FAIL to fix first
-describe, group, fix_first = cause.describe, cause.group, cause.fix_first
+describe, crash, group, fix_first = cause.describe, cause.crash, cause.group, cause.fix_first
 
 
 class CheckFailed(AssertionError):
