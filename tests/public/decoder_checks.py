@@ -4,7 +4,7 @@
 relative-error measure.
 
 Each check looks for one kind of mistake and, where it can, names its cause: the layers (names, shapes, types,
-dropout p), ``one_step`` in eval mode against the reference (h and c swapped at the LSTMCell's input or output), with
+dropout p), ``init_hidden_state`` on its own (from the module's own layers), ``one_step`` in eval mode against the reference (h and c swapped at the LSTMCell's input or output), with
 a batch of one, in train mode (where dropout goes: the mask is reproduced from the seed, so the check compares your
 scores with ``fc(dropout(h))`` of the very h you return), and the gate by what it does (closed, the image must not
 reach the LSTM).

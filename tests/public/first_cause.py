@@ -137,6 +137,15 @@ def _tensor_arguments(fn, args, kwargs):
     return [(n, tuple(a.shape)) for n, a in named if torch.is_tensor(a)]
 
 
+def blame_earlier(checks, part, *names):
+    """Run these earlier checks ("name" of ``part``, or "part/name") of ``checks`` ([(part, name, function)]): a FAIL
+    of theirs, a cause that comes first, is raised as the calling check's, so that the two are one FAIL line."""
+    want = {n if "/" in n else f"{part}/{n}" for n in names}
+    for p, name, fn in checks:
+        if f"{p}/{name}" in want:
+            fn()
+
+
 # ------------------------------------------------------------------------------------------------ grouping
 NAMED = re.compile(r"(?:TODO )?(\w+)\.(\w+)")
 

@@ -3,7 +3,8 @@ files next to this one (``test_public_rnn.py``, ``test_public_attention.py``, ``
 
 Parts: ``rnn`` (DecoderWithRNN), ``attention`` (Attention), ``attention-decoder`` (DecoderWithAttention). This file
 holds the shared helpers and the ``attention`` checks; ``decoder_checks.py`` (``__init__``, ``one_step``) and
-``forward_checks.py`` (``forward``) hold those of both decoders.
+``forward_checks.py`` (``forward``) hold those of both decoders; ``first_cause.py`` says what a FAIL blames (an
+exception is one line naming the method and the line of models.py) and groups the FAILs of one cause.
 
 Each check ends in PASS, FAIL or WARN (passed, but something looks wrong: read the message; under pytest a WARN is a
 warning, not a failure). Every FAIL/WARN message starts with the TODO to look at, then says what is wrong and why.
@@ -54,6 +55,7 @@ def _load_sibling(name, helpers):
 
 cause = _load_sibling("first_cause", None)  # what a FAIL blames, which FAIL to fix first
 describe, crash, group, fix_first = cause.describe, cause.crash, cause.group, cause.fix_first
+blame_earlier = functools.partial(cause.blame_earlier, _CHECKS)  # blame_earlier(part, *names)
 
 
 class CheckFailed(AssertionError):
@@ -125,15 +127,6 @@ def run(part=None):
             ok, msg = False, cause.crash(e)
         out.append((p, name, ok, msg))
     return out
-
-
-def blame_earlier(part, *names):
-    """Run these earlier checks ("name" of ``part``, or "part/name"): a FAIL of theirs, a cause that comes first, is
-    raised as this check's, so that the two are one FAIL line."""
-    want = {n if "/" in n else f"{part}/{n}" for n in names}
-    for p, name, fn in _CHECKS:
-        if f"{p}/{name}" in want:
-            fn()
 
 
 def fail(todo, msg):
