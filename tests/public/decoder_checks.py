@@ -97,9 +97,14 @@ def init_hidden_state(part):
     b, d = enc.size(0), pc.cfg()[0]["decoder_dim"]
     flat = enc.reshape(b, -1, enc.size(-1))  # (B, P, C)
     with torch.no_grad():
-        want = _init_state_from_own_layers(part, dec, flat.mean(dim=1))
-        for given, what in ((enc, "(B, S, S, C)"), (flat, "(B, P, C)")):
-            got = pc.unpack(name, dec.init_hidden_state(given.clone()), 2, ["h", "c"])
+        runs = [(pc.unpack(name, dec.init_hidden_state(x.clone()), 2, ["h", "c"]), x) for x in (enc, flat)]
+        try:
+            want = _init_state_from_own_layers(part, dec, flat.mean(dim=1))
+        except Exception:  # noqa: BLE001 - the layers do not run as the banner says: that FAIL comes first
+            pc.blame_earlier(part, "layers")
+            raise
+        for got, given in runs:
+            what = f"({', '.join('BSSC' if given.dim() == 4 else 'BPC')})"
             for k, g, w in zip("hc", got, want):
                 if torch.is_tensor(g) and g.dim() == 2 and g.size(0) == flat.size(1) != b:
                     pc.fail(

@@ -23,7 +23,7 @@ STUDENT_FILE = "models.py"
 # the order in which the methods depend on each other: a FAIL of an earlier one may explain those of later ones
 METHOD_ORDER = ("__init__", "init_hidden_state", "Attention.forward", "one_step", "forward")
 CLASS_ORDER = ("Attention", "DecoderWithRNN", "DecoderWithAttention")
-GIVEN = ("init_hidden_state",)  # given code above a TODO: a FAIL there means the student changed it
+GIVEN = ("init_hidden_state",)  # given code above a TODO: it fails when it was changed or when the layers are wrong
 
 
 class Failure(str):
@@ -41,7 +41,7 @@ def failure(msg, cause=None):
 def label(method):
     """How a message names ``method`` ("DecoderWithRNN.forward"): its TODO, or the given code it is."""
     if method.rsplit(".", 1)[-1] in GIVEN:
-        return f"{method} (given code, not a TODO: restore it as the kit gives it)"
+        return f"{method} (given code, run with your layers)"
     return f"TODO {method}"
 
 
