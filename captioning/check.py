@@ -1,8 +1,10 @@
 """``python -m captioning check [PART]`` — the students' self-check of ``models.py``.
 
-Runs the public checks (``tests/public/public_checks.py``) of one part in this process and prints one PASS, FAIL
-or WARN line per check, with a message that names the TODO, the tensor, the expected and actual shape or the
-relative error, and the cause where the check can tell it. A WARN passed but points at something that looks wrong
+Runs the public checks (``tests/public/public_checks.py``) of one part in this process and prints one PASS or WARN
+line per check and one FAIL line per cause (the checks one cause fails are listed under it), with a message that
+names the TODO, the tensor, the expected and actual shape or the relative error, and the cause where the check can
+tell it; an exception in models.py is one line naming the method and the line that raised it. With several causes
+the last line says which to fix first (the earliest in the order the methods depend on each other). A WARN passed but points at something that looks wrong
 (it does not change the exit status). See that file for the relative-error measure.
 
 ``require_todos`` is the TODO check the training notebooks run first: it stops with a message naming the first
@@ -51,10 +53,17 @@ def run_checks(part="all", root=None, out=print):
         raise KitError(f"unknown part '{part}': choose one of {', '.join(PARTS)} or all")
     checks = load_public_checks(root)
     results = checks.run(None if part == "all" else part)
+    groups = checks.group(results)
+    by_first = {g["first"]: g for g in groups}
     width = max((len(f"{p}/{n}") for p, n, _, _ in results), default=10)
     status = [checks.status(ok, msg) for _, _, ok, msg in results]
-    for (p, n, _, msg), st in zip(results, status):
-        out(f"{st}  {f'{p}/{n}':<{width}}  {msg}")
+    for i, ((p, n, _, msg), st) in enumerate(zip(results, status)):
+        if st != "FAIL":
+            out(f"{st}  {f'{p}/{n}':<{width}}  {msg}")
+        elif i in by_first:  # one line per cause, where its first check comes; its other checks are listed
+            out(f"{st}  {f'{p}/{n}':<{width}}  {by_first[i]['message']}")
+            if len(by_first[i]["checks"]) > 1:
+                out(f"      {_affected(by_first[i]['checks'])}")
     n_fail, n_warn = status.count("FAIL"), status.count("WARN")
     out(
         f"\n{len(results) - n_fail} of {len(results)} checks passed"
@@ -65,7 +74,19 @@ def run_checks(part="all", root=None, out=print):
             else f"; relative error = max|got - expected| / (max|expected| + 1e-8), tolerance {checks.REL_TOL:g}"
         )
     )
+    if len(groups) > 1:
+        first = checks.fix_first(groups)
+        out(
+            f"{len(groups)} causes fail {n_fail} checks. Fix first: {first['checks'][0]} — "
+            f"{first['names']} (methods depend on each other in this order: __init__, "
+            f"init_hidden_state, Attention.forward and one_step, forward; the later FAILs may follow from it)"
+        )
     return results
+
+
+def _affected(checks):
+    """The continuation line of a grouped FAIL: every check that one cause fails."""
+    return f"(this one cause fails {len(checks)} checks: {', '.join(checks)})"
 
 
 def _cmd_check(a):
@@ -184,6 +205,13 @@ def require_todos(decoder_type="rnn"):
                 _expect("the adaptive decoder's alphas", out[3], (B, T - 1, P + 1))
     except NotImplementedError as e:  # includes models.TodoError (a layer not defined yet)
         raise KitError(f"{_todo_message(e)} [checked: {_where(models)}]") from None
+    except Exception as e:  # noqa: BLE001 - student code: one line naming the method and the line, no traceback
+        part = {"rnn": "rnn", "attention": "attention-decoder"}.get(decoder_type)
+        raise KitError(
+            f"models.py: {_one_line(e)}"
+            + (f" — run `python -m captioning check {part}` to find the first cause" if part else "")
+            + f", then re-run this cell [checked: {_where(models)}]"
+        ) from None
     # which file was imported: a student with two copies of the kit sees which one the notebook uses
     print(f"checked {_where(models)}")
     if decoder_type == "adaptive":
@@ -193,6 +221,15 @@ def require_todos(decoder_type="rnn"):
         )
     else:
         print(f"models.py: the {names} TODOs are done (checked on tiny tensors)")
+
+
+def _one_line(e):
+    """The public checks' one line for an exception raised by models.py (the method the TODO check called, the line
+    that raised it); the bare exception when those checks are not there."""
+    try:
+        return str(load_public_checks().crash(e))
+    except Exception:  # noqa: BLE001 - only a nicer message: keep the student's error whatever happens here
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
 
 def _where(module):

@@ -4,7 +4,7 @@
 relative-error measure.
 
 Each check looks for one kind of mistake and, where it can, names its cause: the layers (names, shapes, types,
-dropout p), ``one_step`` in eval mode against the reference (h and c swapped at the LSTMCell's input or output), with
+dropout p), ``init_hidden_state`` on its own (from the module's own layers), ``one_step`` in eval mode against the reference (h and c swapped at the LSTMCell's input or output), with
 a batch of one, in train mode (where dropout goes: the mask is reproduced from the seed, so the check compares your
 scores with ``fc(dropout(h))`` of the very h you return), and the gate by what it does (closed, the image must not
 reach the LSTM).
@@ -76,6 +76,52 @@ def layers(part):
             "one_step returns; leave inplace out",
         )
     return "layer names, types and shapes match the banner; dropout p = self.dropout_p"
+
+
+# ------------------------------------------------------------------------------------------------ init_hidden_state
+def _init_state_from_own_layers(part, dec, feature):
+    """(h, c) that init_hidden_state must give for ``feature`` (B, C), with the module's own layers."""
+    if part == "rnn":
+        zeros = feature.new_zeros(feature.size(0), dec.decoder_dim)
+        return dec.decode_step(dec.bn(dec.init(feature)), (zeros, zeros))
+    if getattr(dec, "init_state", "mean") == "learned":
+        feature = torch.zeros_like(feature)
+    return dec.init_h(feature), dec.init_c(feature)
+
+
+def init_hidden_state(part):
+    """init_hidden_state on its own: (h, c) from the mean over the P regions, through the module's own layers, for
+    encoder_out given as (B, S, S, C) and as (B, P, C), so that a wrong mean is blamed here and not on forward."""
+    name, dec = pc.todo(part, "init_hidden_state"), pc.build(part)
+    enc = pc.ref(part)["forward_in"]["encoder_out"]  # (B, S, S, C)
+    b, d = enc.size(0), pc.cfg()[0]["decoder_dim"]
+    flat = enc.reshape(b, -1, enc.size(-1))  # (B, P, C)
+    with torch.no_grad():
+        runs = [(pc.unpack(name, dec.init_hidden_state(x.clone()), 2, ["h", "c"]), x) for x in (enc, flat)]
+        try:
+            want = _init_state_from_own_layers(part, dec, flat.mean(dim=1))
+        except Exception:  # noqa: BLE001 - the layers do not run as the banner says: that FAIL comes first
+            pc.blame_earlier(part, "layers")
+            raise
+        for got, given in runs:
+            what = f"({', '.join('BSSC' if given.dim() == 4 else 'BPC')})"
+            for k, g, w in zip("hc", got, want):
+                if torch.is_tensor(g) and g.dim() == 2 and g.size(0) == flat.size(1) != b:
+                    pc.fail(
+                        name,
+                        f"with encoder_out {what} of {b} images, {k} has shape {tuple(g.shape)}: one row per region, "
+                        f"not per image — the mean is over the P regions (dim 1 of the (B, P, C) view), not over the "
+                        f"batch (dim 0)",
+                    )
+                pc.shape(name, k, g, (b, d))
+                if pc.differs(g, w):
+                    pc.fail(
+                        name,
+                        f"with encoder_out {what}, {k} differs from what your own layers give for the mean over "
+                        f"the P regions (relative error {pc.rel_error(g, w):.2e}): h, c come from the mean of "
+                        f"encoder_out over its regions, (B, P, C) -> (B, C)",
+                    )
+    return "h, c come from the mean over the regions, for encoder_out (B, S, S, C) and (B, P, C)"
 
 
 # ------------------------------------------------------------------------------------------------ one_step
@@ -250,7 +296,7 @@ def gate_closes_context(part):
 def checks(part):
     """(name, function of part) of the __init__ and one_step checks of a decoder part, in the order students meet
     them."""
-    fns = [layers, one_step_shapes, one_step_values, one_step_batch_of_one, one_step_dropout_train]
+    fns = [layers, init_hidden_state, one_step_shapes, one_step_values, one_step_batch_of_one, one_step_dropout_train]
     if part == "attention-decoder":
         fns.append(gate_closes_context)
     return [(fn.__name__, fn) for fn in fns]

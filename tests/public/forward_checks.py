@@ -62,6 +62,29 @@ def _by_hand(part, dec, inp):
     return preds, alphas, dl
 
 
+def _first_bad_step(got, want, lengths):
+    """(row, step) of the first step (smallest t, then row) where ``got`` and ``want`` (B, T, ...) differ among the
+    real steps (t < lengths[row]), or None."""
+    for t in range(max(lengths, default=0)):
+        for i, d in enumerate(lengths):
+            if t < d and pc.differs(got[i, t], want[i, t]):
+                return i, t
+    return None
+
+
+def _at(name, i, t):
+    return f"{name}[{i}, {t}] (row {i}, step {t})"
+
+
+def _never_stored(got, i, t):
+    """Why a step differs when it holds only zeros: forward never wrote it."""
+    if got[i, t].abs().max().item() != 0:
+        return ""
+    return (
+        f" — it is all zeros: step {t} was never stored; the loop must run over every t in range(max(decode_lengths))"
+    )
+
+
 def forward_shapes(part):
     fwd, dec, inp = pc.todo(part, "forward"), pc.build(part), pc.ref(part)["forward_in"]
     out = _forward_eval(part, dec, inp)
@@ -82,14 +105,20 @@ def forward_shapes(part):
 def forward_rows_past_end_are_zero(part):
     fwd, dec, inp = pc.todo(part, "forward"), pc.build(part), pc.ref(part)["forward_in"]
     out = _forward_eval(part, dec, inp)
-    for i, d in enumerate(out["decode_lengths"]):
-        for name in ("predictions", "alphas"):
-            if name in out and out[name][i, d:].numel() and out[name][i, d:].abs().max().item() != 0:
-                pc.fail(
-                    fwd,
-                    f"{name}[{i}, {d}:] should stay 0 (caption {i} has decode length {d}): rows past a "
-                    f"caption's end are not zero — store only the captions still longer than t at step t",
-                )
+    for name in ("predictions", "alphas"):
+        if name not in out:
+            continue
+        # the first step past some caption's end that holds values
+        bad = [(t, i) for i, d in enumerate(out["decode_lengths"]) for t in range(d, out[name].size(1))]
+        bad = sorted((t, i) for t, i in bad if out[name][i, t].abs().max().item() != 0)
+        if bad:
+            t, i = bad[0]
+            pc.fail(
+                fwd,
+                f"rows past a caption's end are not zero: {_at(name, i, t)} holds values (max |x| "
+                f"{out[name][i, t].abs().max().item():.3g}), but row {i} has decode length "
+                f"{out['decode_lengths'][i]} — store only the captions still longer than t at step t",
+            )
     return "rows past each caption's end stay 0"
 
 
@@ -101,21 +130,29 @@ def forward_equals_one_step_by_hand(part):
     wanted = {"predictions": preds, "alphas": alphas} if "alphas" in out else {"predictions": preds}
     for name, want in wanted.items():
         pc.shape(fwd, name, out[name], want.shape)
-    for t in range(preds.size(1)):
-        n = sum(1 for d in dl if d > t)
-        for name, want in wanted.items():
-            if pc.differs(out[name][:n, t], want[:n, t]):
-                if t == 0:
-                    pc.fail(
-                        fwd,
-                        f"{name} at step 0 differ from one_step run by hand: start from h, c = "
-                        f"self.init_hidden_state(encoder_out) (given above the TODO) and embeddings[:, 0]",
-                    )
-                pc.fail(
-                    fwd,
-                    f"{name} at step {t} differ from one_step run by hand (the steps before agree): feed "
-                    f"embeddings[:num, t, :] and the h, c that the previous one_step returned",
-                )
+    bad = {name: _first_bad_step(out[name], want, dl) for name, want in wanted.items()}
+    bad = {name: at for name, at in bad.items() if at is not None}
+    if bad:
+        name, (i, t) = min(bad.items(), key=lambda kv: kv[1][::-1])
+        got, want = out[name][i, t], wanted[name][i, t]
+        what = (
+            f"{name} at step {t} differ from one_step run by hand, first in row {i} ({name}[{i}, {t}]: relative "
+            f"error {pc.rel_error(got, want):.2e}" + ("" if t == 0 else f"; steps 0 to {t - 1} agree") + ")"
+        )
+        if t == 0 and got.abs().max().item() != 0:
+            pc.fail(
+                fwd,
+                f"{what}: start from h, c = self.init_hidden_state(encoder_out) (given above the TODO) and "
+                f"embeddings[:, 0]",
+            )
+        pc.fail(
+            fwd,
+            what
+            + (
+                _never_stored(out[name], i, t)
+                or ": feed embeddings[:num, t, :] and the h, c that the previous one_step returned"
+            ),
+        )
     return "forward equals running one_step by hand from init_hidden_state"
 
 
@@ -129,10 +166,11 @@ def padding_does_not_matter(part):
     b = _forward_eval(part, dec, dict(inp, captions=caps))
     for name in ("predictions", "alphas"):
         if name in a and pc.differs(b[name], a[name]):
+            at = _first_bad_step(b[name], a[name], [b[name].size(1)] * b[name].size(0))
             pc.fail(
                 fwd,
-                f"{name} depend on padding: changing the words after a caption's <end> changed them; "
-                f"stop each caption at its decode length (shrinking batch)",
+                f"{name} depend on padding: changing the words after a caption's <end> changed them, first "
+                f"{_at(name, *at)}; stop each caption at its decode length (shrinking batch)",
             )
     return "padding never influences the predictions"
 
@@ -167,10 +205,14 @@ def forward_batch_of_one(part):
         d = full["decode_lengths"][row]
         pc.shape(fwd, "predictions", one["predictions"], (1, d, pc.cfg()[0]["vocab_size"]), n1=True)
         if pc.differs(full["predictions"][row, :d], one["predictions"][0, :d]):
+            pc.blame_earlier(part, "init_hidden_state", "one_step_batch_of_one", "forward_equals_one_step_by_hand")
+            _, t = _first_bad_step(full["predictions"][row : row + 1], one["predictions"], [d])
             pc.fail(
                 fwd,
-                f"caption {i} decoded alone (a batch of one) gives other predictions than in the batch: "
-                f"the other captions of the batch must not influence it",
+                f"caption {i} decoded alone (a batch of one) gives other predictions than in the batch (row "
+                f"{row}), first at step {t} (relative error "
+                f"{pc.rel_error(one['predictions'][0, t], full['predictions'][row, t]):.2e}): the other captions "
+                f"of the batch must not influence it",
             )
     return "each caption decoded alone (a batch of one) gives its predictions in the batch"
 
@@ -219,10 +261,18 @@ def forward_on_input_device(part):
 def alphas_sum_to_one(part):
     fwd, dec, inp = pc.todo(part, "forward"), pc.build(part), pc.ref(part)["forward_in"]
     out = _forward_eval(part, dec, inp)
-    for i, d in enumerate(out["decode_lengths"]):
-        s = out["alphas"][i, :d].sum(dim=-1)
-        if (s - 1).abs().max().item() > 1e-4:
-            pc.fail(fwd, f"alphas[{i}, :{d}] do not sum to 1 over the regions (sums {s.tolist()[:4]}…)")
+    sums = out["alphas"].sum(dim=-1)  # (B, T)
+    dl = out["decode_lengths"]
+    bad = sorted((t, i) for i, d in enumerate(dl) for t in range(d) if abs(sums[i, t].item() - 1) > 1e-4)
+    if bad:
+        pc.blame_earlier(part, "attention/alpha_sums_to_one", "forward_equals_one_step_by_hand")
+        t, i = bad[0]
+        pc.fail(
+            fwd,
+            f"{_at('alphas', i, t)} sums to {sums[i, t].item():.4g} over the regions, not 1"
+            + ("" if t == 0 else f" (steps 0 to {t - 1} sum to 1)")
+            + _never_stored(out["alphas"], i, t),
+        )
     return "alphas sum to 1 over regions at every real step"
 
 
@@ -234,9 +284,24 @@ def forward_values(part):
         pc.fail(fwd, f"sort_ind {torch.as_tensor(out['sort_ind']).tolist()} should be {want['sort_ind'].tolist()}")
     if not torch.equal(out["encoded_captions"], want["encoded_captions"]):
         pc.fail(fwd, "encoded_captions should be returned sorted by decreasing caption length")
-    errs = [pc.compare(fwd, "predictions", out["predictions"], want["predictions"])]
-    if "alphas" in want:
-        errs.append(pc.compare(fwd, "alphas", out["alphas"], want["alphas"]))
+    errs = []
+    for name in [n for n in ("predictions", "alphas") if n in want]:
+        pc.shape(fwd, name, out[name], want[name].shape)
+        if pc.differs(out[name], want[name]):
+            pc.blame_earlier(part, "init_hidden_state", "one_step_values", "forward_equals_one_step_by_hand")
+            at = _first_bad_step(out[name], want[name], out["decode_lengths"])
+            pc.fail(
+                fwd,
+                f"{name} differs from the reference (relative error {pc.rel_error(out[name], want[name]):.2e} > "
+                f"{pc.REL_TOL:g})"
+                + (
+                    f", first at {_at(name, *at)} (relative error "
+                    f"{pc.rel_error(out[name][at], want[name][at]):.2e} there)"
+                    if at
+                    else " past the captions' ends only"
+                ),
+            )
+        errs.append(pc.rel_error(out[name], want[name]))
     return f"matches the reference (max relative error {max(errs):.1e})"
 
 

@@ -3,7 +3,8 @@ files next to this one (``test_public_rnn.py``, ``test_public_attention.py``, ``
 
 Parts: ``rnn`` (DecoderWithRNN), ``attention`` (Attention), ``attention-decoder`` (DecoderWithAttention). This file
 holds the shared helpers and the ``attention`` checks; ``decoder_checks.py`` (``__init__``, ``one_step``) and
-``forward_checks.py`` (``forward``) hold those of both decoders.
+``forward_checks.py`` (``forward``) hold those of both decoders; ``first_cause.py`` says what a FAIL blames (an
+exception is one line naming the method and the line of models.py) and groups the FAILs of one cause.
 
 Each check ends in PASS, FAIL or WARN (passed, but something looks wrong: read the message; under pytest a WARN is a
 warning, not a failure). Every FAIL/WARN message starts with the TODO to look at, then says what is wrong and why.
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
-import traceback
 import types
 import warnings
 from pathlib import Path
@@ -41,6 +40,22 @@ RANDOM_IN_EVAL = (
 )
 
 _CHECKS = []  # (part, name, function)
+
+
+def _load_sibling(name, helpers):
+    """Import ``name``.py from this folder under a name of its own (this file may be loaded by path, from any kit)
+    and hand it these helpers."""
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_public_checks_{name}_{abs(hash(str(path)))}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.pc = helpers
+    return mod
+
+
+cause = _load_sibling("first_cause", None)  # what a FAIL blames, which FAIL to fix first
+describe, crash, group, fix_first = cause.describe, cause.crash, cause.group, cause.fix_first
+blame_earlier = functools.partial(cause.blame_earlier, _CHECKS)  # blame_earlier(part, *names)
 
 
 class CheckFailed(AssertionError):
@@ -107,28 +122,15 @@ def run(part=None):
                 msg = fn() or "ok"
             ok = True
         except CheckFailed as e:
-            ok, msg = False, str(e)
-        except Exception as e:  # noqa: BLE001 - student code: report anything it raises
-            ok, msg = False, describe(e)
+            ok, msg = False, cause.failure(str(e))
+        except Exception as e:  # noqa: BLE001 - student code: report anything it raises, in one line
+            ok, msg = False, cause.crash(e)
         out.append((p, name, ok, msg))
     return out
 
 
-def describe(e):
-    """One line for an exception raised by models.py: its message and where in models.py it came from."""
-    where = ""
-    for fs in reversed(traceback.extract_tb(e.__traceback__)):
-        if os.path.basename(fs.filename) == "models.py":
-            where = f" (models.py line {fs.lineno}, in {fs.name})"
-            break
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, NotImplementedError) and text.startswith("TODO"):
-        return f"{text} is not done yet{where}" if "layer" not in text else f"{text}{where}"
-    return f"{type(e).__name__}: {text}{where}"
-
-
 def fail(todo, msg):
-    raise CheckFailed(f"TODO {todo}: {msg}")
+    raise CheckFailed(f"{cause.label(todo)}: {msg}")
 
 
 def warn(todo, msg):
@@ -192,7 +194,8 @@ def build(part, load=True):
     if part == "attention":
         mod = m.Attention(enc_dim, c["decoder_dim"], c["attention_dim"])
     else:
-        mod = getattr(m, cls)(c, encoder_dim=enc_dim)
+        # an exception inside one_step then says whether forward gave it rows that disagree
+        mod = cause.watch(getattr(m, cls)(c, encoder_dim=enc_dim))
     if load:
         load_weights(mod, reference()[key(part)]["state_dict"], f"{cls}.__init__")
     return mod.eval()
@@ -379,17 +382,6 @@ def check_values():
 
 
 # ------------------------------------------------------------------------------------------------- decoders
-def _load_sibling(name, helpers):
-    """Import ``name``.py from this folder under a name of its own (this file may be loaded by path, from any kit)
-    and hand it these helpers."""
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_public_checks_{name}_{abs(hash(str(path)))}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.pc = helpers
-    return mod
-
-
 def _register_decoders():
     helpers = types.SimpleNamespace(**{k: v for k, v in globals().items() if not k.startswith("__")})
     files = [_load_sibling("decoder_checks", helpers), _load_sibling("forward_checks", helpers)]
