@@ -19,7 +19,7 @@ T caption length incl. ``<start>``/``<end>``, E embed_dim, D decoder_dim, A atte
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: F401  (for your code: F.relu, F.softmax, …)
 from torch import nn
 
 from captioning.encoder import Encoder  # noqa: F401  (the course imports the encoder from models.py)
