@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import posixpath
 import re
 from pathlib import Path, PurePosixPath
 
@@ -123,7 +124,7 @@ class Names:
         return (
             path.split("/")[0] in self.kit_tops
             and not self.path_ok(path)
-            and not self.path_ok(f"{here}/{path}" if here else path)
+            and not self.path_ok(posixpath.normpath(f"{here}/{path}") if here else path)
         )
 
     def dead_name(self, name):
@@ -160,7 +161,7 @@ class _Edition(Names):
 
     def section_ok(self, md, section, where_dir):
         md = md if md.endswith(".md") else md + ".md"
-        for cand in (md, (PurePosixPath(where_dir) / md).as_posix()):
+        for cand in (md, posixpath.normpath(f"{where_dir}/{md}")):
             if cand in self.files:
                 return _norm_heading(section) in _headings((self.root / cand).read_text(encoding="utf-8"))
         return False
@@ -198,7 +199,7 @@ def dead_references(release_dir, kit_paths):
             if p.suffix == ".md" or p.suffix == ".ipynb":
                 for m in _MD_LINK.finditer(flat):
                     target = m.group(1) or p.relative_to(ed.root).as_posix()
-                    t = target if target in ed.files else (PurePosixPath(here) / target).as_posix()
+                    t = target if target in ed.files else posixpath.normpath(f"{here}/{target}")
                     text_t = (ed.root / t).read_text(encoding="utf-8") if t in ed.files else ""
                     if m.group(2) not in {_slug(h) for h in _headings(text_t)}:
                         problems.append(f"{at(m)}: link anchor '{target}#{m.group(2)}' leads to no heading")
