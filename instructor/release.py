@@ -14,9 +14,8 @@ package and without the kit's comments, and
 The release is verified before it is moved into place: no marker line and no non-trivial line of any solution
 region appears in a released ``.py`` file or notebook code cell; no reference in the edition leads nowhere
 (``instructor.references``: paths, file and module names, README sections, make targets, instructor-only
-words); every ``.py`` file compiles; ``import
-captioning.models`` works with only the release on the path; and ``pytest tests/public`` in the release fails
-only with "TODO …" messages (one subprocess does both).
+words); every ``.py`` file compiles; ``import captioning.models`` works with only the release on the path; and
+``pytest tests/public`` in the release fails only with "TODO …" messages (one subprocess does both).
 """
 
 from __future__ import annotations
