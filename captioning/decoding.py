@@ -1,8 +1,8 @@
 """Caption generation without teacher forcing: beam search batched over many images, greedy = beam 1.
 
 Built only on a decoder's ``init_hidden_state`` / ``embedding`` / ``one_step``, so it runs any decoder of
-``models.py`` — a student's too. With the ``fast_path`` plug-in installed (``captioning.internals.plugins``; the instructor
-kit has one) the kit's own attention decoders run its step instead of ``one_step`` (the same numbers, checked on a
+``models.py`` — a student's too. With the ``fast_path`` plug-in installed (``captioning.internals.plugins``; none in the
+student edition) the kit's own attention decoders run its step instead of ``one_step`` (the same numbers, checked on a
 probe at every call; the encoder projection once per image instead of once per beam and word). Semantics follow the course's reference beam
 search: at each step the k best continuations of an image are kept among all (beam × word) candidates; a candidate
 that is ``<end>`` becomes a finished caption and the image's beam narrows by one; the answer is the finished

@@ -19,7 +19,7 @@ T caption length incl. ``<start>``/``<end>``, E embed_dim, D decoder_dim, A atte
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: F401  (for your code: F.relu, F.softmax, …)
 from torch import nn
 
 from captioning.encoder import Encoder  # noqa: F401  (the course imports the encoder from models.py)
@@ -259,7 +259,7 @@ class DecoderWithAttention(_Graded):
         With cfg ``init_state="learned"`` the layers read a zero feature instead: h₀, c₀ are their learned biases,
         the same for every image, and the image reaches the LSTM only through attention. When the mean feature
         already names the objects, the course's decoder can caption without looking, and its maps then may not
-        point at what the words name (README, "Known limitations").
+        point at what the words name (students' README, "Where this kit differs from the course text").
         """
         mean_encoder_out = encoder_out.reshape(encoder_out.size(0), -1, self.encoder_dim).mean(dim=1)
         if self.init_state == "learned":

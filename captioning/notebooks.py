@@ -43,7 +43,7 @@ prefer_passive_wait()  # OpenMP threads that sleep, not spin, while they wait: s
 
 # The notebooks' default output_dir, relative to notebooks/ (where Jupyter and nbval run them).
 DEFAULT_OUTPUT_DIR = "../outputs/notebooks"
-# `make test` sets this so that nbval's re-execution of the notebooks at their defaults writes checkpoints and data
+# The kit's tests set this so that nbval's rerun of the notebooks at their defaults writes checkpoints and data
 # there instead of into DEFAULT_OUTPUT_DIR, where a student's own runs live. It only replaces the default.
 NBVAL_ENV = "CAPTIONING_NBVAL_OUTPUT"
 KIND = {False: "NoAttention", True: "Attention"}

@@ -2,16 +2,20 @@
 
 Copies the kit's files that make up the student edition (``STUDENT_EDITION``: the files git tracks or would
 track — ``git ls-files --cached --others --exclude-standard`` — under those folders; outside a git checkout a
-walk that skips ``.venv``, ``outputs``, ``__pycache__`` …) to ``--out``, writes the students' README and Makefile
-(``STUDENT_FILES``) and a pyproject.toml without the entry points that name this package, and
+walk that skips ``.venv``, ``outputs``, ``__pycache__`` …; less ``NOT_IN_STUDENT_EDITION``) to ``--out``, writes
+the students' README and Makefile (``STUDENT_FILES``) and a pyproject.toml without the entry points that name this
+package and without the kit's comments, and
 
-* replaces every solution region of a ``.py`` file by a stub (``instructor.regions``);
-* clears the outputs of every notebook (and stubs solution regions in its code cells the same way).
+* replaces every solution region of a ``.py`` file by a stub (``instructor.regions``) and drops the citations of
+  files the edition lacks from its comments and docstrings (``instructor.student_text``);
+* clears the outputs of every notebook, stubs solution regions in its code cells the same way and drops nbval's
+  directives (the edition's ``make test`` does not run the notebooks).
 
 The release is verified before it is moved into place: no marker line and no non-trivial line of any solution
-region appears in a released ``.py`` file or notebook code cell; every ``.py`` file compiles; ``import
-captioning.models`` works with only the release on the path; and ``pytest tests/public`` in the release fails
-only with "TODO …" messages (one subprocess does both).
+region appears in a released ``.py`` file or notebook code cell; no reference in the edition leads nowhere
+(``instructor.references``: paths, file and module names, README sections, make targets, instructor-only
+words); every ``.py`` file compiles; ``import captioning.models`` works with only the release on the path; and
+``pytest tests/public`` in the release fails only with "TODO …" messages (one subprocess does both).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from pathlib import Path
 from captioning.check import PUBLIC_TESTS, kit_root
 from captioning.internals.atomic import atomic_path
 from captioning.internals.errors import KitError
+from instructor.references import Names, dead_references
 from instructor.regions import _kind, solution_lines, strip_solutions
+from instructor.student_text import strip_dead_citations, student_cell, student_pyproject
 
 # What students get: these folders and files of the kit and nothing else, so that a new instructor file can never
 # leak into the edition (the instructor/ package, benchmarks/ and the kit's own tests are simply not listed).
@@ -45,6 +51,9 @@ STUDENT_EDITION = (
     "environment.yml",
     ".gitignore",
 )
+# Files under those folders that students cannot use: they need the reference solution (make_reference_values
+# rewrites the public checks' expected values from it).
+NOT_IN_STUDENT_EDITION = ("tests/public/make_reference_values.py",)
 # Written into the edition in place of the kit's own file: {edition path: kit path}.
 STUDENT_FILES = {"README.md": "instructor/student_edition/README.md", "Makefile": "instructor/student_edition/Makefile"}
 # Skipped when walking a tree that is not a git checkout (a checkout lists its files with git).
@@ -69,18 +78,9 @@ _SKIP_SUFFIXES = (".pyc", ".pyo", ".pth.tar")
 # ---------------------------------------------------------------------------------------------------- file list
 def in_student_edition(rel):
     """Whether the kit file ``rel`` (a relative POSIX path) is part of the student edition."""
+    if rel in NOT_IN_STUDENT_EDITION:
+        return False
     return any(rel.startswith(p) if p.endswith("/") else rel == p for p in STUDENT_EDITION)
-
-
-def _student_pyproject(text):
-    """The kit's pyproject.toml without its entry-point tables (they name the instructor package)."""
-    out, skipping = [], False
-    for line in text.splitlines(keepends=True):
-        if line.startswith("["):
-            skipping = line.startswith("[project.entry-points")
-        if not skipping:
-            out.append(line)
-    return "".join(out)
 
 
 def kit_files(root):
@@ -129,7 +129,7 @@ def _release_notebook(src, dst, rel, leaks):
             if regs:
                 leaks.update(solution_lines(cell.source, regs))
                 regions.extend(regs)
-            cell.source = text
+            cell.source = student_cell(text)
             cell.outputs = []
             cell.execution_count = None
         for key in ("execution", "papermill", "collapsed", "scrolled"):
@@ -166,14 +166,16 @@ def make_release(out, root=None, zip_=False, verify=True, progress=functools.par
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         leaks, regions, student_text = {}, [], {}
+        names = Names(released + list(STUDENT_FILES), files)
         for rel in released:
             src, dst = root / rel, tmp / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             if rel == "pyproject.toml":
-                dst.write_text(_student_pyproject(src.read_text(encoding="utf-8")), encoding="utf-8")
+                dst.write_text(student_pyproject(src.read_text(encoding="utf-8")), encoding="utf-8")
             elif rel.endswith(".py"):
                 text = src.read_text(encoding="utf-8")
                 new, regs = strip_solutions(text, rel)
+                new = strip_dead_citations(new, names, rel.rpartition("/")[0])
                 if regs:
                     leaks.update(solution_lines(text, regs))
                     regions.extend(regs)
@@ -191,7 +193,7 @@ def make_release(out, root=None, zip_=False, verify=True, progress=functools.par
         summary = None
         if verify:
             progress(f"release: {len(released)} files, {len(regions)} solution regions stubbed; verifying …")
-            verify_static(tmp, leaks)
+            verify_static(tmp, leaks, files)
             summary = verify_runs(tmp)
         umask = os.umask(0)
         os.umask(umask)
@@ -238,8 +240,9 @@ def released_sources(release_dir):
                 yield f"{rel} (cell {k + 1})", cell.source
 
 
-def verify_static(release_dir, leaks):
-    """No marker, no solution line, every .py compiles, every notebook code cell has no output."""
+def verify_static(release_dir, leaks, kit_paths=None):
+    """No marker, no solution line, every .py compiles, every notebook code cell has no output; with
+    ``kit_paths`` (the kit's files), no reference that leads nowhere in the edition (``dead_references``)."""
     problems = []
     for where, text in released_sources(release_dir):
         for i, line in enumerate(text.splitlines(), 1):
@@ -260,6 +263,8 @@ def verify_static(release_dir, leaks):
         for k, cell in enumerate(nb.cells):
             if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
                 problems.append(f"{p.relative_to(release_dir)} (cell {k + 1}): outputs not cleared")
+    if kit_paths is not None:
+        problems += [f"{d} (rewrite it in the kit's file)" for d in dead_references(release_dir, kit_paths)]
     if problems:
         raise KitError(
             "the student edition is not clean:\n  "

@@ -220,11 +220,8 @@ def test_release_files(release):
         and "captioning/data/shapes.py" in files
         and "captioning/data/prepare.py" in files
     )
-    assert {
-        "tests/public/public_checks.py",
-        "tests/public/reference_values.pt",
-        "tests/public/make_reference_values.py",
-    } <= files
+    assert {"tests/public/public_checks.py", "tests/public/reference_values.pt"} <= files
+    assert "tests/public/make_reference_values.py" not in files  # it needs the reference solution
     for rel in files:
         assert not rel.startswith(("instructor/", "benchmarks/", "tests/grading_fixtures/", "outputs/")), rel
         assert rel not in ("tests/test_grading.py", "tests/test_release.py")

@@ -290,7 +290,7 @@ def register(sub):
     p = sub.add_parser(
         "pretrain-encoder",
         help="pretrain the small shapes_cnn encoder on the shapes boxes",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0].replace("``", ""),  # --help prints it as plain text
     )
     p.add_argument("--data-folder", required=True, help="folder of the prepared files")
     p.add_argument("--data-name", required=True, help="e.g. shapes_5_cap_per_img_5_min_word_freq")

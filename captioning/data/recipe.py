@@ -1,6 +1,6 @@
 """The shapes recipe: the one set of settings with which the kit trains on its built-in shapes data.
 
-The four notebooks' default parameters, ``make demo``, ``grade --notebooks`` and the tests all take their
+The four notebooks' default parameters, the kit's demo and grading runs and the tests all take their
 settings from ``RECIPE`` (a test checks that each notebook's ``parameters`` cell holds these values, so a student
 sees plain numbers there). ``DEMO`` is the same recipe at a larger size.
 
@@ -47,7 +47,7 @@ RECIPE = {
     "length_penalty": 1.0,
 }
 
-# `make demo`: the same recipe with more images (and the test split the notebooks use)
+# the kit's demo run: the same recipe with more images (and the test split the notebooks use)
 DEMO = dict(RECIPE, n_train=4000)
 
 
@@ -58,7 +58,7 @@ GRADING = dict(RECIPE, n_train=300, n_val=50, n_test=100, epochs={"rnn": 3, "att
 
 
 def notebook_parameters(recipe):
-    """The notebook parameters (``python -m instructor notebooks key=value``) that give ``recipe``'s data and
+    """The notebook parameters (the notebook runner's ``key=value`` words) that give ``recipe``'s data and
     epochs, for recipes whose two decoders train for the same number of epochs."""
     epochs = set(recipe["epochs"].values()) if isinstance(recipe["epochs"], dict) else {recipe["epochs"]}
     if len(epochs) != 1:

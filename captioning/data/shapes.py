@@ -58,8 +58,8 @@ SIZE_RANGE = {"small": (0.15, 0.19), "large": (0.30, 0.36)}
 COUNT_WORDS = {2: "two", 3: "three"}
 # Share of captions that name larger objects before smaller ones (objects of one size stay in random order), as
 # people name the main object first. In a random order the attention decoder cannot know which object its first
-# words will describe: its map for word t comes from h_{t-1}, computed before word t-1 was chosen (README, "Known
-# limitations"). Lower it to mix in random orders.
+# words will describe: its map for word t comes from h_{t-1}, computed before word t-1 was chosen (students'
+# README, "Where this kit differs from the course text"). Lower it to mix in random orders.
 LARGER_FIRST = 1.0
 MAX_TOKENS = 16
 # Bumped whenever the same arguments start to produce different data, so that cached copies are regenerated

@@ -1,5 +1,5 @@
 """Optional speed-ups installed beside the kit, found at run time through the ``captioning.internals.plugins`` entry-point
-group. The instructor kit declares one, ``fast_path`` (pyproject.toml); the student edition declares none and
+group. The kit's pyproject.toml declares one, ``fast_path``; the student edition's declares none and
 trains and decodes with the student's own ``forward`` / ``one_step``. Nothing here names a plug-in's module.
 
 A ``fast_path`` plug-in provides ``supports(decoder)``, ``scores(decoder, encoder_out, captions, caplens, group)``
