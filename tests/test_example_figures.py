@@ -140,3 +140,22 @@ def test_committed_notebooks_hold_no_progress_bar_redraws(name):
             assert not re.search(r"\r[^\n]", o.text), f"{name}.ipynb keeps a progress bar's redraws: {o.text[:200]!r}"
             bars = re.findall(r"^([^\n:]+): +\d+%\|", o.text, flags=re.M)
             assert len(bars) == len(set(bars)), f"{name}.ipynb: one progress bar printed several lines: {bars}"
+
+
+def test_caption_notebooks_pair_is_the_first_right_and_the_first_typical_failure():
+    from captioning.evaluation.example_figures import caption_text, right_and_wrong
+
+    objs = [RED_CIRCLE, SMALL_STAR]
+    captions = ["two red circles", "a red circle", "a red circle and a yellow star", "a big red circle", "x"]
+    results = [{"path": f"d/test_{i}.jpg", "words": c.split(), "decoder": "attention"} for i, c in enumerate(captions)]
+    refs = [["a red circle and a small yellow star"]] * len(results)
+    right, wrong = right_and_wrong(results, refs, [objs] * len(results))
+    assert right["path"] == "d/test_2.jpg" and right["label"].startswith("RIGHT: the first of the first 5")
+    # "object missed" is the first mistake of 3 wrong captions ("a red circle", "a big red circle", "x"),
+    # "wrong count" of 1: the typical failure is the first image that misses an object
+    assert wrong["path"] == "d/test_1.jpg" and "'object missed' is the most common" in wrong["label"]
+    text = caption_text(wrong, 5)
+    assert text.startswith("test_1.jpg (attention decoder, beam 5): a red circle\n  WRONG: does not name")
+    assert text.endswith("first reference: a red circle and a small yellow star")
+    only = right_and_wrong(results[:1], refs[:1], [objs])
+    assert len(only) == 1 and only[0]["label"].startswith("WRONG")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import textwrap
 from collections import Counter
 
@@ -218,3 +219,40 @@ def _miss_panel(ax, row, pos, alphas, size):
     shown = " ".join(f"[{w}]" if i == pos else w for i, w in enumerate(words))
     ax.set_title(textwrap.fill(f"{shown}\n", 40) + f"\nmap of '{word}' peaks on {where}", fontsize=8)
     ax.axis("off")
+
+
+# ----------------------------------------------------------------------------------------- caption.ipynb's pair
+def right_and_wrong(results, references, objects):
+    """Of captioned images (``caption_images`` results, in split order) with their references and object records:
+    the first one captioned right and the first failure of the most common kind, each given ``references``,
+    ``verdict`` and ``label`` (which one it is, and why). One only when there is no right or no wrong caption."""
+    for res, refs, objs in zip(results, references, objects):
+        res.update(references=refs, verdict=judge(" ".join(res["words"]), refs, objs))
+    n, rule = len(results), rule_text(any(objects))
+    right = [res for res in results if res["verdict"]["right"]]
+    wrong = [res for res in results if not res["verdict"]["right"]]
+    shown = []
+    if right:
+        right[0]["label"] = f"RIGHT: the first of the first {n} test images whose caption {rule} ({len(right)} are)"
+        shown.append(right[0])
+    if wrong:
+        kind, count = Counter(res["verdict"]["kind"] for res in wrong).most_common(1)[0]
+        res = next(res for res in wrong if res["verdict"]["kind"] == kind)
+        res["label"] = (
+            f"WRONG: {'; '.join(res['verdict']['reasons'])}. A typical failure: '{kind}' is the most common first "
+            f"mistake of the {len(wrong)} wrong captions among the first {n} test images ({count} of them); this is "
+            f"its first image"
+        )
+        shown.append(res)
+    return shown
+
+
+def caption_text(res, beam_size):
+    """What caption.ipynb prints for one captioned image: its caption, and for ``right_and_wrong``'s images which
+    one it is and its first reference."""
+    caption = " ".join(res["words"])
+    lines = [f"{os.path.basename(res['path'])} ({res['decoder']} decoder, beam {beam_size}): {caption}"]
+    if res.get("label"):
+        lines += [textwrap.fill(res["label"], 110, initial_indent="  ", subsequent_indent="  ")]
+        lines += ["  first reference: " + res["references"][0]]
+    return "\n".join(lines)
