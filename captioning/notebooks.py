@@ -36,9 +36,11 @@ from captioning.data.ensure import SHAPES_NAME, SHAPES_SETTINGS, data_summary, e
 from captioning.evaluation.outputs import write_json as write_checked  # read back before the rename
 from captioning.internals.errors import KitError
 
-# Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): an executed
-# notebook keeps a line or two per epoch instead of one per batch. tqdm reads its TQDM_* settings once, when it is
-# first imported, and `import torch` imports it; this module is a notebook's first kit import and imports neither.
+# Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): a live
+# notebook gets a redraw or two per epoch instead of one per batch (a notebook executed by `python -m instructor
+# notebooks` keeps only each bar's final line: its streams are coalesced, `\r` applied). tqdm reads its TQDM_*
+# settings once, when it is first imported, and `import torch` imports it; this module is a notebook's first kit
+# import and imports neither.
 if "tqdm" not in sys.modules:
     os.environ.setdefault("TQDM_MININTERVAL", "5")
 
