@@ -76,7 +76,10 @@ def judge(caption, references, objects=None):
             reasons.append(("wrong size", f"says {size} {color} {shape}, it is {actual}"))
     for color, shape in shown:
         if (color, shape) not in said:
-            reasons.append(("object missed", f"does not name the {_phrase(shown[(color, shape)], color, shape)}"))
+            n = shown[(color, shape)]
+            reasons.append(
+                ("object missed", f"does not name the {_phrase(n, color, shape) if n > 1 else color + ' ' + shape}")
+            )
     return {"right": not reasons, "reasons": [r for _, r in reasons], "kind": reasons[0][0] if reasons else None}
 
 
