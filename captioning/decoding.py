@@ -236,3 +236,13 @@ def decode_words(tokens, rev_word_map):
     """Word indices → list of words, skipping the special tokens."""
     skip = {"<start>", "<end>", "<pad>"}
     return [rev_word_map[t] for t in tokens if rev_word_map[t] not in skip]
+
+
+def words_and_alphas(tokens, alphas, rev_word_map):
+    """(words, alphas) of a caption for display: the words of :func:`decode_words` and, when ``alphas``
+    ((len(tokens), P') or None) is given, only the rows of the kept words, so that word k keeps the map of the
+    step that produced it even if a special token stood before it."""
+    skip = {"<start>", "<end>", "<pad>"}
+    keep = [i for i, t in enumerate(tokens) if rev_word_map[t] not in skip]
+    words = [rev_word_map[tokens[i]] for i in keep]
+    return words, None if alphas is None else alphas[keep]

@@ -6,8 +6,10 @@ literals (papermill can override them), a cell that derives everything else, the
 * ``train1.ipynb`` — train the decoder without attention (Show and Tell);
 * ``train2.ipynb`` — train the attention decoder (Show, Attend and Tell), or with ``decoder = "adaptive"`` the
   reference adaptive-attention decoder (Knowing When to Look);
-* ``test.ipynb`` — beam search on the test split with a checkpoint, BLEU-1..4 table;
-* ``caption.ipynb`` — caption one image; one attention map per word for the attention decoders (with β, the
+* ``test.ipynb`` — beam search on the test split with a checkpoint, BLEU-1..4 table, a grid of right and wrong
+  captions, the maps of pointing-game misses;
+* ``caption.ipynb`` — caption one image (by default two: one captioned right, one typical failure); one attention
+  map per word for the attention decoders (with β, the
   sentinel's share, for the adaptive one).
 
 ``test`` and ``caption`` choose their checkpoint with ``attention`` (True/False) or, when it is not None,
@@ -15,7 +17,8 @@ literals (papermill can override them), a cell that derives everything else, the
 
 Helpers: ``setup``, ``output_folder``, ``require_todos`` (stops with a message naming an unfinished TODO of
 ``models.py``), ``ensure_data`` (generates and prepares the built-in shapes data when it is missing),
-``encoder_settings``, ``find_checkpoint``, ``default_image``, the printed tables, and ``write_metrics`` (each
+``encoder_settings``, ``find_checkpoint``, ``default_image`` and ``right_and_wrong`` (caption.ipynb's two images:
+one captioned right, one typical failure), the printed tables, and ``write_metrics`` (each
 notebook writes its key numbers to ``<output_dir>/<name>.metrics.json`` so that graders read numbers, not cell
 text). This module imports torch only inside the helpers that need it.
 """
@@ -34,9 +37,11 @@ from captioning.evaluation.outputs import write_json as write_checked  # read ba
 from captioning.internals.errors import KitError
 from captioning.internals.threads import prefer_passive_wait
 
-# Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): an executed
-# notebook keeps a line or two per epoch instead of one per batch. tqdm reads its TQDM_* settings once, when it is
-# first imported, and `import torch` imports it; this module is a notebook's first kit import and imports neither.
+# Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): a live
+# notebook gets a redraw or two per epoch instead of one per batch (a notebook executed by `python -m instructor
+# notebooks` keeps only each bar's final line: its streams are coalesced, `\r` applied). tqdm reads its TQDM_*
+# settings once, when it is first imported, and `import torch` imports it; this module is a notebook's first kit
+# import and imports neither.
 if "tqdm" not in sys.modules:
     os.environ.setdefault("TQDM_MININTERVAL", "5")
 prefer_passive_wait()  # OpenMP threads that sleep, not spin, while they wait: set before torch loads (threads.py)
@@ -214,6 +219,41 @@ def default_image(checkpoint, index=0):
         path = os.path.join(raw, rec["filepath"], rec["filename"])
     rel = os.path.relpath(path)  # the same text in every clone when the data lies below the working directory
     return path if rel.startswith(os.pardir + os.sep + os.pardir) else rel
+
+
+def first_test_images(checkpoint, n):
+    """(paths, references, objects) of the first ``n`` TEST images of the checkpoint's data: the files
+    ``default_image`` gives, their reference captions and their object records ([] each without)."""
+    from captioning.checkpoints import data_folder_of
+    from captioning.datasets import ImageCaptions, load_word_map, split_paths
+    from captioning.decoding import decode_words
+    from captioning.evaluation.evaluate import _image_records
+
+    cfg = _checkpoint_cfg(checkpoint)
+    folder, name = data_folder_of(cfg, checkpoint), cfg["data_name"]
+    data = ImageCaptions(folder, name, "TEST", limit=n)
+    rev = {v: k for k, v in load_word_map(folder, name).items()}
+    refs = [[" ".join(decode_words(c.tolist(), rev)) for c in data.captions[i]] for i in range(len(data))]
+    ids, objects = _image_records(split_paths(folder, name, "TEST")[0], len(data))
+    paths = [default_image(checkpoint, i) for i in range(len(data))]
+    for path, image_id in zip(paths, ids):
+        if path.endswith(".jpg") and os.path.basename(path) != os.path.basename(image_id):
+            raise KitError(
+                f"the prepared TEST split of '{folder}' lists {image_id} where the shapes JSON has {path}: the "
+                f"two come from different runs; delete the data folder to generate it again"
+            )
+    return paths, refs, objects
+
+
+def right_and_wrong(checkpoint, beam_size=5, length_penalty=None, device="cpu", n_scan=40):
+    """caption.ipynb's default images: the first ``n_scan`` TEST images captioned and judged, then the first
+    one captioned right and the first failure of the most common kind (``example_figures.right_and_wrong``)."""
+    from captioning.evaluation.evaluate import caption_images
+    from captioning.evaluation.example_figures import right_and_wrong as choose
+
+    paths, refs, objects = first_test_images(checkpoint, n_scan)
+    results = caption_images(checkpoint, paths, beam_size, device, length_penalty=length_penalty)
+    return choose(results, refs, objects)
 
 
 # ----------------------------------------------------------------------------------------------------- tables

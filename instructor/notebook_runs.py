@@ -163,6 +163,9 @@ def _execute(src, dst, parameters, timeout, cwd, progress=True):
             cwd=str(cwd),
             execution_timeout=timeout,
             progress_bar=progress,
+            # one stdout and one stderr output per cell, with what a `\r` overwrote removed: a progress bar
+            # keeps its final line instead of every redraw (nbclient's coalescing, as Jupyter shows it)
+            coalesce_streams=True,
         )
     except PapermillExecutionError as e:
         last = str(e.evalue).strip().splitlines()[-1] if str(e.evalue).strip() else ""

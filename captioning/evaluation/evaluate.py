@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from captioning.checkpoints import data_folder_of, load_checkpoint, word_map_id
 from captioning.data.features import build_feature_cache
 from captioning.datasets import ImageCaptions, load_word_map, normalize, split_paths
-from captioning.decoding import beam_search, decode_words
+from captioning.decoding import beam_search, decode_words, words_and_alphas
 from captioning.evaluation import familiarity
 from captioning.evaluation.metrics import bleu, strip_special
 from captioning.evaluation.outputs import check_file, write_json
@@ -42,6 +42,7 @@ def evaluate(
     progress=True,
     coco=True,
     length_penalty=None,
+    keep_alphas=False,
 ):
     """Caption every image of ``split`` with beam search and score BLEU-1..4 against all its references.
 
@@ -57,6 +58,10 @@ def evaluate(
 
     On a data folder that cannot be written (and holds no feature cache for this encoder) the images are encoded
     batch by batch instead of through the cache: the same scores up to the cache's fp16 rounding.
+
+    ``data_folder`` and ``data_name`` of the result name the data scored; with the pointing game each row also has
+    ``pointing``: [word position in ``caption``, hit] per word scored. ``keep_alphas``: the result also holds
+    ``alphas``, per image the (words, P') attention of each caption word or None (not written to ``out``).
     """
     from captioning.config import RULES, _int, _optional, check_device, check_value
 
@@ -85,6 +90,8 @@ def evaluate(
         "beam_size": beam_size,
         "length_penalty": length_penalty,
         "n_images": len(hyps),
+        "data_folder": os.fspath(data_folder),
+        "data_name": data_name,
     }
     result.update(bleu(refs, hyps))
     ids, objects = _image_records(split_paths(data_folder, data_name, split)[0], len(rows))
@@ -94,10 +101,14 @@ def evaluate(
     if decoder.has_attention and any(objects):
         image_size = data.image_shape[-1]
         result["grounding"] = grounding(hyps, all_alphas, objects, rev, image_size)
+        for row, hits in zip(rows, result["grounding"].pop("per_image")):
+            row["pointing"] = hits
     result["coco"] = _coco(rows) if coco else None
     result["captions"] = rows
     if out:
         write_json(result, out, "out")
+    if keep_alphas:
+        result["alphas"] = all_alphas
     return result
 
 
@@ -114,7 +125,7 @@ def _beam_all(loader, encoder, decoder, word_map, cached, device, beam_size, max
         ):
             refs.append([strip_special(c, word_map) for c in img_caps])
             hyps.append(strip_special(cap.tokens, word_map))
-            all_alphas.append(cap.alphas)
+            all_alphas.append(words_and_alphas(cap.tokens, cap.alphas, rev)[1])  # the rows of hyps' words
             rows.append(
                 {
                     "caption": " ".join(decode_words(cap.tokens, rev)),
@@ -210,6 +221,8 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
         for the first object it names it cannot know which of several it is about to describe. by_size splits
         the words by the size of the objects they name ("large", "small", "mixed" when both): a map that spreads
         the same mass over a large object's many cells peaks less high than on a small object's few.
+        per_image: per image, [position of the word in its hypothesis, hit] of each word scored (``evaluate``
+        moves it into the rows as ``pointing``).
     """
     from captioning.data.shapes import COLORS, PLURAL, SHAPES, cells_in_box
 
@@ -219,13 +232,15 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
     misses = {"other_object": 0, "background": 0, "next_to_named": 0}
     by_position = {"only_object": [], "first_named": [], "named_later": []}
     by_size = {"large": [], "small": [], "mixed": []}
+    per_image = []  # per image: [word position, hit] of each word scored
     for words, al, objs in zip(hypotheses, alphas, objects):
+        per_image.append([])
         if al is None or not objs:
             continue
         side = math.isqrt(al.shape[1])  # P = side², or side² + 1 with the adaptive decoder's sentinel
         several = len({(o.get("color"), o.get("shape")) for o in objs}) > 1
         phrase = 0  # index of the object phrase a word belongs to: a phrase ends with its shape word
-        for w_idx, al_row in zip(words, al):
+        for pos, (w_idx, al_row) in enumerate(zip(words, al)):
             word = rev_word_map[w_idx]
             kind = "shape" if word in shape_words else "color" if word in COLORS else None
             if kind is None:
@@ -242,6 +257,7 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
                 mask |= cells_in_box(o["bbox"], image_size, side)
             hit = bool(mask[r, c])  # the peak cell's centre lies in a named box
             hits[kind].append(hit)
+            per_image[-1].append([pos, hit])
             by_position[position].append(hit)
             sizes = {o.get("size") for o in named}
             size = "mixed" if len(sizes) > 1 else sizes.pop()
@@ -266,6 +282,7 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
         "misses": misses,
         "by_position": {k: {"rate": rate(v), "n": len(v)} for k, v in by_position.items()},
         "by_size": {k: {"rate": rate(v), "n": len(v)} for k, v in by_size.items()},
+        "per_image": per_image,
     }
 
 
@@ -321,10 +338,11 @@ def iter_captions(checkpoint, images, beam_size=5, device="cpu", max_len=50, len
         enc = encoder(normalize(torch.from_numpy(pixels.copy())[None]).to(device))
         cap = beam_search(decoder, enc, word_map, beam_size, max_len, length_penalty=length_penalty)[0]
         judged = familiar.judge(familiarity.mean_features(enc), pixels[None])[0] if familiar else None
+        words, alphas = words_and_alphas(cap.tokens, cap.alphas, rev)
         yield {
             "path": path,
-            "words": decode_words(cap.tokens, rev),
-            "alphas": cap.alphas,
+            "words": words,
+            "alphas": alphas,
             "pixels": pixels.transpose(1, 2, 0),
             "decoder": decoder_type,
             "finished": cap.finished,
