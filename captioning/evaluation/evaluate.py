@@ -63,14 +63,7 @@ def evaluate(
     ``pointing``: [word position in ``caption``, hit] per word scored. ``keep_alphas``: the result also holds
     ``alphas``, per image the (words, P') attention of each caption word or None (not written to ``out``).
     """
-    from captioning.config import RULES, _int, _optional, check_device, check_value
-
-    device = check_device(device)
-    check_value("max_images", max_images, _optional(_int(1)))
-    check_value("data_name", data_name, _optional(RULES["data_name"]))
-    check_value("beam_size", beam_size, _int(1))
-    if out:
-        check_file(out, "out")
+    device = _checked_arguments(device, max_images, data_name, beam_size, out)
     ckpt, encoder, decoder, word_map, cfg = _checked_models(checkpoint, device, data_folder, data_name)
     length_penalty = cfg["length_penalty"] if length_penalty is None else length_penalty
     data_folder = data_folder or data_folder_of(cfg, checkpoint)
@@ -98,9 +91,8 @@ def evaluate(
     for row, image_id in zip(rows, ids):
         row["image_id"] = image_id
     result["grounding"] = None
-    if decoder.has_attention and any(objects):
-        image_size = data.image_shape[-1]
-        result["grounding"] = grounding(hyps, all_alphas, objects, rev, image_size)
+    if decoder.has_attention and any(objects):  # the pointing game, and each row's hits
+        result["grounding"] = grounding(hyps, all_alphas, objects, rev, data.image_shape[-1])
         for row, hits in zip(rows, result["grounding"].pop("per_image")):
             row["pointing"] = hits
     result["coco"] = _coco(rows) if coco else None
@@ -110,6 +102,20 @@ def evaluate(
     if keep_alphas:
         result["alphas"] = all_alphas
     return result
+
+
+def _checked_arguments(device, max_images, data_name, beam_size, out):
+    """The device to use; a KitError naming a bad argument, or an ``out`` file that cannot be written, before any
+    work starts."""
+    from captioning.config import RULES, _int, _optional, check_device, check_value
+
+    device = check_device(device)
+    check_value("max_images", max_images, _optional(_int(1)))
+    check_value("data_name", data_name, _optional(RULES["data_name"]))
+    check_value("beam_size", beam_size, _int(1))
+    if out:
+        check_file(out, "out")
+    return device
 
 
 def _beam_all(loader, encoder, decoder, word_map, cached, device, beam_size, max_len, length_penalty, split, progress):
@@ -264,12 +270,7 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
             if size in by_size:  # boxes without a size (made by hand) stay out of this split
                 by_size[size].append(hit)
             if not hit:
-                on_other = any(cells_in_box(o["bbox"], image_size, side)[r, c] for o in objs if o not in named)
-                misses["other_object" if on_other else "background"] += 1
-                # a peak one cell off the box: the map found the object but leaked onto a neighbour
-                misses["next_to_named"] += not on_other and bool(
-                    mask[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].any()
-                )
+                _count_miss(misses, objs, named, mask, (r, c), image_size)
             chance.append(mask.mean())  # a uniformly random cell's hit rate
     both = hits["shape"] + hits["color"]
     rate = lambda v: float(np.mean(v)) if v else None  # noqa: E731
@@ -284,6 +285,18 @@ def grounding(hypotheses, alphas, objects, rev_word_map, image_size):
         "by_size": {k: {"rate": rate(v), "n": len(v)} for k, v in by_size.items()},
         "per_image": per_image,
     }
+
+
+def _count_miss(misses, objs, named, mask, peak, image_size):
+    """Count where a missed peak (row, column of the S×S grid) fell: on an object the word does not name, or on
+    the background, and then whether it touches a cell of a named object (``mask``)."""
+    from captioning.data.shapes import cells_in_box
+
+    (r, c), side = peak, mask.shape[0]
+    on_other = any(cells_in_box(o["bbox"], image_size, side)[r, c] for o in objs if o not in named)
+    misses["other_object" if on_other else "background"] += 1
+    # a peak one cell off the box: the map found the object but leaked onto a neighbour
+    misses["next_to_named"] += not on_other and bool(mask[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].any())
 
 
 def caption_images(checkpoint, images, beam_size=5, device="cpu", max_len=50, length_penalty=None):
