@@ -38,8 +38,8 @@ from captioning.internals.errors import KitError
 from captioning.internals.threads import prefer_passive_wait
 
 # Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): a live
-# notebook gets a redraw or two per epoch instead of one per batch (a notebook executed by `python -m instructor
-# notebooks` keeps only each bar's final line: its streams are coalesced, `\r` applied). tqdm reads its TQDM_*
+# notebook gets a redraw or two per epoch instead of one per batch (a notebook executed through papermill by the kit's
+# runner keeps only each bar's final line: its streams are coalesced, `\r` applied). tqdm reads its TQDM_*
 # settings once, when it is first imported, and `import torch` imports it; this module is a notebook's first kit
 # import and imports neither.
 if "tqdm" not in sys.modules:

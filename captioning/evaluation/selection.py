@@ -6,7 +6,7 @@ can keep a lucky one. Training therefore first finds the best *stretch*: the ``b
 (``cfg["best_window"]``, default 3; 1 is the course's rule) with the highest mean validation BLEU-4; a spike then
 counts one third and its neighbours the rest. BEST_ keeps the epoch with the highest single value within that
 stretch: a lucky spike between weak epochs does not win, and neither does a dip between good ones (keeping the
-centre of the stretch would keep the 0.46 above). Measured in docs/results.md ("The best epoch, robust to
+centre of the stretch would keep the 0.46 above) (measured: docs/results.md, "The best epoch, robust to
 validation noise").
 
 A stretch is judged once its last epoch is validated, so the trainer keeps the states of the last
