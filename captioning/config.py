@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from captioning.adaptive import DESIGNS
 from captioning.errors import KitError
 
 DEFAULT_CFG = {
@@ -24,6 +25,7 @@ DEFAULT_CFG = {
     "dropout": 0.5,
     "init_state": "mean",  # attention decoder's h0/c0: "mean" feature (course) or "learned" (image only via attention)
     "decoder": None,  # "rnn" | "attention" | "adaptive"; None: from `attention`
+    "adaptive_design": "paper",  # the adaptive decoder's design, one of adaptive.DESIGNS ("paper": Lu et al. 2017)
     "attention": False,
     "encoder": "resnet101",
     "encoder_weights": "imagenet",  # "imagenet", a local .pth, or None (random, BatchNorm recalibrated)
@@ -142,6 +144,7 @@ RULES = {
     "init_state": (_one_of("mean", "learned")[0], "'mean' (h0/c0 from the mean feature, as in the course) or "
                    "'learned' (the attention decoder's h0/c0 do not depend on the image)"),
     "decoder": _one_of(None, "rnn", "attention", "adaptive"), "attention": _BOOL, "encoder": _STR,
+    "adaptive_design": _one_of(*DESIGNS),
     "encoder_weights": _optional(_STR),
     "encoded_image_size": _int(1, 64, " (the side of the grid the decoder attends over, 14 in the course; a 256 px "
                                       "image gives ResNet an 8x8 map, and memory grows with its square)"),
