@@ -108,3 +108,28 @@ def test_a_checkpoint_of_each_design_loads(design, tmp_path):
     assert loaded.design == design == loaded_cfg["adaptive_design"]
     for k, v in dec.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_beta_figure_draws_one_bar_per_word():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from captioning.beta_figure import beta_figure
+
+    words = ["a", "red", "circle", "on", "a", "dark", "background"]
+    betas = torch.tensor([0.9, 0.1, 0.2, 0.8, 0.95, 0.4, 0.7])
+    fig = beta_figure(words, betas, visual_words={"red", "circle"})
+    ax = fig.axes[0]
+    heights = [round(p.get_height(), 4) for p in ax.patches]
+    assert heights == [round(float(b), 4) for b in betas]
+    assert [t.get_text() for t in ax.get_xticklabels()] == words
+    colours = {p.get_facecolor() for p, w in zip(ax.patches, words) if w in ("red", "circle")}
+    assert len(colours) == 1 and colours != {ax.patches[0].get_facecolor()}  # visual words stand out
+    fig.canvas.draw()  # renders
+    plt.close(fig)
+    with pytest.raises(ValueError, match="3 values but words has 7"):
+        beta_figure(words, [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match=r"betas\[1\].*'red'"):
+        beta_figure(words, [0.1, 1.5, 0.1, 0.1, 0.1, 0.1, 0.1])
