@@ -22,9 +22,15 @@ DESIGNS = {
     "look": "the LSTM reads [word ; what it attended at the previous word], not v_g; h0/c0 learned: the image "
             "reaches the language model only through attention, so the sentinel knows only what was looked at",
     "look_word": "look, with the sentinel made from the previous word only",
+    "look_anneal": "look, with the sentinel's score held down at the start of training (β annealed from 0 over "
+                   "ANNEAL_STEPS batches), so that the regions learn before the sentinel can take every word",
 }
 SENTINEL_BIAS = -4.0  # sentinel_bias: with P = 64 regions of equal score the sentinel starts at β ≈ 3e-4, not 1/65
-GLOBAL_DROP = 0.5  # global_dropout: share of training captions decoded without the mean feature
+GLOBAL_DROP = 0.5
+# look_anneal: the sentinel's score starts ANNEAL_START lower (β ≈ 0) and rises linearly to no offset over this many
+# training batches (about one epoch of the shapes recipe). Without it `look` measured β = 1.00 on every word after 2
+# epochs: the sentinel, the language model, lowers the loss first, and a softmax column near 0 gets no gradient.
+ANNEAL_START, ANNEAL_STEPS = -10.0, 150  # global_dropout: share of training captions decoded without the mean feature
 
 
 def check_design(design):
@@ -51,6 +57,8 @@ class DecoderWithAdaptiveAttention(nn.Module):
       attended regions of the previous word — beam search only selects rows of it.
     * "word_sentinel", "look_word": s = tanh(sentinel_w(word)), from the previous word's embedding alone.
     * "sentinel_bias": a learned scalar added to the sentinel's score, initialised at ``SENTINEL_BIAS``.
+    * "look_anneal": "look", plus a fixed offset on the sentinel's score, ``ANNEAL_START`` rising linearly to 0 over
+      the first ``ANNEAL_STEPS`` training batches (counted in the buffer ``trained_batches``).
     * "global_dropout": in training mode each caption's mean feature is zeroed with probability ``GLOBAL_DROP``.
 
     Same constructor / ``forward`` / ``one_step`` conventions as ``DecoderWithAttention``; its alphas have P + 1
@@ -65,7 +73,7 @@ class DecoderWithAdaptiveAttention(nn.Module):
         self.embed_dim, self.decoder_dim = cfg["embed_dim"], cfg["decoder_dim"]
         self.attention_dim, self.vocab_size = cfg["attention_dim"], cfg["vocab_size"]
         self.design = check_design(cfg.get("adaptive_design", "paper"))
-        self.feedback = self.design in ("look", "look_word")  # the LSTM reads what was attended, not v_g
+        self.feedback = self.design in ("look", "look_word", "look_anneal")  # the LSTM reads what it attended
         self.word_sentinel = self.design in ("word_sentinel", "look_word")
         e, d, a = self.embed_dim, self.decoder_dim, self.attention_dim
         self.embedding = nn.Embedding(self.vocab_size, e)
@@ -84,6 +92,8 @@ class DecoderWithAdaptiveAttention(nn.Module):
             self.sentinel_h = nn.Linear(d, d, bias=False)
         if self.design == "sentinel_bias":
             self.sentinel_bias = nn.Parameter(torch.tensor(SENTINEL_BIAS))
+        if self.design == "look_anneal":  # in the checkpoint: a continued run resumes the schedule where it was
+            self.register_buffer("trained_batches", torch.zeros((), dtype=torch.long))
         self.att_v = nn.Linear(d, a)
         self.att_s = nn.Linear(d, a)
         self.att_g = nn.Linear(d, a)
@@ -138,6 +148,8 @@ class DecoderWithAdaptiveAttention(nn.Module):
         z_s = self.att(torch.tanh(self.att_s(s) + g))  # (N, 1)
         if self.design == "sentinel_bias":
             z_s = z_s + self.sentinel_bias
+        elif self.design == "look_anneal":
+            z_s = z_s + ANNEAL_START * max(0.0, 1.0 - int(self.trained_batches) / ANNEAL_STEPS)
         alpha_hat = F.softmax(torch.cat([z, z_s], dim=1), dim=1)  # (N, P + 1)
         beta = alpha_hat[:, -1:]
         visual = (v * alpha_hat[:, :-1].unsqueeze(2)).sum(dim=1)  # (N, D), already weighted by 1 - β
@@ -155,6 +167,8 @@ class DecoderWithAdaptiveAttention(nn.Module):
     def forward(self, encoder_out, encoded_captions, caption_lengths):
         """As ``DecoderWithAttention.forward``; alphas are (B, max(decode_lengths), P + 1)."""
         batch_size = encoder_out.size(0)
+        if self.design == "look_anneal" and self.training:
+            self.trained_batches += 1
         encoder_out = encoder_out.reshape(batch_size, -1, self.encoder_dim)
         caption_lengths, sort_ind = caption_lengths.reshape(-1).sort(dim=0, descending=True)
         encoder_out, encoded_captions = encoder_out[sort_ind], encoded_captions[sort_ind]
