@@ -30,10 +30,10 @@ def zero_global(cls):
 
     old = cls.init_hidden_state, cls._project
 
-    def init_hidden_state(self, encoder_out):
+    def init_hidden_state(self, encoder_out, mean=None):
         return old[0](self, torch.zeros_like(encoder_out))
 
-    def _project(self, encoder_out):
+    def _project(self, encoder_out, mean=None):
         v, v_att, _ = old[1](self, encoder_out)
         return v, v_att, old[1](self, torch.zeros_like(encoder_out[:, :1]))[2]
 

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from captioning.adaptive import DESIGNS
 from captioning.internals.errors import KitError
 
 DEFAULT_CFG = {
@@ -25,6 +26,7 @@ DEFAULT_CFG = {
     "dropout": 0.5,
     "init_state": "mean",  # attention decoder's h0/c0: "mean" feature (course) or "learned" (image only via attention)
     "decoder": None,  # "rnn" | "attention" | "adaptive"; None: from `attention`
+    "adaptive_design": "paper",  # the adaptive decoder's design, one of adaptive.DESIGNS ("paper": Lu et al. 2017)
     "attention": False,
     "encoder": "resnet101",
     "encoder_weights": "imagenet",  # "imagenet", a local .pth, or None (random, BatchNorm recalibrated)
@@ -163,6 +165,7 @@ RULES = {
     "decoder": _one_of(None, "rnn", "attention", "adaptive"),
     "attention": _BOOL,
     "encoder": _STR,
+    "adaptive_design": _one_of(*DESIGNS),
     "encoder_weights": _optional(_STR),
     "encoded_image_size": _int(
         1,

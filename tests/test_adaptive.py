@@ -1,0 +1,159 @@
+"""The adaptive-attention decoder's designs (``captioning.adaptive.DESIGNS``): β's shape and range, the cfg switch,
+one_step agreeing with forward (beam search relies on it), and a checkpoint of each design loading as trained.
+Tiny sizes: seconds on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captioning.adaptive import DESIGNS, DecoderWithAdaptiveAttention
+from captioning.internals.errors import KitError
+
+CFG = {"embed_dim": 8, "decoder_dim": 12, "attention_dim": 6, "vocab_size": 11, "dropout": 0.0}
+C, SIDE = 5, 3  # encoder channels, grid side: P = 9 regions
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    enc = torch.randn(4, SIDE, SIDE, C, generator=g)
+    caps = torch.randint(4, CFG["vocab_size"], (4, 7), generator=g)
+    return enc, caps, torch.tensor([7, 4, 6, 5])
+
+
+@pytest.mark.parametrize("design", list(DESIGNS))
+def test_beta_is_the_last_column_of_a_distribution(design):
+    torch.manual_seed(0)
+    dec = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design=design), encoder_dim=C).train()
+    enc, caps, lens = _batch()
+    preds, _, dec_lens, alphas, _ = dec(enc, caps, lens)
+    assert preds.shape == (4, 6, CFG["vocab_size"])
+    assert alphas.shape == (4, 6, SIDE * SIDE + 1)
+    for row, n in enumerate(dec_lens):  # past a caption's end the row stays 0
+        assert torch.allclose(alphas[row, :n].sum(dim=1), torch.ones(n), atol=1e-5)
+        beta = alphas[row, :n, -1]
+        assert ((beta > 0) & (beta < 1)).all()
+    preds.sum().backward()  # every design trains end to end
+    assert dec.att_v.weight.grad is not None and dec.att_v.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("design", list(DESIGNS))
+def test_one_step_replays_forward(design):
+    """Beam search runs ``init_hidden_state`` + ``one_step``; it must give forward's scores (the "look" designs carry
+    the previous word's attended regions in ``c``)."""
+    torch.manual_seed(1)
+    dec = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design=design), encoder_dim=C).eval()
+    enc, caps, lens = _batch(1)
+    with torch.no_grad():
+        preds, caps_sorted, dec_lens, alphas, sort_ind = dec(enc, caps, lens)
+        e = enc.reshape(4, -1, C)[sort_ind]
+        h, c = dec.init_hidden_state(e)
+        assert h.shape == (4, CFG["decoder_dim"])
+        for t in range(dec_lens[0]):
+            p, a, h, c = dec.one_step(dec.embedding(caps_sorted[:, t]), e, h, c)
+            assert torch.allclose(p[0], preds[0, t], atol=1e-5)
+            assert torch.allclose(a[0], alphas[0, t], atol=1e-6)
+
+
+def test_the_design_switch():
+    paper = DecoderWithAdaptiveAttention(CFG, encoder_dim=C)  # no key: the paper's design, as old checkpoints
+    assert paper.design == "paper"
+    assert {"encode_global", "sentinel_x", "sentinel_h"} <= set(dict(paper.named_children()))
+    look = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="look_word"), encoder_dim=C)
+    names = set(dict(look.named_children()))
+    assert "feed" in names and "sentinel_w" in names and "encode_global" not in names
+    with pytest.raises(ValueError, match="adaptive_design 'glance'"):
+        DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="glance"), encoder_dim=C)
+
+
+def test_look_designs_do_not_read_the_mean_feature():
+    """h0 of "look" is the same for every image (the image reaches it only through attention); the paper's is not."""
+    torch.manual_seed(2)
+    for design, depends in (("paper", True), ("look", False)):
+        dec = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design=design), encoder_dim=C).eval()
+        enc, _, _ = _batch(2)
+        h1, _ = dec.init_hidden_state(enc)
+        h2, _ = dec.init_hidden_state(enc + 1.0)
+        assert (not torch.allclose(h1, h2)) is depends, design
+
+
+def test_make_cfg_names_a_bad_design():
+    from captioning.config import make_cfg
+
+    assert make_cfg()["adaptive_design"] == "paper"
+    with pytest.raises(KitError, match="adaptive_design"):
+        make_cfg(adaptive_design="glance")
+
+
+@pytest.mark.parametrize("design", list(DESIGNS))
+def test_a_checkpoint_of_each_design_loads(design, tmp_path):
+    from captioning.checkpoints import load_checkpoint, save_checkpoint
+    from captioning.config import make_cfg
+    from captioning.encoder import Encoder
+    from captioning.solver import build_decoder, models_from_checkpoint
+
+    encoder = Encoder(SIDE, weights=None, arch="shapes_cnn")
+    cfg = make_cfg(
+        CFG,
+        decoder="adaptive",
+        adaptive_design=design,
+        encoder="shapes_cnn",
+        encoder_weights=None,
+        encoded_image_size=SIDE,
+        data_folder=str(tmp_path),
+        data_name="tiny",
+    )
+    cfg.pop("vocab_size")
+    torch.manual_seed(3)
+    dec = build_decoder(dict(cfg), CFG["vocab_size"], encoder.encoder_dim)
+    words = {w: i for i, w in enumerate(["<pad>", "<unk>", "<start>", "<end>"] + [f"w{i}" for i in range(7)])}
+    path = str(tmp_path / "ckpt.pth.tar")
+    save_checkpoint(
+        {
+            "format": 1,
+            "cfg": cfg,
+            "kind": "AdaptiveAttention",
+            "decoder_type": "adaptive",
+            "epoch": 0,
+            "word_map": words,
+            "word_map_id": "x",
+            "vocab_size": CFG["vocab_size"],
+            "encoder_dim": encoder.encoder_dim,
+            "decoder_state": dec.state_dict(),
+            "encoder_state": encoder.state_dict(),
+            "decoder_optimizer": None,
+            "history": [],
+            "best_bleu4": 0.0,
+            "epochs_since_improvement": 0,
+        },
+        path,
+    )
+    _, loaded, _, loaded_cfg = models_from_checkpoint(load_checkpoint(path))
+    assert loaded.design == design == loaded_cfg["adaptive_design"]
+    for k, v in dec.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_beta_figure_draws_one_bar_per_word():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from captioning.evaluation.beta_figure import beta_figure
+
+    words = ["a", "red", "circle", "on", "a", "dark", "background"]
+    betas = torch.tensor([0.9, 0.1, 0.2, 0.8, 0.95, 0.4, 0.7])
+    fig = beta_figure(words, betas, visual_words={"red", "circle"})
+    ax = fig.axes[0]
+    heights = [round(p.get_height(), 4) for p in ax.patches]
+    assert heights == [round(float(b), 4) for b in betas]
+    assert [t.get_text() for t in ax.get_xticklabels()] == words
+    colours = {p.get_facecolor() for p, w in zip(ax.patches, words) if w in ("red", "circle")}
+    assert len(colours) == 1 and colours != {ax.patches[0].get_facecolor()}  # visual words stand out
+    fig.canvas.draw()  # renders
+    plt.close(fig)
+    with pytest.raises(ValueError, match="3 values but words has 7"):
+        beta_figure(words, [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match=r"betas\[1\].*'red'"):
+        beta_figure(words, [0.1, 1.5, 0.1, 0.1, 0.1, 0.1, 0.1])
