@@ -9,7 +9,7 @@ decoder whose LSTM never sees the image, on the shapes recipe's data and encoder
 
 Both are trained with the recipe's attention-decoder settings (``captioning/data/recipe.py``) and scored on the TEST split
 with beam search: BLEU-4, the pointing game, and β (the sentinel's share) averaged over the reference captions'
-shape and colour words and over the other words (teacher forcing). Nothing is asserted.
+shape and colour words, the function words and the other words (teacher forcing; ``adaptive_designs.mean_beta``). Nothing is asserted.
 
     python benchmarks/adaptive_sentinel.py [--out outputs/bench_adaptive] [--epochs 10] [--threads 2]
 
@@ -22,6 +22,7 @@ import argparse
 import os
 
 from _common import THREADS_HELP, setup, table
+from adaptive_designs import mean_beta  # β by word class, shared with the designs' benchmark
 
 
 def zero_global(cls):
@@ -39,35 +40,6 @@ def zero_global(cls):
 
     cls.init_hidden_state, cls._project = init_hidden_state, _project
     return lambda: setattr(cls, "init_hidden_state", old[0]) or setattr(cls, "_project", old[1])
-
-
-def mean_beta(checkpoint):
-    """β averaged over the TEST references' shape/colour words and over their other words (teacher forcing)."""
-    import torch
-
-    from captioning.checkpoints import load_checkpoint
-    from captioning.data.features import build_feature_cache
-    from captioning.data.shapes import COLORS, PLURAL, SHAPES
-    from captioning.datasets import ImageCaptions
-    from captioning.solver import models_from_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    encoder, decoder, word_map, cfg = models_from_checkpoint(ckpt)
-    visual = {word_map[w] for w in (*SHAPES, *PLURAL.values(), *COLORS) if w in word_map}
-    feats = build_feature_cache(encoder, cfg["data_folder"], cfg["data_name"], "TEST", progress=False)
-    data = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TEST", features=feats)
-    sums = {"visual": [0.0, 0], "other": [0.0, 0]}
-    with torch.no_grad():
-        for i in range(len(data)):
-            x, caps, lens = data[i]
-            enc = encoder.pool(x.float()[None]).expand(caps.size(0), -1, -1, -1)
-            _, caps_sorted, dec_lens, alphas, _ = decoder(enc, caps, lens)
-            for row, n in enumerate(dec_lens):
-                for t in range(n):
-                    key = "visual" if int(caps_sorted[row, t + 1]) in visual else "other"
-                    sums[key][0] += float(alphas[row, t, -1])
-                    sums[key][1] += 1
-    return {k: s / max(n, 1) for k, (s, n) in sums.items()}
 
 
 def main():
@@ -112,7 +84,7 @@ def main():
                 coco=False,
                 progress=False,
             )
-            beta = mean_beta(best)
+            beta = mean_beta(best, "TEST")
         finally:
             if restore:
                 restore()
@@ -122,12 +94,16 @@ def main():
                 variant,
                 f"{r['bleu4']:.3f}",
                 f"{g.get('all') or 0:.2f} ({g.get('chance') or 0:.2f})",
-                f"{beta['visual']:.2f}",
-                f"{beta['other']:.2f}",
+                *(f"{beta[k]:.2f}" if beta[k] is not None else "-" for k in ("shape/colour", "function", "other")),
             ]
         )
     print()
-    print(table(["decoder", "BLEU-4", "pointing (chance)", "β shape/colour words", "β other words"], rows))
+    print(
+        table(
+            ["decoder", "BLEU-4", "pointing (chance)", "β shape/colour words", "β function words", "β other words"],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":
