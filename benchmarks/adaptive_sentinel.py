@@ -7,9 +7,10 @@ decoder whose LSTM never sees the image, on the shapes recipe's data and encoder
 * ``no_global`` — the same layers, but h₀/c₀ and v_g read a zero feature (learned constants, like the attention
                  decoder's ``init_state="learned"``): the image reaches the words only through the attended regions.
 
-Both are trained with the recipe's attention-decoder settings (``captioning/data/recipe.py``) and scored on the TEST split
-with beam search: BLEU-4, the pointing game, and β (the sentinel's share) averaged over the reference captions'
-shape and colour words, the function words and the other words (teacher forcing; ``adaptive_designs.mean_beta``). Nothing is asserted.
+Both are trained with the recipe's attention-decoder settings (``captioning/data/recipe.py``) and scored on the
+TEST split with beam search: BLEU-4, the pointing game, and β (the sentinel's share) averaged over the reference
+captions' shape and colour words, function words and other words (teacher forcing; ``adaptive_designs.mean_beta``).
+Nothing is asserted.
 
     python benchmarks/adaptive_sentinel.py [--out outputs/bench_adaptive] [--epochs 10] [--threads 2]
 
