@@ -4,6 +4,7 @@ over 400 lines and no function over 80 lines in either package; one atomic-write
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,14 @@ def test_the_top_of_the_package_holds_what_the_course_names():
         "evaluation",
         "internals",
     ]
+
+
+def test_the_code_is_formatted_and_lint_clean():
+    """``ruff format`` was applied once to every .py file (settings in pyproject.toml); a change that drifts from it,
+    or leaves an unused import or an undefined name, fails here with ruff's own list."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (it is a dependency in pyproject.toml: reinstall the kit)")
+    for args in (["format", "--check"], ["check"]):
+        run = subprocess.run([ruff, *args, "--no-cache", "."], cwd=ROOT, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
