@@ -395,13 +395,39 @@ def test_caption_encodes_on_the_device(fake_cuda, monkeypatch, tiny_checkpoint, 
         got.append((enc, next(decoder.parameters()).device))
         raise _Stop
 
+    def familiarity_on(encoder, cfg, checkpoint, device="cpu", progress=True):
+        # fitting its Gaussians reads numbers back (an SVD), which fake tensors cannot: the test below covers
+        # the part that runs on the device
+        got.append(("familiarity", device))
+        return None, None
+
     monkeypatch.setattr(ev, "beam_search", stop)
+    monkeypatch.setattr(ev.familiarity, "for_checkpoint", familiarity_on)
     with fake_cuda:
         with pytest.raises(_Stop):
             list(ev.iter_captions("ckpt.pth.tar", [image], beam_size=2, device="cuda"))
-    enc, decoder_device = got[0]
+    assert got[0] == ("familiarity", "cuda")
+    enc, decoder_device = got[1]
     _on_cuda(enc, (1, 2, 2, 256), torch.float32)
     assert decoder_device.type == "cuda"
+
+
+def test_familiarity_encodes_on_the_device_and_keeps_its_statistics_on_the_cpu(fake_cuda, shapes_data, monkeypatch):
+    """The images of the familiarity check are encoded on the device (no feature cache here) and reduced to
+    float64 CPU features, where the Gaussians are fitted and every caption's score is computed."""
+    from captioning.evaluation import familiarity
+
+    monkeypatch.setattr(Encoder, "weights_digest", lambda self: "fake")  # hashes the weights' bytes
+    with torch.device("cpu"):
+        encoder = Encoder(2, weights=None, arch="shapes_cnn").eval()
+    with fake_cuda:
+        encoder = encoder.to("cuda")
+        net = encoder.for_inference()
+        got = familiarity._split_features(
+            net, encoder, shapes_data.data_folder, shapes_data.data_name, "TRAIN", 4, "cuda", False
+        )
+    assert got["features"].device.type == "cpu" and got["features"].dtype == torch.float64
+    assert tuple(got["features"].shape) == (4, 256) and tuple(got["pixels"].shape) == (4, 11)
 
 
 # ----------------------------------------------------------------------------------- tensor factories and devices
@@ -440,6 +466,11 @@ CPU_SIDE = {
     "the flips), which must stay on the CPU to be reproducible",
     ("captioning/solver.py", "loader"): "randperm draws the shard order from the loader's CPU torch.Generator",
     ("captioning/check.py", "require_todos"): "the notebooks' TODO check runs the student's decoder on the CPU",
+    ("captioning/adaptive.py", "__init__"): "a parameter and a buffer made with the module, moved by .to(device)",
+    ("captioning/evaluation/familiarity.py", "image_statistics"): "pixel statistics of host images, on the CPU",
+    ("captioning/evaluation/familiarity.py", "fit"): "the familiarity Gaussians are fitted on the CPU in float64",
+    ("captioning/evaluation/familiarity.py", "_split_features"): "an empty split's CPU features (mean_features "
+    "moves every encoded batch to the CPU)",
 }
 
 
