@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from captioning.internals import plugins
 from captioning.internals.errors import KitError
+from captioning.internals.reuse import reuse_linear_outputs
 
 ONE_STEP_BYTES = 64 * 2**20  # the most encoder output, copied per beam, that one_step reads at once
 
@@ -98,20 +99,21 @@ def beam_search(decoder, encoder_out, word_map, beam_size=5, max_len=50, fast=Tr
     h, c = h.repeat_interleave(k, 0), c.repeat_interleave(k, 0)  # (N·k, D)
     # the fast step keeps one encoder output per image
     enc_k = enc.repeat_interleave(k, 0) if decoder.has_attention and fast_step is None else None
-    for t in range(max_len):
-        logp, alpha, h, c = _step(decoder, search.seqs[:, :, -1].reshape(-1), enc_k, h, c, fast_step)
-        flat_beams = search.advance(t, logp, alpha)
-        h, c = h[flat_beams], c[flat_beams]
-        keep = search.retire_done(last=t == max_len - 1)
-        if keep is not None:  # some images are done: drop their rows everywhere
-            keep_k = keep.repeat_interleave(k)
-            h, c = h[keep_k], c[keep_k]
-            if enc_k is not None:
-                enc_k = enc_k[keep_k]
-            if fast_step is not None:
-                fast_step.keep(keep)
-            if search.rows.numel() == 0:
-                break
+    with reuse_linear_outputs(decoder):  # one_step re-projects enc_k at every word: once, until rows drop
+        for t in range(max_len):
+            logp, alpha, h, c = _step(decoder, search.seqs[:, :, -1].reshape(-1), enc_k, h, c, fast_step)
+            flat_beams = search.advance(t, logp, alpha)
+            h, c = h[flat_beams], c[flat_beams]
+            keep = search.retire_done(last=t == max_len - 1)
+            if keep is not None:  # some images are done: drop their rows everywhere
+                keep_k = keep.repeat_interleave(k)
+                h, c = h[keep_k], c[keep_k]
+                if enc_k is not None:
+                    enc_k = enc_k[keep_k]
+                if fast_step is not None:
+                    fast_step.keep(keep)
+                if search.rows.numel() == 0:
+                    break
     return search.results()
 
 

@@ -31,6 +31,7 @@ from captioning.internals.distributed import ProcessGroup
 from captioning.internals.errors import KitError
 from captioning.internals.locks import data_lock, training_lock
 from captioning.internals.optim import adam, load_optimizer_state, resume_learning_rate
+from captioning.internals.reuse import reuse_linear_outputs
 from captioning.models import DecoderWithAttention, DecoderWithRNN
 
 # A training loss this many times above ln(V) (a uniform guess) and the first epoch's mean has diverged: stop.
@@ -70,7 +71,8 @@ def decoder_scores(decoder, encoder_out, captions, caplens, fast=None):
     captions, caplens = captions.reshape(b * cpi, t), caplens.reshape(b * cpi)
     if fast is not None:
         return fast.scores(decoder, encoder_out, captions, caplens, group=cpi)
-    out = decoder(encoder_out.repeat_interleave(cpi, dim=0), captions, caplens)
+    with reuse_linear_outputs(decoder):  # the decoder's own code, without re-projecting the same rows per word
+        out = decoder(encoder_out.repeat_interleave(cpi, dim=0), captions, caplens)
     if decoder.has_attention:
         predictions, caps_sorted, decode_lengths, alphas, _ = out
     else:
