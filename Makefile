@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	rm -f outputs/nbval/*.metrics.json outputs/nbval/*checkpoint_*.pth.tar  # train afresh: a kept run is continued
-	$(NBVAL_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider tests $(NBVAL)
+	$(NBVAL_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests $(NBVAL)
 	$(NBVAL_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider tests/notebook_results.py
 
 notebooks: $(STAMP)

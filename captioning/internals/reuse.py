@@ -9,8 +9,9 @@ since — gets the matching rows of the remembered output instead of a new produ
 ``one_step`` and attention still run as written; the values are the same numbers (a slice of the same product),
 and autograd sums the gradients of the slices into the one product, as it would sum the per-step products'.
 
-This is how the student edition, which trains with the student's own decoder (no fast path), avoids most of the
-per-word cost without replacing any of the student's modules (issue "Fast where students actually run").
+This is how a run without the fast path (the student edition, which trains with the student's own decoder) avoids
+most of the per-word cost without replacing any of the student's modules. Memory written without autograd's
+version counter knowing (``tensor.data`` written in place) is not noticed: do not do that inside the block.
 """
 
 from __future__ import annotations
