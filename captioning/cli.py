@@ -323,7 +323,7 @@ def main(argv=None) -> int:
     from captioning.internals import threads
 
     threads.start()  # the idle CPUs are counted over the start-up (see run_command)
-    threads.prefer_passive_wait()  # before torch loads
+    threads.prefer_short_spin()  # before torch loads
     return run_command(parse_command_line(build_parser(), argv))
 
 

@@ -35,7 +35,7 @@ from captioning.check import require_todos  # noqa: F401  (the notebooks call nb
 from captioning.data.ensure import SHAPES_NAME, SHAPES_SETTINGS, data_summary, encoder_settings, ensure_data  # noqa: F401
 from captioning.evaluation.outputs import write_json as write_checked  # read back before the rename
 from captioning.internals.errors import KitError
-from captioning.internals.threads import prefer_passive_wait
+from captioning.internals.threads import prefer_short_spin
 
 # Text progress bars (no ipywidgets) redraw at most every 5 s (the per-epoch lines come about as often): a live
 # notebook gets a redraw or two per epoch instead of one per batch (a notebook executed through papermill by the kit's
@@ -44,7 +44,7 @@ from captioning.internals.threads import prefer_passive_wait
 # import and imports neither.
 if "tqdm" not in sys.modules:
     os.environ.setdefault("TQDM_MININTERVAL", "5")
-prefer_passive_wait()  # OpenMP threads that sleep, not spin, while they wait: set before torch loads (threads.py)
+prefer_short_spin()  # OpenMP threads spin briefly, then sleep, while they wait: set before torch loads (threads.py)
 
 # The notebooks' default output_dir, relative to notebooks/ (where Jupyter and nbval run them).
 DEFAULT_OUTPUT_DIR = "../outputs/notebooks"

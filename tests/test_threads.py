@@ -244,13 +244,14 @@ def test_the_governor_sets_torch_threads(torch_threads):
     assert gov.threads == 1 and torch.get_num_threads() == 1
 
 
-def test_passive_waits_are_preferred_before_torch_loads_and_the_environment_wins():
+def test_a_short_spin_is_preferred_before_torch_loads_and_the_environment_wins():
     env = {}
-    assert threads.prefer_passive_wait(env, modules={}) and env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    assert threads.prefer_passive_wait(env, modules={}) and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert threads.prefer_short_spin(env, modules={}) and env == {"GOMP_SPINCOUNT": "10000"}
+    for given in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "0"}):
+        env = dict(given)
+        assert threads.prefer_short_spin(env, modules={}) and env == given
     env = {}
-    assert not threads.prefer_passive_wait(env, modules={"torch": torch}) and env == {}  # too late: unchanged
+    assert not threads.prefer_short_spin(env, modules={"torch": torch}) and env == {}  # too late: unchanged
 
 
 def test_the_command_line_adapts_only_while_its_command_runs(torch_threads, monkeypatch):

@@ -134,21 +134,29 @@ def check_wait_policy(environ=os.environ):
     return raw.upper()
 
 
-def prefer_passive_wait(environ=os.environ, modules=None):
-    """Before torch is imported: ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it. Returns whether the
-    setting can still take effect (OpenMP reads it once, when torch loads it).
+SPINCOUNT = "10000"  # GNU OpenMP's busy-wait rounds before a waiting thread sleeps (its default: 300,000)
 
-    Why: by default each OpenMP thread that reaches the end of an operation spins (GNU OpenMP: 300,000 rounds,
-    milliseconds) waiting for the others; when one of them is descheduled by another process, the others burn the
-    CPU it needs. With two fixed threads beside other busy processes one short training run took 42-60 s spinning
-    and 9-11 s passive (``benchmarks/contention.py``, docs/results.md, *Contention*). The kit's own choice of threads
-    goes down to one under load, where there is nothing to wait for; this covers a fixed ``threads`` and the
-    moments before the threads are lowered."""
+
+def prefer_short_spin(environ=os.environ, modules=None):
+    """Before torch is imported: ``GOMP_SPINCOUNT=10000`` unless the environment sets it or ``OMP_WAIT_POLICY``.
+    Returns whether the setting can still take effect (OpenMP reads it once, when torch loads it).
+
+    Why: at the end of each operation an OpenMP thread waits for the others. By default it spins for 300,000 rounds
+    (milliseconds): when one thread is descheduled by another process, the others burn the CPU it needs — with two
+    fixed threads beside other busy processes a short training run took 42-60 s spinning, 9-11 s passive, 13-20 s
+    with 10,000 rounds. Never spinning (``OMP_WAIT_POLICY=PASSIVE``) costs the most when the machine is idle: a thread
+    that sleeps between the many small operations of a decoder step is woken for each, and an attention-decoder
+    epoch of the notebooks' recipe took 51-61 s passive, 25-36 s with the default spin and 24-28 s with 10,000 rounds
+    (docs/results.md, *The wait policy*). A short spin is the best of both. The kit's own choice of threads goes
+    down to one under load, where there is nothing to wait for; this covers a fixed ``threads`` and the moments
+    before the threads are lowered. (LLVM's OpenMP, e.g. on macOS, reads ``KMP_BLOCKTIME`` instead; left as it is.)
+    """
     import sys
 
     if "torch" in (sys.modules if modules is None else modules):
         return False
-    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in environ:
+        environ.setdefault("GOMP_SPINCOUNT", SPINCOUNT)
     return True
 
 
