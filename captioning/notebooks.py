@@ -332,18 +332,12 @@ def write_metrics(path, metrics):
     return path
 
 
-def caption_metrics(path, res, checkpoint, beam_size, env):
-    """What caption.ipynb writes: the latest image's caption at the top level (``image``, ``caption``, ``words``,
-    ``beta`` — the adaptive decoder's sentinel share per word) and every image captioned with this checkpoint under
-    ``images`` (by path), so that captioning a second image does not lose the first."""
-    entry = {
-        "image": res["path"],
-        "caption": " ".join(res["words"]),
-        "words": res["words"],
-        "finished": res["finished"],
-        "beam_size": beam_size,
-        "beta": res["alphas"][:, -1] if res["decoder"] == "adaptive" else None,
-    }
+def caption_metrics(path, results, checkpoint, beam_size, env):
+    """What caption.ipynb writes, once for all the images it showed (``results``: one result of ``caption_images``
+    or a list of them): the last image's caption at the top level (``image``, ``caption``, ``words``, ``beta`` — the
+    adaptive decoder's sentinel share per word) and every image captioned with this checkpoint under ``images`` (by
+    path), so that captioning a second image does not lose the first."""
+    results = [results] if isinstance(results, dict) else list(results)
     images = {}
     if os.path.isfile(path):
         try:
@@ -353,7 +347,16 @@ def caption_metrics(path, res, checkpoint, beam_size, env):
                 images = old.get("images") or {}
         except (OSError, ValueError):
             pass  # unreadable: start afresh
-    images[res["path"]] = {k: v for k, v in entry.items() if k != "image"}
+    for res in results:
+        entry = {
+            "image": res["path"],
+            "caption": " ".join(res["words"]),
+            "words": res["words"],
+            "finished": res["finished"],
+            "beam_size": beam_size,
+            "beta": res["alphas"][:, -1] if res["decoder"] == "adaptive" else None,
+        }
+        images[res["path"]] = {k: v for k, v in entry.items() if k != "image"}
     return {**entry, "decoder": res["decoder"], "checkpoint": checkpoint, "images": images, "env": env}
 
 

@@ -298,6 +298,9 @@ def test_caption_metrics_keep_every_image_of_the_same_checkpoint(tmp_path):
     write_metrics(path, m)
     m = caption_metrics(str(path), res("c.jpg", ["a", "cross"]), "ck2", 5, {})  # another checkpoint: start afresh
     assert set(m["images"]) == {"c.jpg"}
+    # the notebook shows two images and writes once for both: the last at the top level
+    m = caption_metrics(str(path), [res("d.jpg", ["a", "star"]), res("e.jpg", ["a", "circle"])], "ck2", 5, {})
+    assert m["image"] == "e.jpg" and set(m["images"]) == {"d.jpg", "e.jpg"}
 
 
 def test_decoder_parameter_and_checkpoint_lookup(tmp_path):
