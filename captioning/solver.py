@@ -60,8 +60,7 @@ def decoder_scores(decoder, encoder_out, captions, caplens, fast=None):
     """Run a decoder with teacher forcing on a batch grouped by image.
 
     Args:
-        encoder_out: (B, S, S, C) — one row per *image*.
-        captions: (B, cpi, T); caplens: (B, cpi).
+        encoder_out: (B, S, S, C) — one row per *image*; captions: (B, cpi, T); caplens: (B, cpi).
         fast: a ``fast_path`` plug-in (``captioning.internals.plugins``) to compute the same numbers with, or None.
     Returns:
         scores: (sum of decode lengths, V) packed predictions; targets: (same,) word indices;
