@@ -28,20 +28,14 @@ import time
 
 from _common import THREADS_HELP, load_note, setup, table
 
-FUNCTION_WORDS = ("a", "an", "the", "of", "to", "with", "and", "is", "are", "there", "on")
-
 
 def word_classes(word_map):
-    """word index → "shape/colour" | "function" | "other" for every word of ``word_map`` but the special tokens."""
-    from captioning.data.shapes import COLORS, PLURAL, SHAPES
+    """word index → "shape/colour" | "function" | "other" (``captioning.evaluation.metrics.word_class``) for every
+    word of ``word_map`` but the special tokens."""
+    from captioning.evaluation.metrics import word_class
 
-    visual = {*SHAPES, *PLURAL.values(), *COLORS}
     special = {"<pad>", "<unk>", "<start>", "<end>"}
-    return {
-        i: "shape/colour" if w in visual else "function" if w in FUNCTION_WORDS else "other"
-        for w, i in word_map.items()
-        if w not in special
-    }
+    return {i: word_class(w) for w, i in word_map.items() if w not in special}
 
 
 def mean_beta(checkpoint, split):

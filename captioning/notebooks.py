@@ -293,6 +293,10 @@ def bleu_table(result):
             "",
             f"pointing game: {g['all']:.3f} of {g['n_words']} shape/colour words hit (chance {g['chance']:.3f})",
         ]
+    b = result.get("beta_by_class")
+    if b:  # the adaptive decoder: 1 = the word came from the language model, 0 = from the image
+        shares = ", ".join(f"{k} {v['beta']:.2f} ({v['n']} words)" for k, v in b.items() if v["beta"] is not None)
+        lines += ["", f"mean β (the sentinel's share) of the generated words: {shares}"]
     return "\n".join(lines)
 
 

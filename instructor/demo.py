@@ -200,6 +200,7 @@ def _summary(p, info, pretraining, runs, tests, examples, total_minutes):
             "best_val_bleu4": run["fit"]["best_bleu4"],
             **{k: t[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4")},
             "grounding": t["grounding"],
+            "beta_by_class": t.get("beta_by_class"),  # the adaptive decoder: when it looked
             "checkpoint": run["fit"]["best_checkpoint"],
         }
     return summary
@@ -228,6 +229,12 @@ def _caption_examples(out, raw, karpathy, runs, p, caption_images, caption_figur
         ):
             name = f"{decoder}_{os.path.splitext(os.path.basename(res['path']))[0]}.png"
             save(caption_figure(res), os.path.join(fig_dir, name))
+            if res["decoder"] == "adaptive":  # β per word beside the maps (Lu et al. 2017, Fig. 1 style)
+                from captioning.evaluation.beta_figure import beta_figure
+                from captioning.evaluation.metrics import word_class
+
+                visual = {w for w in res["words"] if word_class(w) == "shape/colour"}
+                save(beta_figure(res["words"], res["alphas"][:, -1], visual), os.path.join(fig_dir, f"beta_{name}"))
             examples.append(
                 {
                     "decoder": decoder,

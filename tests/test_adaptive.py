@@ -157,3 +157,56 @@ def test_beta_figure_draws_one_bar_per_word():
         beta_figure(words, [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match=r"betas\[1\].*'red'"):
         beta_figure(words, [0.1, 1.5, 0.1, 0.1, 0.1, 0.1, 0.1])
+
+
+def test_word_classes_and_beta_by_class():
+    from captioning.evaluation.metrics import beta_by_class, word_class
+
+    assert [word_class(w) for w in ("red", "stars", "cross", "a", "of", "small", "picture")] == [
+        "shape/colour",
+        "shape/colour",
+        "shape/colour",
+        "function",
+        "function",
+        "other",
+        "other",
+    ]
+    al = torch.zeros(4, 6)
+    al[:, -1] = torch.tensor([0.9, 0.1, 0.3, 0.5])
+    got = beta_by_class([["a", "red", "circle", "small"], ["a"]], [al, None])
+    assert got["function"] == {"beta": pytest.approx(0.9), "n": 1}
+    assert got["shape/colour"] == {"beta": pytest.approx(0.2), "n": 2}
+    assert got["other"] == {"beta": pytest.approx(0.5), "n": 1}
+
+
+def test_test_reports_beta_by_word_class_for_the_adaptive_decoder(shapes_data, tmp_path):
+    """evaluate (what test.ipynb and `captioning test` run) gives β by word class of the generated words, and the
+    notebook's table prints it."""
+    from captioning.evaluation.evaluate import evaluate
+    from captioning.notebooks import bleu_table
+    from captioning.solver import fit
+
+    cfg = dict(
+        data_folder=str(shapes_data.data_folder),
+        data_name=shapes_data.data_name,
+        decoder="adaptive",
+        encoder_weights=None,
+        encoded_image_size=2,
+        embed_dim=16,
+        decoder_dim=24,
+        attention_dim=16,
+        batch_size=40,
+        epochs=1,
+        workers=0,
+        print_freq=0,
+        output_dir=str(tmp_path),
+        recalibrate_images=40,
+        progress=False,
+        device="cpu",
+    )
+    res = evaluate(fit(cfg)["best_checkpoint"], "TEST", beam_size=2, progress=False, coco=False, keep_alphas=True)
+    by_class = res["beta_by_class"]
+    words = sum(len(a) for a in res["alphas"])
+    assert set(by_class) == {"shape/colour", "function", "other"} and sum(v["n"] for v in by_class.values()) == words
+    assert all(v["beta"] is None or 0 <= v["beta"] <= 1 for v in by_class.values())
+    assert "mean β (the sentinel's share) of the generated words" in bleu_table(res)

@@ -27,11 +27,12 @@ def test_demo_tiny(tmp_path, capsys):
             "pretrain_epochs=1",
             "dropout=0.2",
             "alpha_c=0.5",
+            "decoders=rnn,attention,adaptive",
         ]
     )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["decoders"]) == {"rnn", "attention"}
+    assert set(summary["decoders"]) == {"rnn", "attention", "adaptive"}
     pre = summary["encoder_pretraining"]  # the default encoder: shapes_cnn pretrained on the boxes first
     assert pre["epochs"] == 1 and (out / "data" / "shapes_cnn.pth").exists()
     assert 0 <= pre["val_accuracy"]["shape"] <= 1
@@ -45,6 +46,10 @@ def test_demo_tiny(tmp_path, capsys):
     assert cfgs["rnn"]["encoder_weights"] == cfgs["attention"]["encoder_weights"] == pre["path"]
     figs = {p.name for p in (out / "figures").iterdir()}
     assert "training_curves.png" in figs and "attention_astronaut.png" in figs and "rnn_astronaut.png" in figs
+    # the adaptive decoder: β per word beside its maps, and β by word class in the summary
+    assert "adaptive_astronaut.png" in figs and "beta_adaptive_astronaut.png" in figs
+    assert set(summary["decoders"]["adaptive"]["beta_by_class"]) == {"shape/colour", "function", "other"}
+    assert summary["decoders"]["rnn"]["beta_by_class"] is None
     assert (out / "report" / "report.md").exists() and (out / "report" / "report.html").stat().st_size > 1000
     assert "| rnn |" in capsys.readouterr().out
 

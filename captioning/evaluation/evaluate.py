@@ -20,7 +20,7 @@ from captioning.data.features import build_feature_cache
 from captioning.datasets import ImageCaptions, load_word_map, normalize, split_paths
 from captioning.decoding import beam_search, decode_words, words_and_alphas
 from captioning.evaluation import familiarity
-from captioning.evaluation.metrics import bleu, strip_special
+from captioning.evaluation.metrics import beta_by_class, bleu, strip_special
 from captioning.evaluation.outputs import check_file, write_json
 from captioning.internals import threads
 from captioning.internals.errors import KitError
@@ -95,6 +95,9 @@ def evaluate(
         result["grounding"] = grounding(hyps, all_alphas, objects, rev, data.image_shape[-1])
         for row, hits in zip(rows, result["grounding"].pop("per_image")):
             row["pointing"] = hits
+    if result["decoder"] == "adaptive":  # how much of each kind of word came from the image (Lu et al. 2017)
+        words = [[rev[i] for i in h] for h in hyps]
+        result["beta_by_class"] = beta_by_class(words, all_alphas)
     result["coco"] = _coco(rows) if coco else None
     result["captions"] = rows
     if out:

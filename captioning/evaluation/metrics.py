@@ -1,4 +1,5 @@
-"""Scores: top-k accuracy for training logs and BLEU-1..4 (nltk ``corpus_bleu``, all references per image).
+"""Scores: top-k accuracy for training logs, BLEU-1..4 (nltk ``corpus_bleu``, all references per image), and the
+adaptive decoder's β by word class.
 
 nltk is imported on the first BLEU, not with this module: the kit (training, the fast path, the GPU check's
 imports) then loads on a machine without nltk, and only computing BLEU needs it."""
@@ -79,3 +80,35 @@ def bleu(references, hypotheses):
     with warnings.catch_warnings():  # nltk warns when a short corpus has no 4-gram match; 0 is the right score
         warnings.simplefilter("ignore", UserWarning)
         return {k: float(corpus_bleu(references, hypotheses, weights=w)) for k, w in BLEU_WEIGHTS.items()}
+
+
+# The shapes vocabulary's word classes, for β: the words that name what is in the image, and the words no image
+# decides. Everything else (sizes, counts, relations, the background's tone, "picture") is "other".
+FUNCTION_WORDS = ("a", "an", "the", "of", "to", "with", "and", "is", "are", "there", "on")
+CLASSES = ("shape/colour", "function", "other")
+
+
+def word_class(word):
+    """ "shape/colour" (a shape, its plural or a colour of the shapes data), "function" or "other"."""
+    from captioning.data.shapes import COLORS, PLURAL, SHAPES
+
+    if word in SHAPES or word in PLURAL.values() or word in COLORS:
+        return "shape/colour"
+    return "function" if word in FUNCTION_WORDS else "other"
+
+
+def beta_by_class(captions, alphas):
+    """Mean β of generated words by :func:`word_class`.
+
+    Args: captions: per image, its words (list of str); alphas: per image, the (len(words), P + 1) maps of the
+        adaptive decoder (the last column is β), or None.
+    Returns: {class: {"beta": mean β or None, "n": words}} for each of ``CLASSES``.
+    """
+    sums = {k: [0.0, 0] for k in CLASSES}
+    for words, al in zip(captions, alphas):
+        if al is None:
+            continue
+        for word, beta in zip(words, al[:, -1].tolist()):
+            s = sums[word_class(word)]
+            s[0], s[1] = s[0] + beta, s[1] + 1
+    return {k: {"beta": s / n if n else None, "n": n} for k, (s, n) in sums.items()}
