@@ -27,10 +27,11 @@ SMALL_STAR = {"shape": "star", "color": "yellow", "size": "small", "bbox": [16, 
 def test_named_objects_reads_count_size_colour_shape():
     words = "there are two small red circles beside a big blue square and a green star".split()
     assert named_objects(words) == {
-        ("red", "circle"): (2, "small"),
-        ("blue", "square"): (1, "large"),
-        ("green", "star"): (1, None),
+        ("red", "circle"): (2, ("small", "small")),
+        ("blue", "square"): (1, ("large",)),
+        ("green", "star"): (1, ()),
     }
+    assert named_objects("a large blue star and a blue star".split()) == {("blue", "star"): (2, ("large",))}
 
 
 def test_judge_by_objects_names_each_mistake():
@@ -49,6 +50,12 @@ def test_judge_by_objects_names_each_mistake():
         "does not name the yellow star",
     ]
     assert judge("a small red circle and a yellow star", [], objs)["kind"] == "wrong size"
+    # two phrases of one colour and shape: a size given for one of them is checked against one of the objects
+    stars = [dict(SMALL_STAR, color="blue"), dict(SMALL_STAR, color="blue", size="large")]
+    assert judge("a large blue star and a blue star", [], stars)["right"]
+    assert judge("a large blue star and a small blue star", [], stars)["right"]
+    two_large = judge("two large blue stars", [], stars)
+    assert two_large["kind"] == "wrong size" and two_large["reasons"] == ["says large blue star, it is large and small"]
     # without object records: word for word one of the references
     assert judge("a red circle", ["a red circle", "red circle"])["right"]
     assert judge("a red ball", ["a red circle"])["kind"] == "not a reference"

@@ -32,9 +32,10 @@ _SIZE = {w: size for size, words in SIZE_WORDS.items() for w in words}
 
 # ------------------------------------------------------------------------------------------------ the rule
 def named_objects(words):
-    """The object phrases of a caption: {(colour, shape): (count, size or None)}. A phrase is a colour word
-    followed by a shape word, after an optional size word and count word ("two small red circles"); a plural
-    without a count word counts 2."""
+    """The object phrases of a caption: {(colour, shape): (count, sizes)}, ``sizes`` a tuple with the size of each
+    object a phrase gave one ("two small red circles": ("small", "small")). A phrase is a colour word followed by a
+    shape word, after an optional size word and count word; a plural without a count word counts 2. Phrases of the
+    same colour and shape add up: "a large blue star and a blue star" is (2, ("large",))."""
     found = {}
     for i, word in enumerate(words):
         shape = word if word in SHAPES else _SINGULAR.get(word)
@@ -44,8 +45,8 @@ def named_objects(words):
         size = _SIZE.get(words[j]) if j >= 0 else None
         j -= size is not None
         count = 1 if word in SHAPES else _COUNT.get(words[j], 2) if j >= 0 else 2
-        old = found.get((words[i - 1], shape), (0, None))
-        found[(words[i - 1], shape)] = (old[0] + count, size or old[1])
+        old = found.get((words[i - 1], shape), (0, ()))
+        found[(words[i - 1], shape)] = (old[0] + count, old[1] + ((size,) * count if size else ()))
     return found
 
 
@@ -63,17 +64,18 @@ def judge(caption, references, objects=None):
         return {"right": False, "reasons": [f"not one of its {len(references)} references"], "kind": "not a reference"}
     said = named_objects(caption.split())
     shown = Counter((o["color"], o["shape"]) for o in objects)
-    sizes = {key: {o.get("size") for o in objects if (o["color"], o["shape"]) == key} for key in shown}
+    sizes = {key: Counter(o.get("size") for o in objects if (o["color"], o["shape"]) == key) for key in shown}
     reasons = []
-    for (color, shape), (count, size) in said.items():
+    for (color, shape), (count, said_sizes) in said.items():
         if (color, shape) not in shown:
             reasons.append(("object not in the image", f"no {color} {shape} in the image"))
         elif count != shown[(color, shape)]:
             has = _phrase(shown[(color, shape)], color, shape)
             reasons.append(("wrong count", f"says {_phrase(count, color, shape)}, the image has {has}"))
-        elif size is not None and sizes[(color, shape)] != {size}:
-            actual = " and ".join(sorted(map(str, sizes[(color, shape)])))
-            reasons.append(("wrong size", f"says {size} {color} {shape}, it is {actual}"))
+        elif Counter(said_sizes) - sizes[(color, shape)]:  # a size said of more objects than have it
+            wrong = sorted((Counter(said_sizes) - sizes[(color, shape)]).elements())[0]
+            actual = " and ".join(sorted(map(str, sizes[(color, shape)].elements())))
+            reasons.append(("wrong size", f"says {wrong} {color} {shape}, it is {actual}"))
     for color, shape in shown:
         if (color, shape) not in said:
             n = shown[(color, shape)]
