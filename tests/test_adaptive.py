@@ -197,6 +197,8 @@ def test_test_reports_beta_by_word_class_for_the_adaptive_decoder(shapes_data, t
         attention_dim=16,
         batch_size=40,
         epochs=1,
+        max_train_images=10,
+        max_val_images=4,
         workers=0,
         print_freq=0,
         output_dir=str(tmp_path),
@@ -204,7 +206,9 @@ def test_test_reports_beta_by_word_class_for_the_adaptive_decoder(shapes_data, t
         progress=False,
         device="cpu",
     )
-    res = evaluate(fit(cfg)["best_checkpoint"], "TEST", beam_size=2, progress=False, coco=False, keep_alphas=True)
+    res = evaluate(
+        fit(cfg)["best_checkpoint"], "TEST", beam_size=2, max_images=4, progress=False, coco=False, keep_alphas=True
+    )
     by_class = res["beta_by_class"]
     words = sum(len(a) for a in res["alphas"])
     assert set(by_class) == {"shape/colour", "function", "other"} and sum(v["n"] for v in by_class.values()) == words
