@@ -29,41 +29,33 @@ import time
 from _common import THREADS_HELP, load_note, setup, table
 
 
-def word_classes(word_map):
-    """word index → "shape/colour" | "function" | "other" (``captioning.evaluation.metrics.word_class``) for every
-    word of ``word_map`` but the special tokens."""
-    from captioning.evaluation.metrics import word_class
-
-    special = {"<pad>", "<unk>", "<start>", "<end>"}
-    return {i: word_class(w) for w, i in word_map.items() if w not in special}
-
-
 def mean_beta(checkpoint, split):
-    """β averaged over the ``split`` references' words of each class of ``word_classes`` (teacher forcing)."""
+    """β averaged over the ``split`` references' words of each class of ``captioning.evaluation.metrics.word_class``
+    (teacher forcing; the special tokens left out): {class: mean β or None}."""
     import torch
 
     from captioning.checkpoints import load_checkpoint
     from captioning.data.features import build_feature_cache
     from captioning.datasets import ImageCaptions
+    from captioning.evaluation.metrics import beta_by_class
     from captioning.solver import models_from_checkpoint
 
     encoder, decoder, word_map, cfg = models_from_checkpoint(load_checkpoint(checkpoint))
-    classes = word_classes(word_map)
+    rev = {i: w for w, i in word_map.items()}
+    special = {"<pad>", "<unk>", "<start>", "<end>"}
     feats = build_feature_cache(encoder, cfg["data_folder"], cfg["data_name"], split, progress=False)
     data = ImageCaptions(cfg["data_folder"], cfg["data_name"], split, features=feats)
-    sums = {k: [0.0, 0] for k in ("shape/colour", "function", "other")}
+    words, maps = [], []
     with torch.no_grad():
         for i in range(len(data)):
             x, caps, lens = data[i]
             enc = encoder.pool(x.float()[None]).expand(caps.size(0), -1, -1, -1)
             _, caps_sorted, dec_lens, alphas, _ = decoder(enc, caps, lens)
             for row, n in enumerate(dec_lens):
-                for t in range(n):
-                    key = classes.get(int(caps_sorted[row, t + 1]))
-                    if key is not None:
-                        sums[key][0] += float(alphas[row, t, -1])
-                        sums[key][1] += 1
-    return {k: s / n if n else None for k, (s, n) in sums.items()}
+                keep = [t for t in range(n) if rev[int(caps_sorted[row, t + 1])] not in special]
+                words.append([rev[int(caps_sorted[row, t + 1])] for t in keep])
+                maps.append(alphas[row, keep])
+    return {k: v["beta"] for k, v in beta_by_class(words, maps).items()}
 
 
 def run_one(design, seed, epochs, split, out, data, enc):

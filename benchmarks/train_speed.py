@@ -164,17 +164,22 @@ def check_same_loss(kit_dec, course_dec, cfg, batch, what):
     assert grad_rel[worst] < 1e-2, f"{what}: the gradients of {worst} differ ({grad_rel[worst]:.2g})"
 
 
-def decoder_throughput(kind, args):
-    vocab = args.vocab
-    n_img, cpi = args.batch_size // 5, 5
-    cfg = make_cfg(kind)
-    dcfg = {
-        "vocab_size": vocab,
+def decoder_sizes(args):
+    """The decoders' constructor cfg at the benchmark's sizes (course: 512 everywhere, dropout 0.5)."""
+    return {
+        "vocab_size": args.vocab,
         "embed_dim": args.dim,
         "attention_dim": args.dim,
         "decoder_dim": args.dim,
         "dropout": 0.5,
     }
+
+
+def decoder_throughput(kind, args):
+    vocab = args.vocab
+    n_img, cpi = args.batch_size // 5, 5
+    cfg = make_cfg(kind)
+    dcfg = decoder_sizes(args)
     torch.manual_seed(0)
     kit_dec = (DecoderWithAttention if kind == "attention" else DecoderWithRNN)(dcfg, encoder_dim=2048)
     course_dec = copy.deepcopy(kit_dec)

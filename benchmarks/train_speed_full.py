@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from _common import Timer, table
 from torch.utils.data import DataLoader, Dataset
-from train_speed import COCO_CAPTIONS, course_loss, kit_loss, make_batches, make_cfg, update
+from train_speed import COCO_CAPTIONS, course_loss, decoder_sizes, kit_loss, make_batches, make_cfg, update
 
 from captioning.datasets import ImageCaptions, normalize
 from captioning.internals.optim import adam
@@ -68,13 +68,7 @@ def full_step(args):
     vocab, cpi = args.vocab, 5
     n_img = max(32, (args.cached_batches + 1) * (args.batch_size // cpi))
     cfg = make_cfg("attention")
-    dcfg = {
-        "vocab_size": vocab,
-        "embed_dim": args.dim,
-        "attention_dim": args.dim,
-        "decoder_dim": args.dim,
-        "dropout": 0.5,
-    }
+    dcfg = decoder_sizes(args)
     print(
         f"(c) full training step, frozen encoder, attention decoder as in (a); {n_img} synthetic 256x256 "
         f"images x {cpi} captions on disk"

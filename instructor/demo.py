@@ -230,11 +230,9 @@ def _caption_examples(out, raw, karpathy, runs, p, caption_images, caption_figur
             name = f"{decoder}_{os.path.splitext(os.path.basename(res['path']))[0]}.png"
             save(caption_figure(res), os.path.join(fig_dir, name))
             if res["decoder"] == "adaptive":  # β per word beside the maps (Lu et al. 2017, Fig. 1 style)
-                from captioning.evaluation.beta_figure import beta_figure
-                from captioning.evaluation.metrics import word_class
+                from captioning.evaluation.beta_figure import caption_beta_figure
 
-                visual = {w for w in res["words"] if word_class(w) == "shape/colour"}
-                save(beta_figure(res["words"], res["alphas"][:, -1], visual), os.path.join(fig_dir, f"beta_{name}"))
+                save(caption_beta_figure(res), os.path.join(fig_dir, f"beta_{name}"))
             examples.append(
                 {
                     "decoder": decoder,

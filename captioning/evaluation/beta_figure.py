@@ -76,3 +76,12 @@ def beta_figure(words, betas, visual_words=None, title=None, ax=None, width_per_
     ax.set_title(" ".join(words) if title is None else title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def caption_beta_figure(res):
+    """:func:`beta_figure` of one ``caption_images`` result of the adaptive decoder, its shape and colour words
+    (``metrics.word_class``) drawn in orange: what caption.ipynb shows and the demo saves beside the maps."""
+    from captioning.evaluation.metrics import word_class
+
+    visual = {w for w in res["words"] if word_class(w) == "shape/colour"}
+    return beta_figure(res["words"], res["alphas"][:, -1], visual)

@@ -72,8 +72,8 @@ def judge(caption, references, objects=None):
         elif count != shown[(color, shape)]:
             has = _phrase(shown[(color, shape)], color, shape)
             reasons.append(("wrong count", f"says {_phrase(count, color, shape)}, the image has {has}"))
-        elif Counter(said_sizes) - sizes[(color, shape)]:  # a size said of more objects than have it
-            wrong = sorted((Counter(said_sizes) - sizes[(color, shape)]).elements())[0]
+        elif surplus := Counter(said_sizes) - sizes[(color, shape)]:  # a size said of more objects than have it
+            wrong = min(surplus)
             actual = " and ".join(sorted(map(str, sizes[(color, shape)].elements())))
             reasons.append(("wrong size", f"says {wrong} {color} {shape}, it is {actual}"))
     for color, shape in shown:
