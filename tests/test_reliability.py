@@ -143,6 +143,18 @@ def test_an_unreadable_partial_cache_is_rebuilt(shapes_data, tmp_path):
         assert f["features"].shape[0] == 10
 
 
+def test_a_data_folder_reached_through_a_symlink_shares_its_cache(shapes_data, tmp_path):
+    """Two runs naming one folder by two paths: the second finds the first's cache (it once took it for stale and
+    removed it while the first was reading it)."""
+    data = copy_data(shapes_data, tmp_path / "data")
+    os.symlink(data, tmp_path / "link")
+    enc = Encoder(2, weights=None, arch="shapes_cnn")
+    path = build_feature_cache(enc, data, shapes_data.data_name, "VAL", progress=False)
+    stamp = os.stat(path).st_mtime_ns
+    via_link = build_feature_cache(enc, tmp_path / "link", shapes_data.data_name, "VAL", progress=False)
+    assert os.path.samefile(path, via_link) and os.stat(path).st_mtime_ns == stamp  # found, not rebuilt
+
+
 def test_a_second_run_waits_for_the_cache_the_first_builds(shapes_data, tmp_path, capsys):
     data = copy_data(shapes_data, tmp_path / "data")
     enc = Encoder(2, weights=None, arch="shapes_cnn")

@@ -43,7 +43,9 @@ def cache_key(images_path, encoder):
     return json.dumps(
         {
             "version": CACHE_VERSION,
-            "images": os.path.abspath(images_path),
+            # the real path: one data folder reached through a symlink and directly is one cache, not two runs
+            # taking each other's for stale and rebuilding it under a reader's feet
+            "images": os.path.realpath(images_path),
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
             "arch": encoder.arch,
@@ -147,7 +149,7 @@ def recalibrate_once(encoder, data_folder, data_name, n_images, progress=True):
     key = json.dumps(
         {
             "version": CACHE_VERSION,
-            "images": os.path.abspath(images_path),
+            "images": os.path.realpath(images_path),
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
             "arch": encoder.arch,
