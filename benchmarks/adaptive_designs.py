@@ -15,6 +15,10 @@ Screen on VAL (the test split chooses nothing), then run the chosen design on TE
     python benchmarks/adaptive_designs.py --designs look,look_word --seeds 0 --epochs 4 --split VAL
     python benchmarks/adaptive_designs.py --designs attention,look --seeds 0,1,2 --split TEST
 
+Where β goes word by word (``--words`` a checkpoint of the runs): β per word and per pair (word before → word):
+
+    python benchmarks/adaptive_designs.py --words OUT/sat_cost_anneal_seed0_ep2/BEST_checkpoint_….pth.tar
+
 Each result is also appended to ``--out``/results.jsonl and not trained again for the same design, seed, epochs and
 split (``--again`` retrains), so an interrupted run continues where it stopped. Nothing is asserted.
 """
@@ -29,15 +33,14 @@ import time
 from _common import THREADS_HELP, load_note, setup, table
 
 
-def mean_beta(checkpoint, split):
-    """β averaged over the ``split`` references' words of each class of ``captioning.evaluation.metrics.word_class``
-    (teacher forcing; the special tokens left out): {class: mean β or None}."""
+def teacher_forced(checkpoint, split, max_images=None):
+    """The ``split`` references decoded with teacher forcing by an adaptive checkpoint: per caption, its words (the
+    special tokens left out), the word before each and the (len(words), P + 1) attention of each."""
     import torch
 
     from captioning.checkpoints import load_checkpoint
     from captioning.data.features import build_feature_cache
     from captioning.datasets import ImageCaptions
-    from captioning.evaluation.metrics import beta_by_class
     from captioning.solver import models_from_checkpoint
 
     encoder, decoder, word_map, cfg = models_from_checkpoint(load_checkpoint(checkpoint))
@@ -45,17 +48,43 @@ def mean_beta(checkpoint, split):
     special = {"<pad>", "<unk>", "<start>", "<end>"}
     feats = build_feature_cache(encoder, cfg["data_folder"], cfg["data_name"], split, progress=False)
     data = ImageCaptions(cfg["data_folder"], cfg["data_name"], split, features=feats)
-    words, maps = [], []
+    words, before, maps = [], [], []
     with torch.no_grad():
-        for i in range(len(data)):
+        for i in range(min(len(data), max_images or len(data))):
             x, caps, lens = data[i]
             enc = encoder.pool(x.float()[None]).expand(caps.size(0), -1, -1, -1)
             _, caps_sorted, dec_lens, alphas, _ = decoder(enc, caps, lens)
             for row, n in enumerate(dec_lens):
                 keep = [t for t in range(n) if rev[int(caps_sorted[row, t + 1])] not in special]
                 words.append([rev[int(caps_sorted[row, t + 1])] for t in keep])
+                before.append([rev[int(caps_sorted[row, t])] for t in keep])
                 maps.append(alphas[row, keep])
+    return words, before, maps
+
+
+def mean_beta(checkpoint, split):
+    """β averaged over the ``split`` references' words of each class of ``captioning.evaluation.metrics.word_class``
+    (teacher forcing; the special tokens left out): {class: mean β or None}."""
+    from captioning.evaluation.metrics import beta_by_class
+
+    words, _, maps = teacher_forced(checkpoint, split)
     return {k: v["beta"] for k, v in beta_by_class(words, maps).items()}
+
+
+def print_words(checkpoint, split, top=30):
+    """β per word and per (word before → word) pair, the ``top`` most frequent of each, on ``split``."""
+    from collections import defaultdict
+
+    words, before, maps = teacher_forced(checkpoint, split)
+    by_word, by_pair = defaultdict(list), defaultdict(list)
+    for ws, bs, al in zip(words, before, maps):
+        for w, b, beta in zip(ws, bs, al[:, -1].tolist()):
+            by_word[w].append(beta)
+            by_pair[f"{b} → {w}"].append(beta)
+    for title, d in (("word", by_word), ("word before → word", by_pair)):
+        rows = sorted(d.items(), key=lambda kv: -len(kv[1]))[:top]
+        print(table([title, "n", "mean β"], [[k, str(len(v)), f"{sum(v) / len(v):.2f}"] for k, v in rows]))
+        print()
 
 
 def run_one(design, seed, epochs, split, out, data, enc):
@@ -123,7 +152,10 @@ def main():
     p.add_argument("--out", default="outputs/bench_adaptive_designs")
     p.add_argument("--again", action="store_true", help="retrain results already in --out/results.jsonl")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--words", metavar="CHECKPOINT", help="print β per word of this adaptive checkpoint on --split")
     a = p.parse_args()
+    if a.words:
+        return print_words(a.words, a.split)
     designs = [d for d in a.designs.split(",") if d]
     for d in designs:
         if d != "attention" and d not in DESIGNS:

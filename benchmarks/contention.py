@@ -13,7 +13,10 @@ models, then start ``fit`` together; each reports its ``fit`` wall time, shown a
 same side. On M idle cores N equal copies ideally take about max(1, N/M)x solo each; issue 30's target on 2 cores:
 2 copies <= 2.5x, 4 copies <= 5x. Other sides (``--sides``): ``fixed2`` (2 threads, the kit's short spin), ``fixed1``,
 ``kit-spin`` (the kit's threads with OpenMP's default spinning), ``kit-passive`` and ``fixed2-passive`` (never
-spinning: the kit's default before), ``fixed2-spin10k`` (the same as ``fixed2``, named as measured before).
+spinning: the kit's default before), ``fixed2-spin10k`` (the same as ``fixed2``, named as measured before), and
+``tutorial``: the public tutorial's procedure (``tutorial_procedure.py``: a random ResNet-101 run on every caption's
+image, the course's sizes) for one epoch over the same TRAIN images plus its validation, with torch's and OpenMP's
+defaults — issue 30's comparison; its solo time is its own, far longer than the kit's.
 
 Noise: every other process on the machine competes too; the load average is printed before and after each round.
 """
@@ -45,6 +48,9 @@ SIDES = {
     "fixed1": (1, {}),
     "kit-spin": (None, {"GOMP_SPINCOUNT": "300000"}),  # the kit's threads with OpenMP's default spinning
     "fixed2-spin10k": (2, {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"}),
+    # the public tutorial's procedure (tutorial_procedure.py: per-caption encoding with a random ResNet-101, course
+    # sizes), with torch's and OpenMP's defaults as its users run it: 2 threads on 2 cores, spinning waits
+    "tutorial": (2, {"GOMP_SPINCOUNT": None, "OMP_WAIT_POLICY": None}),
 }
 
 
@@ -98,7 +104,10 @@ def child(a):
     from captioning.internals import threads
     from captioning.solver import fit
 
-    nb.setup(threads=cfg.pop("threads"))
+    threads_wanted, tutorial_images = cfg.pop("threads"), cfg.pop("tutorial_images")
+    if cfg.pop("procedure") == "tutorial":
+        return child_tutorial(cfg, threads_wanted, tutorial_images)
+    nb.setup(threads=threads_wanted)
     print("ready", flush=True)
     sys.stdin.readline()
     t0, c0 = time.monotonic(), time.process_time()
@@ -106,6 +115,33 @@ def child(a):
     seconds, cpu = time.monotonic() - t0, time.process_time() - c0
     gov = threads.governor()
     print("RESULT " + json.dumps({"seconds": seconds, "cpu": cpu, "history": gov.history if gov else None}), flush=True)
+
+
+def child_tutorial(cfg, threads_wanted, images):
+    """One copy of the tutorial's procedure: one epoch over the first ``images`` TRAIN images' captions and its
+    teacher-forced validation, as ``tutorial_procedure.py train`` runs it."""
+    import torch
+    import tutorial_procedure
+
+    args = argparse.Namespace(
+        data_folder=cfg["data_folder"],
+        data_name=cfg["data_name"],
+        checkpoint=os.path.join(cfg["output_dir"], "tutorial.pth"),
+        epochs=1,
+        embed_dim=512,
+        attention_dim=512,
+        decoder_dim=512,
+        workers=1,
+        max_captions=5 * images,
+    )
+    os.makedirs(cfg["output_dir"], exist_ok=True)
+    torch.set_num_threads(threads_wanted)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0, c0 = time.monotonic(), time.process_time()
+    tutorial_procedure.train(args)
+    seconds, cpu = time.monotonic() - t0, time.process_time() - c0
+    print("RESULT " + json.dumps({"seconds": seconds, "cpu": cpu, "history": None}), flush=True)
 
 
 def child_env(side_env):
@@ -125,7 +161,8 @@ def round_of(work, side, copies, cfg, limit):
     procs = []
     for i in range(copies):
         out = work / f"{side}-{copies}-{i}"
-        arg = json.dumps(dict(cfg, output_dir=str(out), threads=threads))
+        procedure = "tutorial" if side == "tutorial" else "kit"
+        arg = json.dumps(dict(cfg, output_dir=str(out), threads=threads, procedure=procedure))
         log = open(work / f"{side}-{copies}-{i}.log", "w+")
         # each copy in its own session, as separate users' notebooks are: Linux's autogroups share the CPU per
         # session, so copies in this script's session would split one share among themselves
@@ -173,6 +210,12 @@ def main():
     ap.add_argument("--train-images", type=int, default=240, help="TRAIN images generated (and pretrained on)")
     ap.add_argument("--val-images", type=int, default=24)
     ap.add_argument(
+        "--tutorial-images",
+        type=int,
+        default=48,
+        help="TRAIN images the tutorial side's copies train on (its per-caption ResNet-101 makes 240 take minutes)",
+    )
+    ap.add_argument(
         "--round-limit",
         type=float,
         default=120,
@@ -197,7 +240,7 @@ def main():
         flush=True,
     )
     t_set = time.monotonic()
-    cfg = prepare(work, a)
+    cfg = dict(prepare(work, a), tutorial_images=a.tutorial_images)
     print(
         f"set-up (data, encoder, feature cache; untimed): {time.monotonic() - t_set:.0f} s; each copy trains on "
         f"{a.images} images ({-(-a.images // 12)} batches) and validates on {a.val_images}\n",

@@ -73,6 +73,8 @@ def train(a):
     torch.manual_seed(0)
     encoder, decoder = TutorialEncoder(), decoder_for(word_map, a)
     opt = torch.optim.Adam(decoder.parameters(), lr=4e-4)
+    if getattr(a, "max_captions", None):  # contention.py: the first captions only (the tutorial has no such option)
+        data = torch.utils.data.Subset(data, range(min(a.max_captions, len(data))))
     loader = DataLoader(data, batch_size=32, shuffle=True, num_workers=a.workers)
     for epoch in range(a.epochs):
         decoder.train()

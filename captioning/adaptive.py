@@ -11,6 +11,8 @@ shapes data that is everything a caption names, and the model learns never to lo
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +27,20 @@ DESIGNS = {
     "look_word": "look, with the sentinel made from the previous word only",
     "look_anneal": "look, with the sentinel's score held down at the start of training (β annealed from 0 over "
     "ANNEAL_STEPS batches), so that the regions learn before the sentinel can take every word",
+    "where": "the LSTM reads [word ; where it attended at the previous word] (a position code, not the regions' "
+    "content), h0/c0 learned: it knows which objects it has named but not what they are, so naming one means looking",
+    "where_raw": "where, with the attention decoder's regions: scores relu(W a_i + W h), content the raw features a_i",
+    "where_anneal": "where, with β annealed from 0 as in look_anneal",
+    "where_raw_anneal": "where_raw, with β annealed from 0 as in look_anneal",
+    "sat": "the attention decoder (Show, Attend and Tell, h0/c0 learned) with a sentinel among its regions: the "
+    "gated context fed to the LSTM is Σ α̂_i a_i + β·W s, s the sentinel of the previous step; scores = fc(h_t)",
+    "sat_anneal": "sat, with β annealed from 0 as in look_anneal",
+    "sat_cost": "sat, with a price on looking: the loss adds LOOK_COST × the mean share of attention on the "
+    "regions (1 − β), so that a word reads the image only where that lowers the loss by more",
+    "sat_cost_anneal": "sat_cost, with β annealed from 0 as in look_anneal (the regions learn before the price of "
+    "looking can make every word read the sentinel)",
+    "sat_select": "sat without the attention decoder's gate sigmoid(f_beta(h)): the sentinel is the only way not to "
+    "read the image, so a word that does not need the image reads the LSTM's own memory instead",
 }
 SENTINEL_BIAS = -4.0  # sentinel_bias: with P = 64 regions of equal score the sentinel starts at β ≈ 3e-4, not 1/65
 GLOBAL_DROP = 0.5
@@ -32,6 +48,36 @@ GLOBAL_DROP = 0.5
 # training batches (about one epoch of the shapes recipe). Without it `look` measured β = 1.00 on every word after 2
 # epochs: the sentinel, the language model, lowers the loss first, and a softmax column near 0 gets no gradient.
 ANNEAL_START, ANNEAL_STEPS = -10.0, 150  # global_dropout: share of training captions decoded without the mean feature
+# where designs: the attended position is coded by the expected Fourier features sin/cos(kπx), sin/cos(kπy),
+# k = 1..WHERE_FREQS, of the cell centres under the attention (4·WHERE_FREQS numbers, whatever the grid size)
+WHERE_FREQS = 8
+# sat_cost: nats per word charged for reading the image with all of the attention (β = 0). Naming a shape or colour
+# from the image saves more than a nat; a function word the language model predicts saves far less.
+LOOK_COST = 0.06
+
+
+def where_code(num_pixels, device=None, dtype=None):
+    """The position code of each of the P = S² cells, row by row: (P, 4·WHERE_FREQS)."""
+    side = math.isqrt(num_pixels)
+    if side * side != num_pixels:
+        raise ValueError(f"the where designs need a square grid of regions; got P = {num_pixels}")
+    centre = (torch.arange(side, device=device, dtype=dtype or torch.float32) + 0.5) / side * 2 - 1
+    y, x = centre.repeat_interleave(side), centre.repeat(side)
+    k = torch.arange(1, WHERE_FREQS + 1, device=device, dtype=centre.dtype) * math.pi
+    return torch.cat(
+        [torch.sin(x[:, None] * k), torch.cos(x[:, None] * k), torch.sin(y[:, None] * k), torch.cos(y[:, None] * k)],
+        dim=1,
+    )
+
+
+def look_cost(design, alphas):
+    """The loss term of ``design`` on its attention: alphas (B, T, P + 1), rows past a caption's end all zero, or
+    None → LOOK_COST × the mean of 1 − β over the decoded words (a scalar tensor) for the "sat_cost" designs, else 0."""
+    if alphas is None or not design.startswith("sat_cost"):
+        return 0.0
+    looked = alphas[..., :-1].float().sum(dim=2)  # (B, T): 1 − β on decoded words, 0 past the end
+    words = (alphas.sum(dim=2) > 0).sum().clamp(min=1)
+    return LOOK_COST * looked.sum() / words
 
 
 def check_design(design):
@@ -56,10 +102,15 @@ class DecoderWithAdaptiveAttention(nn.Module):
       h0/c0 are learned constants: the LSTM knows of the image only what it attended. The cell state passed
       between steps (``c`` of ``init_hidden_state`` / ``one_step``) is then (N, 2D): the LSTM's cell, then the
       attended regions of the previous word — beam search only selects rows of it.
+    * "where", "where_raw": x_t = [word ; feed(Σ α̂_i φ_i of the previous word)], φ_i the position code of cell i
+      (``where_code``), and h0/c0 learned: the LSTM knows where it looked (so which objects it has named), not what
+      is there. ``c`` is (N, D + 4·WHERE_FREQS). "where_raw" scores and reads the regions as the attention decoder
+      does: z_i = att(relu(att_v(a_i) + att_g(h_t))) on the raw features, ĉ = β·s + ctx_proj(Σ α̂_i a_i).
     * "word_sentinel", "look_word": s = tanh(sentinel_w(word)), from the previous word's embedding alone.
     * "sentinel_bias": a learned scalar added to the sentinel's score, initialised at ``SENTINEL_BIAS``.
-    * "look_anneal": "look", plus a fixed offset on the sentinel's score, ``ANNEAL_START`` rising linearly to 0 over
-      the first ``ANNEAL_STEPS`` training batches (counted in the buffer ``trained_batches``).
+    * "look_anneal", "where_anneal", "where_raw_anneal": the design without "_anneal", plus a fixed offset on the
+      sentinel's score, ``ANNEAL_START`` rising linearly to 0 over the first ``ANNEAL_STEPS`` training batches
+      (counted in the buffer ``trained_batches``).
     * "global_dropout": in training mode each caption's mean feature is zeroed with probability ``GLOBAL_DROP``.
 
     Same constructor / ``forward`` / ``one_step`` conventions as ``DecoderWithAttention``; its alphas have P + 1
@@ -74,28 +125,45 @@ class DecoderWithAdaptiveAttention(nn.Module):
         self.embed_dim, self.decoder_dim = cfg["embed_dim"], cfg["decoder_dim"]
         self.attention_dim, self.vocab_size = cfg["attention_dim"], cfg["vocab_size"]
         self.design = check_design(cfg.get("adaptive_design", "paper"))
-        self.feedback = self.design in ("look", "look_word", "look_anneal")  # the LSTM reads what it attended
+        # what the LSTM reads beside the word: the global feature (None), what it attended at the previous word
+        # ("content") or where it attended ("where")
+        self.feedback = {"look": "content", "where": "where", "sat": "sentinel"}.get(self.design.split("_")[0])
+        self.sat = self.feedback == "sentinel"  # attention before the LSTM step, as in the attention decoder
+        # the attention decoder's regions: raw features, relu scores
+        self.raw = self.design.startswith("where_raw") or self.sat
+        self.anneal = self.design.endswith("_anneal")
         self.word_sentinel = self.design in ("word_sentinel", "look_word")
         e, d, a = self.embed_dim, self.decoder_dim, self.attention_dim
         self.embedding = nn.Embedding(self.vocab_size, e)
-        self.encode_regions = nn.Linear(encoder_dim, d)
-        if self.feedback:
-            self.feed = nn.Linear(d, e)
+        x = e + encoder_dim if self.sat else 2 * e  # the LSTM's input: [word ; gated context] or [word ; E more]
+        if self.sat:
+            self.sentinel_ctx = nn.Linear(d, encoder_dim)  # the sentinel in the regions' space, to mix with them
+            if self.design != "sat_select":
+                self.f_beta = nn.Linear(d, encoder_dim)
+        elif self.raw:
+            self.ctx_proj = nn.Linear(encoder_dim, d)
         else:
+            self.encode_regions = nn.Linear(encoder_dim, d)
+        if self.feedback == "content":
+            self.feed = nn.Linear(d, e)
+        elif self.feedback == "where":
+            self.feed = nn.Linear(4 * WHERE_FREQS, e)
+        elif not self.sat:
             self.encode_global = nn.Linear(encoder_dim, e)
+        self.extra_state = {"content": d, "where": 4 * WHERE_FREQS, "sentinel": d}.get(self.feedback, 0)
         self.init_h = nn.Linear(encoder_dim, d)
         self.init_c = nn.Linear(encoder_dim, d)
-        self.decode_step = nn.LSTMCell(2 * e, d)
+        self.decode_step = nn.LSTMCell(x, d)
         if self.word_sentinel:
             self.sentinel_w = nn.Linear(e, d)
         else:
-            self.sentinel_x = nn.Linear(2 * e, d)
+            self.sentinel_x = nn.Linear(x, d)
             self.sentinel_h = nn.Linear(d, d, bias=False)
         if self.design == "sentinel_bias":
             self.sentinel_bias = nn.Parameter(torch.tensor(SENTINEL_BIAS))
-        if self.design == "look_anneal":  # in the checkpoint: a continued run resumes the schedule where it was
+        if self.anneal:  # in the checkpoint: a continued run resumes the schedule where it was
             self.register_buffer("trained_batches", torch.zeros((), dtype=torch.long))
-        self.att_v = nn.Linear(d, a)
+        self.att_v = nn.Linear(encoder_dim if self.raw else d, a)
         self.att_s = nn.Linear(d, a)
         self.att_g = nn.Linear(d, a)
         self.att = nn.Linear(a, 1)
@@ -118,23 +186,61 @@ class DecoderWithAdaptiveAttention(nn.Module):
         return mean
 
     def init_hidden_state(self, encoder_out, mean=None):
-        """encoder_out (B, S, S, C) or (B, P, C) → h (B, D), c (B, D), or (B, 2D) for the "look" designs (the
-        cell, then zeros: nothing attended yet). ``mean``: the (B, C) feature of ``_global``, when already drawn."""
+        """encoder_out (B, S, S, C) or (B, P, C) → h (B, D), c (B, D), or (B, D + F) for the designs with feedback
+        (the cell, then zeros: nothing attended yet; F = D for "look", 4·WHERE_FREQS for "where"). ``mean``: the
+        (B, C) feature of ``_global``, when already drawn."""
         if mean is None:
             mean = self._global(encoder_out.reshape(encoder_out.size(0), -1, self.encoder_dim))
         h, c = self.init_h(mean), self.init_c(mean)
-        return h, torch.cat([c, torch.zeros_like(c)], dim=1) if self.feedback else c
+        if self.feedback is None:
+            return h, c
+        return h, torch.cat([c, c.new_zeros(c.size(0), self.extra_state)], dim=1)
+
+    def _where(self, num_pixels, like):
+        """The cells' position code (P, 4·WHERE_FREQS), made once per grid size, device and dtype."""
+        key = (num_pixels, like.device, like.dtype)
+        if getattr(self, "_where_key", None) != key:
+            self._where_key, self._where_code = key, where_code(num_pixels, like.device, like.dtype)
+        return self._where_code
 
     def _project(self, encoder_out, mean=None):
-        """encoder_out (N, P, C) → regions v (N, P, D), their attention projection (N, P, A), global v_g (N, E) or
-        None for the "look" designs."""
-        v = F.relu(self.encode_regions(encoder_out))
+        """encoder_out (N, P, C) → regions v (N, P, D) (for "where_raw" the features themselves, (N, P, C)), their
+        attention projection (N, P, A), global v_g (N, E) or None for the designs with feedback."""
+        v = encoder_out if self.raw else F.relu(self.encode_regions(encoder_out))
         if self.feedback:
             return v, self.att_v(v), None
         v_g = F.relu(self.encode_global(self._global(encoder_out) if mean is None else mean))
         return v, self.att_v(v), v_g
 
+    def _sentinel_score(self, z_s):
+        """The sentinel's score (N, 1) with the design's offset."""
+        if self.design == "sentinel_bias":
+            return z_s + self.sentinel_bias
+        if self.anneal:
+            return z_s + ANNEAL_START * max(0.0, 1.0 - int(self.trained_batches) / ANNEAL_STEPS)
+        return z_s
+
+    def _step_sat(self, embeddings, a, a_att, h, c):
+        """The "sat" designs' step: the attention decoder's, with the previous step's sentinel s (in ``c``) as
+        region P + 1. a (N, P, C), a_att (N, P, A) → preds, alpha_hat (N, P + 1), h, c (N, 2D)."""
+        c, s = c[:, : self.decoder_dim], c[:, self.decoder_dim :]
+        g = self.att_g(h)
+        z = self.att(F.relu(a_att + g.unsqueeze(1))).squeeze(2)  # (N, P)
+        z_s = self._sentinel_score(self.att(F.relu(self.att_s(s) + g)))  # (N, 1)
+        alpha_hat = F.softmax(torch.cat([z, z_s], dim=1), dim=1)
+        beta = alpha_hat[:, -1:]
+        context = (a * alpha_hat[:, :-1].unsqueeze(2)).sum(dim=1) + beta * self.sentinel_ctx(s)  # (N, C)
+        if hasattr(self, "f_beta"):
+            context = torch.sigmoid(self.f_beta(h)) * context
+        x = torch.cat([embeddings, context], dim=1)  # (N, E + C)
+        gate = torch.sigmoid(self.sentinel_x(x) + self.sentinel_h(h))
+        h, c = self.decode_step(x, (h, c))
+        preds = self.fc(self.dropout(h))
+        return preds, alpha_hat, h, torch.cat([c, gate * torch.tanh(c)], dim=1)
+
     def _step(self, embeddings, v, v_att, v_g, h, c):
+        if self.sat:
+            return self._step_sat(embeddings, v, v_att, h, c)
         if self.feedback:
             c, seen = c[:, : self.decoder_dim], c[:, self.decoder_dim :]
             x = torch.cat([embeddings, self.feed(seen)], dim=1)  # (N, 2E)
@@ -145,30 +251,32 @@ class DecoderWithAdaptiveAttention(nn.Module):
         h, c = self.decode_step(x, (h, c))
         s = torch.tanh(self.sentinel_w(embeddings)) if self.word_sentinel else gate * torch.tanh(c)  # (N, D)
         g = self.att_g(h)  # (N, A)
-        z = self.att(torch.tanh(v_att + g.unsqueeze(1))).squeeze(2)  # (N, P)
-        z_s = self.att(torch.tanh(self.att_s(s) + g))  # (N, 1)
-        if self.design == "sentinel_bias":
-            z_s = z_s + self.sentinel_bias
-        elif self.design == "look_anneal":
-            z_s = z_s + ANNEAL_START * max(0.0, 1.0 - int(self.trained_batches) / ANNEAL_STEPS)
+        squash = F.relu if self.raw else torch.tanh  # the attention decoder's scores, or the paper's
+        z = self.att(squash(v_att + g.unsqueeze(1))).squeeze(2)  # (N, P)
+        z_s = self.att(squash(self.att_s(s) + g))  # (N, 1)
+        z_s = self._sentinel_score(z_s)
         alpha_hat = F.softmax(torch.cat([z, z_s], dim=1), dim=1)  # (N, P + 1)
-        beta = alpha_hat[:, -1:]
-        visual = (v * alpha_hat[:, :-1].unsqueeze(2)).sum(dim=1)  # (N, D), already weighted by 1 - β
+        beta, regions = alpha_hat[:, -1:], alpha_hat[:, :-1]
+        visual = (v * regions.unsqueeze(2)).sum(dim=1)  # (N, D) or (N, C), already weighted by 1 - β
+        if self.raw:
+            visual = self.ctx_proj(visual)
         preds = self.fc(self.dropout(beta * s + visual + h))
-        if self.feedback:
+        if self.feedback == "content":
             c = torch.cat([c, visual], dim=1)
+        elif self.feedback == "where":  # where it looked, weighted by 1 - β: all zeros after a word it did not look for
+            c = torch.cat([c, regions @ self._where(regions.size(1), regions)], dim=1)
         return preds, alpha_hat, h, c
 
     def one_step(self, embeddings, encoder_out, h, c):
-        """embeddings (N, E), encoder_out (N, P, C), h (N, D), c (N, D) or (N, 2D) ("look" designs) → preds (N, V),
-        alpha_hat (N, P + 1), h, c."""
+        """embeddings (N, E), encoder_out (N, P, C), h (N, D), c (N, D) or (N, D + F) (designs with feedback, see
+        ``init_hidden_state``) → preds (N, V), alpha_hat (N, P + 1), h, c."""
         v, v_att, v_g = self._project(encoder_out)
         return self._step(embeddings, v, v_att, v_g, h, c)
 
     def forward(self, encoder_out, encoded_captions, caption_lengths):
         """As ``DecoderWithAttention.forward``; alphas are (B, max(decode_lengths), P + 1)."""
         batch_size = encoder_out.size(0)
-        if self.design == "look_anneal" and self.training:
+        if self.anneal and self.training:
             self.trained_batches += 1
         encoder_out = encoder_out.reshape(batch_size, -1, self.encoder_dim)
         caption_lengths, sort_ind = caption_lengths.reshape(-1).sort(dim=0, descending=True)

@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from captioning.adaptive import DecoderWithAdaptiveAttention
+from captioning.adaptive import DecoderWithAdaptiveAttention, look_cost
 from captioning.checkpoints import RunFolder, load_weights, word_map_id
 from captioning.config import DECODER_NAMES, make_cfg, make_output_dir
 from captioning.data.features import build_feature_cache, recalibrate_once
@@ -101,7 +101,7 @@ def _loss(cfg, scores, targets, alphas):
     if alphas is not None and cfg["decoder"] == "attention" and cfg["alpha_c"]:
         # doubly stochastic attention: every region should receive about one unit of attention over the caption
         loss = loss + cfg["alpha_c"] * ((1.0 - alphas.float().sum(dim=1)) ** 2).mean()
-    return loss
+    return loss + look_cost(cfg.get("adaptive_design", "paper"), alphas) if cfg["decoder"] == "adaptive" else loss
 
 
 class Trainer:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioning.adaptive import DESIGNS, DecoderWithAdaptiveAttention
+from captioning.adaptive import DESIGNS, LOOK_COST, DecoderWithAdaptiveAttention, look_cost, where_code
 from captioning.internals.errors import KitError
 
 CFG = {"embed_dim": 8, "decoder_dim": 12, "attention_dim": 6, "vocab_size": 11, "dropout": 0.0}
@@ -69,12 +69,61 @@ def test_the_design_switch():
 def test_look_designs_do_not_read_the_mean_feature():
     """h0 of "look" is the same for every image (the image reaches it only through attention); the paper's is not."""
     torch.manual_seed(2)
-    for design, depends in (("paper", True), ("look", False)):
+    for design, depends in (("paper", True), ("look", False), ("where", False), ("sat", False)):
         dec = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design=design), encoder_dim=C).eval()
         enc, _, _ = _batch(2)
         h1, _ = dec.init_hidden_state(enc)
         h2, _ = dec.init_hidden_state(enc + 1.0)
         assert (not torch.allclose(h1, h2)) is depends, design
+
+
+def test_where_code_codes_each_cell_apart():
+    code = where_code(16)
+    assert code.shape == (16, 32)
+    assert torch.cdist(code, code).add(torch.eye(16) * 9).min() > 0.1  # no two cells share a code
+    assert torch.allclose(where_code(16)[5], where_code(16, dtype=torch.float64)[5].float(), atol=1e-6)
+    with pytest.raises(ValueError, match="square grid.*P = 10"):
+        where_code(10)
+
+
+def test_where_feeds_back_the_place_not_the_content():
+    """After one step, the "where" state differs between two attention maps but not between two images whose
+    attended regions differ only in content (same scores, other features)."""
+    torch.manual_seed(3)
+    dec = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="where_raw"), encoder_dim=C).eval()
+    enc = torch.randn(1, SIDE * SIDE, C)
+    h, c = dec.init_hidden_state(enc)
+    emb = dec.embedding(torch.tensor([4]))
+    _, a1, _, c1 = dec.one_step(emb, enc, h, c)
+    fed = c1[:, CFG["decoder_dim"] :]
+    assert torch.allclose(fed, a1[:, :-1] @ where_code(SIDE * SIDE), atol=1e-6)
+
+
+def test_look_cost_is_the_mean_share_of_looking_over_decoded_words():
+    alphas = torch.zeros(2, 3, 5)
+    alphas[0, 0] = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.6])  # looked 0.4
+    alphas[0, 1] = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])  # looked 0
+    alphas[1, 0] = torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0])  # looked 1; the rest are past the captions' ends
+    assert torch.isclose(look_cost("sat_cost", alphas), torch.tensor(LOOK_COST * 1.4 / 3))
+    for design in DESIGNS:
+        if not design.startswith("sat_cost"):
+            assert look_cost(design, alphas) == 0
+
+
+def test_the_look_cost_moves_attention_to_the_sentinel():
+    """With only the look cost to lower, a few steps of SGD raise β: the cost's gradient reaches the scores."""
+    torch.manual_seed(4)
+    dec = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="sat_cost"), encoder_dim=C).train()
+    opt = torch.optim.SGD(dec.parameters(), lr=1.0)
+    enc, caps, lens = _batch(4)
+    betas = []
+    for _ in range(5):
+        alphas = dec(enc, caps, lens)[3]
+        betas.append(float(alphas.detach()[..., -1].sum() / (alphas.detach().sum(dim=2) > 0).sum()))
+        opt.zero_grad()
+        look_cost("sat_cost", alphas).backward()
+        opt.step()
+    assert all(b > a for a, b in zip(betas, betas[1:])), betas
 
 
 def test_make_cfg_names_a_bad_design():
