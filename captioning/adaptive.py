@@ -39,6 +39,8 @@ DESIGNS = {
     "regions (1 − β), so that a word reads the image only where that lowers the loss by more",
     "sat_cost_anneal": "sat_cost, with β annealed from 0 as in look_anneal (the regions learn before the price of "
     "looking can make every word read the sentinel)",
+    "sat_cost_ramp": "sat_cost, with the price of looking rising from 0 over ANNEAL_STEPS batches: the regions "
+    "become worth their price before it is charged in full, and β is never held down",
     "sat_select": "sat without the attention decoder's gate sigmoid(f_beta(h)): the sentinel is the only way not to "
     "read the image, so a word that does not need the image reads the LSTM's own memory instead",
 }
@@ -70,14 +72,19 @@ def where_code(num_pixels, device=None, dtype=None):
     )
 
 
-def look_cost(design, alphas):
-    """The loss term of ``design`` on its attention: alphas (B, T, P + 1), rows past a caption's end all zero, or
-    None → LOOK_COST × the mean of 1 − β over the decoded words (a scalar tensor) for the "sat_cost" designs, else 0."""
+def look_cost(decoder, alphas):
+    """The loss term of a decoder on its attention: alphas (B, T, P + 1), rows past a caption's end all zero, or None
+    → for the "sat_cost" designs LOOK_COST × the mean of 1 − β over the decoded words (a scalar tensor; for
+    "sat_cost_ramp" the weight rises from 0 over the first ANNEAL_STEPS training batches), else 0."""
+    design = getattr(decoder, "design", "")
     if alphas is None or not design.startswith("sat_cost"):
         return 0.0
+    weight = LOOK_COST
+    if design == "sat_cost_ramp":
+        weight = weight * (decoder.trained_batches / ANNEAL_STEPS).clamp(max=1.0)  # a tensor op: no device sync
     looked = alphas[..., :-1].float().sum(dim=2)  # (B, T): 1 − β on decoded words, 0 past the end
     words = (alphas.sum(dim=2) > 0).sum().clamp(min=1)
-    return LOOK_COST * looked.sum() / words
+    return weight * looked.sum() / words
 
 
 def check_design(design):
@@ -161,7 +168,7 @@ class DecoderWithAdaptiveAttention(nn.Module):
             self.sentinel_h = nn.Linear(d, d, bias=False)
         if self.design == "sentinel_bias":
             self.sentinel_bias = nn.Parameter(torch.tensor(SENTINEL_BIAS))
-        if self.anneal:  # in the checkpoint: a continued run resumes the schedule where it was
+        if self.anneal or self.design == "sat_cost_ramp":  # in the checkpoint: a resumed run keeps its schedule
             self.register_buffer("trained_batches", torch.zeros((), dtype=torch.long))
         self.att_v = nn.Linear(encoder_dim if self.raw else d, a)
         self.att_s = nn.Linear(d, a)
@@ -217,7 +224,7 @@ class DecoderWithAdaptiveAttention(nn.Module):
         if self.design == "sentinel_bias":
             return z_s + self.sentinel_bias
         if self.anneal:
-            return z_s + ANNEAL_START * max(0.0, 1.0 - int(self.trained_batches) / ANNEAL_STEPS)
+            return z_s + ANNEAL_START * (1.0 - self.trained_batches / ANNEAL_STEPS).clamp(min=0.0)  # no device sync
         return z_s
 
     def _step_sat(self, embeddings, a, a_att, h, c):
@@ -276,7 +283,7 @@ class DecoderWithAdaptiveAttention(nn.Module):
     def forward(self, encoder_out, encoded_captions, caption_lengths):
         """As ``DecoderWithAttention.forward``; alphas are (B, max(decode_lengths), P + 1)."""
         batch_size = encoder_out.size(0)
-        if self.anneal and self.training:
+        if hasattr(self, "trained_batches") and self.training:
             self.trained_batches += 1
         encoder_out = encoder_out.reshape(batch_size, -1, self.encoder_dim)
         caption_lengths, sort_ind = caption_lengths.reshape(-1).sort(dim=0, descending=True)

@@ -96,12 +96,12 @@ def encode_batch(encoder, x, cached, device):
         return encoder(x).float()
 
 
-def _loss(cfg, scores, targets, alphas):
+def _loss(cfg, scores, targets, alphas, decoder):
     loss = F.cross_entropy(scores.float(), targets)
     if alphas is not None and cfg["decoder"] == "attention" and cfg["alpha_c"]:
         # doubly stochastic attention: every region should receive about one unit of attention over the caption
         loss = loss + cfg["alpha_c"] * ((1.0 - alphas.float().sum(dim=1)) ** 2).mean()
-    return loss + look_cost(cfg.get("adaptive_design", "paper"), alphas) if cfg["decoder"] == "adaptive" else loss
+    return loss + look_cost(decoder, alphas)
 
 
 class Trainer:
@@ -227,7 +227,7 @@ class Trainer:
                 self.fast = self._decide_fast(enc, caps, caplens)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=self.fast)
-            loss = _loss(cfg, scores, targets, alphas)
+            loss = _loss(cfg, scores, targets, alphas, self.decoder)
             if not torch.isfinite(loss) or loss.item() > limit:
                 raise KitError(
                     f"training diverged: the loss became {loss.item():.4g} at epoch {epoch}, batch {i} "
@@ -286,7 +286,7 @@ class Trainer:
             enc = self.encode(x)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=self.fast or None)
-                loss = _loss(cfg, scores, targets, alphas)
+                loss = _loss(cfg, scores, targets, alphas, self.decoder)
                 decoded = beam_search(
                     self.decoder, enc, self.word_map, beam_size, cfg["max_decode_len"], length_penalty=lp
                 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioning.adaptive import DESIGNS, LOOK_COST, DecoderWithAdaptiveAttention, look_cost, where_code
+from captioning.adaptive import ANNEAL_STEPS, DESIGNS, LOOK_COST, DecoderWithAdaptiveAttention, look_cost, where_code
 from captioning.internals.errors import KitError
 
 CFG = {"embed_dim": 8, "decoder_dim": 12, "attention_dim": 6, "vocab_size": 11, "dropout": 0.0}
@@ -104,10 +104,18 @@ def test_look_cost_is_the_mean_share_of_looking_over_decoded_words():
     alphas[0, 0] = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.6])  # looked 0.4
     alphas[0, 1] = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])  # looked 0
     alphas[1, 0] = torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0])  # looked 1; the rest are past the captions' ends
-    assert torch.isclose(look_cost("sat_cost", alphas), torch.tensor(LOOK_COST * 1.4 / 3))
+    dec = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="sat_cost"), encoder_dim=C)
+    assert torch.isclose(look_cost(dec, alphas), torch.tensor(LOOK_COST * 1.4 / 3))
+    ramp = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="sat_cost_ramp"), encoder_dim=C)
+    assert look_cost(ramp, alphas) == 0  # no batch trained yet
+    ramp.trained_batches.fill_(ANNEAL_STEPS // 2)
+    assert torch.isclose(look_cost(ramp, alphas), torch.tensor(LOOK_COST * 1.4 / 3 / 2), rtol=0.02)
     for design in DESIGNS:
         if not design.startswith("sat_cost"):
-            assert look_cost(design, alphas) == 0
+            assert (
+                look_cost(DecoderWithAdaptiveAttention(dict(CFG, adaptive_design=design), encoder_dim=C), alphas) == 0
+            )
+    assert look_cost(dec, None) == 0
 
 
 def test_the_look_cost_moves_attention_to_the_sentinel():
@@ -121,7 +129,7 @@ def test_the_look_cost_moves_attention_to_the_sentinel():
         alphas = dec(enc, caps, lens)[3]
         betas.append(float(alphas.detach()[..., -1].sum() / (alphas.detach().sum(dim=2) > 0).sum()))
         opt.zero_grad()
-        look_cost("sat_cost", alphas).backward()
+        look_cost(dec, alphas).backward()
         opt.step()
     assert all(b > a for a, b in zip(betas, betas[1:])), betas
 

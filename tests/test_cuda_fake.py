@@ -176,9 +176,11 @@ def _decoder(kind):
     from captioning.adaptive import DecoderWithAdaptiveAttention
     from captioning.models import DecoderWithAttention, DecoderWithRNN
 
+    kind, _, design = kind.partition(":")  # "adaptive:DESIGN": one of adaptive.DESIGNS
     cls = {"rnn": DecoderWithRNN, "attention": DecoderWithAttention, "adaptive": DecoderWithAdaptiveAttention}[kind]
     torch.manual_seed(0)
-    return cls({"vocab_size": V, "embed_dim": E, "decoder_dim": D, "attention_dim": A, "dropout": 0.5}, encoder_dim=C)
+    cfg = {"vocab_size": V, "embed_dim": E, "decoder_dim": D, "attention_dim": A, "dropout": 0.5}
+    return cls(dict(cfg, adaptive_design=design or "paper"), encoder_dim=C)
 
 
 def _captions(b):
@@ -189,12 +191,14 @@ def _captions(b):
     return caps, lens
 
 
-@pytest.mark.parametrize("kind", ["rnn", "attention", "adaptive"])
+@pytest.mark.parametrize("kind", ["rnn", "attention", "adaptive", "adaptive:where_raw", "adaptive:sat_cost_ramp"])
 def test_decoder_one_step_and_forward_bf16(fake_cuda, kind):
     """init_hidden_state, embedding and one_step under bf16 autocast on the device. ``forward`` reads the
     caption lengths back (``decode_lengths = (caption_lengths - 1).tolist()``): fake tensors stop there, after
     the sort and the gathers before it ran on the device (the expected exception, not a device mismatch); the
     steps after it are ``one_step``'s layers, checked here, and the fast path's loop (next test)."""
+    from captioning.adaptive import look_cost
+
     dec = _decoder(kind)
     fc = _DtypeProbe(dec.fc)
     b = 3
@@ -211,6 +215,9 @@ def test_decoder_one_step_and_forward_bf16(fake_cuda, kind):
             else:
                 preds, alpha, h2, c2 = dec.one_step(emb, flat, h, c)
                 _on_cuda(alpha)
+                if kind.startswith("adaptive"):  # the price of looking, where the design has one
+                    cost = look_cost(dec, alpha[:, None])
+                    assert not torch.is_tensor(cost) or cost.device.type == "cuda"
             _on_cuda(preds, (b, V), torch.bfloat16)
             _on_cuda(h2, (b, D))
             with pytest.raises(DATA_DEPENDENT):
@@ -241,7 +248,7 @@ def test_fast_path_scores_and_loss(fake_cuda, kind):
         _on_cuda(targets, (sum(running),), torch.long)
         if kind == "attention":
             _on_cuda(alphas, (b * CPI, len(running), S * S))
-        _on_cuda(_loss({"decoder": kind, "alpha_c": 1.0}, scores, targets, alphas), (), torch.float32)
+        _on_cuda(_loss({"decoder": kind, "alpha_c": 1.0}, scores, targets, alphas, dec), (), torch.float32)
 
 
 # ------------------------------------------------------------------------------------ pretraining, feature cache

@@ -120,7 +120,7 @@ def test_training_with_reuse_gives_the_decoders_loss_and_gradients(cls, monkeypa
 
     def loss_and_grads(d):
         d.zero_grad()
-        loss = _loss(cfg, *decoder_scores(d, enc, caps, lens))
+        loss = _loss(cfg, *decoder_scores(d, enc, caps, lens), d)
         loss.backward()
         return loss.detach(), [p.grad for p in d.parameters()]
 
