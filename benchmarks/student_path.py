@@ -86,7 +86,7 @@ def main():
                     step_times = []
                     for enc, caps, lens in batches:
                         t0 = time.perf_counter()
-                        loss = solver._loss(loss_cfg, *solver.decoder_scores(dec, enc, caps, lens))
+                        loss = solver._loss(loss_cfg, *solver.decoder_scores(dec, enc, caps, lens), dec)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         torch.nn.utils.clip_grad_value_(dec.parameters(), 5.0)

@@ -116,7 +116,7 @@ def course_loss(decoder, cfg, enc_c, caps_c, lens_c):
 
 def kit_loss(decoder, cfg, enc, caps, lens):
     scores, targets, alphas = decoder_scores(decoder, enc, caps, lens, fast=fastpath)
-    return _loss(cfg, scores, targets, alphas)
+    return _loss(cfg, scores, targets, alphas, decoder)
 
 
 def update(decoder, opt, loss, cfg):
@@ -133,7 +133,7 @@ def check_same_loss(kit_dec, course_dec, cfg, batch, what):
     course_dec.eval()
     k_scores, k_targets, k_alphas = decoder_scores(kit_dec, enc, caps, lens, fast=fastpath)
     c_scores, c_targets, c_alphas = course_scores(course_dec, *per_caption(enc, caps, lens))
-    k_loss = _loss(cfg, k_scores, k_targets, k_alphas)
+    k_loss = _loss(cfg, k_scores, k_targets, k_alphas, kit_dec)
     c_loss = course_criterion(cfg, c_scores, c_targets, c_alphas)
     kit_dec.zero_grad(set_to_none=True)
     course_dec.zero_grad(set_to_none=True)

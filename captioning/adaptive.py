@@ -246,8 +246,7 @@ class DecoderWithAdaptiveAttention(nn.Module):
         x = torch.cat([embeddings, context], dim=1)  # (N, E + C)
         gate = torch.sigmoid(self.sentinel_x(x) + self.sentinel_h(h))
         h, c = self.decode_step(x, (h, c))
-        preds = self.fc(self.dropout(h))
-        return preds, alpha_hat, h, torch.cat([c, gate * torch.tanh(c)], dim=1)
+        return self.fc(self.dropout(h)), alpha_hat, h, torch.cat([c, gate * torch.tanh(c)], dim=1)
 
     def _step(self, embeddings, v, v_att, v_g, h, c):
         if self.sat:
