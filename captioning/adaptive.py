@@ -223,22 +223,24 @@ class DecoderWithAdaptiveAttention(nn.Module):
         v_g = F.relu(self.encode_global(self._global(encoder_out) if mean is None else mean))
         return v, self.att_v(v), v_g
 
-    def _sentinel_score(self, z_s):
-        """The sentinel's score (N, 1) with the design's offset."""
+    def _attend(self, v_att, s, g):
+        """Regions' attention projection v_att (N, P, A), sentinel s (N, D), query g (N, A) → alpha_hat (N, P + 1),
+        the last column β; scores squashed by relu (the attention decoder's, "raw" designs) or tanh (the paper's),
+        the sentinel's with the design's offset."""
+        squash = F.relu if self.raw else torch.tanh
+        z = self.att(squash(v_att + g.unsqueeze(1))).squeeze(2)  # (N, P)
+        z_s = self.att(squash(self.att_s(s) + g))  # (N, 1)
         if self.design == "sentinel_bias":
-            return z_s + self.sentinel_bias
-        if self.anneal:
-            return z_s + ANNEAL_START * (1.0 - self.trained_batches / ANNEAL_STEPS).clamp(min=0.0)  # no device sync
-        return z_s
+            z_s = z_s + self.sentinel_bias
+        elif self.anneal:
+            z_s = z_s + ANNEAL_START * (1.0 - self.trained_batches / ANNEAL_STEPS).clamp(min=0.0)  # no device sync
+        return F.softmax(torch.cat([z, z_s], dim=1), dim=1)
 
     def _step_sat(self, embeddings, a, a_att, h, c):
         """The "sat" designs' step: the attention decoder's, with the previous step's sentinel s (in ``c``) as
         region P + 1. a (N, P, C), a_att (N, P, A) → preds, alpha_hat (N, P + 1), h, c (N, 2D)."""
         c, s = c[:, : self.decoder_dim], c[:, self.decoder_dim :]
-        g = self.att_g(h)
-        z = self.att(F.relu(a_att + g.unsqueeze(1))).squeeze(2)  # (N, P)
-        z_s = self._sentinel_score(self.att(F.relu(self.att_s(s) + g)))  # (N, 1)
-        alpha_hat = F.softmax(torch.cat([z, z_s], dim=1), dim=1)
+        alpha_hat = self._attend(a_att, s, self.att_g(h))
         beta = alpha_hat[:, -1:]
         context = (a * alpha_hat[:, :-1].unsqueeze(2)).sum(dim=1) + beta * self.sentinel_ctx(s)  # (N, C)
         if hasattr(self, "f_beta"):
@@ -260,12 +262,7 @@ class DecoderWithAdaptiveAttention(nn.Module):
             gate = torch.sigmoid(self.sentinel_x(x) + self.sentinel_h(h))
         h, c = self.decode_step(x, (h, c))
         s = torch.tanh(self.sentinel_w(embeddings)) if self.word_sentinel else gate * torch.tanh(c)  # (N, D)
-        g = self.att_g(h)  # (N, A)
-        squash = F.relu if self.raw else torch.tanh  # the attention decoder's scores, or the paper's
-        z = self.att(squash(v_att + g.unsqueeze(1))).squeeze(2)  # (N, P)
-        z_s = self.att(squash(self.att_s(s) + g))  # (N, 1)
-        z_s = self._sentinel_score(z_s)
-        alpha_hat = F.softmax(torch.cat([z, z_s], dim=1), dim=1)  # (N, P + 1)
+        alpha_hat = self._attend(v_att, s, self.att_g(h))
         beta, regions = alpha_hat[:, -1:], alpha_hat[:, :-1]
         visual = (v * regions.unsqueeze(2)).sum(dim=1)  # (N, D) or (N, C), already weighted by 1 - β
         if self.raw:
