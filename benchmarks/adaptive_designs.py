@@ -87,7 +87,7 @@ def print_words(checkpoint, split, top=30):
         print()
 
 
-def run_one(design, seed, epochs, split, out, data, enc):
+def run_one(design, seed, epochs, split, out, data, enc, price=None):
     """Train ``design`` at ``seed`` (the recipe's attention-decoder settings) and score it on ``split``."""
     from captioning.data.recipe import RECIPE, decoder_cfg
     from captioning.evaluation.evaluate import evaluate
@@ -98,7 +98,7 @@ def run_one(design, seed, epochs, split, out, data, enc):
         decoder_cfg(RECIPE, kind),
         data_folder=data["data_folder"],
         data_name=data["data_name"],
-        output_dir=os.path.join(out, f"{design}_seed{seed}_ep{epochs}"),
+        output_dir=os.path.join(out, f"{design}_seed{seed}_ep{epochs}" + ("" if price is None else f"_price{price}")),
         overwrite=True,
         workers=0,
         print_freq=0,
@@ -151,6 +151,13 @@ def main():
     p.add_argument("--split", default="VAL", choices=("VAL", "TEST"))
     p.add_argument("--out", default="outputs/bench_adaptive_designs")
     p.add_argument("--again", action="store_true", help="retrain results already in --out/results.jsonl")
+    p.add_argument(
+        "--price",
+        type=float,
+        default=None,
+        help="screen another price on looking: LOG_COST for the _logcost designs, LOOK_COST for the other cost "
+        "designs (default: the module's); kept apart in results.jsonl and the run folders",
+    )
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--words", metavar="CHECKPOINT", help="print β per word of this adaptive checkpoint on --split")
     a = p.parse_args()
@@ -175,15 +182,19 @@ def main():
         with open(log) as fh:
             for line in fh:
                 r = json.loads(line)
-                done[(r["design"], r["seed"], r["epochs"], r["split"])] = r
+                done[(r["design"], r["seed"], r["epochs"], r["split"], r.get("price"))] = r
     rows = []
+    if a.price is not None:
+        import captioning.adaptive as adaptive
+
+        adaptive.LOOK_COST = adaptive.LOG_COST = a.price  # read when the loss is formed, in this process
     for design in designs:
         for seed in seeds:
-            key = (design, seed, epochs, a.split)
+            key = (design, seed, epochs, a.split, a.price)
             if key in done:
                 r = done[key]
             else:
-                r = run_one(design, seed, epochs, a.split, a.out, data, enc)
+                r = dict(run_one(design, seed, epochs, a.split, a.out, data, enc, a.price), price=a.price)
                 with open(log, "a") as fh:  # appended line by line: a crash loses at most the run in progress
                     fh.write(json.dumps(r) + "\n")
             rows.append(

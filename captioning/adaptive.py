@@ -44,6 +44,19 @@ DESIGNS = {
     "looking can make every word read the sentinel)",
     "sat_cost_ramp": "sat_cost, with the price of looking rising from 0 over ANNEAL_STEPS batches: the regions "
     "become worth their price before it is charged in full, and β is never held down",
+    "sat_word_cost_ramp": "sat_cost_ramp, with the attention's query made from h_{t-1} and the word just read (the "
+    "attention decoder's query never sees that word): whether the next word names something follows from it",
+    "sat_out_cost_ramp": "sat_cost_ramp, with the context also read at the output (Show, Attend and Tell's deep "
+    "output: scores = fc(h + W z)), so a look serves the word it is made for directly, not only through the memory",
+    "sat_cost_grow": "sat_cost_ramp, with the price still rising after ANNEAL_STEPS batches, to GROW_MAX × LOOK_COST "
+    "at GROW_MAX × ANNEAL_STEPS: the looks that lower the loss least (function words) are the first to go",
+    "sat_out_cost_grow": "sat_out_cost_ramp with sat_cost_grow's price",
+    "sat_logcost_ramp": "sat_cost_ramp with the price on −log β instead of 1 − β: the price's pull on the sentinel's "
+    "score is LOOK_COST × (1 − β), never vanishing, where 1 − β's is LOOK_COST × β (1 − β), which fades when β nears 0 "
+    "and leaves a decoder that looks at every word (measured: β ≈ 0.1 on function words at one seed of three) there",
+    "sat_logcost_late": "sat_logcost_ramp with the price charged only after ANNEAL_STEPS batches of plain sat (then "
+    "ramped in over as many): −log β pulls from the first batch, so at one seed of three it took the sentinel "
+    "before the regions were worth anything (collapse to the language model at LOG_COST 0.02–0.06)",
     "sat_select": "sat without the attention decoder's gate sigmoid(f_beta(h)): the sentinel is the only way not to "
     "read the image, so a word that does not need the image reads the LSTM's own memory instead",
 }
@@ -60,6 +73,10 @@ WHERE_FREQS = 8
 # from the image saves more than a nat; a function word the language model predicts saves far less. Screened on VAL
 # (sat_cost_anneal, seed 0): 0.1 made every word read the sentinel, 0.03 left every word reading the image.
 LOOK_COST = 0.06
+# sat_logcost_ramp: nats per word × −log β. Looking with 95 % of the attention then costs about what it costs at
+# LOOK_COST, but the pull on the sentinel's score stays LOG_COST × (1 − β) however small β is
+LOG_COST = 0.03
+GROW_MAX = 2.0  # sat*_cost_grow: the price's final multiple of LOOK_COST, reached after GROW_MAX × ANNEAL_STEPS batches
 
 
 def where_code(num_pixels, device=None, dtype=None):
@@ -78,17 +95,23 @@ def where_code(num_pixels, device=None, dtype=None):
 
 def look_cost(decoder, alphas):
     """The loss term of a decoder on its attention: alphas (B, T, P + 1), rows past a caption's end all zero, or None
-    → for the "sat_cost" designs LOOK_COST × the mean of 1 − β over the decoded words (a scalar tensor; for
-    "sat_cost_ramp" the weight rises from 0 over the first ANNEAL_STEPS training batches), else 0."""
+    → for the "sat*cost*" designs LOOK_COST × the mean of 1 − β ("_logcost": of −log β) over the decoded words, a
+    scalar tensor (for "_ramp" the weight rises from 0 over the first ANNEAL_STEPS training batches, for "_grow" on
+    to GROW_MAX times that, for "_late" over the next ANNEAL_STEPS after them); else 0."""
     design = getattr(decoder, "design", "")
-    if alphas is None or not design.startswith("sat_cost"):
+    if alphas is None or not (design.startswith("sat") and "cost" in design):
         return 0.0
-    weight = LOOK_COST
-    if design == "sat_cost_ramp":
-        weight = weight * (decoder.trained_batches / ANNEAL_STEPS).clamp(max=1.0)  # a tensor op: no device sync
-    looked = alphas[..., :-1].float().sum(dim=2)  # (B, T): 1 − β on decoded words, 0 past the end
-    words = (alphas.sum(dim=2) > 0).sum().clamp(min=1)
-    return weight * looked.sum() / words
+    weight = LOG_COST if "_logcost" in design else LOOK_COST
+    if design.endswith(("_ramp", "_grow", "_late")):
+        top = GROW_MAX if design.endswith("_grow") else 1.0
+        start = ANNEAL_STEPS if design.endswith("_late") else 0
+        weight = weight * ((decoder.trained_batches - start) / ANNEAL_STEPS).clamp(min=0.0, max=top)  # no device sync
+    decoded = alphas.sum(dim=2) > 0  # (B, T): False past a caption's end
+    if "_logcost" in design:
+        looked = -torch.log(alphas[..., -1].float().clamp(min=1e-6)) * decoded  # −log β
+    else:
+        looked = alphas[..., :-1].float().sum(dim=2)  # 1 − β on decoded words, 0 past the end
+    return weight * looked.sum() / decoded.sum().clamp(min=1)
 
 
 def check_design(design):
@@ -151,6 +174,8 @@ class DecoderWithAdaptiveAttention(nn.Module):
             self.sentinel_ctx = nn.Linear(d, encoder_dim)  # the sentinel in the regions' space, to mix with them
             if self.design != "sat_select":
                 self.f_beta = nn.Linear(d, encoder_dim)
+            if "_out" in self.design:
+                self.out_ctx = nn.Linear(encoder_dim, d)
         elif self.raw:
             self.ctx_proj = nn.Linear(encoder_dim, d)
         else:
@@ -172,11 +197,14 @@ class DecoderWithAdaptiveAttention(nn.Module):
             self.sentinel_h = nn.Linear(d, d, bias=False)
         if self.design == "sentinel_bias":
             self.sentinel_bias = nn.Parameter(torch.tensor(SENTINEL_BIAS))
-        if self.anneal or self.design == "sat_cost_ramp":  # in the checkpoint: a resumed run keeps its schedule
+        # the schedules' batch count, in the checkpoint: a resumed run keeps its schedule
+        if self.anneal or self.design.endswith(("_ramp", "_grow", "_late")):
             self.register_buffer("trained_batches", torch.zeros((), dtype=torch.long))
         self.att_v = nn.Linear(encoder_dim if self.raw else d, a)
         self.att_s = nn.Linear(d, a)
         self.att_g = nn.Linear(d, a)
+        if self.design.startswith("sat_word"):
+            self.att_w = nn.Linear(e, a)
         self.att = nn.Linear(a, 1)
         self.fc = nn.Linear(d, self.vocab_size)
         self.dropout = nn.Dropout(p=cfg["dropout"])
@@ -240,7 +268,8 @@ class DecoderWithAdaptiveAttention(nn.Module):
         """The "sat" designs' step: the attention decoder's, with the previous step's sentinel s (in ``c``) as
         region P + 1. a (N, P, C), a_att (N, P, A) → preds, alpha_hat (N, P + 1), h, c (N, 2D)."""
         c, s = c[:, : self.decoder_dim], c[:, self.decoder_dim :]
-        alpha_hat = self._attend(a_att, s, self.att_g(h))
+        query = self.att_g(h) + self.att_w(embeddings) if hasattr(self, "att_w") else self.att_g(h)
+        alpha_hat = self._attend(a_att, s, query)
         beta = alpha_hat[:, -1:]
         context = (a * alpha_hat[:, :-1].unsqueeze(2)).sum(dim=1) + beta * self.sentinel_ctx(s)  # (N, C)
         if hasattr(self, "f_beta"):
@@ -248,7 +277,8 @@ class DecoderWithAdaptiveAttention(nn.Module):
         x = torch.cat([embeddings, context], dim=1)  # (N, E + C)
         gate = torch.sigmoid(self.sentinel_x(x) + self.sentinel_h(h))
         h, c = self.decode_step(x, (h, c))
-        return self.fc(self.dropout(h)), alpha_hat, h, torch.cat([c, gate * torch.tanh(c)], dim=1)
+        out = h + self.out_ctx(context) if hasattr(self, "out_ctx") else h
+        return self.fc(self.dropout(out)), alpha_hat, h, torch.cat([c, gate * torch.tanh(c)], dim=1)
 
     def _step(self, embeddings, v, v_att, v_g, h, c):
         if self.sat:

@@ -4,10 +4,21 @@ Tiny sizes: seconds on a CPU."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from captioning.adaptive import ANNEAL_STEPS, DESIGNS, LOOK_COST, DecoderWithAdaptiveAttention, look_cost, where_code
+from captioning.adaptive import (
+    ANNEAL_STEPS,
+    DESIGNS,
+    GROW_MAX,
+    LOG_COST,
+    LOOK_COST,
+    DecoderWithAdaptiveAttention,
+    look_cost,
+    where_code,
+)
 from captioning.internals.errors import KitError
 
 CFG = {"embed_dim": 8, "decoder_dim": 12, "attention_dim": 6, "vocab_size": 11, "dropout": 0.0}
@@ -110,12 +121,62 @@ def test_look_cost_is_the_mean_share_of_looking_over_decoded_words():
     assert look_cost(ramp, alphas) == 0  # no batch trained yet
     ramp.trained_batches.fill_(ANNEAL_STEPS // 2)
     assert torch.isclose(look_cost(ramp, alphas), torch.tensor(LOOK_COST * 1.4 / 3 / 2), rtol=0.02)
+    ramp.trained_batches.fill_(10 * ANNEAL_STEPS)
+    assert torch.isclose(look_cost(ramp, alphas), torch.tensor(LOOK_COST * 1.4 / 3))  # the ramp stops at LOOK_COST
+    grow = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="sat_cost_grow"), encoder_dim=C)
+    grow.trained_batches.fill_(ANNEAL_STEPS)
+    assert torch.isclose(look_cost(grow, alphas), torch.tensor(LOOK_COST * 1.4 / 3))
+    grow.trained_batches.fill_(10 * ANNEAL_STEPS)  # grows on to GROW_MAX times the price, then stops
+    assert torch.isclose(look_cost(grow, alphas), torch.tensor(GROW_MAX * LOOK_COST * 1.4 / 3))
+    log = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="sat_logcost_ramp"), encoder_dim=C)
+    log.trained_batches.fill_(ANNEAL_STEPS)
+    want = LOG_COST * (-math.log(0.6) - math.log(1.0) - math.log(1e-6)) / 3  # β = 0 counts as 1e-6
+    assert torch.isclose(look_cost(log, alphas), torch.tensor(want, dtype=torch.float32))
+    late = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="sat_logcost_late"), encoder_dim=C)
+    late.trained_batches.fill_(ANNEAL_STEPS)
+    assert look_cost(late, alphas) == 0  # nothing charged during the first ANNEAL_STEPS batches
+    late.trained_batches.fill_(3 * ANNEAL_STEPS)
+    assert torch.isclose(look_cost(late, alphas), torch.tensor(want, dtype=torch.float32))
     for design in DESIGNS:
-        if not design.startswith("sat_cost"):
+        if "cost" not in design:
             assert (
                 look_cost(DecoderWithAdaptiveAttention(dict(CFG, adaptive_design=design), encoder_dim=C), alphas) == 0
             )
     assert look_cost(dec, None) == 0
+
+
+def test_the_word_query_sees_the_word_just_read():
+    """sat_word*: the same state and regions with another input word give another attention; plain sat's attention
+    is made from h_{t-1} alone, as the attention decoder's."""
+    torch.manual_seed(5)
+    enc = torch.randn(2, 9, C)
+    words = torch.randn(2, CFG["embed_dim"])
+    for design, differs in (("sat_word_cost_ramp", True), ("sat_cost_ramp", False)):
+        dec = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design=design), encoder_dim=C).eval()
+        h, c = dec.init_hidden_state(enc)
+        _, a1, _, _ = dec.one_step(words, enc, h, c)
+        _, a2, _, _ = dec.one_step(-words, enc, h, c)
+        assert (not torch.allclose(a1, a2)) == differs, design
+
+
+def test_the_deep_output_reads_the_context():
+    """sat_out*: with the LSTM's state fixed, another context (other regions) changes the word scores of the same step
+    through the output layer; without "_out" the scores of that step depend on the regions only through the LSTM."""
+    torch.manual_seed(6)
+    dec = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="sat_out_cost_ramp"), encoder_dim=C).eval()
+    enc = torch.randn(2, 9, C)
+    h, c = dec.init_hidden_state(enc)
+    words = torch.randn(2, CFG["embed_dim"])
+    with torch.no_grad():
+        dec.decode_step.weight_ih.zero_()  # the LSTM no longer reads the context: only the output path is left
+        p1, _, _, _ = dec.one_step(words, enc, h, c)
+        p2, _, _, _ = dec.one_step(words, 2 * enc, h, c)
+        assert not torch.allclose(p1, p2)
+        plain = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="sat_cost_ramp"), encoder_dim=C).eval()
+        plain.decode_step.weight_ih.zero_()
+        q1, _, _, _ = plain.one_step(words, enc, h, c)
+        q2, _, _, _ = plain.one_step(words, 2 * enc, h, c)
+        assert torch.allclose(q1, q2)
 
 
 def test_the_look_cost_moves_attention_to_the_sentinel():
