@@ -107,3 +107,27 @@ def timed(cmd, log, cwd=None, env=None):
     if p.returncode != 0:
         raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{Path(log).read_text()[-3000:]}")
     return wall, usage.ru_maxrss / 1024
+
+
+def recipe_epoch_cfg(work, decoder, output_dir, **overrides):
+    """The cfg of one epoch of the notebooks' ``decoder`` ("rnn" or "attention") on the shapes recipe's data and
+    encoder under ``work``/data (made there on first use), on the CPU, without progress bars or loader workers."""
+    from captioning.data.recipe import RECIPE, decoder_cfg
+    from captioning.notebooks import encoder_settings, ensure_data
+
+    data = ensure_data(os.path.join(work, "data"), "shapes_5_cap_per_img_5_min_word_freq")
+    cfg = dict(
+        decoder_cfg(RECIPE, decoder),
+        data_folder=data["data_folder"],
+        data_name=data["data_name"],
+        output_dir=output_dir,
+        overwrite=True,
+        workers=0,
+        print_freq=0,
+        device="cpu",
+        seed=0,
+        epochs=1,
+        progress=False,
+        **encoder_settings(data, progress=False),
+    )
+    return dict(cfg, **overrides)

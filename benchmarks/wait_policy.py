@@ -33,9 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_model, load_note, table  # noqa: E402
+from _common import cpu_model, load_note, recipe_epoch_cfg, table  # noqa: E402
 
-NAME = "shapes_5_cap_per_img_5_min_word_freq"
 WAITS = {
     "kit": {},
     "spin": {"GOMP_SPINCOUNT": "300000"},
@@ -50,26 +49,10 @@ def child(work, threads):
     from captioning.internals.threads import prefer_short_spin
 
     prefer_short_spin()  # as the notebooks and the command line do, before torch loads
-    from captioning.data.recipe import RECIPE, decoder_cfg
     from captioning.internals import threads as cpu_threads
-    from captioning.notebooks import encoder_settings, ensure_data
     from captioning.solver import fit
 
-    data = ensure_data(os.path.join(work, "data"), NAME)
-    cfg = dict(
-        decoder_cfg(RECIPE, "attention"),
-        data_folder=data["data_folder"],
-        data_name=data["data_name"],
-        output_dir=os.path.join(work, "run"),
-        overwrite=True,
-        workers=0,
-        print_freq=0,
-        device="cpu",
-        seed=0,
-        epochs=1,
-        progress=False,
-        **encoder_settings(data, progress=False),
-    )
+    cfg = recipe_epoch_cfg(work, "attention", os.path.join(work, "run"))
     if threads:
         cpu_threads.fixed(threads)
         t0 = time.monotonic()

@@ -49,6 +49,9 @@ DEFAULT_CFG = {
     "output_dir": "outputs",
     "feature_cache": "auto",  # "auto": cache encoder features when the encoder is frozen; False: never
     "fast_decoder": "auto",  # "auto": fast training path when it matches the decoder's forward; False: never
+    # the decoder's training steps in bf16 mixed precision (torch.autocast): "auto" on a GPU only, "fp32": never,
+    # "bf16": also on a CPU (internals/precision.py: faster where the CPU has native bf16, at a cost measured there)
+    "precision": "auto",
     "patience": 20,  # stop after this many epochs without a better validation BLEU-4
     # BEST_ keeps the epoch with the highest validation BLEU-4 averaged over this many epochs centred on it (odd;
     # 1: the single value, as in the course): one lucky epoch is not kept (captioning/evaluation/selection.py)
@@ -190,6 +193,7 @@ RULES = {
     "output_dir": _STR,
     "feature_cache": _one_of("auto", False),
     "fast_decoder": _one_of("auto", False),
+    "precision": _one_of("auto", "fp32", "bf16"),
     "patience": _int(1),
     "best_window": ((lambda v: _int(1, 9)[0](v) and v % 2 == 1), "an odd integer from 1 to 9 (1: no smoothing)"),
     "lr_decay_every": _int(1),

@@ -31,6 +31,7 @@ from captioning.internals.distributed import ProcessGroup
 from captioning.internals.errors import KitError
 from captioning.internals.locks import data_lock, training_lock
 from captioning.internals.optim import adam, load_optimizer_state, resume_learning_rate
+from captioning.internals.precision import bf16_training
 from captioning.internals.reuse import reuse_linear_outputs
 from captioning.models import DecoderWithAttention, DecoderWithRNN
 
@@ -82,10 +83,8 @@ def decoder_scores(decoder, encoder_out, captions, caplens, fast=None):
 
 
 def encode_batch(encoder, x, cached, device):
-    """A loader batch → encoder output (B, S, S, C) on ``device``.
-
-    x: cached feature maps (B, C, h, w) when ``cached``, else uint8 images (B, 3, H, W).
-    """
+    """A loader batch → encoder output (B, S, S, C) on ``device``; x: cached feature maps (B, C, h, w) when
+    ``cached``, else uint8 images (B, 3, H, W)."""
     x = x.to(device, non_blocking=True)
     if cached:
         return encoder.pool(x.float())
@@ -157,6 +156,7 @@ class Trainer:
         self.folded = None  # frozen without the cache: the encoder's inference copy, made on the first batch
         self.image_size = ImageCaptions(cfg["data_folder"], cfg["data_name"], "TRAIN").image_shape[-1]
         self.fast = False  # decided on the first batch: the fast-path plug-in or None
+        self.bf16 = bf16_training(cfg["precision"], self.device)  # the training steps under autocast (precision.py)
 
     def loader(self, split, shuffle, epoch=0, limit=None):
         """Batches of whole images. Under torchrun each rank gets its own shard (rank::world_size)."""
@@ -225,7 +225,7 @@ class Trainer:
                 enc = self.encode(x)
             if self.fast is False:
                 self.fast = self._decide_fast(enc, caps, caplens)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=self.fast)
             loss = _loss(cfg, scores, targets, alphas, self.decoder)
             if not torch.isfinite(loss) or loss.item() > limit:
@@ -258,15 +258,14 @@ class Trainer:
                 )
         bar.close()
         seconds = time.time() - t0
-        tot_loss, tot_top5, tot_n, tot_caps = self.group.sum(
-            tot_loss, tot_top5, tot_n, tot_caps, device=self.device
-        )  # all ranks
+        tot_loss, tot_top5, tot_n, tot_caps = self.group.sum(tot_loss, tot_top5, tot_n, tot_caps, device=self.device)
         return {
             "train_loss": tot_loss / max(tot_n, 1),
             "train_top5": tot_top5 / max(tot_n, 1),
             "train_captions": int(tot_caps),
             "train_seconds": seconds,
             "train_captions_per_s": tot_caps / max(seconds, 1e-9),
+            "train_bf16": self.bf16,  # precision.py: bf16 autocast, or fp32
         }
 
     @torch.no_grad()
@@ -284,7 +283,7 @@ class Trainer:
             threads.adapt()
             caps, caplens = caps.to(self.device), caplens.to(self.device)
             enc = self.encode(x)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16 and self.device.type == "cuda"):
                 scores, targets, alphas = decoder_scores(self.decoder, enc, caps, caplens, fast=self.fast or None)
                 loss = _loss(cfg, scores, targets, alphas, self.decoder)
                 decoded = beam_search(
