@@ -37,10 +37,11 @@ def test_a_wrong_precision_names_the_setting():
         make_cfg(precision="fp16")
 
 
-@pytest.mark.parametrize("decoder", ["rnn", "attention"])
-def test_training_in_bf16_and_fp32_both_learn(shapes_data, tmp_path, decoder):
-    """Two epochs in each precision from the same seed: the loss falls in both, the run records its precision,
-    and the two runs' losses stay close (bf16 keeps about 3 significant digits)."""
+def test_training_in_bf16_and_fp32_both_learn(shapes_data, tmp_path):
+    """Two epochs of the attention decoder in each precision from the same seed: the loss falls in both, the run
+    records its precision, and the two runs' losses stay close (bf16 keeps about 3 significant digits). The decoder
+    without attention goes through the same autocast block."""
+    decoder = "attention"
     from captioning.solver import fit
     from tests.test_solver import tiny_cfg
 
