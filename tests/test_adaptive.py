@@ -179,6 +179,35 @@ def test_the_deep_output_reads_the_context():
         assert torch.allclose(q1, q2)
 
 
+def test_a_hard_look_feeds_the_regions_or_the_sentinel_never_a_mix():
+    """sat_hard*: in eval the context is the regions' renormalised average where β < 0.5, else the sentinel's
+    projection; in training the draw varies, and the loss still reaches the sentinel's score (straight through)."""
+    torch.manual_seed(7)
+    dec = DecoderWithAdaptiveAttention(dict(CFG, adaptive_design="sat_hard_logcost_late"), encoder_dim=C)
+    enc, words = torch.randn(64, 9, C), torch.randn(64, CFG["embed_dim"])
+    h, c = dec.init_hidden_state(enc)
+    seen = {}
+    dec.f_beta.register_forward_hook(lambda m, args, out: seen.update(context=args[0]))
+    hook = dec.decode_step.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    dec.eval()
+    with torch.no_grad():
+        _, alpha, _, _ = dec.one_step(words, enc, h, c)
+    hook.remove()
+    beta = alpha[:, -1:]
+    regions = (enc * (alpha[:, :-1] / (1 - beta)).unsqueeze(2)).sum(dim=1)
+    sentinel = dec.sentinel_ctx(c[:, CFG["decoder_dim"] :])
+    gate = torch.sigmoid(dec.f_beta(h))
+    want = torch.where(beta < 0.5, regions, sentinel) * gate
+    assert torch.allclose(seen["x"][:, CFG["embed_dim"] :], want, atol=1e-5)
+    dec.train()
+    torch.manual_seed(8)
+    p1, _, _, _ = dec.one_step(words, enc, h, c)
+    preds, _, _, _ = dec.one_step(words, enc, h, c)
+    assert not torch.allclose(p1, preds)  # another draw
+    preds.logsumexp(dim=1).mean().backward()  # the words' loss alone, without the price
+    assert dec.att_s.bias.grad.abs().sum() > 0  # the sentinel's score (s is zero at the first word)
+
+
 def test_the_look_cost_moves_attention_to_the_sentinel():
     """With only the look cost to lower, a few steps of SGD raise β: the cost's gradient reaches the scores."""
     torch.manual_seed(4)
