@@ -30,7 +30,7 @@ import json
 import os
 import time
 
-from _common import THREADS_HELP, load_note, setup, table
+from _common import THREADS_HELP, load_note, recipe_epoch_cfg, setup, table
 
 
 def teacher_forced(checkpoint, split, max_images=None):
@@ -87,27 +87,16 @@ def print_words(checkpoint, split, top=30):
         print()
 
 
-def run_one(design, seed, epochs, split, out, data, enc, price=None):
-    """Train ``design`` at ``seed`` (the recipe's attention-decoder settings) and score it on ``split``."""
-    from captioning.data.recipe import RECIPE, decoder_cfg
+def run_one(design, seed, epochs, split, out, price=None):
+    """Train ``design`` at ``seed`` (the recipe's attention-decoder settings, on the data and encoder under
+    ``out``/data) and score it on ``split``."""
+    from captioning.data.recipe import RECIPE
     from captioning.evaluation.evaluate import evaluate
     from captioning.solver import fit
 
     kind = "attention" if design == "attention" else "adaptive"
-    cfg = dict(
-        decoder_cfg(RECIPE, kind),
-        data_folder=data["data_folder"],
-        data_name=data["data_name"],
-        output_dir=os.path.join(out, f"{design}_seed{seed}_ep{epochs}" + ("" if price is None else f"_price{price}")),
-        overwrite=True,
-        workers=0,
-        print_freq=0,
-        device="cpu",
-        seed=seed,
-        epochs=epochs,
-        progress=False,
-        **enc,
-    )
+    run = f"{design}_seed{seed}_ep{epochs}" + ("" if price is None else f"_price{price}")
+    cfg = recipe_epoch_cfg(out, kind, os.path.join(out, run), seed=seed, epochs=epochs)
     if kind == "adaptive":
         cfg["adaptive_design"] = design
     start = time.time()
@@ -171,11 +160,8 @@ def main():
     setup(a.threads, "adaptive attention: which design knows when to look")
 
     from captioning.data.recipe import RECIPE, decoder_cfg
-    from captioning.notebooks import encoder_settings, ensure_data
 
     epochs = a.epochs or decoder_cfg(RECIPE, "attention")["epochs"]
-    data = ensure_data(os.path.join(a.out, "data"), "shapes_5_cap_per_img_5_min_word_freq")
-    enc = encoder_settings(data, progress=False)
     log = os.path.join(a.out, "results.jsonl")
     done = {}
     if os.path.isfile(log) and not a.again:
@@ -194,7 +180,7 @@ def main():
             if key in done:
                 r = done[key]
             else:
-                r = dict(run_one(design, seed, epochs, a.split, a.out, data, enc, a.price), price=a.price)
+                r = dict(run_one(design, seed, epochs, a.split, a.out, a.price), price=a.price)
                 with open(log, "a") as fh:  # appended line by line: a crash loses at most the run in progress
                     fh.write(json.dumps(r) + "\n")
             rows.append(

@@ -82,6 +82,7 @@ LOOK_COST = 0.06
 # sat_logcost_ramp: nats per word × −log β. Looking with 95 % of the attention then costs about what it costs at
 # LOOK_COST, but the pull on the sentinel's score stays LOG_COST × (1 − β) however small β is
 LOG_COST = 0.03
+SCHEDULED = ("_ramp", "_grow", "_late")  # design suffixes whose price follows the count of trained batches
 GROW_MAX = 2.0  # sat*_cost_grow: the price's final multiple of LOOK_COST, reached after GROW_MAX × ANNEAL_STEPS batches
 
 
@@ -108,7 +109,7 @@ def look_cost(decoder, alphas):
     if alphas is None or not (design.startswith("sat") and "cost" in design):
         return 0.0
     weight = LOG_COST if "_logcost" in design else LOOK_COST
-    if design.endswith(("_ramp", "_grow", "_late")):
+    if design.endswith(SCHEDULED):
         top = GROW_MAX if design.endswith("_grow") else 1.0
         start = ANNEAL_STEPS if design.endswith("_late") else 0
         weight = weight * ((decoder.trained_batches - start) / ANNEAL_STEPS).clamp(min=0.0, max=top)  # no device sync
@@ -204,7 +205,7 @@ class DecoderWithAdaptiveAttention(nn.Module):
         if self.design == "sentinel_bias":
             self.sentinel_bias = nn.Parameter(torch.tensor(SENTINEL_BIAS))
         # the schedules' batch count, in the checkpoint: a resumed run keeps its schedule
-        if self.anneal or self.design.endswith(("_ramp", "_grow", "_late")):
+        if self.anneal or self.design.endswith(SCHEDULED):
             self.register_buffer("trained_batches", torch.zeros((), dtype=torch.long))
         self.att_v = nn.Linear(encoder_dim if self.raw else d, a)
         self.att_s = nn.Linear(d, a)
@@ -277,14 +278,14 @@ class DecoderWithAdaptiveAttention(nn.Module):
         query = self.att_g(h) + self.att_w(embeddings) if hasattr(self, "att_w") else self.att_g(h)
         alpha_hat = self._attend(a_att, s, query)
         beta = alpha_hat[:, -1:]
+        regions, sentinel = (a * alpha_hat[:, :-1].unsqueeze(2)).sum(dim=1), self.sentinel_ctx(s)  # (N, C) each
         if "_hard" in self.design:
             p = 1.0 - beta  # (N, 1): the probability of a look
             look = (torch.rand_like(p) < p) if self.training else (p > 0.5)
             look = look.to(p.dtype) + p - p.detach()  # the draw forward, d/dp = 1 backward (straight through)
-            seen = (a * (alpha_hat[:, :-1] / p.clamp(min=1e-6)).unsqueeze(2)).sum(dim=1)  # (N, C)
-            context = look * seen + (1.0 - look) * self.sentinel_ctx(s)
+            context = look * regions / p.clamp(min=1e-6) + (1.0 - look) * sentinel  # the regions renormalised
         else:
-            context = (a * alpha_hat[:, :-1].unsqueeze(2)).sum(dim=1) + beta * self.sentinel_ctx(s)  # (N, C)
+            context = regions + beta * sentinel
         if hasattr(self, "f_beta"):
             context = torch.sigmoid(self.f_beta(h)) * context
         x = torch.cat([embeddings, context], dim=1)  # (N, E + C)
