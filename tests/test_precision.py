@@ -53,3 +53,16 @@ def test_training_in_bf16_and_fp32_both_learn(shapes_data, tmp_path):
         assert hist[1]["train_loss"] < hist[0]["train_loss"]
         losses[setting] = hist[0]["train_loss"]
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+def test_continuing_a_run_in_another_precision_is_refused_naming_it(shapes_data, tmp_path):
+    """The precision changes the numbers a run computes: continuing an fp32 run in bf16 is another run, refused
+    with the setting named (as for any such setting), before anything in the folder changes."""
+    from captioning.solver import fit
+    from tests.test_solver import tiny_cfg
+
+    fit(tiny_cfg(shapes_data, tmp_path, decoder="rnn", precision="fp32", epochs=1))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir())
+    with pytest.raises(KitError, match="precision = 'fp32' there, 'bf16' now"):
+        fit(tiny_cfg(shapes_data, tmp_path, decoder="rnn", precision="bf16", epochs=2))
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir()) == before
